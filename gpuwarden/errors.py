@@ -1,0 +1,45 @@
+"""The exception hierarchy.
+
+Every error gpuwarden raises on purpose derives from :class:`GpuwardenError`, so the
+one catch-all wrapper around each scheduled job can tell "expected, counted failure"
+(log one line, count it, carry on) from a programming error (log a traceback, count
+it, carry on).
+"""
+
+from __future__ import annotations
+
+
+class GpuwardenError(Exception):
+    """Base of every error gpuwarden raises deliberately."""
+
+
+class ConfigError(GpuwardenError):
+    """A config file that cannot be used; carries one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems) if self.problems else "invalid config")
+
+
+class StoreError(GpuwardenError):
+    """The time-series store failed (locked, unreachable, disk full)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be written right now; the caller should buffer and retry."""
+
+
+class CollectorError(GpuwardenError):
+    """A collector could not produce samples this cycle."""
+
+
+class ScrapeError(CollectorError):
+    """An HTTP scrape failed: refused, timed out, bad status, oversized or garbage."""
+
+
+class ExpositionParseError(CollectorError):
+    """A Prometheus text payload could not be parsed at all."""
+
+
+class NvmlUnavailable(CollectorError):
+    """No NVIDIA driver / NVML library on this node."""

@@ -1,0 +1,60 @@
+"""Core value types shared by collectors, storage, detectors and the exposition.
+
+A :class:`Sample` is one observation of one canonical signal for one label set. Label
+sets are kept as sorted tuples of pairs: hashable, cheap to compare, and one canonical
+spelling per series, so the storage series identity (signal + sorted labels) falls out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+Labels = tuple[tuple[str, str], ...]
+FloatArray = npt.NDArray[np.float64]
+
+
+def make_labels(mapping: Mapping[str, str] | Iterable[tuple[str, str]] = (), /, **extra: str) -> Labels:
+    """Return the canonical (sorted, str-valued) label tuple for a mapping plus keywords."""
+    items = dict(mapping.items() if isinstance(mapping, Mapping) else mapping)
+    items.update(extra)
+    return tuple(sorted((str(k), str(v)) for k, v in items.items()))
+
+
+def label_dict(labels: Labels) -> dict[str, str]:
+    return dict(labels)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One value of one canonical signal (see ``signals.py``) at one instant.
+
+    ``ts`` is Unix time in seconds. ``signal`` is the canonical name without the
+    ``gpuwarden_`` prefix; histogram buckets use ``<signal>_bucket`` with an ``le``
+    label, and ``<signal>_count`` / ``<signal>_sum``, as in the Prometheus model.
+    """
+
+    signal: str
+    labels: Labels
+    value: float
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesData:
+    """The samples of one series over a time range, oldest first."""
+
+    signal: str
+    labels: Labels
+    timestamps: FloatArray = field(repr=False)
+    values: FloatArray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)

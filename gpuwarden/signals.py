@@ -1,0 +1,100 @@
+"""The canonical signal catalogue: one vocabulary for every source.
+
+Collectors normalise every source into these names (base units, ratios in 0..1);
+the exposition exports them prefixed ``gpuwarden_``; rules refer to them by name;
+dashboards are generated from this table. Server-specific names never leave the
+per-kind mapping tables in ``collector/servers/``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(str, Enum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"  # stored as cumulative <name>_bucket{le}, _count, _sum
+
+
+GPU_LABELS = ("node", "gpu", "uuid", "model")
+SERVER_LABELS = ("node", "server", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    name: str
+    kind: Kind
+    unit: str
+    help: str
+    labels: tuple[str, ...]
+
+
+def _gpu(name: str, kind: Kind, unit: str, help_: str) -> Signal:
+    return Signal(name, kind, unit, help_, GPU_LABELS)
+
+
+def _srv(name: str, kind: Kind, unit: str, help_: str) -> Signal:
+    return Signal(name, kind, unit, help_, SERVER_LABELS)
+
+
+G, C, H = Kind.GAUGE, Kind.COUNTER, Kind.HISTOGRAM
+
+SIGNALS: dict[str, Signal] = {
+    s.name: s
+    for s in (
+        _gpu("gpu_up", G, "", "1 while the GPU answers its driver, 0 when it is lost"),
+        _gpu("gpu_utilization_ratio", G, "ratio", "Fraction of time a kernel ran on the GPU"),
+        _gpu("gpu_memory_used_bytes", G, "bytes", "Device memory in use"),
+        _gpu("gpu_memory_total_bytes", G, "bytes", "Device memory installed"),
+        _gpu("gpu_temperature_celsius", G, "celsius", "GPU core temperature"),
+        _gpu("gpu_power_watts", G, "watts", "Board power draw"),
+        _gpu("gpu_power_limit_watts", G, "watts", "Enforced board power limit"),
+        _gpu("gpu_sm_clock_hertz", G, "hertz", "Streaming-multiprocessor clock"),
+        _gpu("gpu_memory_clock_hertz", G, "hertz", "Memory clock"),
+        _gpu("gpu_xid_errors_total", C, "", "XID errors reported by the driver"),
+        _gpu("gpu_ecc_errors_total", C, "", "ECC errors (label type: corrected/uncorrected)"),
+        _gpu("gpu_throttle_reasons", G, "", "Bitmask of active clock-event (throttle) reasons"),
+        _gpu("gpu_process_memory_used_bytes", G, "bytes", "Device memory used per compute process"),
+        Signal(
+            "gpu_utilization_spread_ratio",
+            G,
+            "ratio",
+            "Max minus min of mean GPU utilisation across the node's GPUs over the window",
+            ("node",),
+        ),
+        Signal("server_up", G, "", "1 when the server's /metrics scrape succeeded",
+               ("node", "server", "kind")),
+        _srv("kv_cache_usage_ratio", G, "ratio", "Fraction of KV-cache blocks in use"),
+        _srv("ttft_seconds", H, "seconds", "Time to first token"),
+        _srv("itl_seconds", H, "seconds", "Inter-token (per output token) latency"),
+        _srv("e2e_latency_seconds", H, "seconds", "End-to-end request latency"),
+        _srv("requests_running", G, "", "Requests being decoded"),
+        _srv("requests_waiting", G, "", "Requests queued"),
+        _srv("preemptions_total", C, "", "Requests preempted (KV cache evicted)"),
+        _srv("prompt_tokens_total", C, "", "Prefill tokens processed"),
+        _srv("generation_tokens_total", C, "", "Tokens generated"),
+        _srv("prefix_cache_queries_total", C, "", "Tokens looked up in the prefix cache"),
+        _srv("prefix_cache_hits_total", C, "", "Tokens found in the prefix cache"),
+        _srv("prefix_cache_hit_ratio", G, "ratio", "Prefix-cache hits over queries in the window"),
+        _srv("generation_tokens_per_second", G, "", "Generated tokens per second over the window"),
+        _srv("quality_similarity", G, "ratio", "Mean similarity of canary answers to references"),
+    )
+}
+
+QUANTILE_SIGNAL = re.compile(r"^(?P<base>ttft|itl|e2e_latency)_p(?P<q>50|90|95|99)_seconds$")
+
+
+def resolve_rule_signal(name: str) -> tuple[str, float | None] | None:
+    """Map a rule's signal name to (stored signal, quantile or None); None if unknown.
+
+    ``itl_p95_seconds`` names the 0.95 quantile of the ``itl_seconds`` histogram.
+    """
+    m = QUANTILE_SIGNAL.match(name)
+    if m:
+        return f"{m['base']}_seconds", int(m["q"]) / 100
+    if name in SIGNALS:
+        return name, None
+    return None
