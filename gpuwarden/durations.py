@@ -1,0 +1,40 @@
+"""Durations as users write them: ``500ms``, ``30s``, ``5m``, ``2h``, ``7d``, ``1h30m``.
+
+A bare number is rejected on purpose: ``interval = 1`` could mean seconds or minutes,
+and a config that guesses wrong pages someone at night.
+"""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
+
+
+def parse_duration(text: str) -> float:
+    """Return the duration in seconds; raise ValueError with a readable reason."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected a duration string with a unit like \"30s\", got {text!r}")
+    compact = text.strip().replace(" ", "")
+    if not compact or not _WHOLE.match(compact):
+        raise ValueError(
+            f"bad duration {text!r}: use a number and a unit (ms, s, m, h, d, w), e.g. \"30s\""
+        )
+    return sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(compact))
+
+
+def format_duration(seconds: float) -> str:
+    """Shortest exact spelling, for messages and exported rules (``90`` -> ``1m30s``)."""
+    if seconds < 1 and seconds > 0:
+        return f"{round(seconds * 1000)}ms"
+    total = round(seconds)
+    if total == 0:
+        return "0s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, total = divmod(total, size)
+        if count:
+            out.append(f"{count}{unit}")
+    return "".join(out)
