@@ -17,7 +17,9 @@ Labels = tuple[tuple[str, str], ...]
 FloatArray = npt.NDArray[np.float64]
 
 
-def make_labels(mapping: Mapping[str, str] | Iterable[tuple[str, str]] = (), /, **extra: str) -> Labels:
+def make_labels(
+    mapping: Mapping[str, str] | Iterable[tuple[str, str]] = (), /, **extra: str
+) -> Labels:
     """Return the canonical (sorted, str-valued) label tuple for a mapping plus keywords."""
     items = dict(mapping.items() if isinstance(mapping, Mapping) else mapping)
     items.update(extra)

@@ -1,0 +1,129 @@
+"""Simulated GPUs for machines without one (laptops, CI, ``gpuwarden demo``).
+
+Values move plausibly and at NVML's own resolution (integer percent, whole MiB,
+integer degrees, milliwatts), so that storage, detectors and dashboards see the same
+kind of data a real H100 gives. Everything simulated says so: the ``model`` label
+reads "(simulated)", the UUIDs start with ``GPU-sim-``, and the daemon logs it and
+exports ``gpuwarden_gpu_source_info{source="sim"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from gpuwarden.collector import Collector
+from gpuwarden.model import Sample, make_labels
+
+SIM_MODEL = "NVIDIA H100 80GB HBM3 (simulated)"
+MIB = 1024 * 1024
+TOTAL_MIB = 81559
+POWER_LIMIT_W = 700.0
+MAX_SM_MHZ = 1980
+MEM_MHZ = 2619
+
+
+@dataclass(slots=True)
+class _GpuState:
+    index: int
+    rng: random.Random
+    load: float = 0.6  # target utilisation this GPU drifts around
+    util: float = 0.6
+    memory_mib: int = 62000
+    temp_c: float = 45.0
+    lost: bool = False
+    xid_total: int = 0
+    ecc_corrected: int = 0
+    overrides: dict[str, float] = field(default_factory=dict)
+
+
+class SimulatedGpuCollector(Collector):
+    """N fake H100s whose load random-walks; tests and the demo can steer them.
+
+    ``clock`` is injectable so that accelerated-time tests produce exact timestamps.
+    """
+
+    name = "sim"
+
+    def __init__(
+        self,
+        node: str,
+        count: int = 4,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.clock = clock
+        base_seed = seed if seed is not None else int(hashlib.sha1(node.encode()).hexdigest(), 16)
+        self.gpus = [_GpuState(i, random.Random(base_seed + i)) for i in range(count)]
+        self._labels = [
+            make_labels(node=node, gpu=str(i), uuid=self._uuid(node, i), model=SIM_MODEL)
+            for i in range(count)
+        ]
+
+    @staticmethod
+    def _uuid(node: str, index: int) -> str:
+        digest = hashlib.sha1(f"{node}/{index}".encode()).hexdigest()
+        return f"GPU-sim-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:28]}"
+
+    # --- steering, for the demo's incidents and for tests -----------------------------
+
+    def set_load(self, index: int, load: float) -> None:
+        self.gpus[index].load = min(max(load, 0.0), 1.0)
+
+    def set_lost(self, index: int, lost: bool = True) -> None:
+        self.gpus[index].lost = lost
+
+    def inject_xid(self, index: int, count: int = 1) -> None:
+        self.gpus[index].xid_total += count
+
+    # --- collection ------------------------------------------------------------------
+
+    def collect(self) -> Iterable[Sample]:
+        now = self.clock()
+        out: list[Sample] = []
+        for gpu, labels in zip(self.gpus, self._labels, strict=True):
+            if gpu.lost:
+                out.append(Sample("gpu_up", labels, 0.0, now))
+                continue
+            self._step(gpu)
+            util_pct = round(gpu.util * 100)
+            power_mw = round((70.0 + 610.0 * gpu.util + gpu.rng.uniform(-8, 8)) * 1000)
+            sm_mhz = MAX_SM_MHZ if gpu.temp_c < 83 else MAX_SM_MHZ - 15 * round(gpu.temp_c - 83)
+            values = (
+                ("gpu_up", 1.0),
+                ("gpu_utilization_ratio", util_pct / 100),
+                ("gpu_memory_used_bytes", float(gpu.memory_mib * MIB)),
+                ("gpu_memory_total_bytes", float(TOTAL_MIB * MIB)),
+                ("gpu_temperature_celsius", float(round(gpu.temp_c))),
+                ("gpu_power_watts", power_mw / 1000),
+                ("gpu_power_limit_watts", POWER_LIMIT_W),
+                ("gpu_sm_clock_hertz", float(sm_mhz * 1_000_000)),
+                ("gpu_memory_clock_hertz", float(MEM_MHZ * 1_000_000)),
+                ("gpu_throttle_reasons", 0.0 if gpu.temp_c < 83 else 32.0),
+                ("gpu_xid_errors_total", float(gpu.xid_total)),
+            )
+            out.extend(Sample(signal, labels, value, now) for signal, value in values)
+            out.append(Sample("gpu_ecc_errors_total", (*labels, ("type", "corrected")),
+                              float(gpu.ecc_corrected), now))
+            out.append(Sample("gpu_ecc_errors_total", (*labels, ("type", "uncorrected")),
+                              0.0, now))
+        return out
+
+    @staticmethod
+    def _step(gpu: _GpuState) -> None:
+        """One second of a mean-reverting walk: utilisation noisy, temperature lagging."""
+        rng = gpu.rng
+        gpu.util += 0.25 * (gpu.load - gpu.util) + rng.gauss(0, 0.03)
+        gpu.util = min(max(gpu.util, 0.0), 1.0)
+        target_mib = 52000 + int(26000 * gpu.load) + rng.randint(-64, 64)
+        gpu.memory_mib = min(TOTAL_MIB - 200, gpu.memory_mib + (target_mib - gpu.memory_mib) // 8)
+        target_temp = 34.0 + 40.0 * gpu.util
+        gpu.temp_c += 0.05 * (target_temp - gpu.temp_c) + rng.gauss(0, 0.1)
+        if rng.random() < 1e-4:  # the odd corrected ECC error a real HBM3 reports
+            gpu.ecc_corrected += 1
+        gpu.temp_c = max(gpu.temp_c, 20.0)
