@@ -1,0 +1,153 @@
+"""The ``gpuwarden`` command line.
+
+Exit codes: 0 ok, 1 runtime failure (cannot bind the port, daemon unreachable),
+2 bad configuration or usage (the config file, the storage URL), as systemd and
+shell scripts expect: a 2 means "fix the config", not "retry".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gpuwarden import __version__
+from gpuwarden.errors import ConfigError, StoreError
+
+EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
+DEFAULT_URL = "http://127.0.0.1:9842"
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd, journald stamps the time itself; elsewhere the time helps.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _config_problems(exc: ConfigError) -> int:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gpuwarden.config import load_config
+    from gpuwarden.daemon import Daemon
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _config_problems(exc)
+    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL", config.log_level))
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+    except StoreError as exc:
+        print(f"storage: {exc}", file=sys.stderr)
+        daemon.shutdown()
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"cannot listen on {config.listen}: {exc}", file=sys.stderr)
+        daemon.shutdown()
+        return EXIT_RUNTIME
+    return daemon.run_forever()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gpuwarden.config import load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        return _config_problems(exc)
+    print(f"{args.file}: OK (node {config.node}, {len(config.servers)} servers, "
+          f"{len(config.rules)} rules, {len(config.actions)} actions)")
+    return EXIT_OK
+
+
+def _get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
+    import requests
+
+    response = requests.get(url, timeout=timeout)
+    return response.status_code, response.content
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import requests
+
+    try:
+        code, body = _get(args.url.rstrip("/") + "/healthz")
+    except requests.RequestException as exc:
+        print(f"gpuwarden at {args.url} is not reachable: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    detail = json.loads(body)
+    print(f"{args.url}: {detail.get('status')} (cycles {detail.get('cycles')}, "
+          f"last cycle {detail.get('last_cycle_age_seconds')} s ago)")
+    return EXIT_OK if code == 200 else EXIT_RUNTIME
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    import requests
+
+    try:
+        code, body = _get(args.url.rstrip("/") + "/api/v1/alerts")
+    except requests.RequestException as exc:
+        print(f"gpuwarden at {args.url} is not reachable: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    alerts = json.loads(body)
+    if args.json:
+        print(json.dumps(alerts, indent=2))
+    elif not alerts:
+        print("no pending or firing alerts")
+    else:
+        for alert in alerts:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(alert.get("labels", {}).items()))
+            print(f"{alert.get('state', '?'):8} {alert.get('name')} {{{labels}}} "
+                  f"value={alert.get('value')} since {alert.get('active_at')}")
+    return EXIT_OK if code == 200 else EXIT_RUNTIME
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuwarden",
+        description="GPU-fleet observability and alerting for LLM inference nodes.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpuwarden {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", metavar="FILE", help="TOML config (default: built-in "
+                     "defaults: NVML if present, else simulated GPUs; SQLite in the "
+                     "state or working directory)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file (exit 2 if invalid)")
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=cmd_check_config)
+
+    for name, func, text in (("status", cmd_status, "health of a running daemon"),
+                             ("alerts", cmd_alerts, "pending and firing alerts of a running "
+                              "daemon")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--url", default=DEFAULT_URL, help=f"daemon address (default {DEFAULT_URL})")
+        if name == "alerts":
+            p.add_argument("--json", action="store_true", help="print the raw JSON")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

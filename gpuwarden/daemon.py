@@ -1,0 +1,449 @@
+"""The daemon: the collection cycle, its schedule, signals and the HTTP endpoints.
+
+One cycle = run every collector (concurrently, bounded), write what they returned to
+the store in one batch, render ``/metrics`` once, ping the systemd watchdog. APScheduler
+runs it every ``interval`` with ``max_instances=1`` and ``coalesce=True``: cycles never
+overlap and a stalled machine does not replay a backlog of missed runs.
+
+Failure policy (DESIGN convention 9): every collector call and every job sits in a
+catch-all that logs, counts and carries on. A collector that hangs is not waited for
+past the cycle's deadline; it is left to finish in its worker and not started again
+until it has, so a dead inference server can never stall GPU sampling or pile up
+threads. A store that cannot be written keeps the samples buffered (bounded) and
+writes them once it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from gpuwarden import __version__
+from gpuwarden.collector import Collector
+from gpuwarden.config import Config, load_config
+from gpuwarden.errors import ConfigError, GpuwardenError, StoreError
+from gpuwarden.exposition import Exposition, SelfMetric, Snapshot
+from gpuwarden.model import Sample
+from gpuwarden.sdnotify import SystemdNotifier
+
+log = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 300.0
+MAX_COLLECT_WORKERS = 8
+
+
+@dataclass(slots=True)
+class CollectorResult:
+    samples: list[Sample]
+    duration: float
+    error: str | None
+
+
+class RateLimitedLog:
+    """Logs a repeated failure once per period instead of once per cycle."""
+
+    def __init__(self, period: float = 60.0) -> None:
+        self.period = period
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = defaultdict(int)
+
+    def warning(self, key: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period:
+            self._suppressed[key] += 1
+            return
+        skipped = self._suppressed.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({skipped} more like this suppressed)" if skipped else ""
+        log.warning(message + suffix, *args)
+
+    def recovered(self, key: str, message: str, *args: Any) -> None:
+        if self._last.pop(key, None) is not None:
+            self._suppressed.pop(key, None)
+            log.info(message, *args)
+
+
+def build_collectors(config: Config, session: Any) -> list[Collector]:
+    """The collectors a config asks for: one GPU source plus one per server."""
+    from gpuwarden.collector import gpu_collector, server_collector
+
+    gpu = config.gpu
+    collectors: list[Collector] = []
+    gpu_source = gpu_collector(gpu.source, node=config.node, sim_gpus=gpu.sim_gpus,
+                               dcgm_url=gpu.dcgm_url, timeout=gpu.timeout, session=session)
+    if gpu_source is not None:
+        collectors.append(gpu_source)
+    collectors.extend(server_collector(s, node=config.node, session=session)
+                      for s in config.servers)
+    return collectors
+
+
+class Daemon:
+    """Owns the store, the collectors, the schedule and the HTTP server."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        collectors: list[Collector] | None = None,
+        clock: Any = time.time,
+        store: Any = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self._session: Any = None
+        self._collectors = collectors
+        self._store = store
+        self.exposition = Exposition()
+        self.notifier = SystemdNotifier()
+        self._pool = ThreadPoolExecutor(MAX_COLLECT_WORKERS, thread_name_prefix="gpuwarden-collect")
+        self._in_flight: dict[str, Future[CollectorResult]] = {}
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._scheduler: Any = None
+        self._http: Any = None
+        self._cycle_lock = threading.Lock()
+        self._log = RateLimitedLog()
+        self.gpu_source = "custom" if collectors is not None else config.gpu.source
+        # Self-metrics state (read by the exposition at the end of each cycle).
+        self.cycles_total = 0
+        self.cycle_errors_total = 0
+        self.last_cycle_seconds = 0.0
+        self.last_cycle_end: float | None = None  # monotonic
+        self.first_sample_at: float | None = None
+        self.samples_collected_total = 0
+        self._collector_success: dict[str, float] = {}
+        self._collector_duration: dict[str, float] = {}
+        self._collector_errors: dict[str, int] = defaultdict(int)
+        self._started_mono = time.monotonic()
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store, build collectors, bind HTTP, start the schedule."""
+        from gpuwarden.api import HttpServer
+        from gpuwarden.storage import open_store
+
+        if self._store is None:
+            self._store = open_store(self.config.storage.url, node=self.config.node)
+        if self._collectors is None:
+            self._collectors = build_collectors(self.config, self.session)
+            self.gpu_source = _effective_source(self._collectors, self.config)
+        host, port = self.config.listen_host_port
+        self._http = HttpServer(host, port, self)
+        self._http.start()
+        self._start_scheduler()
+        self.notifier.ready(f"collecting every {self.config.interval:g}s")
+        log.info(
+            "gpuwarden %s on node %s: %d collectors (%s), store %s, http://%s:%d/metrics",
+            __version__, self.config.node, len(self._collectors),
+            ", ".join(c.name for c in self._collectors) or "none",
+            _redact_url(self.config.storage.url), host, self._http.port,
+        )
+
+    @property
+    def session(self) -> Any:
+        """One ``requests.Session`` for every outbound HTTP call (convention 7)."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers["User-Agent"] = f"gpuwarden/{__version__}"
+        return self._session
+
+    @property
+    def http_port(self) -> int:
+        return int(self._http.port) if self._http is not None else 0
+
+    @property
+    def store(self) -> Any:
+        return self._store
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._scheduler = BackgroundScheduler(
+            timezone="UTC",
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+        self._scheduler.add_job(
+            self._guarded_cycle, "interval", seconds=self.config.interval, id="cycle",
+            next_run_time=_utcnow(), misfire_grace_time=max(1, int(self.config.interval)),
+        )
+        self._scheduler.add_job(
+            self._guarded_retention, "interval", seconds=RETENTION_EVERY_S, id="retention",
+            misfire_grace_time=60,
+        )
+        self._scheduler.start()
+
+    def run_forever(self) -> int:
+        """Block until SIGTERM/SIGINT; handle SIGHUP reloads. Returns the exit code."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        while not self._stop.is_set():
+            self._stop.wait(0.5)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+        self.shutdown()
+        return 0
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: flushing and stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for collector in self._collectors or ():
+            _close_quietly(collector)
+        if self._store is not None:
+            try:
+                self._store.flush()
+            except GpuwardenError as exc:
+                log.error("final flush failed; unsaved samples stay in the head log: %s", exc)
+            self._store.close()
+        if self._http is not None:
+            self._http.stop()
+        if self._session is not None:
+            self._session.close()
+        self.notifier.close()
+        log.info("stopped")
+
+    def reload(self) -> bool:
+        """Re-read the config file; a bad one is rejected and the old one stays."""
+        path = self.config.source_path
+        if path is None:
+            log.warning("SIGHUP: running on built-in defaults, nothing to reload")
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self.notifier.ready()
+            return False
+        for attr in ("listen", "storage"):
+            if getattr(new, attr) != getattr(self.config, attr):
+                log.warning("config reload: %s changed; that takes effect on restart only", attr)
+        new = _keep(new, self.config, "listen", "storage")
+        with self._cycle_lock:
+            old_collectors = self._collectors or []
+            self._collectors = build_collectors(new, self.session)
+            self.gpu_source = _effective_source(self._collectors, new)
+            self._in_flight.clear()
+            self.config = new
+        for collector in old_collectors:
+            _close_quietly(collector)
+        if self._scheduler is not None:
+            self._scheduler.reschedule_job("cycle", trigger="interval", seconds=new.interval)
+        log.info("config reloaded from %s: %d collectors", path, len(self._collectors))
+        self.notifier.ready()
+        return True
+
+    # --- the cycle -----------------------------------------------------------------------
+
+    def _guarded_cycle(self) -> None:
+        try:
+            self.run_cycle()
+        except Exception:  # the catch-all of convention 9: log, count, carry on
+            self.cycle_errors_total += 1
+            log.exception("collection cycle failed")
+
+    def run_cycle(self) -> list[Sample]:
+        """Collect, store, render. Returns what was collected (for tests and the demo)."""
+        with self._cycle_lock:
+            started = time.perf_counter()
+            samples = self._collect_all()
+            self._write(samples)
+            self.cycles_total += 1
+            self.last_cycle_seconds = time.perf_counter() - started
+            self.last_cycle_end = time.monotonic()
+            if samples and self.first_sample_at is None:
+                self.first_sample_at = self.last_cycle_end - self._started_mono
+            self.exposition.update(self._snapshot(samples))
+            self.notifier.watchdog()
+            return samples
+
+    def _collect_all(self) -> list[Sample]:
+        deadline = time.monotonic() + max(0.05, 0.8 * self.config.interval)
+        for collector in self._collectors or ():
+            if collector.name not in self._in_flight:
+                self._in_flight[collector.name] = self._pool.submit(_run_collector, collector)
+        pending = list(self._in_flight.values())
+        wait_futures(pending, timeout=max(0.0, deadline - time.monotonic()))
+        samples: list[Sample] = []
+        for name, future in list(self._in_flight.items()):
+            if not future.done():
+                # Still running (a hung scrape): count it once per cycle, keep waiting.
+                self._collector_success[name] = 0.0
+                self._collector_errors[name] += 1
+                self._log.warning(f"slow:{name}", "collector %s is still running past the "
+                                  "cycle deadline; not starting it again until it returns", name)
+                continue
+            del self._in_flight[name]
+            result = future.result()
+            self._collector_duration[name] = result.duration
+            if result.error is None:
+                self._collector_success[name] = 1.0
+                self._log.recovered(f"fail:{name}", "collector %s recovered", name)
+            else:
+                self._collector_success[name] = 0.0
+                self._collector_errors[name] += 1
+                self._log.warning(f"fail:{name}", "collector %s failed: %s", name, result.error)
+            samples.extend(result.samples)
+        self.samples_collected_total += len(samples)
+        return samples
+
+    def _write(self, samples: list[Sample]) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.write(samples)
+        except StoreError as exc:
+            self._log.warning("store", "store write failed (%d samples pending, kept in memory "
+                              "and retried every cycle): %s",
+                              getattr(self._store, "pending_samples", 0), exc)
+        else:
+            self._log.recovered("store", "store writable again; buffered samples written")
+
+    def _guarded_retention(self) -> None:
+        try:
+            from gpuwarden.storage.retention import apply_retention
+
+            deleted = apply_retention(self._store, self.clock(), self.config.storage.retention)
+            if deleted:
+                log.info("retention: deleted %d rows older than %gs", deleted,
+                         self.config.storage.retention)
+        except Exception:
+            log.exception("retention job failed")
+
+    # --- what the HTTP layer reads -------------------------------------------------------
+
+    def metrics_body(self) -> bytes:
+        return self.exposition.body
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        limit = 3 * self.config.interval
+        if self.last_cycle_end is None:
+            # Starting up: healthy for the first few intervals, then not.
+            age = time.monotonic() - self._started_mono
+            return age < limit + 2.0, {"last_cycle_age_seconds": None}
+        age = time.monotonic() - self.last_cycle_end
+        return age <= limit, {"last_cycle_age_seconds": round(age, 3),
+                              "cycles": self.cycles_total}
+
+    def alerts_json(self) -> list[dict[str, Any]]:
+        return []
+
+    def _snapshot(self, samples: list[Sample]) -> Snapshot:
+        store = self._store
+        success = tuple(({"collector": n}, v) for n, v in sorted(self._collector_success.items()))
+        duration = tuple(({"collector": n}, v) for n, v in sorted(self._collector_duration.items()))
+        errors = tuple(
+            ({"collector": n}, float(v)) for n, v in sorted(self._collector_errors.items())
+        )
+        scrape_errors = tuple(
+            ({"collector": c.name, "reason": reason}, float(count))
+            for c in self._collectors or ()
+            for reason, count in sorted(getattr(c, "scrape_errors_total", {}).items())
+        )
+        self_metrics = [
+            SelfMetric("collector_success", "gauge",
+                       "1 if the collector's last run succeeded, 0 if it failed or hung", success),
+            SelfMetric("collector_duration_seconds", "gauge",
+                       "Wall time of the collector's last completed run", duration),
+            SelfMetric("collector_errors", "counter", "Failed or overrunning collector runs",
+                       errors),
+            SelfMetric("scrape_errors", "counter", "Failed scrapes by reason", scrape_errors),
+            SelfMetric("cycle_duration_seconds", "gauge", "Wall time of the last cycle",
+                       (({}, self.last_cycle_seconds),)),
+            SelfMetric("cycles", "counter", "Completed collection cycles",
+                       (({}, float(self.cycles_total)),)),
+            SelfMetric("cycle_errors", "counter", "Cycles that raised unexpectedly",
+                       (({}, float(self.cycle_errors_total)),)),
+            SelfMetric("samples_collected", "counter", "Samples returned by collectors",
+                       (({}, float(self.samples_collected_total)),)),
+        ]
+        if store is not None:
+            self_metrics += [
+                SelfMetric("samples_written", "counter", "Samples durably written to the store",
+                           (({}, float(store.samples_written_total)),)),
+                SelfMetric("store_write_errors", "counter", "Failed store writes",
+                           (({}, float(store.write_errors_total)),)),
+                SelfMetric("store_pending_samples", "gauge",
+                           "Samples buffered in memory while the store is unwritable",
+                           (({}, float(store.pending_samples)),)),
+                SelfMetric("store_dropped_samples", "counter",
+                           "Samples dropped because the pending buffer was full",
+                           (({}, float(store.dropped_samples_total)),)),
+            ]
+        info = {"node": self.config.node, "gpu_source": self.gpu_source}
+        return Snapshot(samples=tuple(samples), self_metrics=tuple(self_metrics), info=info)
+
+
+def _run_collector(collector: Collector) -> CollectorResult:
+    started = time.perf_counter()
+    try:
+        samples = list(collector.collect())
+    except GpuwardenError as exc:
+        return CollectorResult([], time.perf_counter() - started, str(exc) or type(exc).__name__)
+    except Exception as exc:  # a bug in one collector must not stop the others
+        log.exception("collector %s raised", collector.name)
+        return CollectorResult([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+    return CollectorResult(samples, time.perf_counter() - started, None)
+
+
+def _effective_source(collectors: list[Collector], config: Config) -> str:
+    names = {c.name for c in collectors}
+    for source in ("sim", "nvml", "dcgm"):
+        if source in names:
+            return source
+    return "off" if config.gpu.source in ("off", "auto") else config.gpu.source
+
+
+def _keep(new: Config, old: Config, *attrs: str) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(new, **{a: getattr(old, a) for a in attrs})
+
+
+def _close_quietly(collector: Collector) -> None:
+    try:
+        collector.close()
+    except Exception:
+        log.exception("closing collector %s failed", collector.name)
+
+
+def _redact_url(url: str) -> str:
+    """Never log a database password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+def _utcnow() -> Any:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC)
