@@ -1,0 +1,328 @@
+"""Mapping tables from each inference server's ``/metrics`` onto the canonical signals.
+
+Server-specific metric names live only here (DESIGN.md convention 4). Each
+``servers/<kind>.py`` holds *data* — a :class:`ServerMapping` listing, per canonical
+signal, the wire names to read — and this module holds the one piece of machinery
+that applies any table to a parsed exposition. Keeping the logic in one place means a
+vLLM rename, or a new server, is a table edit and never a new code path.
+
+What the machinery does, and why:
+
+* **Aliases.** A rule lists alternatives in order of preference. The first one present
+  in the payload wins and the rest are ignored. Servers rename metrics between releases
+  and, during deprecation windows, export both spellings (vLLM 0.9.2-0.11 export
+  ``vllm:kv_cache_usage_perc`` *and* ``vllm:gpu_cache_usage_perc``); taking the first
+  present never double-counts and keeps working on old and new builds.
+* **Parts.** An alternative may be several metrics whose values add up (llama.cpp counts
+  cached and computed prompt tokens separately; the canonical prompt-token counter is
+  their sum, as vLLM's is). Every part must be present, else the alternative is skipped,
+  so a half-known quantity is never emitted as if it were whole.
+* **Units.** ``Source.divisor`` converts to base units (Triton's milliseconds to seconds,
+  applied to histogram bounds and sums alike). Division, not multiplication by 0.001,
+  so that ``le="100"`` ms becomes exactly ``0.1``.
+* **Aggregation.** Output series are keyed only by ``model`` (plus ``le`` for buckets):
+  every other server label (vLLM's data-parallel ``engine``, SGLang's ``is_streaming``
+  and ``dp_rank``, Triton's ``version``) is aggregated away — summed for counts, maxed
+  for occupancy (one full DP engine is what rejects requests, a mean would hide it).
+  Labels named in ``replica_labels`` identify copies of the same number (SGLang's
+  ``tp_rank`` with ``--enable-metrics-for-all-schedulers``); those are collapsed with
+  ``max`` first so that the sum does not count one batch once per tensor-parallel rank.
+* **Absence.** A signal whose metrics are not in the payload is not emitted — never
+  zero-filled: "server has no TTFT metric" and "TTFT is zero" must stay different.
+* **Histograms** are read from the cumulative ``<family>_bucket`` / ``_count`` / ``_sum``
+  series, bucket edges taken from the scrape (servers let users override them), ``le``
+  parsed as a float (servers print ``"1.0"`` or ``"100"``) and re-rendered the way
+  prometheus-client renders it (``"0.001"``, ``"1.0"``, ``"+Inf"``), which is also how
+  gpuwarden's own exposition prints it. A family whose ``+Inf`` bucket is missing gets
+  one from ``_count`` (the two are equal by definition); with neither, the buckets
+  are dropped because no quantile can be computed from them.
+
+The ``model`` label comes from the server label named by ``ServerMapping.model_label``
+(``model_name`` for vLLM/SGLang, ``model`` for Triton). Servers that serve one
+unlabelled model (TGI, llama.cpp) get ``model=""``: the config's server *name* is
+already the ``server`` label, and repeating it as a model name would be invented data.
+``_created`` series and exposition timestamps are ignored; every sample is stamped with
+the scrape time ``ts``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from prometheus_client.utils import floatToGoString
+
+from gpuwarden.model import Labels, Sample, make_labels
+from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
+
+if TYPE_CHECKING:
+    from gpuwarden.collector.promtext import Exposition
+
+Agg = Literal["sum", "max"]
+
+__all__ = [
+    "SERVER_KINDS",
+    "Rule",
+    "ServerMapping",
+    "Source",
+    "map_exposition",
+    "rule",
+    "served_models",
+    "src",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One metric on the wire, optionally narrowed to series with given label values.
+
+    For a histogram rule ``metric`` is the family name (without ``_bucket``); otherwise
+    it is the exact sample name (``vllm:prompt_tokens_total``, or a histogram's
+    ``..._sum`` when a server only counts tokens that way).
+    """
+
+    metric: str
+    match: tuple[tuple[str, str], ...] = ()
+    divisor: float = 1.0
+
+
+Alternative = tuple[Source, ...]  # parts whose values add up
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How one canonical signal is read: alternatives in order of preference."""
+
+    signal: str
+    alternatives: tuple[Alternative, ...]
+    agg: Agg = "sum"
+    requires: tuple[str, ...] = ()  # sample names that must be present for the rule to apply
+
+    @property
+    def kind(self) -> Kind:
+        return SIGNALS[self.signal].kind
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMapping:
+    """The table for one server kind."""
+
+    kind: str
+    rules: tuple[Rule, ...]
+    model_label: str | None = None
+    replica_labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Catch table typos at import time, not as a silently missing signal in production.
+        seen: set[str] = set()
+        for r in self.rules:
+            sig = SIGNALS.get(r.signal)
+            if sig is None or sig.labels != SERVER_LABELS:
+                raise ValueError(f"{self.kind}: {r.signal!r} is not a per-server signal")
+            if r.signal in seen:
+                raise ValueError(f"{self.kind}: {r.signal!r} mapped twice")
+            if not r.alternatives or any(not alt for alt in r.alternatives):
+                raise ValueError(f"{self.kind}: {r.signal!r} has an empty alternative")
+            seen.add(r.signal)
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return tuple(r.signal for r in self.rules)
+
+
+def src(metric: str, *, divisor: float = 1.0, **match: str) -> Source:
+    """A :class:`Source`; keyword arguments select series by label value."""
+    return Source(metric, tuple(sorted(match.items())), divisor)
+
+
+def rule(
+    signal: str,
+    *alternatives: str | Source | tuple[str | Source, ...],
+    agg: Agg = "sum",
+    requires: tuple[str, ...] = (),
+) -> Rule:
+    """A :class:`Rule`; each alternative is a name, a :class:`Source`, or a tuple of parts."""
+
+    def one(part: str | Source) -> Source:
+        return Source(part) if isinstance(part, str) else part
+
+    alts = tuple(
+        tuple(one(p) for p in alt) if isinstance(alt, tuple) else (one(alt),)
+        for alt in alternatives
+    )
+    return Rule(signal, alts, agg, requires)
+
+
+# --------------------------------------------------------------------------- machinery
+
+_OutKey = tuple[str, float | None]  # (model, le) — le only for histogram buckets
+
+
+def _series(
+    exp: Exposition, name: str, source: Source, *, scale: bool = True
+) -> list[tuple[dict[str, str], float]]:
+    """Samples of ``name`` matching ``source.match``, NaN dropped, in base units."""
+    divisor = source.divisor if scale else 1.0
+    out = []
+    for labels, value in exp.get(name):
+        if math.isnan(value):
+            continue  # a NaN would poison every sum it joins; treat it as "no value"
+        if all(labels.get(k) == v for k, v in source.match):
+            out.append((labels, value / divisor))
+    return out
+
+
+class _Aggregator:
+    """Collapse server series to one value per output key (model, and ``le`` for buckets).
+
+    Two stages: series that differ only in a replica label are copies (max), what is
+    left is summed or maxed as the rule says.
+    """
+
+    def __init__(self, mapping: ServerMapping, agg: Agg) -> None:
+        self._mapping = mapping
+        self._agg = agg
+        self._groups: dict[_OutKey, dict[Labels, float]] = defaultdict(dict)
+
+    def add(self, labels: Mapping[str, str], value: float, le: float | None = None) -> None:
+        m = self._mapping
+        model = labels.get(m.model_label, "") if m.model_label else ""
+        ident = tuple(
+            sorted((k, v) for k, v in labels.items() if k not in m.replica_labels and k != "le")
+        )
+        group = self._groups[(model, le)]
+        prev = group.get(ident)
+        group[ident] = value if prev is None else max(prev, value)
+
+    def result(self) -> dict[_OutKey, float]:
+        fold = math.fsum if self._agg == "sum" else max
+        return {k: float(fold(g.values())) for k, g in self._groups.items()}
+
+    def by_model(self) -> dict[str, float]:
+        return {model: v for (model, _), v in self.result().items()}
+
+
+def _pick(exp: Exposition, r: Rule, suffixes: tuple[str, ...]) -> Alternative | None:
+    """First alternative whose every part is present (histograms: under any suffix)."""
+    if any(not exp.get(name) for name in r.requires):
+        return None
+    for alt in r.alternatives:
+        if all(any(_series(exp, s.metric + sfx, s) for sfx in suffixes) for s in alt):
+            return alt
+    return None
+
+
+def _map_scalar(
+    mapping: ServerMapping, r: Rule, exp: Exposition, base: dict[str, str], ts: float
+) -> list[Sample]:
+    alt = _pick(exp, r, ("",))
+    if alt is None:
+        return []
+    per_part = []
+    for source in alt:
+        acc = _Aggregator(mapping, r.agg)
+        for labels, value in _series(exp, source.metric, source):
+            acc.add(labels, value)
+        per_part.append(acc.by_model())
+    # Parts add up per model; a model must be present in every part to be emitted.
+    models = set.intersection(*(set(p) for p in per_part))
+    return [
+        Sample(r.signal, make_labels(base, model=m), math.fsum(p[m] for p in per_part), ts)
+        for m in sorted(models)
+    ]
+
+
+def _le(labels: Mapping[str, str]) -> float | None:
+    try:
+        return float(labels["le"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _map_histogram(
+    mapping: ServerMapping, r: Rule, exp: Exposition, base: dict[str, str], ts: float
+) -> list[Sample]:
+    alt = _pick(exp, r, ("_bucket", "_count"))
+    if alt is None:
+        return []
+    if len(alt) != 1:
+        raise ValueError(f"{mapping.kind}: histogram {r.signal} cannot add families")
+    (source,) = alt
+    buckets, counts, sums = (_Aggregator(mapping, "sum") for _ in range(3))
+    for labels, value in _series(exp, source.metric + "_bucket", source, scale=False):
+        le = _le(labels)
+        if le is not None:  # bucket counts are counts: only the bound is scaled
+            buckets.add(labels, value, le / source.divisor)
+    for labels, value in _series(exp, source.metric + "_count", source, scale=False):
+        counts.add(labels, value)
+    for labels, value in _series(exp, source.metric + "_sum", source):
+        sums.add(labels, value)
+
+    edges_by_model: dict[str, dict[float, float]] = defaultdict(dict)
+    for (model, le), value in buckets.result().items():
+        if le is not None:
+            edges_by_model[model][le] = value
+    count_by_model, sum_by_model = counts.by_model(), sums.by_model()
+
+    out: list[Sample] = []
+    for model in sorted(set(edges_by_model) | set(count_by_model)):
+        edges = edges_by_model.get(model, {})
+        count = count_by_model.get(model)
+        if math.inf not in edges:
+            if count is None:
+                continue  # no +Inf and no _count: nothing a quantile could use
+            edges[math.inf] = count
+        labels = make_labels(base, model=model)
+        out.extend(
+            Sample(f"{r.signal}_bucket", make_labels(labels, le=floatToGoString(le)), n, ts)
+            for le, n in sorted(edges.items())
+        )
+        out.append(Sample(f"{r.signal}_count", labels, edges[math.inf] if count is None
+                          else count, ts))
+        if model in sum_by_model:
+            out.append(Sample(f"{r.signal}_sum", labels, sum_by_model[model], ts))
+    return out
+
+
+def map_exposition(
+    kind: str, exp: Exposition, *, node: str, server: str, ts: float
+) -> list[Sample]:
+    """Canonical samples for one scrape of a ``kind`` server (KeyError on unknown kind).
+
+    Pure and cheap (a few dict look-ups per rule), so the collector can call it on
+    every 1 s cycle and tests can call it on a recorded payload.
+    """
+    mapping = SERVER_KINDS[kind]
+    base = {"node": node, "server": server}
+    out: list[Sample] = []
+    for r in mapping.rules:
+        fn = _map_histogram if r.kind is Kind.HISTOGRAM else _map_scalar
+        out.extend(fn(mapping, r, exp, base, ts))
+    return out
+
+
+def served_models(samples: Iterable[Sample]) -> tuple[str, ...]:
+    """The non-empty ``model`` label values among mapped samples, sorted."""
+    models = {dict(s.labels).get("model", "") for s in samples}
+    models.discard("")
+    return tuple(sorted(models))
+
+
+def _load_tables() -> dict[str, ServerMapping]:
+    # The tables import Source/rule from this module, so they are loaded once it is
+    # fully defined; importing them at the top would be circular.
+    from gpuwarden.collector.servers import (
+        llamacpp,
+        sglang,
+        tgi,
+        triton,
+        vllm,
+    )
+
+    return {m.MAPPING.kind: m.MAPPING for m in (vllm, sglang, tgi, triton, llamacpp)}
+
+
+SERVER_KINDS: dict[str, ServerMapping] = _load_tables()

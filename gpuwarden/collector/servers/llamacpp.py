@@ -1,0 +1,37 @@
+"""llama.cpp ``llama-server`` (``llamacpp:`` prefix; ``/metrics`` only with ``--metrics``).
+
+Sources: metrics-catalogue §5 (llama.cpp ``tools/server/server-task.cpp`` @ 0c1e5709,
+README). No labels: one server is one model, so ``model`` is ``""``.
+
+* ``llamacpp:prompt_tokens_total`` *excludes* cached prompt tokens. The canonical
+  prompt-token counter (like vLLM's) counts every prompt token, so it is
+  computed + cached; the prefix-cache queries are the same sum and the hits are the
+  cached tokens (the catalogue's Δcached / (Δcached + Δprompt)).
+* ``requests_processing`` (busy slots) is running, ``requests_deferred`` is waiting.
+* ``kv_cache_usage_ratio`` (0..1) only exists in builds before llama.cpp#13660
+  (May 2025); newer builds have no KV occupancy, so the signal is absent there.
+* The ``*_tokens_seconds`` throughput gauges are reset by every scrape (two scrapers
+  corrupt each other) and are never read; throughput is derived from the counters.
+
+Absent for llama.cpp: TTFT/ITL/e2e histograms and preemptions.
+"""
+
+from __future__ import annotations
+
+from gpuwarden.collector.servers import ServerMapping, rule
+
+_PROMPT = ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total")
+
+MAPPING = ServerMapping(
+    kind="llamacpp",
+    model_label=None,
+    rules=(
+        rule("kv_cache_usage_ratio", "llamacpp:kv_cache_usage_ratio", agg="max"),
+        rule("requests_running", "llamacpp:requests_processing"),
+        rule("requests_waiting", "llamacpp:requests_deferred"),
+        rule("prompt_tokens_total", _PROMPT, "llamacpp:prompt_tokens_total"),
+        rule("generation_tokens_total", "llamacpp:tokens_predicted_total"),
+        rule("prefix_cache_queries_total", _PROMPT),
+        rule("prefix_cache_hits_total", "llamacpp:prompt_tokens_cached_total"),
+    ),
+)

@@ -1,0 +1,48 @@
+"""SGLang (``sglang:`` prefix; ``/metrics`` only with ``--enable-metrics``).
+
+Sources: metrics-catalogue §2 (sglang 0.5.23 ``observability/metrics_collector.py``,
+0.4.3/0.4.10/0.5.5 wheels, the production-metrics doc sample).
+
+* KV occupancy is ``sglang:token_usage``, already a fraction 0..1 of the KV token pool
+  (there is no ``gpu_cache_usage_perc``; sglang#20158 closed it as redundant).
+* Preemption is called *retraction* in SGLang; only the 0.5.x cumulative counter
+  ``num_retracted_requests_total`` is a counter. The ``num_retracted_reqs`` gauge is
+  a per-interval value and would read as counter resets, so it is not mapped.
+* Prefix cache: hits = ``cached_tokens_total`` (summed over ``cache_source``), queries =
+  ``prompt_tokens_total`` (the catalogue's Δcached/Δprompt). Both are counted when a
+  request finishes. Queries are only emitted when the hits counter exists, so an
+  old build (0.4.x has no ``cached_tokens_total``) does not yield a ratio that is
+  always 0. The ``cache_hit_rate`` gauge covers only the last logged batches and is
+  not a counter, so it is left out.
+* ``inter_token_latency_seconds`` was ``time_per_output_token_seconds`` up to 0.4.3
+  (per-chunk ITL, same meaning).
+* Labels: ``is_streaming``, ``cache_source``, ``engine_type`` and ``dp_rank`` split
+  series that add up. ``tp_rank``/``pp_rank``/``moe_ep_rank`` only multiply when every
+  scheduler reports (``--enable-metrics-for-all-schedulers``), and then every rank
+  reports the same batch, so they are replica labels (max, not sum).
+"""
+
+from __future__ import annotations
+
+from gpuwarden.collector.servers import ServerMapping, rule
+
+MAPPING = ServerMapping(
+    kind="sglang",
+    model_label="model_name",
+    replica_labels=("tp_rank", "pp_rank", "moe_ep_rank"),
+    rules=(
+        rule("kv_cache_usage_ratio", "sglang:token_usage", agg="max"),
+        rule("requests_running", "sglang:num_running_reqs"),
+        rule("requests_waiting", "sglang:num_queue_reqs"),
+        rule("preemptions_total", "sglang:num_retracted_requests_total"),
+        rule("prompt_tokens_total", "sglang:prompt_tokens_total"),
+        rule("generation_tokens_total", "sglang:generation_tokens_total"),
+        rule("prefix_cache_queries_total", "sglang:prompt_tokens_total",
+             requires=("sglang:cached_tokens_total",)),
+        rule("prefix_cache_hits_total", "sglang:cached_tokens_total"),
+        rule("ttft_seconds", "sglang:time_to_first_token_seconds"),
+        rule("itl_seconds", "sglang:inter_token_latency_seconds",
+             "sglang:time_per_output_token_seconds"),
+        rule("e2e_latency_seconds", "sglang:e2e_request_latency_seconds"),
+    ),
+)

@@ -1,0 +1,33 @@
+"""Hugging Face Text Generation Inference (``tgi_`` prefix, Rust metrics exporter).
+
+Sources: metrics-catalogue §3 (TGI ``router/src/server.rs``, ``backends/v3``,
+``docs/source/reference/metrics.md`` @ db931fcf). TGI has no model label (one model
+per router), so ``model`` is ``""``.
+
+TGI exposes no TTFT, no KV-cache occupancy, no prefix cache and no preemption metric:
+those signals are absent for TGI, by design of the server.
+
+``tgi_request_mean_time_per_token_duration`` is *not* mapped to ``itl_seconds``: it is
+``inference_time / generated_tokens`` per request and includes prefill, so for short
+answers it measures prefill time, and the default TokenLatencyP95High rule (and its
+warm-restart action) would fire on long prompts rather than slow decoding.
+
+Token counters come from the request-length histograms' ``_sum`` series (TGI has no
+token counter); they advance when a request finishes.
+"""
+
+from __future__ import annotations
+
+from gpuwarden.collector.servers import ServerMapping, rule
+
+MAPPING = ServerMapping(
+    kind="tgi",
+    model_label=None,
+    rules=(
+        rule("requests_running", "tgi_batch_current_size"),
+        rule("requests_waiting", "tgi_queue_size"),
+        rule("prompt_tokens_total", "tgi_request_input_length_sum"),
+        rule("generation_tokens_total", "tgi_request_generated_tokens_sum"),
+        rule("e2e_latency_seconds", "tgi_request_duration"),
+    ),
+)
