@@ -114,6 +114,17 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return EXIT_OK if code == 200 else EXIT_RUNTIME
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gpuwarden.demo import run_demo
+
+    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL", "info"))
+    try:
+        return run_demo(args.duration, args.listen, args.dir)
+    except OSError as exc:
+        print(f"demo: cannot start: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpuwarden",
@@ -131,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file (exit 2 if invalid)")
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser("demo", help="the whole loop on a simulated node (no GPU needed)")
+    demo.add_argument("--duration", type=float, default=0.0,
+                      help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--listen", default="127.0.0.1:9842", help="HTTP address")
+    demo.add_argument("--dir", help="where the demo's SQLite store goes (default: a temp dir)")
+    demo.set_defaults(func=cmd_demo)
 
     for name, func, text in (("status", cmd_status, "health of a running daemon"),
                              ("alerts", cmd_alerts, "pending and firing alerts of a running "

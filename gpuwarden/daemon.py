@@ -185,16 +185,24 @@ class Daemon:
         )
         self._scheduler.start()
 
-    def run_forever(self) -> int:
-        """Block until SIGTERM/SIGINT; handle SIGHUP reloads. Returns the exit code."""
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; handled on the main thread's next wait."""
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
-        while not self._stop.is_set():
-            self._stop.wait(0.5)
-            if self._reload.is_set():
-                self._reload.clear()
-                self.reload()
+
+    def wait_stop(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a stop request, doing any pending reload first."""
+        if self._reload.is_set():
+            self._reload.clear()
+            self.reload()
+        return self._stop.wait(timeout)
+
+    def run_forever(self) -> int:
+        """Block until SIGTERM/SIGINT; handle SIGHUP reloads. Returns the exit code."""
+        self.install_signal_handlers()
+        while not self.wait_stop(0.5):
+            pass
         self.shutdown()
         return 0
 
