@@ -52,8 +52,8 @@ def test_core_first_response_histogram_in_ms_becomes_ttft_in_seconds() -> None:
 # Constructed from the catalogue §4 (no recorded sample has these): the TRT-LLM token
 # histograms, two versions of one model, and a non-LLM model with only Triton core.
 CONSTRUCTED = """\
-nv_llm_input_token_len_bucket{model="llm",response_metric_type="total_input_tokens",version="1",le="10"} 1
-nv_llm_input_token_len_bucket{model="llm",response_metric_type="total_input_tokens",version="1",le="+Inf"} 4
+nv_llm_input_token_len_bucket{model="llm",response_metric_type="x",version="1",le="10"} 1
+nv_llm_input_token_len_bucket{model="llm",response_metric_type="x",version="1",le="+Inf"} 4
 nv_llm_input_token_len_sum{model="llm",response_metric_type="total_input_tokens",version="1"} 700
 nv_llm_input_token_len_sum{model="llm",response_metric_type="total_input_tokens",version="2"} 50
 nv_llm_output_token_len_sum{model="llm",response_metric_type="total_output_tokens",version="1"} 900
