@@ -182,7 +182,7 @@ class NvmlCollector(Collector):
         self._next_init_at = now + self.retry_interval
         try:
             if self._nvml is None:
-                import pynvml  # noqa: PLC0415 - the one place in gpuwarden that imports it
+                import pynvml
 
                 self._nvml = pynvml
             self._call("nvmlInit")
@@ -403,11 +403,9 @@ class NvmlCollector(Collector):
             put("gpu_memory_used_bytes", mem["used"])
             put("gpu_memory_total_bytes", mem["total"])
 
-        temp = None
-        if hasattr(nv, "nvmlDeviceGetTemperatureV"):
-            temp = self._field(gpu, "temperature_v", "nvmlDeviceGetTemperatureV", h,
-                               nv.NVML_TEMPERATURE_GPU)
-        if temp is None:
+        temp = self._field(gpu, "temperature_v", "nvmlDeviceGetTemperatureV", h,
+                           nv.NVML_TEMPERATURE_GPU)
+        if temp is None and self._fell_back(gpu, "temperature_v", "nvmlDeviceGetTemperatureV"):
             temp = self._field(gpu, "temperature", "nvmlDeviceGetTemperature", h,
                                nv.NVML_TEMPERATURE_GPU)
         if temp is not None:
@@ -432,7 +430,8 @@ class NvmlCollector(Collector):
         put("gpu_memory_clock_hertz", None if memclk is None else memclk * MHZ)
 
         reasons = self._field(gpu, "clock_events", "nvmlDeviceGetCurrentClocksEventReasons", h)
-        if reasons is None:
+        if reasons is None and self._fell_back(gpu, "clock_events",
+                                               "nvmlDeviceGetCurrentClocksEventReasons"):
             reasons = self._field(gpu, "throttle", "nvmlDeviceGetCurrentClocksThrottleReasons", h)
         if reasons is not None:
             state["clocks_event_reasons"] = int(reasons)
@@ -454,6 +453,16 @@ class NvmlCollector(Collector):
         out.extend(self._mig(gpu, h, ts, state))
         return out
 
+    def _fell_back(self, gpu: _Gpu, key: str, symbol: str) -> bool:
+        """True when the newer call ``key`` is gone because the driver lacks ``symbol``.
+
+        Only a missing function (or binding) warrants the deprecated twin: a newer call
+        answering NotSupported means the old one would too, so the field stays absent.
+        """
+        return key in gpu.unsupported and (
+            symbol in self.missing_functions or not hasattr(self._nvml, symbol.split("_v", 1)[0])
+        )
+
     def _memory(self, gpu: _Gpu, h: Any) -> dict[str, int] | None:
         version = getattr(self._nvml, "nvmlMemory_v2", None)
         if version is not None and "memory_v2" not in gpu.unsupported:
@@ -472,7 +481,8 @@ class NvmlCollector(Collector):
 
     def _processes(self, gpu: _Gpu, h: Any, ts: float, state: dict[str, Any]) -> list[Sample]:
         procs = self._field(gpu, "processes", "nvmlDeviceGetComputeRunningProcesses", h)
-        if procs is None:
+        if procs is None and self._fell_back(gpu, "processes",
+                                             "nvmlDeviceGetComputeRunningProcesses_v3"):
             procs = self._field(gpu, "processes_v2", "nvmlDeviceGetComputeRunningProcesses_v2", h)
         if procs is None:
             return []

@@ -99,9 +99,10 @@ class FakeNvml(types.ModuleType):
         self._registrations: dict[int, set[int]] = defaultdict(set)  # device -> set ids
         self._apply_step(0)
         # Bind every fake function as a module attribute, as pynvml exposes them.
-        for name in dir(type(self)):
-            if name.startswith("nvml") and callable(getattr(type(self), name)):
-                setattr(self, name, self._counted(name, getattr(self, name)))
+        for name in dir(_NvmlApi):
+            if name.startswith("nvml"):
+                method = types.MethodType(getattr(_NvmlApi, name), self)
+                setattr(self, name, self._counted(name, method))
 
     @classmethod
     def from_file(cls, name: str) -> FakeNvml:
@@ -174,47 +175,71 @@ class FakeNvml(types.ModuleType):
             raise _error("NotSupported")
         return state[key]
 
+    @property
+    def open_event_sets(self) -> int:
+        return len(self._event_sets)
+
+    @property
+    def initialised(self) -> bool:
+        return self._initialised > 0
+
+
+
+class _NvmlApi:
+    """The NVML functions, kept off ``FakeNvml`` itself so a test can delete one
+    (``delattr(fake, name)``) to play an older nvidia-ml-py that lacks the binding."""
+
     # --- the NVML API subset the collector uses --------------------------------------
 
-    def nvmlInit(self) -> None:
-        if self.scenario.get("init_error"):
-            raise _error(self.scenario["init_error"])
-        self._initialised += 1
+    @staticmethod
+    def nvmlInit(nv: FakeNvml) -> None:
+        if nv.scenario.get("init_error"):
+            raise _error(nv.scenario["init_error"])
+        nv._initialised += 1
 
-    def nvmlShutdown(self) -> None:
-        self._need_init()
-        self._initialised -= 1
+    @staticmethod
+    def nvmlShutdown(nv: FakeNvml) -> None:
+        nv._need_init()
+        nv._initialised -= 1
 
-    def nvmlSystemGetDriverVersion(self) -> str:
-        self._need_init()
-        return str(self.scenario.get("driver_version", "550.54.15"))
+    @staticmethod
+    def nvmlSystemGetDriverVersion(nv: FakeNvml) -> str:
+        nv._need_init()
+        return str(nv.scenario.get("driver_version", "550.54.15"))
 
-    def nvmlDeviceGetCount(self) -> int:
-        self._need_init()
-        return len(self.states)
+    @staticmethod
+    def nvmlDeviceGetCount(nv: FakeNvml) -> int:
+        nv._need_init()
+        return len(nv.states)
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
-        self._need_init()
-        if index >= len(self.states):
+    @staticmethod
+    def nvmlDeviceGetHandleByIndex(nv: FakeNvml, index: int) -> FakeHandle:
+        nv._need_init()
+        if index >= len(nv.states):
             raise _error("InvalidArgument")
-        if self.states[index].get("lost"):
+        if nv.states[index].get("lost"):
             raise _error("GpuIsLost")
         return FakeHandle(index)
 
-    def nvmlDeviceGetUUID(self, handle: FakeHandle) -> str:
-        return str(self._dev(handle, "nvmlDeviceGetUUID")["uuid"])
+    @staticmethod
+    def nvmlDeviceGetUUID(nv: FakeNvml, handle: FakeHandle) -> str:
+        return str(nv._dev(handle, "nvmlDeviceGetUUID")["uuid"])
 
-    def nvmlDeviceGetName(self, handle: FakeHandle) -> str:
-        return str(self._dev(handle, "nvmlDeviceGetName")["name"])
+    @staticmethod
+    def nvmlDeviceGetName(nv: FakeNvml, handle: FakeHandle) -> str:
+        return str(nv._dev(handle, "nvmlDeviceGetName")["name"])
 
-    def nvmlDeviceGetUtilizationRates(self, handle: FakeHandle) -> types.SimpleNamespace:
-        u = self._get(self._dev(handle, "nvmlDeviceGetUtilizationRates"), "utilization")
+    @staticmethod
+    def nvmlDeviceGetUtilizationRates(nv: FakeNvml, handle: FakeHandle) -> types.SimpleNamespace:
+        u = nv._get(nv._dev(handle, "nvmlDeviceGetUtilizationRates"), "utilization")
         return types.SimpleNamespace(gpu=u["gpu"], memory=u["memory"])
 
-    def nvmlDeviceGetMemoryInfo(self, handle: FakeHandle, version: int | None = None) -> Any:
-        m = self._get(self._dev(handle, "nvmlDeviceGetMemoryInfo"), "memory")
+    @staticmethod
+    def nvmlDeviceGetMemoryInfo(nv: FakeNvml, handle: FakeHandle,
+                                version: int | None = None) -> Any:
+        m = nv._get(nv._dev(handle, "nvmlDeviceGetMemoryInfo"), "memory")
         if version:
-            self._symbol("nvmlDeviceGetMemoryInfo_v2")
+            nv._symbol("nvmlDeviceGetMemoryInfo_v2")
             if version != _real.nvmlMemory_v2:
                 raise _error("ArgumentVersionMismatch")
             return types.SimpleNamespace(version=version, total=m["total"],
@@ -224,127 +249,142 @@ class FakeNvml(types.ModuleType):
         return types.SimpleNamespace(total=m["total"], used=m["used"] + m.get("reserved", 0),
                                      free=m["free"])
 
-    def nvmlDeviceGetTemperatureV(self, handle: FakeHandle, sensor: int,
+    @staticmethod
+    def nvmlDeviceGetTemperatureV(nv: FakeNvml, handle: FakeHandle, sensor: int,
                                   version: int = _real.nvmlTemperature_v1) -> int:
-        state = self._dev(handle, "nvmlDeviceGetTemperatureV")
+        state = nv._dev(handle, "nvmlDeviceGetTemperatureV")
         if sensor != _real.NVML_TEMPERATURE_GPU:
             raise _error("NotSupported")
-        return int(self._get(state, "temperature_c"))
+        return int(nv._get(state, "temperature_c"))
 
-    def nvmlDeviceGetTemperature(self, handle: FakeHandle, sensor: int) -> int:
-        state = self._dev(handle, "nvmlDeviceGetTemperature")
+    @staticmethod
+    def nvmlDeviceGetTemperature(nv: FakeNvml, handle: FakeHandle, sensor: int) -> int:
+        state = nv._dev(handle, "nvmlDeviceGetTemperature")
         if sensor != _real.NVML_TEMPERATURE_GPU:
             raise _error("NotSupported")
-        return int(self._get(state, "temperature_c"))
+        return int(nv._get(state, "temperature_c"))
 
-    def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
-        return int(self._get(self._dev(handle, "nvmlDeviceGetPowerUsage"), "power_usage_mw"))
+    @staticmethod
+    def nvmlDeviceGetPowerUsage(nv: FakeNvml, handle: FakeHandle) -> int:
+        return int(nv._get(nv._dev(handle, "nvmlDeviceGetPowerUsage"), "power_usage_mw"))
 
-    def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeHandle) -> int:
-        state = self._dev(handle, "nvmlDeviceGetEnforcedPowerLimit")
-        return int(self._get(state, "enforced_power_limit_mw"))
+    @staticmethod
+    def nvmlDeviceGetEnforcedPowerLimit(nv: FakeNvml, handle: FakeHandle) -> int:
+        state = nv._dev(handle, "nvmlDeviceGetEnforcedPowerLimit")
+        return int(nv._get(state, "enforced_power_limit_mw"))
 
-    def nvmlDeviceGetClockInfo(self, handle: FakeHandle, clock_type: int) -> int:
-        clocks = self._get(self._dev(handle, "nvmlDeviceGetClockInfo"), "clocks_mhz")
+    @staticmethod
+    def nvmlDeviceGetClockInfo(nv: FakeNvml, handle: FakeHandle, clock_type: int) -> int:
+        clocks = nv._get(nv._dev(handle, "nvmlDeviceGetClockInfo"), "clocks_mhz")
         key = {_real.NVML_CLOCK_SM: "sm", _real.NVML_CLOCK_MEM: "mem"}.get(clock_type)
         if key is None or key not in clocks:
             raise _error("NotSupported")
         return int(clocks[key])
 
-    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: FakeHandle) -> int:
-        state = self._dev(handle, "nvmlDeviceGetCurrentClocksEventReasons")
-        return int(self._get(state, "clocks_event_reasons"))
+    @staticmethod
+    def nvmlDeviceGetCurrentClocksEventReasons(nv: FakeNvml, handle: FakeHandle) -> int:
+        state = nv._dev(handle, "nvmlDeviceGetCurrentClocksEventReasons")
+        return int(nv._get(state, "clocks_event_reasons"))
 
-    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: FakeHandle) -> int:
-        state = self._dev(handle, "nvmlDeviceGetCurrentClocksThrottleReasons")
-        return int(self._get(state, "clocks_event_reasons"))
+    @staticmethod
+    def nvmlDeviceGetCurrentClocksThrottleReasons(nv: FakeNvml, handle: FakeHandle) -> int:
+        state = nv._dev(handle, "nvmlDeviceGetCurrentClocksThrottleReasons")
+        return int(nv._get(state, "clocks_event_reasons"))
 
-    def nvmlDeviceGetTotalEccErrors(self, handle: FakeHandle, error_type: int,
+    @staticmethod
+    def nvmlDeviceGetTotalEccErrors(nv: FakeNvml, handle: FakeHandle, error_type: int,
                                     counter_type: int) -> int:
-        ecc = self._get(self._dev(handle, "nvmlDeviceGetTotalEccErrors"), "ecc_volatile")
+        ecc = nv._get(nv._dev(handle, "nvmlDeviceGetTotalEccErrors"), "ecc_volatile")
         if counter_type != _real.NVML_VOLATILE_ECC:
             raise _error("NotSupported")  # only volatile counts are modelled
         key = {_real.NVML_MEMORY_ERROR_TYPE_CORRECTED: "corrected",
                _real.NVML_MEMORY_ERROR_TYPE_UNCORRECTED: "uncorrected"}[error_type]
         return int(ecc[key])
 
-    def _procs(self, handle: FakeHandle, fname: str) -> list[types.SimpleNamespace]:
-        procs = self._get(self._dev(handle, fname), "processes")
+    @staticmethod
+    def _procs(nv: FakeNvml, handle: FakeHandle, fname: str) -> list[types.SimpleNamespace]:
+        procs = nv._get(nv._dev(handle, fname), "processes")
         return [types.SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("usedGpuMemory"),
                                       gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
                 for p in procs]
 
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> Any:
-        if "nvmlDeviceGetComputeRunningProcesses_v3" in self.missing:
+    @staticmethod
+    def nvmlDeviceGetComputeRunningProcesses(nv: FakeNvml, handle: FakeHandle) -> Any:
+        if "nvmlDeviceGetComputeRunningProcesses_v3" in nv.missing:
             # pynvml's @throwOnVersionMismatch turns FunctionNotFound into this.
             raise _real.NVMLLibraryMismatchError("Unversioned function called")
-        return self._procs(handle, "nvmlDeviceGetComputeRunningProcesses")
+        return _NvmlApi._procs(nv, handle, "nvmlDeviceGetComputeRunningProcesses")
 
-    def nvmlDeviceGetComputeRunningProcesses_v2(self, handle: FakeHandle) -> Any:
-        return self._procs(handle, "nvmlDeviceGetComputeRunningProcesses_v2")
+    @staticmethod
+    def nvmlDeviceGetComputeRunningProcesses_v2(nv: FakeNvml, handle: FakeHandle) -> Any:
+        return _NvmlApi._procs(nv, handle, "nvmlDeviceGetComputeRunningProcesses_v2")
 
-    def nvmlDeviceGetMigMode(self, handle: FakeHandle) -> list[int]:
-        mode = self._get(self._dev(handle, "nvmlDeviceGetMigMode"), "mig_mode")
+    @staticmethod
+    def nvmlDeviceGetMigMode(nv: FakeNvml, handle: FakeHandle) -> list[int]:
+        mode = nv._get(nv._dev(handle, "nvmlDeviceGetMigMode"), "mig_mode")
         return [int(mode[0]), int(mode[1])]
 
-    def nvmlDeviceGetMaxMigDeviceCount(self, handle: FakeHandle) -> int:
-        state = self._dev(handle, "nvmlDeviceGetMaxMigDeviceCount")
-        return int(self._get(state, "max_mig_devices"))
+    @staticmethod
+    def nvmlDeviceGetMaxMigDeviceCount(nv: FakeNvml, handle: FakeHandle) -> int:
+        state = nv._dev(handle, "nvmlDeviceGetMaxMigDeviceCount")
+        return int(nv._get(state, "max_mig_devices"))
 
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: FakeHandle, index: int) -> FakeHandle:
-        state = self._dev(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
+    @staticmethod
+    def nvmlDeviceGetMigDeviceHandleByIndex(nv: FakeNvml, handle: FakeHandle,
+                                            index: int) -> FakeHandle:
+        state = nv._dev(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
         if not any(m["index"] == index for m in state.get("mig_devices", [])):
             raise _error("NotFound")
         return FakeHandle(handle.index, mig=index)
 
-    def nvmlDeviceGetGpuInstanceId(self, handle: FakeHandle) -> int:
+    @staticmethod
+    def nvmlDeviceGetGpuInstanceId(nv: FakeNvml, handle: FakeHandle) -> int:
         if handle.mig is None:
             raise _error("InvalidArgument")
-        return int(self._dev(handle, "nvmlDeviceGetGpuInstanceId")["gpu_instance_id"])
+        return int(nv._dev(handle, "nvmlDeviceGetGpuInstanceId")["gpu_instance_id"])
 
     # --- events ------------------------------------------------------------------------
 
-    def nvmlDeviceGetSupportedEventTypes(self, handle: FakeHandle) -> int:
-        state = self._dev(handle, "nvmlDeviceGetSupportedEventTypes")
+    @staticmethod
+    def nvmlDeviceGetSupportedEventTypes(nv: FakeNvml, handle: FakeHandle) -> int:
+        state = nv._dev(handle, "nvmlDeviceGetSupportedEventTypes")
         default = _real.nvmlEventTypeAll
         return int(state.get("supported_event_types", default))
 
-    def nvmlEventSetCreate(self) -> int:
-        self._need_init()
-        self._symbol("nvmlEventSetCreate")
-        set_id = len(self._event_sets) + 1
-        self._event_sets[set_id] = deque()
+    @staticmethod
+    def nvmlEventSetCreate(nv: FakeNvml) -> int:
+        nv._need_init()
+        nv._symbol("nvmlEventSetCreate")
+        set_id = len(nv._event_sets) + 1
+        nv._event_sets[set_id] = deque()
         return set_id
 
-    def nvmlDeviceRegisterEvents(self, handle: FakeHandle, event_types: int, set_id: int) -> None:
-        state = self._dev(handle, "nvmlDeviceRegisterEvents")
+    @staticmethod
+    def nvmlDeviceRegisterEvents(nv: FakeNvml, handle: FakeHandle, event_types: int,
+                                 set_id: int) -> None:
+        state = nv._dev(handle, "nvmlDeviceRegisterEvents")
         if event_types & ~int(state.get("supported_event_types", _real.nvmlEventTypeAll)):
             raise _error("NotSupported")
-        self._registrations[handle.index].add(set_id)
+        nv._registrations[handle.index].add(set_id)
 
-    def nvmlEventSetWait_v2(self, set_id: int, timeout_ms: int) -> types.SimpleNamespace:
-        self._need_init()
-        queue = self._event_sets[set_id]
+    @staticmethod
+    def nvmlEventSetWait_v2(nv: FakeNvml, set_id: int, timeout_ms: int) -> types.SimpleNamespace:
+        nv._need_init()
+        queue = nv._event_sets[set_id]
         if not queue:
             raise _error("Timeout")  # the fake never blocks, whatever timeout_ms says
         return queue.popleft()
 
-    def nvmlEventSetWait(self, set_id: int, timeout_ms: int) -> types.SimpleNamespace:
-        return self.nvmlEventSetWait_v2(set_id, timeout_ms)
+    @staticmethod
+    def nvmlEventSetWait(nv: FakeNvml, set_id: int, timeout_ms: int) -> types.SimpleNamespace:
+        return _NvmlApi.nvmlEventSetWait_v2(nv, set_id, timeout_ms)
 
-    def nvmlEventSetFree(self, set_id: int) -> None:
-        self._need_init()
-        self._event_sets.pop(set_id, None)
-        for sets in self._registrations.values():
+    @staticmethod
+    def nvmlEventSetFree(nv: FakeNvml, set_id: int) -> None:
+        nv._need_init()
+        nv._event_sets.pop(set_id, None)
+        for sets in nv._registrations.values():
             sets.discard(set_id)
-
-    @property
-    def open_event_sets(self) -> int:
-        return len(self._event_sets)
-
-    @property
-    def initialised(self) -> bool:
-        return self._initialised > 0
 
 
 def load(name: str) -> FakeNvml:
