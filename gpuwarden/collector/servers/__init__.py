@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -62,6 +62,11 @@ if TYPE_CHECKING:
     from gpuwarden.collector.promtext import Exposition
 
 Agg = Literal["sum", "max"]
+
+# prometheus-client's own rendering of bounds ("0.001", "1.0", "+Inf"), so that stored
+# ``le`` values read exactly as gpuwarden's exposition will print them. Bound to a typed
+# name because prometheus_client.utils carries no annotations.
+_format_le: Callable[[float], str] = floatToGoString
 
 __all__ = [
     "SERVER_KINDS",
@@ -275,15 +280,15 @@ def _map_histogram(
             if count is None:
                 continue  # no +Inf and no _count: nothing a quantile could use
             edges[math.inf] = count
-        labels = make_labels(base, model=model)
+        series = make_labels(base, model=model)
         out.extend(
-            Sample(f"{r.signal}_bucket", make_labels(labels, le=floatToGoString(le)), n, ts)
+            Sample(f"{r.signal}_bucket", make_labels(series, le=_format_le(le)), n, ts)
             for le, n in sorted(edges.items())
         )
-        out.append(Sample(f"{r.signal}_count", labels, edges[math.inf] if count is None
+        out.append(Sample(f"{r.signal}_count", series, edges[math.inf] if count is None
                           else count, ts))
         if model in sum_by_model:
-            out.append(Sample(f"{r.signal}_sum", labels, sum_by_model[model], ts))
+            out.append(Sample(f"{r.signal}_sum", series, sum_by_model[model], ts))
     return out
 
 

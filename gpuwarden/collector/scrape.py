@@ -1,0 +1,254 @@
+"""The HTTP scrape collector for inference servers (vLLM, SGLang, TGI, Triton, llama.cpp).
+
+A server that is down, hung, or answering garbage is *data* (``server_up 0`` feeds the
+ServerDown rule), not a collector crash: every expected failure ends in exactly one
+``server_up 0`` sample, a per-reason counter and one rate-limited warning line. Only
+programming errors escape ``collect()``, to the daemon's catch-all wrapper.
+
+Why the body is streamed: ``requests``' timeout bounds each socket operation, not the
+transfer, and a misbehaving server can send an endless body. Reading in chunks lets
+the collector stop at ``max_bytes`` (counted after gzip decoding, so a compressed bomb
+stops too) and at a total deadline of ``timeout`` after the response headers, so one
+slow server cannot hold a worker of the daemon's pool much beyond its timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3.exceptions
+
+from gpuwarden.collector import Collector
+from gpuwarden.collector.promtext import parse
+from gpuwarden.collector.servers import SERVER_KINDS, map_exposition, served_models
+from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeError
+from gpuwarden.model import Sample, make_labels
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+_CHUNK = 64 * 1024
+# Ask for the classic text format: prometheus_client would otherwise negotiate OpenMetrics
+# on a matching Accept header, and some servers (Triton) only speak 0.0.4 anyway.
+_ACCEPT = "text/plain;version=0.0.4;q=1.0, */*;q=0.1"
+
+
+class _Failure(ScrapeError):
+    """A scrape failure with the reason label it is counted under."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, for log lines (secrets never reach logs)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (requests and urllib3 nest deeply)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        wrapped: list[object] = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        todo.extend(w for w in wrapped if isinstance(w, BaseException))
+
+
+def _body_chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The decoded body as it arrives.
+
+    ``iter_content`` fills each chunk before yielding it, so a server dribbling bytes
+    slower than the body deadline but faster than the read timeout would never be cut
+    off; urllib3 2's ``read1`` returns what one socket read brought. urllib3 1.26 has
+    no ``read1`` (requests still allows it): fall back to ``iter_content`` there.
+    """
+    read1 = getattr(resp.raw, "read1", None)
+    if read1 is None:
+        yield from resp.iter_content(chunk_size=_CHUNK)
+        return
+    while chunk := read1(_CHUNK, decode_content=True):
+        yield bytes(chunk)
+
+
+def _classify(exc: BaseException) -> str:
+    """Map a requests / urllib3 / socket exception onto the counted reason."""
+    chain = list(_chain(exc))
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "refused"
+    if any(
+        isinstance(e, TimeoutError | requests.Timeout | urllib3.exceptions.TimeoutError)
+        for e in chain
+    ):
+        return "timeout"
+    if any(
+        isinstance(e, requests.exceptions.ChunkedEncodingError | http.client.IncompleteRead)
+        for e in chain
+    ):
+        # Body shorter than Content-Length, or the connection closed mid-chunk.
+        return "truncated"
+    if any(
+        isinstance(e, requests.exceptions.ContentDecodingError | urllib3.exceptions.DecodeError)
+        for e in chain
+    ):
+        return "parse"  # a Content-Encoding that does not decode is a garbage payload
+    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+        return "bad_url"
+    return "connection"
+
+
+class ServerCollector(Collector):
+    """Scrapes one inference server's ``/metrics`` and maps it to canonical signals.
+
+    Attributes the daemon reads: ``scrape_errors_total`` (by reason: ``refused``,
+    ``timeout``, ``connection``, ``truncated``, ``http_status``, ``oversize``, ``parse``),
+    ``parse_errors_total`` (rejected lines inside payloads that were still used),
+    ``models`` (the model names the server last reported, for checkpoint tracking;
+    kept across failed scrapes) and ``last_error``. ``collect()`` may be called from
+    several threads; the counters are guarded by a lock.
+    """
+
+    warn_every_s: float = 60.0  # one identical warning per server+reason per minute
+
+    def __init__(  # noqa: PLR0917 - the daemon's construction signature, positional
+        self,
+        node: str,
+        server: str,
+        kind: str,
+        metrics_url: str,
+        session: requests.Session,
+        timeout: float = 2.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if kind not in SERVER_KINDS:
+            raise ConfigError([f"server {server!r}: unknown kind {kind!r} "
+                               f"(one of {', '.join(sorted(SERVER_KINDS))})"])
+        if timeout <= 0 or max_bytes <= 0:
+            raise ConfigError([f"server {server!r}: timeout and max_bytes must be positive"])
+        self.node = node
+        self.server = server
+        self.kind = kind
+        self.metrics_url = metrics_url
+        self.session = session
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.name = f"server:{server}"
+        self.scrape_errors_total: dict[str, int] = {}
+        self.parse_errors_total = 0
+        self.models: tuple[str, ...] = ()
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._last_warned: dict[str, tuple[float, int]] = {}  # reason -> (when, suppressed)
+
+    # ----------------------------------------------------------------------- collect
+
+    def collect(self) -> list[Sample]:
+        try:
+            body = self._fetch()
+            ts = time.time()
+            exp = parse(body, max_bytes=self.max_bytes)
+            # An empty 200 is an answer (up, nothing to say yet); only rejected lines is not.
+            if not exp.samples and exp.errors:
+                raise _Failure("parse", f"no valid sample in {len(exp.errors)} lines")
+        except _Failure as f:
+            return self._failed(f.reason, f.detail)
+        except ExpositionParseError as e:
+            return self._failed("parse", str(e))
+
+        samples = map_exposition(self.kind, exp, node=self.node, server=self.server, ts=ts)
+        models = served_models(samples)
+        with self._lock:
+            self.last_error = None
+            if models:
+                self.models = models
+            if exp.errors:
+                self.parse_errors_total += len(exp.errors)
+        if exp.errors:
+            self._warn("invalid_lines", "%d invalid line(s) skipped, first: %.120r",
+                       len(exp.errors), exp.errors[0])
+        if exp.samples and not samples:
+            self._warn("unmapped", "payload has no %s metric gpuwarden knows (wrong kind, "
+                       "or the server's metrics are disabled?)", self.kind)
+        samples.append(self._up(1.0, ts))
+        return samples
+
+    def _fetch(self) -> bytes:
+        try:
+            resp = self.session.get(
+                self.metrics_url,
+                timeout=self.timeout,
+                stream=True,
+                headers={"Accept": _ACCEPT},
+            )
+        except requests.RequestException as e:
+            raise _Failure(_classify(e), _short(e)) from e
+        with resp:
+            if not 200 <= resp.status_code < 300:
+                raise _Failure("http_status", f"HTTP {resp.status_code} {resp.reason}")
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.max_bytes and not resp.headers.get(
+                "Content-Encoding"
+            ):
+                raise _Failure("oversize", f"Content-Length {declared} > {self.max_bytes}")
+            deadline = time.monotonic() + self.timeout
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                for chunk in _body_chunks(resp):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise _Failure("oversize", f"body over {self.max_bytes} bytes")
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise _Failure("timeout", f"body not read within {self.timeout}s")
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+                raise _Failure(_classify(e), _short(e)) from e
+        return b"".join(chunks)
+
+    # ------------------------------------------------------------------- bookkeeping
+
+    def _up(self, value: float, ts: float) -> Sample:
+        labels = make_labels(node=self.node, server=self.server, kind=self.kind)
+        return Sample("server_up", labels, value, ts)
+
+    def _failed(self, reason: str, detail: str) -> list[Sample]:
+        with self._lock:
+            self.scrape_errors_total[reason] = self.scrape_errors_total.get(reason, 0) + 1
+            self.last_error = f"{reason}: {detail}"
+        self._warn(reason, "scrape failed (%s): %s", reason, detail)
+        return [self._up(0.0, time.time())]
+
+    def _warn(self, reason: str, msg: str, *args: object) -> None:
+        """Log at most one line per reason per ``warn_every_s``, saying how many were held."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_warned.get(reason)
+            if last is not None and now - last[0] < self.warn_every_s:
+                self._last_warned[reason] = (last[0], last[1] + 1)
+                return
+            suppressed = last[1] if last is not None else 0
+            self._last_warned[reason] = (now, 0)
+        suffix = f" ({suppressed} similar suppressed)" if suppressed else ""
+        log.warning("server %s (%s, %s): " + msg + suffix, self.server, self.kind,
+                    redact_url(self.metrics_url), *args)
+
+
+def _short(exc: BaseException) -> str:
+    """One bounded line (requests' messages nest the whole cause chain)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
