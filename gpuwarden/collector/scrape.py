@@ -173,11 +173,14 @@ class ServerCollector(Collector):
         samples = map_exposition(self.kind, exp, node=self.node, server=self.server, ts=ts)
         models = served_models(samples)
         with self._lock:
-            self.last_error = None
+            recovered, self.last_error = self.last_error, None
             if models:
                 self.models = models
             if exp.errors:
                 self.parse_errors_total += len(exp.errors)
+        if recovered is not None:
+            log.info("server %s (%s): scrape works again after: %s", self.server, self.kind,
+                     recovered)
         if exp.errors:
             self._warn("invalid_lines", "%d invalid line(s) skipped, first: %.120r",
                        len(exp.errors), exp.errors[0])
@@ -199,7 +202,11 @@ class ServerCollector(Collector):
             raise _Failure(_classify(e), _short(e)) from e
         with resp:
             if not 200 <= resp.status_code < 300:
-                raise _Failure("http_status", f"HTTP {resp.status_code} {resp.reason}")
+                detail = f"HTTP {resp.status_code} {resp.reason}"
+                hint = SERVER_KINDS[self.kind].metrics_hint
+                if resp.status_code in (404, 501) and hint:
+                    detail += f" ({hint})"  # the usual cause: metrics not switched on
+                raise _Failure("http_status", detail)
             declared = resp.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_bytes and not resp.headers.get(
                 "Content-Encoding"

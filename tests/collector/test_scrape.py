@@ -351,3 +351,13 @@ def test_sends_accept_for_the_text_format(http: _Server, session: requests.Sessi
     http.behaviour = record
     make(session, url(http)).collect()
     assert seen["accept"].startswith("text/plain;version=0.0.4")
+
+
+def test_404_from_sglang_says_how_to_switch_metrics_on(
+    http: _Server, session: requests.Session
+) -> None:
+    http.behaviour = serve(b'{"detail":"Not Found"}', status=404, ctype="application/json")
+    c = ServerCollector("node-a", "sg", "sglang", url(http), session)
+    out = c.collect()
+    assert [s.value for s in out if s.signal == "server_up"] == [0.0]
+    assert "--enable-metrics" in (c.last_error or "")

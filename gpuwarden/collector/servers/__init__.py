@@ -119,6 +119,7 @@ class ServerMapping:
     rules: tuple[Rule, ...]
     model_label: str | None = None
     replica_labels: tuple[str, ...] = ()
+    metrics_hint: str = ""  # what to tell an operator whose /metrics answers 404/501
 
     def __post_init__(self) -> None:
         # Catch table typos at import time, not as a silently missing signal in production.

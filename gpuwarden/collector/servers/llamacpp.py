@@ -24,6 +24,7 @@ _PROMPT = ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total"
 
 MAPPING = ServerMapping(
     kind="llamacpp",
+    metrics_hint="llama-server serves /metrics only when started with --metrics",
     model_label=None,
     rules=(
         rule("kv_cache_usage_ratio", "llamacpp:kv_cache_usage_ratio", agg="max"),

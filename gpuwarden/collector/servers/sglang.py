@@ -28,6 +28,7 @@ from gpuwarden.collector.servers import ServerMapping, rule
 
 MAPPING = ServerMapping(
     kind="sglang",
+    metrics_hint="SGLang serves /metrics only when started with --enable-metrics",
     model_label="model_name",
     replica_labels=("tp_rank", "pp_rank", "moe_ep_rank"),
     rules=(

@@ -22,6 +22,7 @@ from gpuwarden.collector.servers import ServerMapping, rule
 
 MAPPING = ServerMapping(
     kind="tgi",
+    metrics_hint="TGI serves /metrics on its HTTP port and on --prometheus-port (9000)",
     model_label=None,
     rules=(
         rule("requests_running", "tgi_batch_current_size"),

@@ -27,6 +27,7 @@ from gpuwarden.collector.servers import ServerMapping, rule, src
 
 MAPPING = ServerMapping(
     kind="triton",
+    metrics_hint="Triton serves metrics on port 8002 by default, unless --allow-metrics=false",
     model_label="model",
     rules=(
         rule("kv_cache_usage_ratio",

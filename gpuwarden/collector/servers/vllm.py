@@ -26,6 +26,7 @@ from gpuwarden.collector.servers import ServerMapping, rule
 
 MAPPING = ServerMapping(
     kind="vllm",
+    metrics_hint="vLLM serves /metrics on its OpenAI API port",
     model_label="model_name",
     rules=(
         rule("kv_cache_usage_ratio", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
