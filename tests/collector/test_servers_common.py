@@ -97,6 +97,8 @@ def test_table_typos_fail_at_import_time() -> None:
         ServerMapping("x", (rule("requests_running", "a"), rule("requests_running", "b")))
     with pytest.raises(ValueError, match="not a per-server signal"):
         ServerMapping("x", (rule("gpu_up", "a"),))
+    with pytest.raises(ValueError, match="cannot add families"):
+        ServerMapping("x", (rule("ttft_seconds", ("a", "b")),))
 
 
 def test_unknown_kind_is_a_key_error() -> None:

@@ -132,6 +132,8 @@ class ServerMapping:
                 raise ValueError(f"{self.kind}: {r.signal!r} mapped twice")
             if not r.alternatives or any(not alt for alt in r.alternatives):
                 raise ValueError(f"{self.kind}: {r.signal!r} has an empty alternative")
+            if sig.kind is Kind.HISTOGRAM and any(len(alt) > 1 for alt in r.alternatives):
+                raise ValueError(f"{self.kind}: histogram {r.signal!r} cannot add families")
             seen.add(r.signal)
 
     @property
@@ -254,9 +256,7 @@ def _map_histogram(
     alt = _pick(exp, r, ("_bucket", "_count"))
     if alt is None:
         return []
-    if len(alt) != 1:
-        raise ValueError(f"{mapping.kind}: histogram {r.signal} cannot add families")
-    (source,) = alt
+    source = alt[0]  # one family per alternative (checked when the table is built)
     buckets, counts, sums = (_Aggregator(mapping, "sum") for _ in range(3))
     for labels, value in _series(exp, source.metric + "_bucket", source, scale=False):
         le = _le(labels)
