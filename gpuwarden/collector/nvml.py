@@ -80,6 +80,12 @@ class _GpuLost(Exception):
     """Internal: the GPU being read fell off the bus; abandon its partial samples."""
 
 
+class _GpuHidden(Exception):
+    """Internal: NVML counts the GPU but will not hand out its handle (typically
+    ``NoPermission``: the GPU is outside this container's device cgroup). Not lost: such
+    a GPU is skipped, so that it never raises a false GPULost alert."""
+
+
 @dataclass(slots=True)
 class CallStat:
     """Cumulative cost of one NVML function, for the benchmark and the design note."""
@@ -186,7 +192,11 @@ class NvmlCollector(Collector):
 
                 self._nvml = pynvml
             self._call("nvmlInit")
-            count = int(self._call("nvmlDeviceGetCount"))
+            try:
+                count = int(self._call("nvmlDeviceGetCount"))
+            except Exception:
+                self._call("nvmlShutdown")  # keep NVML's init refcount balanced
+                raise
         except ImportError as exc:
             self._unavailable(f"no NVIDIA driver found: pynvml not importable ({exc})")
             return False
@@ -333,7 +343,10 @@ class NvmlCollector(Collector):
         except Exception as exc:
             if not self._is_nvml_error(exc):
                 raise
-            raise _GpuLost("nvmlDeviceGetHandleByIndex") from exc
+            if getattr(exc, "value", None) in (self._code("NVML_ERROR_GPU_IS_LOST"),
+                                               self._code("NVML_ERROR_RESET_REQUIRED")):
+                raise _GpuLost("nvmlDeviceGetHandleByIndex") from exc
+            raise _GpuHidden(type(exc).__name__.removeprefix("NVMLError_")) from exc
         gpu.handle = handle
         gpu.labels = self._labels(str(gpu.index), gpu.uuid, gpu.name)
         self._by_uuid[gpu.uuid] = gpu
@@ -364,6 +377,13 @@ class NvmlCollector(Collector):
                 self._ensure_handle(gpu)
                 state.update(uuid=gpu.uuid, name=gpu.name)
                 gpu_samples = self._read_gpu(gpu, ts, state)
+            except _GpuHidden as hidden:
+                if (gpu.index, "handle", 0) not in self._warned:
+                    self._warned.add((gpu.index, "handle", 0))
+                    log.info("GPU %d is not accessible (%s); skipped", gpu.index, hidden)
+                state["errors"] = {"nvmlDeviceGetHandleByIndex": str(hidden)}
+                self.last_states.append(state)
+                continue
             except _GpuLost:
                 if not gpu.lost:
                     log.warning("GPU %d (%s) is lost (fallen off the bus or needs a reset)",

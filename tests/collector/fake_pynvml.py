@@ -219,6 +219,8 @@ class _NvmlApi:
             raise _error("InvalidArgument")
         if nv.states[index].get("lost"):
             raise _error("GpuIsLost")
+        if "nvmlDeviceGetHandleByIndex" in nv.states[index].get("errors", {}):
+            raise _error(nv.states[index]["errors"]["nvmlDeviceGetHandleByIndex"])
         return FakeHandle(index)
 
     @staticmethod
