@@ -220,8 +220,8 @@ class DcgmCollector(Collector):
                 if field in v:
                     out.append(Sample(signal, labels, v[field] * scale, ts))
                     break
-        for kind, fields in _ECC.items():
-            for field in fields:
+        for kind, ecc_fields in _ECC.items():
+            for field in ecc_fields:
                 if field in v:
                     out.append(Sample("gpu_ecc_errors_total", self._labels(entity, type=kind),
                                       v[field], ts))

@@ -258,7 +258,7 @@ def test_every_request_has_an_explicit_timeout(exporter: _Server) -> None:
     seen: list[Any] = []
 
     class Recording(requests.Session):
-        def request(self, method: str | bytes, url: str | bytes,  # type: ignore[override]
+        def request(self, method: str | bytes, url: str | bytes,
                     *args: Any, **kwargs: Any) -> requests.Response:
             seen.append(kwargs.get("timeout"))
             return super().request(method, url, *args, **kwargs)
