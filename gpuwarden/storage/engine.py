@@ -1,0 +1,110 @@
+"""From a storage URL to a configured SQLAlchemy engine, and ``open_store``.
+
+SQLite: WAL journal (readers never block the writer), ``synchronous=NORMAL`` (a crash
+can lose the last commits only on power loss, never corrupt), and a busy_timeout of a
+few hundred ms so a locked database fails a write quickly into the pending buffer
+instead of stalling the collection loop. pysqlite's implicit transactions are switched
+off and transactions begin explicitly, with ``BEGIN IMMEDIATE`` for writes: a deferred
+transaction that reads first and then upgrades to a write lock gets SQLITE_BUSY at once,
+without honouring busy_timeout.
+
+PostgreSQL: psycopg 3, pre-ping (a restarted server or a terminated backend costs one
+reconnect, not a failed cycle), a connect timeout, and ``lock_timeout`` as the analogue
+of SQLite's busy_timeout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from gpuwarden.errors import StoreError
+from gpuwarden.storage.store import Store
+
+
+def sqlite_engine(url_str: str, database: str | None, busy_timeout_ms: int) -> Engine:
+    memory = not database or database == ":memory:"
+    if database and not memory and not database.startswith("file:"):
+        parent = Path(database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise StoreError(f"directory {parent} for the SQLite store does not exist")
+    kwargs: dict[str, Any] = {}
+    if memory:
+        kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    engine = create_engine(url_str, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("gw_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def postgres_engine(url: Any, busy_timeout_ms: int) -> Engine:
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": 5}
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Fail a write stuck behind a lock like SQLite's busy_timeout, instead of
+        # stalling the collection loop; the cycle goes to the pending buffer.
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {int(busy_timeout_ms)}")
+        dbapi_conn.commit()
+
+    return engine
+
+
+def open_store(url: str, *, node: str, busy_timeout_ms: int = 300, **options: Any) -> Store:
+    """Open (creating tables if needed) the store at a SQLAlchemy URL.
+
+    ``sqlite:///PATH`` or ``postgresql+psycopg://...`` (``postgresql://`` is taken to
+    mean psycopg). Raises :class:`StoreError` for a URL that cannot be used, with a
+    message naming the problem. ``options`` go to :class:`Store`.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"invalid storage URL {url!r}: {exc}") from exc
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            engine = sqlite_engine(url, parsed.database, busy_timeout_ms)
+        elif backend == "postgresql":
+            if parsed.drivername in ("postgresql", "postgres"):
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            elif parsed.get_driver_name() != "psycopg":
+                raise StoreError(
+                    f"PostgreSQL driver {parsed.get_driver_name()!r} is not supported; "
+                    "use postgresql+psycopg://"
+                )
+            engine = postgres_engine(parsed, busy_timeout_ms)
+        else:
+            raise StoreError(
+                f"unsupported storage URL scheme {parsed.drivername!r}; "
+                "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+            )
+    except (NoSuchModuleError, ArgumentError) as exc:
+        raise StoreError(
+            f"unusable storage URL {parsed.render_as_string(hide_password=True)}: {exc}"
+        ) from exc
+    try:
+        return Store(engine, node=node, **options)
+    except TypeError:
+        engine.dispose()
+        raise

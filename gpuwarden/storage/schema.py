@@ -1,0 +1,163 @@
+"""Every storage table, defined once (SQLAlchemy Core), plus the schema version.
+
+The sample path is Prometheus-TSDB-like:
+
+* ``series`` gives each (signal, canonical label JSON) one integer id, shared by every
+  node writing to the same database.
+* ``head_log`` is the write-ahead log of the in-memory head: one row per collection
+  cycle (a packed blob of series ids, timestamps and values), tagged with the writing
+  node so that each store replays only its own rows after a restart.
+* ``chunks`` holds the compressed samples of one series over one aligned time window;
+  head-log rows are deleted in the same transaction that inserts the chunks covering
+  them.
+
+``chunks`` is a rowid table on purpose: every cut inserts one chunk per series, and a
+table clustered on (series_id, t_min) would split pages all over the key space on each
+cut and end up ~2/3 full; appending by rowid keeps the big rows packed, and the small
+(series_id, t_min) index does the lookups.
+
+``alerts``, ``audit``, ``dead_letters`` and ``rollups_1m`` are filled by later parts of
+the daemon; they are defined here so that one ``create_all`` and one schema version
+cover the whole database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+#: Bump when a table changes; a store refuses a database with a newer version.
+SCHEMA_VERSION = 1
+
+#: SQLite only turns ``INTEGER PRIMARY KEY`` into an auto-assigned rowid alias, not
+#: ``BIGINT``; PostgreSQL needs 64-bit ids (BIGSERIAL) for long-lived shared databases.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("signal", String(200), nullable=False),
+    # Canonical JSON object of the sorted label pairs (json.dumps sort_keys, compact).
+    Column("labels", Text, nullable=False),
+    UniqueConstraint("signal", "labels", name="uq_series_signal_labels"),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("series_id", BigInteger, nullable=False),
+    Column("t_min", BigInteger, nullable=False),  # Unix milliseconds, inclusive
+    Column("t_max", BigInteger, nullable=False),  # Unix milliseconds, inclusive
+    Column("count", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # codec.encode_chunk
+    Index("ix_chunks_series_tmin", "series_id", "t_min"),
+    Index("ix_chunks_tmax", "t_max"),
+)
+
+head_log = Table(
+    "head_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("writer", String(200), nullable=False),  # the node whose head this row belongs to
+    Column("t_min", BigInteger, nullable=False),
+    Column("t_max", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),  # codec.encode_cycle
+    Index("ix_head_log_writer_id", "writer", "id"),
+)
+
+rollups_1m = Table(
+    "rollups_1m",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("series_id", BigInteger, nullable=False),
+    Column("t", BigInteger, nullable=False),  # start of the minute, Unix milliseconds
+    Column("count", Integer, nullable=False),
+    Column("sum", Float, nullable=False),
+    Column("min", Float, nullable=False),
+    Column("max", Float, nullable=False),
+    Column("last", Float, nullable=False),
+    Index("ix_rollups_1m_series_t", "series_id", "t", unique=True),
+    Index("ix_rollups_1m_t", "t"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("rule", String(200), nullable=False),
+    Column("labels", Text, nullable=False),  # JSON object
+    Column("annotations", Text, nullable=False),  # JSON object
+    Column("state", String(16), nullable=False),  # pending | firing | resolved
+    Column("value", Float),
+    Column("active_at", Float),  # Unix seconds
+    Column("fired_at", Float),
+    Column("resolved_at", Float),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_alerts_state", "state"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("action", String(200), nullable=False),
+    Column("target", Text),
+    Column("fingerprint", String(64)),
+    Column("result", String(32), nullable=False),  # sent | suppressed | failed | ...
+    Column("http_status", Integer),
+    Column("attempt", Integer),
+    Column("reason", Text),
+    Column("detail", Text),
+    Index("ix_audit_ts", "ts"),
+    Index("ix_audit_fingerprint", "fingerprint"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("action", String(200), nullable=False),
+    Column("fingerprint", String(64)),
+    Column("payload", Text, nullable=False),  # JSON
+    Column("last_error", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("replayed_at", Float),
+    Index("ix_dead_letters_ts", "ts"),
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "alerts",
+    "audit",
+    "chunks",
+    "dead_letters",
+    "head_log",
+    "metadata",
+    "rollups_1m",
+    "schema_version",
+    "series",
+]
