@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _config_problems(exc)
-    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL", config.log_level))
+    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or config.log_level)
     daemon = Daemon(config)
     try:
         daemon.start()
@@ -117,7 +117,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gpuwarden.demo import run_demo
 
-    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL", "info"))
+    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or "info")
     try:
         return run_demo(args.duration, args.listen, args.dir)
     except OSError as exc:

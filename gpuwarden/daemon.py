@@ -335,9 +335,7 @@ class Daemon:
 
     def _guarded_retention(self) -> None:
         try:
-            from gpuwarden.storage.retention import apply_retention
-
-            deleted = apply_retention(self._store, self.clock(), self.config.storage.retention)
+            deleted = self._store.apply_retention(self.clock(), self.config.storage.retention)
             if deleted:
                 log.info("retention: deleted %d rows older than %gs", deleted,
                          self.config.storage.retention)

@@ -1,0 +1,192 @@
+"""Daemon benchmark: start-up, CPU per cycle, RSS over time, /metrics serve time.
+
+Runs ``gpuwarden run`` as a real subprocess (8 simulated GPUs + 4 servers on loopback
+serving the recorded vLLM 0.32 payload, ~54 KB each, or a scaled-up one with
+``--payload-kb``) and measures it from outside, as an operator would:
+
+- time from ``exec`` to the first stored sample, against ``python -c pass`` (the
+  interpreter's own start-up) measured in the same run;
+- CPU per cycle and % of one core, from /proc/PID/stat over the run;
+- RSS (VmRSS) after the run (10 minutes by default, ``--quick`` 60 s);
+- time to serve /metrics against /healthz (a tiny JSON) over 300 requests each.
+
+    .venv/bin/python -m bench.bench_daemon [--quick] [--seconds N] [--payload-kb N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = ROOT / "tests" / "fixtures" / "metrics" / "vllm-0.32-cpu-after-load.prom"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scaled_payload(kb: int | None) -> bytes:
+    """The recorded payload; scaled up by repeating its vLLM families under more models."""
+    base = PAYLOAD.read_bytes()
+    if not kb or kb * 1024 <= len(base):
+        return base
+    lines = [ln for ln in base.decode().splitlines() if ln.startswith("vllm:")]
+    out, i = [base.decode()], 0
+    while sum(len(p) for p in out) < kb * 1024:
+        i += 1
+        out.append("\n".join(ln.replace('model_name="tiny-llama"', f'model_name="lora-{i}"')
+                             for ln in lines if "model_name=" in ln) + "\n")
+    return "".join(out).encode()
+
+
+def serve_payloads(body: bytes, count: int) -> list[ThreadingHTTPServer]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = []
+    for _ in range(count):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    return servers
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def time_gets(url: str, n: int, session: requests.Session) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        session.get(url, timeout=5).raise_for_status()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="60 s instead of 10 minutes")
+    parser.add_argument("--seconds", type=float, help="run length (default 600, quick 60)")
+    parser.add_argument("--servers", type=int, default=4)
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--payload-kb", type=int, default=None)
+    args = parser.parse_args()
+    seconds = args.seconds or (60.0 if args.quick else 600.0)
+
+    body = scaled_payload(args.payload_kb)
+    servers = serve_payloads(body, args.servers)
+    work = Path(tempfile.mkdtemp(prefix="gpuwarden-bench-"))
+    port = free_port()
+    config = work / "gpuwarden.toml"
+    server_tables = "".join(
+        f'[[servers]]\nname = "vllm-{i}"\nkind = "vllm"\n'
+        f'metrics_url = "http://127.0.0.1:{s.server_address[1]}/metrics"\n'
+        for i, s in enumerate(servers)
+    )
+    config.write_text(
+        f'node = "bench"\ninterval = "1s"\nlisten = "127.0.0.1:{port}"\n'
+        f'[storage]\nurl = "sqlite:///{work / "gw.db"}"\n'
+        f'[gpu]\nsource = "sim"\nsim_gpus = {args.gpus}\n{server_tables}'
+    )
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    python_start = time.perf_counter() - t0
+
+    session = requests.Session()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwarden.cli", "run", "--config",
+                             str(config)], stdout=subprocess.DEVNULL,
+                            stderr=open(work / "daemon.log", "w"))  # noqa: SIM115
+    first_sample = None
+    try:
+        while time.perf_counter() - started < 30:
+            try:
+                text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+                if metric(text, "gpuwarden_samples_written_total") > 0:
+                    first_sample = time.perf_counter() - started
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.005)
+        text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        cpu0, cycles0 = cpu_seconds(proc.pid), metric(text, "gpuwarden_cycles_total")
+        time.sleep(seconds)
+        text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        cpu1, cycles1 = cpu_seconds(proc.pid), metric(text, "gpuwarden_cycles_total")
+        rss = rss_mib(proc.pid)
+        samples_per_cycle = metric(text, "gpuwarden_samples_collected_total") / max(cycles1, 1)
+        metrics_times = time_gets(f"http://127.0.0.1:{port}/metrics", 300, session)
+        health_times = time_gets(f"http://127.0.0.1:{port}/healthz", 300, session)
+        metrics_bytes = len(session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).content)
+        errors = metric(text, "gpuwarden_cycle_errors_total")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        for server in servers:
+            server.shutdown()
+
+    cycles = max(cycles1 - cycles0, 1)
+    cpu_ms = (cpu1 - cpu0) * 1000 / cycles
+    med_m, med_h = statistics.median(metrics_times), statistics.median(health_times)
+    p99_m = sorted(metrics_times)[int(0.99 * len(metrics_times)) - 1]
+    print(f"\n## gpuwarden daemon ({args.gpus} simulated GPUs + {args.servers} servers, "
+          f"{len(body) / 1024:.0f} KB payloads, {seconds:.0f} s run, {cycles:.0f} cycles, "
+          f"{samples_per_cycle:.0f} samples/cycle)\n")
+    print("| measure | value | reference (same run) | ratio | target |")
+    print("|---|---|---|---|---|")
+    fs = f"{first_sample * 1000:.0f} ms" if first_sample else "never"
+    print(f"| start → first stored sample | {fs} | python -c pass {python_start * 1000:.0f} ms "
+          f"| {(first_sample or 0) / python_start:.1f}x | ≤ 500 ms |")
+    print(f"| CPU per cycle | {cpu_ms:.1f} ms ({cpu_ms / 10:.1f} % of one core at 1 s) | - | - "
+          f"| < 5 % (70 KB), < 10 % (250 KB) |")
+    print(f"| RSS after {seconds:.0f} s | {rss:.1f} MiB | - | - | ≤ 80 MiB |")
+    print(f"| GET /metrics ({metrics_bytes / 1024:.0f} KB) median / p99 | {med_m * 1000:.2f} / "
+          f"{p99_m * 1000:.2f} ms | GET /healthz {med_h * 1000:.2f} ms | "
+          f"{med_m / med_h:.1f}x | ≤ 15 ms |")
+    print(f"| cycle errors | {errors:.0f} | - | - | 0 |")
+
+
+if __name__ == "__main__":
+    main()
