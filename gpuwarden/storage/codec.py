@@ -96,9 +96,12 @@ def _decimal_ints(values: F64Array) -> tuple[int, I64Array] | None:
             scaled = np.rint(values * factor)
         if np.abs(scaled).max() >= _DECIMAL_LIMIT:
             return None
-        back = scaled / factor if scale else scaled
+        ints = scaled.astype(np.int64)
+        back = ints.astype(np.float64)  # exactly what decode_chunk computes (-0.0 fails)
+        if scale:
+            back /= factor
         if np.array_equal(back.view(np.uint64), bits):
-            return scale, scaled.astype(np.int64)
+            return scale, ints
     return None
 
 
