@@ -19,6 +19,7 @@ import argparse
 import os
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,17 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
+def stored_at(db: Path, started: float) -> float | None:
+    if not db.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05) as conn:
+            rows = conn.execute("SELECT count(*) FROM head_log").fetchone()[0]
+    except sqlite3.Error:
+        return None
+    return time.perf_counter() - started if rows else None
+
+
 def time_gets(url: str, n: int, session: requests.Session) -> list[float]:
     times = []
     for _ in range(n):
@@ -141,15 +153,17 @@ def main() -> None:
                             stderr=open(work / "daemon.log", "w"))  # noqa: SIM115
     first_sample = None
     try:
+        # "Stored" means committed to the database file: poll it with a reader of our
+        # own (WAL mode lets it read while the daemon writes).
+        while time.perf_counter() - started < 30 and first_sample is None:
+            first_sample = stored_at(work / "gw.db", started)
+            time.sleep(0.002)
         while time.perf_counter() - started < 30:
             try:
-                text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
-                if metric(text, "gpuwarden_samples_written_total") > 0:
-                    first_sample = time.perf_counter() - started
+                if session.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
                     break
             except requests.ConnectionError:
-                pass
-            time.sleep(0.005)
+                time.sleep(0.01)
         text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         cpu0, cycles0 = cpu_seconds(proc.pid), metric(text, "gpuwarden_cycles_total")
         time.sleep(seconds)

@@ -36,6 +36,11 @@ Route = Callable[["_Handler"], None]
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # Buffer headers and body into one write (flushed by the base class after each
+    # request) and disable Nagle: otherwise keep-alive scrapes stall ~40 ms on the
+    # delayed-ACK / Nagle interaction.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

@@ -20,19 +20,22 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuwarden import __version__
 from gpuwarden.collector import Collector
 from gpuwarden.config import Config, load_config
 from gpuwarden.errors import ConfigError, GpuwardenError, StoreError
-from gpuwarden.exposition import Exposition, SelfMetric, Snapshot
 from gpuwarden.model import Sample
 from gpuwarden.sdnotify import SystemdNotifier
+
+if TYPE_CHECKING:
+    from gpuwarden.exposition import Exposition, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +75,22 @@ class RateLimitedLog:
             log.info(message, *args)
 
 
-def build_collectors(config: Config, session: Any) -> list[Collector]:
-    """The collectors a config asks for: one GPU source plus one per server."""
+def build_collectors(config: Config, session: Callable[[], Any]) -> list[Collector]:
+    """The collectors a config asks for: one GPU source plus one per server.
+
+    ``session`` is called only when a collector makes HTTP requests, so a node with
+    only NVML or simulated GPUs never imports ``requests``.
+    """
     from gpuwarden.collector import gpu_collector, server_collector
 
     gpu = config.gpu
     collectors: list[Collector] = []
     gpu_source = gpu_collector(gpu.source, node=config.node, sim_gpus=gpu.sim_gpus,
-                               dcgm_url=gpu.dcgm_url, timeout=gpu.timeout, session=session)
+                               dcgm_url=gpu.dcgm_url, timeout=gpu.timeout,
+                               session=session() if gpu.source == "dcgm" else None)
     if gpu_source is not None:
         collectors.append(gpu_source)
-    collectors.extend(server_collector(s, node=config.node, session=session)
+    collectors.extend(server_collector(s, node=config.node, session=session())
                       for s in config.servers)
     return collectors
 
@@ -103,7 +111,7 @@ class Daemon:
         self._session: Any = None
         self._collectors = collectors
         self._store = store
-        self.exposition = Exposition()
+        self._exposition: Exposition | None = None
         self.notifier = SystemdNotifier()
         self._pool = ThreadPoolExecutor(MAX_COLLECT_WORKERS, thread_name_prefix="gpuwarden-collect")
         self._in_flight: dict[str, Future[CollectorResult]] = {}
@@ -129,15 +137,22 @@ class Daemon:
     # --- life cycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the store, build collectors, bind HTTP, start the schedule."""
-        from gpuwarden.api import HttpServer
+        """Open the store, run the first cycle, bind HTTP, start the schedule.
+
+        The first cycle runs before the HTTP server and scheduler are even imported,
+        so the first sample is stored as early as the store's own imports allow.
+        """
         from gpuwarden.storage import open_store
 
         if self._store is None:
             self._store = open_store(self.config.storage.url, node=self.config.node)
         if self._collectors is None:
-            self._collectors = build_collectors(self.config, self.session)
+            self._collectors = build_collectors(self.config, lambda: self.session)
             self.gpu_source = _effective_source(self._collectors, self.config)
+        self._guarded_cycle()
+
+        from gpuwarden.api import HttpServer
+
         host, port = self.config.listen_host_port
         self._http = HttpServer(host, port, self)
         self._http.start()
@@ -149,6 +164,14 @@ class Daemon:
             ", ".join(c.name for c in self._collectors) or "none",
             _redact_url(self.config.storage.url), host, self._http.port,
         )
+
+    @property
+    def exposition(self) -> Exposition:
+        if self._exposition is None:
+            from gpuwarden.exposition import Exposition
+
+            self._exposition = Exposition()
+        return self._exposition
 
     @property
     def session(self) -> Any:
@@ -177,7 +200,8 @@ class Daemon:
         )
         self._scheduler.add_job(
             self._guarded_cycle, "interval", seconds=self.config.interval, id="cycle",
-            next_run_time=_utcnow(), misfire_grace_time=max(1, int(self.config.interval)),
+            next_run_time=_utcnow(self.config.interval),
+            misfire_grace_time=max(1, int(self.config.interval)),
         )
         self._scheduler.add_job(
             self._guarded_retention, "interval", seconds=RETENTION_EVERY_S, id="retention",
@@ -255,7 +279,7 @@ class Daemon:
         new = _keep(new, self.config, "listen", "storage")
         with self._cycle_lock:
             old_collectors = self._collectors or []
-            self._collectors = build_collectors(new, self.session)
+            self._collectors = build_collectors(new, lambda: self.session)
             self.gpu_source = _effective_source(self._collectors, new)
             self._in_flight.clear()
             self.config = new
@@ -361,6 +385,8 @@ class Daemon:
         return []
 
     def _snapshot(self, samples: list[Sample]) -> Snapshot:
+        from gpuwarden.exposition import SelfMetric, Snapshot
+
         store = self._store
         success = tuple(({"collector": n}, v) for n, v in sorted(self._collector_success.items()))
         duration = tuple(({"collector": n}, v) for n, v in sorted(self._collector_duration.items()))
@@ -449,7 +475,7 @@ def _redact_url(url: str) -> str:
         return "<unparseable url>"
 
 
-def _utcnow() -> Any:
+def _utcnow(offset: float = 0.0) -> Any:
     import datetime
 
-    return datetime.datetime.now(datetime.UTC)
+    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=offset)
