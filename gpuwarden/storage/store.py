@@ -252,17 +252,15 @@ class Store:
         return written
 
     def _append(self, samples: Sequence[Sample]) -> None:
-        n = len(samples)
         get = self._local.get
-        keys = [(s.signal, s.labels) for s in samples]
-        lid_list = [get(k, -1) for k in keys]
+        lid_list = [get((s.signal, s.labels), -1) for s in samples]
         if -1 in lid_list:
             with self._lock:
-                lid_list = [self._register(k) for k in keys]
-        ts = np.fromiter((s.ts for s in samples), np.float64, n)
+                lid_list = [self._register((s.signal, s.labels)) for s in samples]
+        ts = np.array([s.ts for s in samples], dtype=np.float64)
         if not np.isfinite(ts).all():
             raise ValueError("sample timestamps must be finite")
-        vals = np.fromiter((s.value for s in samples), np.float64, n)
+        vals = np.array([s.value for s in samples], dtype=np.float64)
         ts_ms = np.rint(ts * 1000.0).astype(np.int64)
         entry = self._make_entry(np.array(lid_list, dtype=np.int64), ts_ms, vals)
         with self._lock:
@@ -301,8 +299,10 @@ class Store:
         log_ids: list[int] = []
         new_ids: dict[int, int] = {}
         with self._begin_write() as conn:
-            lids_all = np.unique(np.concatenate([p.ids for e in batch for p in e.parts]))
-            missing = lids_all[self._db_ids[lids_all] < 0]
+            missing = np.empty(0, np.int64)
+            if any((self._db_ids[p.ids] < 0).any() for e in batch for p in e.parts):
+                lids_all = np.unique(np.concatenate([p.ids for e in batch for p in e.parts]))
+                missing = lids_all[self._db_ids[lids_all] < 0]
             mapping = self._db_ids
             if missing.size:
                 new_ids = self._create_series(conn, missing.tolist())
