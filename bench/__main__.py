@@ -1,0 +1,35 @@
+"""Run every benchmark in turn: ``python -m bench [--quick]``.
+
+Each benchmark is its own module (so one can be run alone) and prints a markdown
+table with its reference measured in the same run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = ("bench_storage", "bench_parser", "bench_rules", "bench_daemon", "bench_nvml")
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv[1:]
+    failed = []
+    for name in BENCHMARKS:
+        try:
+            __import__(f"bench.{name}")
+        except ImportError:
+            continue  # a benchmark of a part not built yet
+        print(f"\n# {name}\n", flush=True)
+        args = [sys.executable, "-m", f"bench.{name}"]
+        if quick and name != "bench_nvml":
+            args.append("--quick")
+        if subprocess.run(args, check=False).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
