@@ -56,7 +56,7 @@ def sqlite_engine(url_str: str, database: str | None, busy_timeout_ms: int) -> E
 
 
 def postgres_engine(url: Any, busy_timeout_ms: int) -> Engine:
-    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": 5}
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": 2}
     engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
     @event.listens_for(engine, "connect")

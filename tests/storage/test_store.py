@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.engine import make_url
 
 from gpuwarden.errors import StoreError, StoreUnavailable
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.storage import Store, open_store, schema
-from tests.storage.conftest import T0, Backend, gpu_cycle
+from tests.storage.conftest import T0, Backend, TcpProxy, gpu_cycle
 
 
 def _count(store: Store, table: Any, *where: Any) -> int:
@@ -259,3 +260,30 @@ def test_concurrent_queries_during_cuts_see_each_sample_once(backend: Backend) -
         thread.join()
     assert problems == []
     _assert_series(store, range(150))
+
+
+def test_postgres_outage_buffers_then_recovers(backend: Backend) -> None:
+    """PostgreSQL goes away (connections dropped, new ones refused) and comes back."""
+    if backend.name != "postgres":
+        pytest.skip("a network outage only exists for a database server")
+    url = make_url(backend.url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    try:
+        store = open_store(
+            url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+            node="node-a",
+        )
+        backend.opened.append(store)
+        store.write(gpu_cycle(0))
+        proxy.stop()
+        for k in (1, 2):
+            with pytest.raises(StoreUnavailable):
+                store.write(gpu_cycle(k))
+        assert store.pending_samples == 8
+        _assert_series(store, range(3))
+        proxy.start()
+        assert store.write(gpu_cycle(3)) == 12
+        assert store.pending_samples == 0
+    finally:
+        proxy.stop()
+    _assert_series(backend.open(), range(4))
