@@ -1,0 +1,285 @@
+"""Window functions over stored series, computed exactly as Prometheus 2.42 computes them.
+
+Why exactly Prometheus: operators compare gpuwarden's p95 TTFT or token rate with what
+their Grafana shows from the same vLLM ``/metrics``. If the daemon used its own
+definition (a plain ``last - first``, another quantile interpolation), an alert would
+fire on a number nobody can reproduce. So this module ports, line for line:
+
+* ``extrapolatedRate`` (``promql/functions.go``) for ``increase()`` and ``rate()``:
+  counter-reset correction, extrapolation towards the window edges (fully when the gap
+  is under 1.1 x the average sample spacing, else by half a spacing) and the counter
+  zero-point clamp, in the 2.x order (clamp *before* the threshold test; 3.x applies it
+  after, which can give a smaller result when a series starts inside the window);
+* ``bucketQuantile`` (``promql/quantile.go``) for ``histogram_quantile()``, with the 2.42
+  ``ensureMonotonic`` (the ``1e-12`` small-delta tolerance of later releases does not
+  exist in 2.42; checked against the installed binary).
+
+The version pinned is the one CI runs (Debian ``prometheus`` 2.42.0), and
+``tests/test_windows_prometheus.py`` compares these functions with it on real scrapes.
+
+Timestamps are Unix seconds (floats) as in :class:`~gpuwarden.model.SeriesData`. They
+are rounded to whole milliseconds first, because Prometheus stores and selects at
+millisecond resolution; computing on integer milliseconds also makes the window-edge
+test exact (a float ``end - 10.0`` may miss a sample lying exactly on the edge).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from gpuwarden.model import FloatArray, Labels, SeriesData
+
+__all__ = [
+    "counter_rate",
+    "histogram_quantile",
+    "increase",
+    "rate",
+    "ratio_of_increases",
+    "window_quantile",
+]
+
+_NAN = math.nan
+_INF = math.inf
+
+
+def _ms(t: float) -> int:
+    """Seconds to integer milliseconds, rounding halves up (Go's ``math.Round`` for t > 0)."""
+    return math.floor(t * 1000.0 + 0.5)
+
+
+def _div(a: float, b: float) -> float:
+    """IEEE division (x/0 = ±Inf, 0/0 = NaN) as Go does it; Python's ``/`` raises instead."""
+    with np.errstate(all="ignore"):
+        return float(np.float64(a) / np.float64(b))
+
+
+def _window(
+    timestamps: FloatArray, values: FloatArray, start: float, end: float
+) -> tuple[list[int], list[float], int, int]:
+    """The samples a range selector ``[end - start]`` evaluated at ``end`` sees.
+
+    Prometheus 2.x selects the CLOSED interval ``[start, end]`` (a sample exactly on
+    ``start`` counts); Prometheus 3.0 changed range selectors to left-open
+    ``(start, end]``. We follow 2.42, the version we are tested against.
+    """
+    start_ms, end_ms = _ms(start), _ms(end)
+    if end_ms <= start_ms:
+        raise ValueError(f"empty window: start={start!r} end={end!r}")
+    ts = np.asarray(timestamps, dtype=np.float64)
+    vs = np.asarray(values, dtype=np.float64)
+    if ts.shape != vs.shape:
+        raise ValueError("timestamps and values differ in length")
+    t_ms = np.floor(ts * 1000.0 + 0.5).astype(np.int64)
+    keep = (t_ms >= start_ms) & (t_ms <= end_ms)
+    return [int(t) for t in t_ms[keep]], [float(v) for v in vs[keep]], start_ms, end_ms
+
+
+def _extrapolated_rate(
+    timestamps: FloatArray,
+    values: FloatArray,
+    start: float,
+    end: float,
+    *,
+    is_counter: bool,
+    is_rate: bool,
+) -> float | None:
+    """Port of ``extrapolatedRate`` (Prometheus 2.42, float samples only)."""
+    t, v, range_start, range_end = _window(timestamps, values, start, end)
+    # "No sense in trying to compute a rate without at least two points."
+    if len(v) < 2:
+        return None
+    result = v[-1] - v[0]
+    if is_counter:
+        # A drop means the counter restarted from zero: what it had reached before the
+        # drop was lost from last - first, so add it back (one addition per reset, in
+        # order, as Go does, so the float result is bit-identical).
+        prev = v[0]
+        for cur in v[1:]:
+            if cur < prev:
+                result += prev
+            prev = cur
+
+    duration_to_start = (t[0] - range_start) / 1000
+    duration_to_end = (range_end - t[-1]) / 1000
+    sampled_interval = (t[-1] - t[0]) / 1000
+    if sampled_interval == 0:  # two samples in one millisecond: Prometheus cannot store that
+        return None
+    average_between = sampled_interval / (len(v) - 1)
+
+    if is_counter and result > 0 and v[0] >= 0:
+        # A counter cannot have been negative: do not extrapolate back past the moment
+        # the line through the samples crosses zero (a series that started inside the
+        # window). 2.42 clamps here, before the threshold test below.
+        duration_to_zero = sampled_interval * (v[0] / result)
+        duration_to_start = min(duration_to_start, duration_to_zero)
+
+    # Extrapolate to a window edge when the gap looks like a missing next sample (less
+    # than 1.1 spacings); otherwise the series began/ended inside the window: add only
+    # half a spacing.
+    threshold = average_between * 1.1
+    extrapolate_to = sampled_interval
+    extrapolate_to += duration_to_start if duration_to_start < threshold else average_between / 2
+    extrapolate_to += duration_to_end if duration_to_end < threshold else average_between / 2
+    factor = extrapolate_to / sampled_interval
+    if is_rate:
+        factor /= (range_end - range_start) / 1000
+    return result * factor
+
+
+def increase(timestamps: FloatArray, values: FloatArray, start: float, end: float) -> float | None:
+    """PromQL ``increase(x[end-start])`` evaluated at ``end``; None where PromQL has no output.
+
+    Like PromQL, the result is extrapolated and hence usually not an integer even for
+    integer counters.
+    """
+    return _extrapolated_rate(timestamps, values, start, end, is_counter=True, is_rate=False)
+
+
+def rate(timestamps: FloatArray, values: FloatArray, start: float, end: float) -> float | None:
+    """PromQL ``rate(x[end-start])`` at ``end``, per second; None where PromQL has no output."""
+    return _extrapolated_rate(timestamps, values, start, end, is_counter=True, is_rate=True)
+
+
+def _go_search(n: int, pred: Callable[[int], bool]) -> int:
+    """Go's ``sort.Search``: the binary search itself, so NaN counts land where Go's do."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if not pred(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
+    """PromQL ``histogram_quantile`` over classic buckets ``(upper bound le, cumulative count)``.
+
+    Port of Prometheus 2.42 ``bucketQuantile``. Returns NaN where PromQL returns NaN: no
+    ``+Inf`` bucket, fewer than two distinct bounds, or zero observations (no traffic in
+    the window). An empty bucket list (PromQL would output nothing) and a NaN bound
+    (PromQL's answer then depends on Go's sort order) also give NaN.
+    """
+    if math.isnan(q):
+        return _NAN
+    if q < 0:
+        return -_INF
+    if q > 1:
+        return _INF
+    if not buckets or any(math.isnan(le) for le, _ in buckets):
+        return _NAN
+    ordered = sorted(((float(le), float(c)) for le, c in buckets), key=lambda b: b[0])
+    if ordered[-1][0] != _INF:
+        return _NAN
+
+    # coalesceBuckets: the same bound spelled twice ("1" and "1.0") is one bucket.
+    bounds: list[float] = []
+    counts: list[float] = []
+    for le, c in ordered:
+        if bounds and bounds[-1] == le:
+            counts[-1] += c
+        else:
+            bounds.append(le)
+            counts.append(c)
+
+    # ensureMonotonic (2.42): buckets are not scraped atomically, and increase() scales
+    # each bucket by its own factor, so a higher bucket can come out smaller; take the
+    # running maximum ("envelope") so the binary search below stays meaningful.
+    top = counts[0]
+    for i in range(1, len(counts)):
+        if counts[i] > top:
+            top = counts[i]
+        elif counts[i] < top:
+            counts[i] = top
+
+    if len(counts) < 2:
+        return _NAN
+    observations = counts[-1]
+    if observations == 0:
+        return _NAN
+    rank = q * observations
+    b = _go_search(len(counts) - 1, lambda i: counts[i] >= rank)
+
+    if b == len(counts) - 1:
+        # In the +Inf bucket nothing is known about the value except that it exceeds the
+        # largest finite bound; Prometheus answers with that bound (a floor, not a guess).
+        return bounds[-2]
+    if b == 0 and bounds[0] <= 0:
+        return bounds[0]
+    bucket_start = 0.0  # natural lower bound of the first bucket (latencies are >= 0)
+    bucket_end = bounds[b]
+    count = counts[b]
+    if b > 0:
+        bucket_start = bounds[b - 1]
+        count -= counts[b - 1]
+        rank -= counts[b - 1]
+    return bucket_start + (bucket_end - bucket_start) * _div(rank, count)
+
+
+def _parse_le(labels: Labels) -> float | None:
+    """The ``le`` bound as PromQL reads it; None (bucket ignored, as PromQL does) if absent/bad."""
+    for k, val in labels:
+        if k == "le":
+            try:
+                return float(val)
+            except ValueError:
+                return None
+    return None
+
+
+def window_quantile(
+    q: float, bucket_series: Sequence[SeriesData], start: float, end: float
+) -> float | None:
+    """``histogram_quantile(q, increase(x_bucket[end-start]))`` for ONE histogram.
+
+    ``bucket_series`` are the ``_bucket`` series of one histogram: the same signal and
+    labels apart from ``le`` (grouping a multi-model scrape is the caller's job; a mix
+    raises ValueError rather than silently blending two models).
+
+    Returns None when PromQL would output nothing (no bucket has two samples in the
+    window: not enough data yet). Returns NaN when the window saw no observations (the
+    ``+Inf`` bucket did not increase), as PromQL does. Detectors must treat NaN as "no
+    traffic", never as a breach; ``nan > slo`` is False, so a plain comparison already
+    does not fire.
+    """
+    identity: tuple[str, Labels] | None = None
+    buckets: list[tuple[float, float]] = []
+    for s in bucket_series:
+        rest = tuple(kv for kv in s.labels if kv[0] != "le")
+        if identity is None:
+            identity = (s.signal, rest)
+        elif identity != (s.signal, rest):
+            raise ValueError(
+                f"bucket series of different histograms: {identity!r} vs {(s.signal, rest)!r}"
+            )
+        le = _parse_le(s.labels)
+        if le is None:
+            continue
+        inc = increase(s.timestamps, s.values, start, end)
+        if inc is not None:
+            buckets.append((le, inc))
+    if not buckets:
+        return None
+    return histogram_quantile(q, buckets)
+
+
+def counter_rate(series: SeriesData, start: float, end: float) -> float | None:
+    """Per-second ``rate()`` of a counter series over ``[start, end]``; None without 2 samples."""
+    return rate(series.timestamps, series.values, start, end)
+
+
+def ratio_of_increases(num: SeriesData, den: SeriesData, start: float, end: float) -> float | None:
+    """``increase(num[w]) / increase(den[w])``, e.g. prefix-cache hits / queries.
+
+    None when either side has no result or the denominator did not increase: PromQL
+    would give NaN or Inf there, and a ratio "with no queries" is no data, not 0 % or
+    100 % (a hit-ratio detector must not fire on an idle server).
+    """
+    n = increase(num.timestamps, num.values, start, end)
+    d = increase(den.timestamps, den.values, start, end)
+    if n is None or d is None or not d > 0:
+        return None
+    return n / d
