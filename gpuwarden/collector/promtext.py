@@ -339,8 +339,8 @@ def parse(
                         except ValueError:
                             t = float(ts) / 1000
                 except ValueError:
-                    errors.append(f"line {i}: invalid value or timestamp: "
-                                  f"{_snippet(value + ' ' + ts)}")
+                    errors.append(f"line {i}: {name}: invalid value {value!r}" if not ts else
+                                  f"line {i}: {name}: invalid value/timestamp {value!r} {ts!r}")
                     continue
                 lst = samples_get(name)
                 if lst is None:
