@@ -306,12 +306,13 @@ class Daemon:
             started = time.perf_counter()
             samples = self._collect_all()
             self._write(samples)
+            derived = self._derive()
             self.cycles_total += 1
             self.last_cycle_seconds = time.perf_counter() - started
             self.last_cycle_end = time.monotonic()
             if samples and self.first_sample_at is None:
                 self.first_sample_at = self.last_cycle_end - self._started_mono
-            self.exposition.update(self._snapshot(samples))
+            self.exposition.update(self._snapshot(samples + derived))
             self.notifier.watchdog()
             return samples
 
@@ -356,6 +357,19 @@ class Daemon:
                               getattr(self._store, "pending_samples", 0), exc)
         else:
             self._log.recovered("store", "store writable again; buffered samples written")
+
+    def _derive(self) -> list[Sample]:
+        """Window signals (quantiles, rates) from the store; a failure costs only them."""
+        if self._store is None or not self.config.servers:
+            return []
+        from gpuwarden.derived import derive
+
+        try:
+            return derive(self._store, self.clock())
+        except Exception as exc:
+            self.cycle_errors_total += 1
+            self._log.warning("derive", "computing window signals failed: %s", exc)
+            return []
 
     def _guarded_retention(self) -> None:
         try:
