@@ -269,3 +269,13 @@ def test_sd_notify_ready_and_watchdog(tmp_path: Path, daemon_factory: object) ->
             except TimeoutError:
                 break
         assert "STOPPING=1" in messages
+
+
+def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('interval = "1 second"\n[gpu]\nsource = "sim"\nsim_gpu = 4\n')
+    proc = subprocess.run([sys.executable, "-m", "gpuwarden.cli", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    assert "interval: bad duration" in proc.stderr
+    assert "gpu.sim_gpu: unknown key" in proc.stderr

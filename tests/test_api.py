@@ -1,0 +1,95 @@
+"""HTTP endpoints and the exposition, in-process with real HTTP on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpuwarden.collector import Collector
+from gpuwarden.config import parse_config
+from gpuwarden.daemon import Daemon
+from gpuwarden.errors import CollectorError
+from gpuwarden.exposition import Exposition, Snapshot
+from gpuwarden.model import Sample, make_labels
+from tests.test_daemon import free_port
+
+
+class Scripted(Collector):
+    """Returns the next scripted batch each cycle; an exception instance is raised."""
+
+    def __init__(self, name: str, batches: list[list[Sample] | Exception]) -> None:
+        self.name = name
+        self.batches = batches
+
+    def collect(self) -> Iterable[Sample]:
+        batch = self.batches.pop(0) if len(self.batches) > 1 else self.batches[0]
+        if isinstance(batch, Exception):
+            raise batch
+        return batch
+
+
+def gpu_up(gpu: str) -> Sample:
+    labels = make_labels(node="n", gpu=gpu, uuid=f"GPU-{gpu}", model="H100")
+    return Sample("gpu_up", labels, 1.0, time.time())
+
+
+def config(tmp_path: Path, interval: str = "100ms") -> object:
+    return parse_config(f'node = "n"\ninterval = "{interval}"\nlisten = "127.0.0.1:{free_port()}"'
+                        f'\n[storage]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n', "<test>")
+
+
+def names(body: bytes, metric: str) -> list[dict[str, str]]:
+    return [s.labels for fam in text_string_to_metric_families(body.decode())
+            for s in fam.samples if s.name == metric]
+
+
+def test_vanished_gpu_leaves_the_exposition() -> None:
+    exposition = Exposition(process_metrics=False)
+    first = exposition.update(Snapshot(samples=(gpu_up("0"), gpu_up("1"))))
+    assert sorted(lab["gpu"] for lab in names(first, "gpuwarden_gpu_up")) == ["0", "1"]
+    second = exposition.update(Snapshot(samples=(gpu_up("0"),)))
+    assert [lab["gpu"] for lab in names(second, "gpuwarden_gpu_up")] == ["0"]
+    assert exposition.body == second
+
+
+def test_failing_collector_is_counted_and_others_carry_on(tmp_path: Path) -> None:
+    good = Scripted("good", [[gpu_up("0")]])
+    bad = Scripted("bad", [CollectorError("driver said no"), RuntimeError("bug"), [gpu_up("9")]])
+    daemon = Daemon(config(tmp_path), collectors=[good, bad])  # type: ignore[arg-type]
+    daemon.start()
+    try:
+        port = daemon.http_port
+        time.sleep(0.35)  # first cycles: bad raises a CollectorError, then a RuntimeError
+        m = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for fam in text_string_to_metric_families(
+                 requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text)
+             for s in fam.samples}
+        assert m[("gpuwarden_collector_success", (("collector", "good"),))] == 1.0
+        assert m[("gpuwarden_collector_errors_total", (("collector", "bad"),))] >= 2
+        assert m[("gpuwarden_cycle_errors_total", ())] == 0  # the cycle itself never failed
+        assert daemon.cycles_total >= 3
+        # ...and the bad one recovers once it returns samples again
+        assert m[("gpuwarden_collector_success", (("collector", "bad"),))] == 1.0
+    finally:
+        daemon.shutdown()
+
+
+def test_healthz_turns_503_when_the_loop_stops(tmp_path: Path) -> None:
+    daemon = Daemon(config(tmp_path), collectors=[Scripted("g", [[gpu_up("0")]])])  # type: ignore[arg-type]
+    daemon.start()
+    try:
+        url = f"http://127.0.0.1:{daemon.http_port}"
+        assert requests.get(f"{url}/healthz", timeout=2).status_code == 200
+        daemon._scheduler.pause()  # the loop wedges
+        time.sleep(0.5)  # > 3 intervals of 100 ms
+        response = requests.get(f"{url}/healthz", timeout=2)
+        assert response.status_code == 503
+        assert response.json()["status"] == "unhealthy"
+        assert requests.get(f"{url}/api/v1/alerts", timeout=2).json() == []
+        assert requests.get(f"{url}/nope", timeout=2).status_code == 404
+    finally:
+        daemon.shutdown()
