@@ -77,7 +77,11 @@ class RuleConfig:
     enabled: bool = True
     detector: str = "threshold"
     labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
     summary: str | None = None
+    limit: float | None = None  # trend: the level whose crossing is forecast
+    horizon: float = 300.0  # trend: fire when the limit is forecast within this time
+    min_points: int = 10  # trend: fewer samples in the window never fire
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +294,11 @@ RULE: Schema = {
     "enabled": ("enabled", _bool),
     "detector": ("detector", _nonempty),
     "labels": ("labels", _str_table),
+    "annotations": ("annotations", _str_table),
     "summary": ("summary", _nonempty),
+    "limit": ("limit", _number),
+    "horizon": ("horizon", _positive_duration),
+    "min_points": ("min_points", _int),
 }
 ACTION: Schema = {
     "name": ("name", _nonempty),
