@@ -1,0 +1,402 @@
+"""The rule engine: detectors' findings through Prometheus' alert state machine.
+
+Why Prometheus' machine, ported transition for transition (``rules/alerting.go``, see
+``reference/alerting.md`` §1.2): on-call engineers already know what ``for``,
+``keep_firing_for``, pending and resolved mean there, and a receiver written for
+Alertmanager expects exactly those lifecycles. Differences are deliberate and few:
+
+* Detectors may answer ``HOLD`` (value between ``clear`` and ``threshold``): it keeps
+  a *firing* alert firing (hysteresis) but never starts or advances a *pending* one,
+  which is dropped as if the condition had gone.
+* A rule whose detector raises (or whose input could not be read) leaves its alerts
+  exactly as they were, as a failing PromQL query does in Prometheus: a bug or a store
+  hiccup must neither resolve a real incident nor fire a new one. It is logged and
+  counted per rule, and the other rules carry on.
+* Alerts of a rule that disappeared on reload are resolved at the next evaluation
+  (Prometheus drops them silently), so receivers that saw the firing get the notice.
+
+Determinism: ``evaluate`` depends only on the rules, the sequence of ``now`` values
+and what the source returns; findings are processed in fingerprint order and there is
+no wall clock inside. That is what makes ``gpuwarden backtest`` and the incident
+corpus replay exactly what the live daemon would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from gpuwarden.alerts.model import Alert, AlertEvent, AlertState, EventKind, fingerprint
+from gpuwarden.detectors import Detector, Finding, Status, Window
+from gpuwarden.model import Labels, SeriesData
+
+if TYPE_CHECKING:
+    from gpuwarden.config import RuleConfig
+
+log = logging.getLogger(__name__)
+
+#: How long a resolved instance stays visible (and re-sendable), as in Prometheus.
+RESOLVED_RETENTION = 15 * 60.0
+
+DetectorFactory = Callable[["RuleConfig"], Detector]
+SummaryRenderer = Callable[["RuleConfig", Finding, Mapping[str, str]], str]
+
+
+class SeriesSource(Protocol):
+    """What the engine reads: the store, or the backtest's in-memory slices."""
+
+    def query(
+        self,
+        signal: str,
+        matchers: Mapping[str, str] | None = None,
+        start: float = ...,
+        end: float = ...,
+    ) -> list[SeriesData]: ...
+
+
+class DuplicateLabelSetError(ValueError):
+    """Two findings of one rule map to the same alert (Prometheus' ErrDuplicateAlertLabelSet)."""
+
+
+@dataclass(slots=True)
+class _CompiledRule:
+    config: RuleConfig
+    detector: Detector
+    inputs: dict[str, float]
+
+
+@dataclass(slots=True)
+class RuleStats:
+    """Per-evaluation bookkeeping the daemon exports as self-metrics."""
+
+    evaluations_total: int = 0
+    last_evaluation_seconds: float = 0.0
+    rule_errors_total: dict[str, int] = field(default_factory=dict)
+    events_total: dict[str, int] = field(default_factory=dict)
+
+
+def default_factory(rule: RuleConfig) -> Detector:
+    """``build_detector`` from the detector registry (imported late: it is optional)."""
+    from gpuwarden import detectors
+
+    build = getattr(detectors, "build_detector", None)
+    if build is None:
+        raise LookupError("no detector registry: gpuwarden.detectors.build_detector is missing")
+    detector: Detector = build(rule)
+    return detector
+
+
+def _default_summary() -> SummaryRenderer | None:
+    """The detectors' templating (``detectors/defaults.py``), when it exists."""
+    try:
+        defaults = importlib.import_module("gpuwarden.detectors.defaults")
+    except ImportError:
+        return None
+    render = getattr(defaults, "render_summary", None)
+    return render if callable(render) else None
+
+
+def format_value(value: float) -> str:
+    """Compact human value for annotations: 0.931, 2.41, 1.2e+09, NaN."""
+    if math.isnan(value):
+        return "NaN"
+    return f"{value:.4g}"
+
+
+def plain_summary(rule: RuleConfig, finding: Finding, _labels: Mapping[str, str]) -> str:
+    """The fallback summary: ``KVCacheNearFull: value 0.93 > 0.9``."""
+    if rule.threshold is None:
+        return f"{rule.name}: value {format_value(finding.value)}"
+    return f"{rule.name}: value {format_value(finding.value)} {rule.op} {rule.threshold:g}"
+
+
+class RuleEngine:
+    """Evaluates rules against a series source and keeps every alert instance.
+
+    Not thread-safe: the daemon calls it from the cycle (under its cycle lock) and
+    publishes an immutable snapshot for the HTTP thread.
+    """
+
+    def __init__(
+        self,
+        rules: Sequence[RuleConfig],
+        *,
+        node: str,
+        interval: float,
+        factory: DetectorFactory | None = None,
+        summary: SummaryRenderer | None = None,
+        resolved_retention: float = RESOLVED_RETENTION,
+    ) -> None:
+        self.node = node
+        self.interval = interval
+        self.resolved_retention = resolved_retention
+        self._factory = factory or default_factory
+        self._summary = summary or _default_summary() or plain_summary
+        self._rules: dict[str, _CompiledRule] = {}
+        self._needed: dict[str, float] = {}
+        self._alerts: dict[str, Alert] = {}
+        self._changed: dict[str, Alert] = {}
+        self._dropped: set[str] = set()
+        self.stats = RuleStats()
+        #: Pending instances dropped by the last evaluation without ever firing.
+        self.last_pending_dropped: list[Alert] = []
+        self.configure(rules)
+
+    # --- configuration ---------------------------------------------------------------
+
+    def configure(self, rules: Sequence[RuleConfig]) -> None:
+        """(Re)build detectors; alerts of rules that still exist keep their state.
+
+        A rule that cannot be built is logged and counted, and left out: one bad rule
+        must not take the others down with it.
+        """
+        compiled: dict[str, _CompiledRule] = {}
+        for rule in rules:
+            if not rule.enabled:
+                continue
+            try:
+                detector = self._factory(rule)
+                inputs = {str(k): float(v) for k, v in detector.inputs.items()}
+            except Exception:
+                log.exception("rule %s: cannot build its detector; rule skipped", rule.name)
+                self._count_error(rule.name)
+                continue
+            compiled[rule.name] = _CompiledRule(rule, detector, inputs)
+        needed: dict[str, float] = {}
+        for c in compiled.values():
+            for signal, lookback in c.inputs.items():
+                needed[signal] = max(needed.get(signal, 0.0), lookback)
+        self._rules = compiled
+        self._needed = needed
+        for name in compiled:
+            self.stats.rule_errors_total.setdefault(name, 0)
+
+    @property
+    def rules(self) -> list[RuleConfig]:
+        return [c.config for c in self._rules.values()]
+
+    @property
+    def inputs(self) -> dict[str, float]:
+        """Stored signal -> longest lookback any rule needs (what one evaluation reads)."""
+        return dict(self._needed)
+
+    # --- evaluation ------------------------------------------------------------------
+
+    def evaluate(self, now: float, source: SeriesSource) -> list[AlertEvent]:
+        """One evaluation at ``now``: read inputs once, run every detector, step states."""
+        started = time.perf_counter()
+        data: dict[str, Sequence[SeriesData]] = {}
+        unreadable: set[str] = set()
+        for signal, lookback in self._needed.items():
+            try:
+                data[signal] = source.query(signal, None, now - lookback, now)
+            except Exception as exc:
+                unreadable.add(signal)
+                log.warning("rules: cannot read %s: %s", signal, exc)
+        window = Window(now=now, interval=self.interval, data=data)
+        events: list[AlertEvent] = []
+        self.last_pending_dropped = []
+        for rule in self._rules.values():
+            missing = sorted(unreadable.intersection(rule.inputs))
+            if missing:
+                self._count_error(rule.config.name)
+                continue
+            try:
+                findings = rule.detector.evaluate(window)
+                matched = self._match(rule.config, findings)
+            except Exception:
+                log.exception("rule %s: evaluation failed; its alerts are left as they were",
+                              rule.config.name)
+                self._count_error(rule.config.name)
+                continue
+            self._step(rule.config, matched, now, events)
+        self._resolve_orphans(now, events)
+        self._expire(now)
+        for event in events:
+            kind = str(event.kind)
+            self.stats.events_total[kind] = self.stats.events_total.get(kind, 0) + 1
+        self.stats.evaluations_total += 1
+        self.stats.last_evaluation_seconds = time.perf_counter() - started
+        return events
+
+    def _labels(self, rule: RuleConfig, finding_labels: Labels) -> Labels:
+        """Finding labels, then rule labels (overwrite), then alertname and severity."""
+        merged = dict(finding_labels)
+        merged.setdefault("node", self.node)
+        merged.update(rule.labels)
+        merged["alertname"] = rule.name
+        merged["severity"] = rule.severity
+        return tuple(sorted(merged.items()))
+
+    def _match(
+        self, rule: RuleConfig, findings: Iterable[Finding]
+    ) -> dict[str, tuple[Labels, Finding]]:
+        matched: dict[str, tuple[Labels, Finding]] = {}
+        for finding in findings:
+            labels = self._labels(rule, finding.labels)
+            fp = fingerprint(labels)
+            if fp in matched:
+                raise DuplicateLabelSetError(
+                    f"two findings of rule {rule.name} have the same label set {dict(labels)}"
+                )
+            matched[fp] = (labels, finding)
+        return dict(sorted(matched.items()))
+
+    def _annotations(
+        self, rule: RuleConfig, finding: Finding, labels: Labels
+    ) -> dict[str, str]:
+        label_map = dict(labels)
+        out = dict(rule.annotations)
+        try:
+            out["summary"] = self._summary(rule, finding, label_map)
+        except Exception as exc:  # a template error must not fail the rule (Prometheus)
+            out["summary"] = f"<error expanding template: {exc}>"
+        out["value"] = format_value(finding.value)
+        if rule.threshold is not None:
+            out["threshold"] = f"{rule.threshold:g}"
+        out.update(finding.annotations)
+        return out
+
+    def _step(
+        self,
+        rule: RuleConfig,
+        matched: Mapping[str, tuple[Labels, Finding]],
+        now: float,
+        events: list[AlertEvent],
+    ) -> None:
+        """Prometheus' ``AlertingRule.Eval`` state update for one rule."""
+        held: set[str] = set()  # instances the condition (BREACH or HOLD) keeps alive
+        for fp, (labels, finding) in matched.items():
+            alert = self._alerts.get(fp)
+            live = alert is not None and alert.state is not AlertState.RESOLVED
+            if alert is not None and live:
+                if alert.state is AlertState.PENDING and finding.status is Status.HOLD:
+                    continue  # HOLD never advances a pending alert: treated as gone
+                alert.value = finding.value
+                alert.annotations = self._annotations(rule, finding, labels)
+                alert.actions = rule.actions
+                held.add(fp)
+            elif finding.status is Status.BREACH:
+                self._alerts[fp] = Alert(
+                    name=rule.name, labels=labels,
+                    annotations=self._annotations(rule, finding, labels),
+                    state=AlertState.PENDING, value=finding.value, active_at=now,
+                    actions=rule.actions, fingerprint=fp,
+                )
+                self._changed[fp] = self._alerts[fp]
+                self._dropped.discard(fp)
+                held.add(fp)
+        for fp, alert in sorted(self._alerts.items()):
+            if alert.name != rule.name or alert.state is AlertState.RESOLVED:
+                continue
+            if fp in held:
+                if alert.keep_firing_since is not None:
+                    alert.keep_firing_since = None
+                    self._changed[fp] = alert
+                if alert.state is AlertState.PENDING and now - alert.active_at >= rule.for_:
+                    alert.state = AlertState.FIRING
+                    alert.fired_at = now
+                    self._changed[fp] = alert
+                    events.append(AlertEvent(EventKind.FIRING, _snapshot(alert), now))
+                continue
+            self._inactive(alert, now, rule.keep_firing_for, events)
+
+    def _inactive(
+        self, alert: Alert, now: float, keep_firing_for: float, events: list[AlertEvent]
+    ) -> None:
+        """The condition no longer holds for a live alert."""
+        fp = alert.fingerprint
+        if alert.state is AlertState.PENDING:
+            del self._alerts[fp]
+            self._changed.pop(fp, None)
+            self._dropped.add(fp)
+            self.last_pending_dropped.append(alert)
+            return
+        if keep_firing_for > 0:
+            if alert.keep_firing_since is None:
+                alert.keep_firing_since = now
+                self._changed[fp] = alert
+            if now - alert.keep_firing_since < keep_firing_for:
+                return
+        alert.state = AlertState.RESOLVED
+        alert.resolved_at = now
+        alert.keep_firing_since = None
+        self._changed[fp] = alert
+        events.append(AlertEvent(EventKind.RESOLVED, _snapshot(alert), now))
+
+    def _resolve_orphans(self, now: float, events: list[AlertEvent]) -> None:
+        """Alerts whose rule is gone (reload, disabled): resolve or drop them now."""
+        for _fp, alert in sorted(self._alerts.items()):
+            if alert.name not in self._rules and alert.state is not AlertState.RESOLVED:
+                self._inactive(alert, now, 0.0, events)
+
+    def _expire(self, now: float) -> None:
+        for fp, alert in list(self._alerts.items()):
+            if (
+                alert.state is AlertState.RESOLVED
+                and alert.resolved_at is not None
+                and now - alert.resolved_at > self.resolved_retention
+            ):
+                del self._alerts[fp]
+                self._changed.pop(fp, None)
+                self._dropped.add(fp)
+
+    def _count_error(self, rule: str) -> None:
+        self.stats.rule_errors_total[rule] = self.stats.rule_errors_total.get(rule, 0) + 1
+
+    # --- state access ----------------------------------------------------------------
+
+    def alerts(self, *states: AlertState) -> list[Alert]:
+        """Current instances (optionally only in ``states``), by rule then fingerprint."""
+        order = {name: i for i, name in enumerate(self._rules)}
+        chosen = [a for a in self._alerts.values() if not states or a.state in states]
+        return sorted(chosen, key=lambda a: (order.get(a.name, len(order)), a.name,
+                                             a.fingerprint))
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(alertname, state) -> instances, with zeros for every rule's pending/firing."""
+        out = {(name, str(s)): 0 for name in self._rules
+               for s in (AlertState.PENDING, AlertState.FIRING)}
+        for alert in self._alerts.values():
+            key = (alert.name, str(alert.state))
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def take_changes(self) -> tuple[list[Alert], list[str]]:
+        """Instances created or transitioned, and fingerprints dropped, since last call.
+
+        Value and annotation refreshes are not changes: persisting them every second
+        would cost a transaction per cycle for nothing a restart needs.
+        """
+        changed = [_snapshot(a) for _, a in sorted(self._changed.items())]
+        dropped = sorted(self._dropped)
+        self._changed.clear()
+        self._dropped.clear()
+        return changed, dropped
+
+    def restore(self, alerts: Iterable[Alert]) -> int:
+        """Adopt persisted instances (after a restart); in-memory ones take precedence.
+
+        A restored firing alert fires on without a new FIRING event; if its condition
+        is gone at the next evaluation it resolves normally (with a RESOLVED event).
+        """
+        adopted = 0
+        for alert in alerts:
+            if alert.fingerprint in self._alerts:
+                continue
+            rule = self._rules.get(alert.name)
+            if rule is not None:
+                alert.actions = rule.config.actions
+            self._alerts[alert.fingerprint] = alert
+            adopted += 1
+        return adopted
+
+
+def _snapshot(alert: Alert) -> Alert:
+    return dataclasses.replace(alert, annotations=dict(alert.annotations))
