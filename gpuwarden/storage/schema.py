@@ -16,9 +16,10 @@ table clustered on (series_id, t_min) would split pages all over the key space o
 cut and end up ~2/3 full; appending by rowid keeps the big rows packed, and the small
 (series_id, t_min) index does the lookups.
 
-``alerts``, ``audit``, ``dead_letters`` and ``rollups_1m`` are filled by later parts of
-the daemon; they are defined here so that one ``create_all`` and one schema version
-cover the whole database.
+``alerts``, ``audit``, ``dead_letters``, ``model_history`` and ``rollups_1m`` are filled
+by later parts of the daemon; they are defined here so that one ``create_all`` and one
+schema version cover the whole database (a table added later is created by that same
+``create_all`` on the next start, so adding one needs no version bump).
 """
 
 from __future__ import annotations
@@ -149,6 +150,21 @@ dead_letters = Table(
     Index("ix_dead_letters_ts", "ts"),
 )
 
+#: Which model each inference server served, and since when: one row per change (a
+#: server going A -> B -> A has three rows), ``last_seen`` refreshed now and then.
+#: Checkpoint-rollback remediation reads the current and previous model from it.
+model_history = Table(
+    "model_history",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("node", String(200), nullable=False),
+    Column("server", String(200), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("first_seen", Float, nullable=False),  # Unix seconds
+    Column("last_seen", Float, nullable=False),
+    Index("ix_model_history_node_server", "node", "server", "first_seen"),
+)
+
 __all__ = [
     "SCHEMA_VERSION",
     "alerts",
@@ -157,6 +173,7 @@ __all__ = [
     "dead_letters",
     "head_log",
     "metadata",
+    "model_history",
     "rollups_1m",
     "schema_version",
     "series",

@@ -1,0 +1,219 @@
+"""Wire formats shared by the receivers: the Alertmanager webhook body and its signature.
+
+Why the Alertmanager webhook JSON (version "4") and not a format of our own: every
+receiver already written for Alertmanager (chat bridges, ticketing glue, remediation
+operators) then works unchanged, and the ``fingerprint`` of each alert is the one
+Alertmanager itself would compute (``model.fingerprint``).
+
+Why Standard Webhooks for signing: it signs ``id.timestamp.body``, so a receiver can
+reject replays (timestamp tolerance) and deduplicate retries (the id stays the same
+across every attempt of one delivery), which a bare HMAC of the body cannot do.
+
+Nothing in this module logs; secrets only pass through :func:`sign`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gpuwarden.alerts.model import Alert, rfc3339
+
+#: Alertmanager's zero time for "no end yet" in webhook bodies (Go's time.Time{}).
+ZERO_TIME = "0001-01-01T00:00:00Z"
+SECRET_PREFIX = "whsec_"
+
+AlertEntry = dict[str, Any]
+
+
+class SecretError(ValueError):
+    """A configured secret cannot be read; the message names the variable or file only."""
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact, key-sorted JSON: the exact bytes that are signed are the bytes sent."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def alert_entry(
+    alert: Alert,
+    status: str,
+    *,
+    at: float,
+    generator_url: str,
+    extra_annotations: Mapping[str, str] | None = None,
+) -> AlertEntry:
+    """One element of ``alerts[]`` as Alertmanager's webhook sends it.
+
+    ``startsAt`` is when the alert fired (Prometheus sends ``FiredAt``); a firing alert
+    has Alertmanager's zero ``endsAt``, a resolved one the time it resolved.
+    """
+    starts = alert.fired_at if alert.fired_at is not None else alert.active_at
+    if status == "resolved":
+        ends = rfc3339(alert.resolved_at if alert.resolved_at is not None else at)
+    else:
+        ends = ZERO_TIME
+    annotations = dict(alert.annotations)
+    if extra_annotations:
+        annotations.update(extra_annotations)
+    return {
+        "status": status,
+        "labels": dict(alert.labels),
+        "annotations": annotations,
+        "startsAt": rfc3339(starts),
+        "endsAt": ends,
+        "generatorURL": generator_url,
+        "fingerprint": alert.fingerprint,
+    }
+
+
+def _common(maps: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    if not maps:
+        return {}
+    first = dict(maps[0])
+    return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
+
+
+def group_key(group_labels: Mapping[str, str]) -> str:
+    """Alertmanager's spelling: the route key (root ``{}``), a colon, the group labels."""
+    inner = ", ".join(f'{k}="{v}"' for k, v in sorted(group_labels.items()))
+    return "{}:{" + inner + "}"
+
+
+def webhook_body(
+    receiver: str,
+    alerts: Sequence[AlertEntry],
+    *,
+    group_labels: Mapping[str, str],
+    external_url: str,
+) -> dict[str, Any]:
+    """The Alertmanager webhook body (version "4") for one group of alerts.
+
+    The group status is ``firing`` when any alert in it fires, as Alertmanager does.
+    """
+    status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
+    return {
+        "version": "4",
+        "groupKey": group_key(group_labels),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": dict(group_labels),
+        "commonLabels": _common([a["labels"] for a in alerts]),
+        "commonAnnotations": _common([a["annotations"] for a in alerts]),
+        "externalURL": external_url,
+        "alerts": list(alerts),
+    }
+
+
+def postable_alert(entry: AlertEntry, *, now: float, valid_for: float) -> dict[str, Any]:
+    """One element of Alertmanager's ``POST /api/v2/alerts`` array.
+
+    ``endsAt`` is always explicit, as Prometheus sends it: a firing alert is valid for
+    ``valid_for`` seconds (4 x max(interval, resend)) and is pushed forward by every
+    resend, so Alertmanager resolves it by itself if gpuwarden dies; a resolved alert
+    carries the time it resolved.
+    """
+    ends = rfc3339(now + valid_for) if entry["status"] == "firing" else entry["endsAt"]
+    return {
+        "labels": dict(entry["labels"]),
+        "annotations": dict(entry["annotations"]),
+        "startsAt": entry["startsAt"],
+        "endsAt": ends,
+        "generatorURL": entry["generatorURL"],
+    }
+
+
+def delivery_id(action: str, status: str, alerts: Iterable[AlertEntry]) -> str:
+    """A ``webhook-id`` that every retry (and a manual replay) of a delivery shares.
+
+    Derived from what identifies the notification (action, status, and each alert's
+    fingerprint and ``startsAt``), so the same activation always maps to the same id and
+    a new activation of the same alert gets a new one.
+    """
+    parts = sorted(f"{a['fingerprint']}@{a['startsAt']}" for a in alerts)
+    digest = hashlib.sha256("|".join([action, status, *parts]).encode()).hexdigest()
+    return "msg_" + digest[:32]
+
+
+# --- Standard Webhooks signing ----------------------------------------------------------
+
+
+def secret_key(text: str) -> bytes:
+    """The HMAC key of a configured secret.
+
+    ``whsec_<base64>`` is the Standard Webhooks spelling: the key is the decoded bytes.
+    Anything else is taken as raw text (its UTF-8 bytes), which is what most receivers
+    that share a plain password expect.
+    """
+    text = text.strip()
+    if text.startswith(SECRET_PREFIX):
+        raw = text[len(SECRET_PREFIX):]
+        try:
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise SecretError("secret starts with whsec_ but is not valid base64") from None
+    else:
+        key = text.encode()
+    if not key:
+        raise SecretError("secret is empty")
+    return key
+
+
+def load_secret(env: str | None, file: str | None) -> bytes | None:
+    """The signing key from ``secret_env`` or ``secret_file`` (None when neither is set)."""
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise SecretError(f"environment variable {env} is not set")
+        return secret_key(value)
+    if file:
+        try:
+            value = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SecretError(f"cannot read secret file {file}: {type(exc).__name__}") from None
+        return secret_key(value)
+    return None
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signature_headers(key: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(key, msg_id, timestamp, body),
+    }
+
+
+# --- redaction --------------------------------------------------------------------------
+
+
+def origin(url: str | None) -> str:
+    """``scheme://host[:port]`` of a URL: the only part of an endpoint that is logged.
+
+    Slack webhook URLs, tokens in paths or query strings and user:password@ are secrets.
+    """
+    if not url:
+        return "<none>"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable url>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}"
