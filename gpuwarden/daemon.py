@@ -1,7 +1,8 @@
 """The daemon: the collection cycle, its schedule, signals and the HTTP endpoints.
 
 One cycle = run every collector (concurrently, bounded), write what they returned to
-the store in one batch, render ``/metrics`` once, ping the systemd watchdog. APScheduler
+the store in one batch, evaluate the alert rules over the store, hand the alert
+transitions to delivery, render ``/metrics`` once, ping the systemd watchdog. APScheduler
 runs it every ``interval`` with ``max_instances=1`` and ``coalesce=True``: cycles never
 overlap and a stalled machine does not replay a backlog of missed runs.
 
@@ -35,6 +36,9 @@ from gpuwarden.model import Sample
 from gpuwarden.sdnotify import SystemdNotifier
 
 if TYPE_CHECKING:
+    from gpuwarden.alerts.engine import RuleEngine
+    from gpuwarden.alerts.model import AlertEvent
+    from gpuwarden.alerts.state import AlertStatePersister
     from gpuwarden.exposition import Exposition, Snapshot
 
 log = logging.getLogger(__name__)
@@ -133,6 +137,15 @@ class Daemon:
         self._collector_duration: dict[str, float] = {}
         self._collector_errors: dict[str, int] = defaultdict(int)
         self._started_mono = time.monotonic()
+        # Alerting: the rule engine, its persisted state, and delivery's hook. Each
+        # callback gets every cycle's AlertEvents (FIRING/RESOLVED), in order; one that
+        # raises is logged and counted, and the others still get them.
+        self.on_alert_events: list[Callable[[list[AlertEvent]], None]] = []
+        self.rule_engine: RuleEngine | None = None
+        self._alert_state: AlertStatePersister | None = None
+        self._alerts_api: list[dict[str, Any]] = []
+        self.rule_failures_total = 0  # evaluations that raised past the engine's guards
+        self.delivery_errors_total = 0
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -149,6 +162,11 @@ class Daemon:
         if self._collectors is None:
             self._collectors = build_collectors(self.config, lambda: self.session)
             self.gpu_source = _effective_source(self._collectors, self.config)
+        try:
+            self._start_rules()
+        except Exception:  # alerting is down, collection and /metrics are not
+            self.rule_failures_total += 1
+            log.exception("cannot start the alert rule engine")
         self._guarded_cycle()
 
         from gpuwarden.api import HttpServer
@@ -283,6 +301,11 @@ class Daemon:
             self.gpu_source = _effective_source(self._collectors, new)
             self._in_flight.clear()
             self.config = new
+            if self.rule_engine is not None:  # alerts of rules that still exist live on
+                from gpuwarden.alerts.engine import effective_rules
+
+                self.rule_engine.interval = new.interval
+                self.rule_engine.configure(effective_rules(new.rules))
         for collector in old_collectors:
             _close_quietly(collector)
         if self._scheduler is not None:
@@ -306,6 +329,7 @@ class Daemon:
             started = time.perf_counter()
             samples = self._collect_all()
             self._write(samples)
+            self._evaluate_rules()
             derived = self._derive()
             self.cycles_total += 1
             self.last_cycle_seconds = time.perf_counter() - started
@@ -358,6 +382,59 @@ class Daemon:
         else:
             self._log.recovered("store", "store writable again; buffered samples written")
 
+    # --- alert rules -------------------------------------------------------------------
+
+    def _start_rules(self) -> None:
+        """Build the engine from defaults + config and restore persisted alert state."""
+        from gpuwarden.alerts.engine import RuleEngine, effective_rules
+
+        self.rule_engine = RuleEngine(effective_rules(self.config.rules), node=self.config.node,
+                                      interval=self.config.interval)
+        engine = getattr(self._store, "engine", None)
+        if engine is not None:
+            from gpuwarden.alerts.state import AlertStatePersister, AlertStateStore
+
+            self._alert_state = AlertStatePersister(AlertStateStore(engine, self.config.node))
+            self._alert_state.restore(self.rule_engine, self.clock())
+            self._publish_alerts()
+
+    def _evaluate_rules(self) -> None:
+        """Evaluate, persist what changed, hand events to delivery; never kills the cycle."""
+        engine = self.rule_engine
+        if engine is None or self._store is None:
+            return
+        try:
+            now = self.clock()
+            if self._alert_state is not None and not self._alert_state.restored:
+                self._alert_state.restore(engine, now)  # before evaluating: no re-fire
+            events = engine.evaluate(now, self._store)
+            if self._alert_state is not None:
+                self._alert_state.sync(engine, now)
+        except Exception:
+            self.rule_failures_total += 1
+            log.exception("alert rule evaluation failed")
+            return
+        finally:
+            self._publish_alerts()
+        if events:
+            self._deliver(events)
+
+    def _deliver(self, events: list[AlertEvent]) -> None:
+        for callback in list(self.on_alert_events):
+            try:
+                callback(list(events))
+            except Exception:
+                self.delivery_errors_total += 1
+                log.exception("alert delivery callback %r failed", callback)
+
+    def _publish_alerts(self) -> None:
+        """An immutable copy for the HTTP thread: it never reads the engine's state."""
+        from gpuwarden.alerts.model import AlertState
+
+        if self.rule_engine is not None:
+            live = self.rule_engine.alerts(AlertState.PENDING, AlertState.FIRING)
+            self._alerts_api = [a.to_api() for a in live]
+
     def _derive(self) -> list[Sample]:
         """Window signals (quantiles, rates) from the store; a failure costs only them."""
         if self._store is None or not self.config.servers:
@@ -396,7 +473,8 @@ class Daemon:
                               "cycles": self.cycles_total}
 
     def alerts_json(self) -> list[dict[str, Any]]:
-        return []
+        """Pending and firing alerts as of the last evaluation (``/api/v1/alerts``)."""
+        return self._alerts_api
 
     def _snapshot(self, samples: list[Sample]) -> Snapshot:
         from gpuwarden.exposition import SelfMetric, Snapshot
@@ -442,6 +520,14 @@ class Daemon:
                            "Samples dropped because the pending buffer was full",
                            (({}, float(store.dropped_samples_total)),)),
             ]
+        if self.rule_engine is not None:
+            from gpuwarden.alerts.engine import alert_self_metrics
+
+            self_metrics += alert_self_metrics(
+                self.rule_engine,
+                state_errors=self._alert_state.errors_total if self._alert_state else 0,
+                delivery_errors=self.delivery_errors_total,
+            )
         info = {"node": self.config.node, "gpu_source": self.gpu_source}
         return Snapshot(samples=tuple(samples), self_metrics=tuple(self_metrics), info=info)
 

@@ -38,6 +38,7 @@ from gpuwarden.model import Labels, SeriesData
 
 if TYPE_CHECKING:
     from gpuwarden.config import RuleConfig
+    from gpuwarden.exposition import SelfMetric
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +397,44 @@ class RuleEngine:
             self._alerts[alert.fingerprint] = alert
             adopted += 1
         return adopted
+
+
+def effective_rules(rules: Sequence[RuleConfig]) -> list[RuleConfig]:
+    """Default rules merged with the config's (``detectors.defaults``, once present)."""
+    try:
+        defaults = importlib.import_module("gpuwarden.detectors.defaults")
+    except ImportError:
+        return list(rules)
+    merged: list[RuleConfig] = list(defaults.effective_rules(tuple(rules)))
+    return merged
+
+
+def alert_self_metrics(
+    engine: RuleEngine, *, state_errors: int = 0, delivery_errors: int = 0
+) -> list[SelfMetric]:
+    """The engine's share of gpuwarden's own ``/metrics``."""
+    from gpuwarden.exposition import SelfMetric
+
+    stats = engine.stats
+    counts = tuple(({"alertname": name, "state": st}, float(n))
+                   for (name, st), n in sorted(engine.counts().items()))
+    errors = tuple(({"rule": r}, float(n)) for r, n in sorted(stats.rule_errors_total.items()))
+    events = tuple(({"kind": k}, float(n)) for k, n in sorted(stats.events_total.items()))
+    return [
+        SelfMetric("alerts", "gauge", "Alert instances per rule and state", counts),
+        SelfMetric("rule_evaluation_seconds", "gauge",
+                   "Wall time of the last evaluation of all alert rules",
+                   (({}, stats.last_evaluation_seconds),)),
+        SelfMetric("rule_evaluations", "counter", "Evaluations of the alert rules",
+                   (({}, float(stats.evaluations_total)),)),
+        SelfMetric("rule_errors", "counter",
+                   "Rule evaluations that failed (detector raised, input unreadable)", errors),
+        SelfMetric("alert_events", "counter", "Alert transitions handed to delivery", events),
+        SelfMetric("alert_state_errors", "counter",
+                   "Failed reads/writes of persisted alert state", (({}, float(state_errors)),)),
+        SelfMetric("alert_delivery_errors", "counter", "Alert delivery callbacks that raised",
+                   (({}, float(delivery_errors)),)),
+    ]
 
 
 def _snapshot(alert: Alert) -> Alert:
