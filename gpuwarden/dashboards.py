@@ -1,0 +1,574 @@
+"""Grafana dashboards generated from the signal catalogue, committed as JSON.
+
+Why generated: a dashboard written by hand in Grafana's editor drifts from the code the
+day a signal is renamed, and nobody notices until an incident shows an empty panel.
+Every metric a panel reads goes through :func:`metric` (the catalogue in
+``signals.py``) or :data:`SELF_METRICS` (gpuwarden's own health families), and units
+come from the catalogue, so a rename breaks ``gpuwarden dashboards export`` and the
+test that regenerates ``dashboards/*.json`` instead of silently breaking a panel; the
+end-to-end test then runs every query against a real Prometheus.
+
+Why a small builder rather than ``grafana-foundation-sdk``: that package is versioned
+per Grafana release with epoch-prefixed versions (``1769699998!10.1.0``), is a large
+generated code base for a job that here is ~40 panels of five types, and would become
+a runtime dependency of a node daemon just to write files that are committed anyway.
+The JSON written here is the plain, long-stable subset of Grafana's dashboard model
+(schemaVersion 39: ``timeseries``, ``stat``, ``status-history``, ``bargauge``,
+``table``), importable into Grafana 9.4 and later.
+
+Datasource: every panel names ``${DS_PROMETHEUS}``, a *datasource template variable*
+(not an ``__inputs`` placeholder), so the same file works when imported by hand, when
+provisioned from disk, and on a Grafana whose Prometheus has any name or uid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuwarden.signals import SIGNALS, Kind
+
+PREFIX = "gpuwarden_"
+SCHEMA_VERSION = 39
+DS: dict[str, str] = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+
+#: Catalogue unit -> Grafana unit id.
+UNITS = {"ratio": "percentunit", "seconds": "s", "bytes": "bytes", "watts": "watt",
+         "hertz": "hertz", "celsius": "celsius", "": "none"}
+
+#: gpuwarden's own families (exposition/daemon/alerts/delivery): exported sample names.
+SELF_METRICS = frozenset({
+    "collector_success", "collector_duration_seconds", "collector_errors_total",
+    "scrape_errors_total", "cycle_duration_seconds", "cycles_total", "samples_collected_total",
+    "samples_written_total", "store_write_errors_total", "store_pending_samples",
+    "store_dropped_samples_total", "build_info", "alerts", "rule_evaluation_seconds",
+    "rule_evaluations_total", "rule_errors_total", "actions_total", "delivery_queue_length",
+    "dead_letters", "process_resident_memory_bytes", "process_cpu_seconds_total",
+})
+
+# SLO lines drawn on the panels; the same numbers as the default rules in DESIGN.md.
+KV_NEAR_FULL = 0.90
+TTFT_P95_SLO = 2.0
+ITL_P95_SLO = 0.130
+SPREAD_LIMIT = 0.15
+QUALITY_FLOOR = 0.92
+
+GPU = 'node=~"$node", gpu=~"$gpu"'
+NODE = 'node=~"$node"'
+SRV = 'node=~"$node", server=~"$server", model=~"$model"'
+INST = 'instance=~"$instance"'
+P95 = ', quantile="0.95"'
+
+
+def metric(signal: str, matchers: str = "") -> str:
+    """The exported name of a catalogue signal, with optional matchers.
+
+    Counters are exported under their full ``_total`` name, histograms as window
+    quantiles under their own name (see ``exposition.py``). A name that is not in the
+    catalogue raises ``KeyError``: that is the drift check.
+    """
+    if SIGNALS[signal].kind is Kind.HISTOGRAM and "quantile=" not in matchers:
+        raise ValueError(f"{signal} is exported as window quantiles: add a quantile matcher")
+    return f"{PREFIX}{signal}{{{matchers}}}" if matchers else PREFIX + signal
+
+
+def selfm(name: str, matchers: str = "") -> str:
+    """An exported self-metric, checked against :data:`SELF_METRICS`."""
+    if name not in SELF_METRICS:
+        raise KeyError(f"unknown gpuwarden self-metric {name!r}")
+    return f"{PREFIX}{name}{{{matchers}}}" if matchers else PREFIX + name
+
+
+def unit(signal: str) -> str:
+    return UNITS[SIGNALS[signal].unit]
+
+
+# --- the builder ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    expr: str
+    legend: str = ""
+    instant: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Panel:
+    """One panel; ``lines`` are (value, colour) thresholds drawn on the graph."""
+
+    title: str
+    targets: tuple[Target, ...]
+    type: str = "timeseries"
+    unit: str = "none"
+    description: str = ""
+    lines: tuple[tuple[float, str], ...] = ()
+    min: float | None = None
+    max: float | None = None
+    width: int = 12
+    height: int = 8
+    stack: bool = False
+    colour: str = "palette-classic"  # or a continuous scheme, e.g. continuous-GrYlRd
+    base: str = "green"  # threshold colour below the first line
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """A ``label_values`` query variable (multi-select, with All = ``.*``)."""
+
+    name: str
+    label: str
+    query: str
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    name: str
+    expr: str
+    title: str
+    text: str
+    colour: str = "purple"
+
+
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    uid: str
+    title: str
+    description: str
+    items: tuple[Panel | Row, ...]
+    variables: tuple[Variable, ...] = ()
+    annotations: tuple[Annotation, ...] = ()
+    tags: tuple[str, ...] = field(default=("gpuwarden",))
+
+    def queries(self) -> list[tuple[str, str]]:
+        """(where, expression) for every query the dashboard runs, for tests."""
+        out = [(f"variable {v.name}", v.query) for v in self.variables]
+        out += [(f"annotation {a.name}", a.expr) for a in self.annotations]
+        for item in self.items:
+            if isinstance(item, Panel):
+                for ref, t in zip(_ref_ids(), item.targets, strict=False):
+                    out.append((f"panel {item.title!r} {ref}", t.expr))
+        return out
+
+
+def _ref_ids() -> list[str]:
+    return [chr(ord("A") + i) for i in range(26)]
+
+
+def _field_config(p: Panel) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = [{"color": p.base, "value": None}]
+    steps += [{"color": c, "value": v} for v, c in p.lines]
+    defaults: dict[str, Any] = {
+        "unit": p.unit,
+        "color": {"mode": p.colour},
+        "thresholds": {"mode": "absolute", "steps": steps},
+        "mappings": [],
+    }
+    if p.min is not None:
+        defaults["min"] = p.min
+    if p.max is not None:
+        defaults["max"] = p.max
+    if p.type == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if p.stack else 5,
+            "showPoints": "never", "spanNulls": False, "axisSoftMin": 0,
+            "stacking": {"mode": "normal" if p.stack else "none", "group": "A"},
+            "thresholdsStyle": {"mode": "dashed" if p.lines else "off"},
+        }
+    elif p.type == "status-history":
+        defaults["custom"] = {"lineWidth": 0, "fillOpacity": 80}
+    return {"defaults": defaults, "overrides": []}
+
+
+def _options(p: Panel) -> dict[str, Any]:
+    reduce = {"calcs": ["lastNotNull"], "fields": "", "values": False}
+    if p.type == "timeseries":
+        return {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                           "calcs": ["lastNotNull", "max"]},
+                "tooltip": {"mode": "multi", "sort": "desc"}}
+    if p.type == "status-history":
+        return {"showValue": "never", "rowHeight": 0.9, "colWidth": 0.9,
+                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                "tooltip": {"mode": "single", "sort": "none"}}
+    if p.type == "stat":
+        return {"reduceOptions": reduce, "colorMode": "value", "graphMode": "area",
+                "justifyMode": "auto", "orientation": "auto", "textMode": "auto"}
+    if p.type == "bargauge":
+        return {"reduceOptions": reduce, "displayMode": "gradient", "orientation": "horizontal",
+                "showUnfilled": True, "minVizHeight": 10, "minVizWidth": 0}
+    if p.type == "table":
+        return {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
+    raise ValueError(f"unsupported panel type {p.type!r}")
+
+
+def _target(ref: str, t: Target, table: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"datasource": DS, "refId": ref, "expr": t.expr, "editorMode": "code",
+                           "legendFormat": t.legend or "__auto", "range": not t.instant,
+                           "instant": t.instant}
+    if table:
+        out["format"] = "table"
+    return out
+
+
+def _variable(v: Variable) -> dict[str, Any]:
+    return {
+        "type": "query", "name": v.name, "label": v.label, "datasource": DS,
+        "query": {"query": v.query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "definition": v.query, "refresh": 2, "sort": 1, "multi": True, "includeAll": True,
+        "allValue": ".*", "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [], "regex": "", "hide": 0, "skipUrlSync": False,
+    }
+
+
+def render(d: Dashboard) -> dict[str, Any]:
+    """The Grafana JSON model, laid out left to right, wrapping at 24 columns."""
+    panels: list[dict[str, Any]] = []
+    x = y = row_h = 0
+    for pid, item in enumerate(d.items, start=1):
+        if isinstance(item, Row):
+            y, x, row_h = y + row_h, 0, 0
+            panels.append({"id": pid, "type": "row", "title": item.title, "collapsed": False,
+                           "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+            y += 1
+            continue
+        if x + item.width > 24:
+            y, x, row_h = y + row_h, 0, 0
+        table = item.type == "table"
+        panels.append({
+            "id": pid, "type": item.type, "title": item.title, "description": item.description,
+            "datasource": DS, "gridPos": {"h": item.height, "w": item.width, "x": x, "y": y},
+            "fieldConfig": _field_config(item), "options": _options(item),
+            "targets": [_target(ref, t, table)
+                        for ref, t in zip(_ref_ids(), item.targets, strict=False)],
+            **({"transformations": [{"id": "merge", "options": {}}]} if table else {}),
+        })
+        x += item.width
+        row_h = max(row_h, item.height)
+    annotations: list[dict[str, Any]] = [{
+        "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+        "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
+        "type": "dashboard",
+    }]
+    annotations += [{
+        "datasource": DS, "enable": True, "hide": False, "iconColor": a.colour, "name": a.name,
+        "expr": a.expr, "step": "60s", "titleFormat": a.title, "textFormat": a.text,
+        "tagKeys": "node,server,model", "useValueForTime": False,
+    } for a in d.annotations]
+    ds_var: dict[str, Any] = {
+        "type": "datasource", "name": "DS_PROMETHEUS", "label": "Prometheus",
+        "query": "prometheus", "current": {}, "options": [], "refresh": 1, "regex": "",
+        "hide": 0, "skipUrlSync": False,
+    }
+    return {
+        "uid": d.uid, "title": d.title, "description": d.description, "tags": list(d.tags),
+        "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": True, "graphTooltip": 1,
+        "time": {"from": "now-1h", "to": "now"}, "refresh": "30s", "timezone": "",
+        "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
+        "timepicker": {}, "id": None,
+        "links": [{"type": "dashboards", "tags": ["gpuwarden"], "asDropdown": True,
+                   "title": "gpuwarden", "includeVars": True, "keepTime": True}],
+        "annotations": {"list": annotations},
+        "templating": {"list": [ds_var, *(_variable(v) for v in d.variables)]},
+        "panels": panels,
+    }
+
+
+def to_json(d: Dashboard) -> str:
+    """Stable text: same input, same bytes (the committed files are compared verbatim)."""
+    return json.dumps(render(d), indent=2, ensure_ascii=False) + "\n"
+
+
+# --- template variables ----------------------------------------------------------------
+
+V_NODE = Variable("node", "Node", f"label_values({selfm('build_info')}, node)")
+V_GPU = Variable("gpu", "GPU", f"label_values({metric('gpu_up', NODE)}, gpu)")
+V_SERVER = Variable("server", "Server", f"label_values({metric('server_up', NODE)}, server)")
+V_MODEL = Variable("model", "Model", "label_values("
+                   + metric("requests_running", 'node=~"$node", server=~"$server"') + ", model)")
+V_INSTANCE = Variable("instance", "Instance",
+                      f"label_values({selfm('build_info', NODE)}, instance)")
+
+
+def _by_node(expr: str) -> str:
+    """Attach ``node`` to a self-metric (which has only instance/job) via build_info."""
+    return f"{expr} * on (instance) group_left (node) {selfm('build_info')}"
+
+
+# --- the four dashboards ---------------------------------------------------------------
+
+
+def fleet() -> Dashboard:
+    util = metric("gpu_utilization_ratio", NODE)
+    total, used = metric("gpu_memory_total_bytes", NODE), metric("gpu_memory_used_bytes", NODE)
+    return Dashboard(
+        "gpuwarden-fleet", "gpuwarden / Fleet",
+        "Every node and GPU at a glance: where capacity is, which servers are near their "
+        "KV-cache or latency limits, what is firing and what gpuwarden did about it.",
+        (
+            Row("GPUs"),
+            Panel("GPU utilisation (node/gpu)", (Target(util, "{{node}}/{{gpu}}"),),
+                  type="status-history", unit=unit("gpu_utilization_ratio"), min=0, max=1,
+                  width=24, height=10, colour="continuous-BlYlRd",
+                  description="One row per GPU, coloured by utilisation: idle GPUs and "
+                              "stragglers stand out as cold stripes."),
+            Panel("Mean GPU utilisation by node",
+                  (Target(f"avg by (node) ({util})", "{{node}}"),),
+                  unit=unit("gpu_utilization_ratio"), min=0, max=1, width=12,
+                  description="Same expression as the recording rule "
+                              "gpuwarden:gpu_utilization:avg_by_node."),
+            Panel("Memory headroom (total - used)",
+                  (Target(f"{total} - {used}", "{{node}}/{{gpu}}", instant=True),),
+                  type="bargauge", unit=unit("gpu_memory_total_bytes"), min=0, width=12,
+                  base="red", lines=((8 * 2**30, "orange"), (16 * 2**30, "green")),
+                  description="Free device memory per GPU now: where another replica fits."),
+            Panel("GPUs lost", (Target(f"sum by (node) (1 - {metric('gpu_up', NODE)})",
+                                       "{{node}}"),),
+                  type="stat", lines=((1, "red"),), width=6, height=6,
+                  description="GPUs that stopped answering their driver (gpu_up == 0)."),
+            Panel("Servers down", (Target(f"sum by (node) (1 - {metric('server_up', NODE)})",
+                                          "{{node}}"),),
+                  type="stat", lines=((1, "red"),), width=6, height=6,
+                  description="Inference servers whose /metrics scrape failed."),
+            Panel("Mean GPU utilisation, fleet",
+                  (Target(f"avg({util})", "fleet"),), type="stat",
+                  unit=unit("gpu_utilization_ratio"), min=0, max=1, width=12, height=6),
+            Row("Inference servers"),
+            Panel("KV-cache usage by server",
+                  (Target(f"max by (node, server) ({metric('kv_cache_usage_ratio', SRV)})",
+                          "{{node}}/{{server}}"),),
+                  unit=unit("kv_cache_usage_ratio"), min=0, max=1,
+                  lines=((KV_NEAR_FULL, "red"),), width=8,
+                  description="Above 90 % the server starts preempting requests "
+                              "(KVCacheNearFull)."),
+            Panel("TTFT p95 by server",
+                  (Target(f"max by (node, server) ({metric('ttft_seconds', SRV + P95)})",
+                          "{{node}}/{{server}}"),),
+                  unit=unit("ttft_seconds"), lines=((TTFT_P95_SLO, "red"),), width=8,
+                  description="p95 time to first token over gpuwarden's 60 s window; "
+                              "SLO line at 2 s (TTFTP95High)."),
+            Panel("Inter-token latency p95 by server",
+                  (Target(f"max by (node, server) ({metric('itl_seconds', SRV + P95)})",
+                          "{{node}}/{{server}}"),),
+                  unit=unit("itl_seconds"), lines=((ITL_P95_SLO, "red"),), width=8,
+                  description="p95 per-token latency; SLO line at 130 ms "
+                              "(TokenLatencyP95High)."),
+            Row("Alerts and actions"),
+            Panel("Firing alerts", (Target(
+                "sum by (node, alertname) ("
+                + _by_node(selfm("alerts", 'state="firing"')) + ")", "{{node}} {{alertname}}"),),
+                  stack=True, lines=((1, "red"),), width=12,
+                  description="Alert instances firing in gpuwarden's own rule engine "
+                              "(gpuwarden_alerts), per node and rule."),
+            Panel("Actions taken", (Target(
+                f"sum by (node, action, result) (increase({selfm('actions_total')}"
+                f"[$__rate_interval]) * on (instance) group_left (node) "
+                f"{selfm('build_info')})", "{{node}} {{action}} {{result}}"),),
+                  stack=True, width=12,
+                  description="Remediation and notification calls per action and outcome "
+                              "(ok, failed, suppressed by cooldown, ...)."),
+        ),
+        variables=(V_NODE, V_SERVER, V_MODEL),
+    )
+
+
+def node() -> Dashboard:
+    util = metric("gpu_utilization_ratio", GPU)
+    avg2m = f"avg_over_time({util}[2m])"
+    return Dashboard(
+        "gpuwarden-node", "gpuwarden / Node",
+        "One node's GPUs: load, memory, heat, power against the limit, clocks and "
+        "throttling, hardware errors, and the utilisation spread that reveals a straggler.",
+        (
+            Panel("GPU utilisation", (Target(util, "{{node}} gpu {{gpu}}"),),
+                  unit=unit("gpu_utilization_ratio"), min=0, max=1),
+            Panel("Memory used of total", (
+                Target(metric("gpu_memory_used_bytes", GPU), "used {{node}} gpu {{gpu}}"),
+                Target(f"max by (node) ({metric('gpu_memory_total_bytes', GPU)})",
+                       "total {{node}}")),
+                  unit=unit("gpu_memory_used_bytes"), min=0),
+            Panel("Temperature", (Target(metric("gpu_temperature_celsius", GPU),
+                                         "{{node}} gpu {{gpu}}"),),
+                  unit=unit("gpu_temperature_celsius"), lines=((83, "orange"), (90, "red")),
+                  width=8, description="83 °C is where H100s start thermal slowdown."),
+            Panel("Power vs limit", (
+                Target(metric("gpu_power_watts", GPU), "{{node}} gpu {{gpu}}"),
+                Target(f"max by (node) ({metric('gpu_power_limit_watts', GPU)})",
+                       "limit {{node}}")),
+                  unit=unit("gpu_power_watts"), min=0, width=8),
+            Panel("SM clock", (Target(metric("gpu_sm_clock_hertz", GPU),
+                                      "{{node}} gpu {{gpu}}"),),
+                  unit=unit("gpu_sm_clock_hertz"), width=8,
+                  description="A clock below its usual plateau with load on means throttling."),
+            Panel("Throttle reasons (bitmask)", (Target(metric("gpu_throttle_reasons", GPU),
+                                                        "{{node}} gpu {{gpu}}"),),
+                  type="status-history", width=12, lines=((1, "orange"),),
+                  description="NVML clock-event reasons; 0 = none. 32 = SW thermal, "
+                              "64 = HW thermal, 4 = SW power cap, 128 = HW power brake."),
+            Panel("XID and ECC errors", (
+                Target(f"increase({metric('gpu_xid_errors_total', GPU)}[$__rate_interval])",
+                       "XID {{node}} gpu {{gpu}}"),
+                Target(f"increase({metric('gpu_ecc_errors_total', GPU)}[$__rate_interval])",
+                       "ECC {{type}} {{node}} gpu {{gpu}}")),
+                  lines=((1, "red"),), width=12,
+                  description="New driver XID events and ECC errors; any XID is worth a look "
+                              "(XIDError)."),
+            Panel("Utilisation spread across the node's GPUs", (
+                Target(f"max by (node) ({avg2m}) - min by (node) ({avg2m})",
+                       "spread {{node}} (2m means)"),
+                Target(metric("gpu_utilization_spread_ratio", NODE),
+                       "spread {{node}} (gpuwarden)")),
+                  unit=unit("gpu_utilization_spread_ratio"), min=0, max=1,
+                  lines=((SPREAD_LIMIT, "red"),),
+                  description="Max minus min of each GPU's 2-minute mean utilisation; above "
+                              "15 % one GPU is lagging the rest (GPUUtilizationSpread)."),
+            Panel("Straggler (least busy GPU, 2m mean)",
+                  (Target(f"bottomk by (node) (1, {avg2m})", "{{node}} gpu {{gpu}}"),),
+                  unit=unit("gpu_utilization_ratio"), min=0, max=1),
+        ),
+        variables=(V_NODE, V_GPU),
+    )
+
+
+def inference() -> Dashboard:
+    kv = metric("kv_cache_usage_ratio", SRV)
+
+    def quantiles(signal: str) -> tuple[Target, ...]:
+        return tuple(Target(metric(signal, f'{SRV}, quantile="{q}"'), f"p{p} {{{{server}}}}")
+                     for q, p in (("0.5", "50"), ("0.95", "95"), ("0.99", "99")))
+
+    running = metric("requests_running", SRV)
+    return Dashboard(
+        "gpuwarden-inference", "gpuwarden / Inference server",
+        "One or more inference servers: KV-cache pressure and its forecast, latency "
+        "quantiles against the SLOs, queueing, preemptions, prefix-cache reuse, "
+        "throughput and answer quality.",
+        (
+            Panel("KV-cache usage and 5-minute forecast", (
+                Target(kv, "{{server}}"),
+                Target(f"clamp(predict_linear({kv}[5m], 300), 0, 1.2)", "{{server}} in 5 min")),
+                  unit=unit("kv_cache_usage_ratio"), min=0, max=1.2,
+                  lines=((KV_NEAR_FULL, "orange"), (1.0, "red")),
+                  description="Usage now and its linear trend 5 minutes ahead; the "
+                              "forecast crossing 100 % is KVCacheSaturationSoon."),
+            Panel("Requests running and waiting", (
+                Target(running, "running {{server}}"),
+                Target(metric("requests_waiting", SRV), "waiting {{server}}")),
+                  description="A growing queue with flat running requests means the "
+                              "server is out of KV cache or compute."),
+            Panel("Time to first token", quantiles("ttft_seconds"), unit=unit("ttft_seconds"),
+                  lines=((TTFT_P95_SLO, "red"),), width=12,
+                  description="Window quantiles computed by gpuwarden from the server's "
+                              "histogram (60 s); SLO line at 2 s on p95."),
+            Panel("Inter-token latency", quantiles("itl_seconds"), unit=unit("itl_seconds"),
+                  lines=((ITL_P95_SLO, "red"),), width=12,
+                  description="Per output token; SLO line at 130 ms on p95."),
+            Panel("End-to-end request latency", quantiles("e2e_latency_seconds"),
+                  unit=unit("e2e_latency_seconds"), width=8),
+            Panel("Preemptions per second", (
+                Target(f"rate({metric('preemptions_total', SRV)}[$__rate_interval])",
+                       "{{server}}"),),
+                  width=8, description="Requests evicted from the KV cache and recomputed: "
+                                       "rising preemptions precede latency blow-ups."),
+            Panel("Generated tokens per second", (
+                Target(metric("generation_tokens_per_second", SRV), "{{server}}"),),
+                  width=8),
+            Panel("Prefix-cache hit ratio", (
+                Target(metric("prefix_cache_hit_ratio", SRV), "{{server}}"),),
+                  unit=unit("prefix_cache_hit_ratio"), min=0, max=1,
+                  description="Falling reuse means context is recomputed instead of served "
+                              "from cache."),
+            Panel("Answer quality (canary similarity)", (
+                Target(metric("quality_similarity", SRV), "{{server}}"),),
+                  unit=unit("quality_similarity"), min=0, max=1,
+                  lines=((QUALITY_FLOOR, "red"),),
+                  description="Similarity of canary answers to their references; below 0.92 "
+                              "(QualityDrift) a rollback is due."),
+        ),
+        variables=(V_NODE, V_SERVER, V_MODEL),
+        annotations=(Annotation(
+            "Model changes",
+            f"count by (node, server, model) ({running}) unless count by (node, server, model) "
+            f"({running} offset 1m)",
+            "{{server}} now serves {{model}}", "new model on {{node}}/{{server}}"),),
+    )
+
+
+def itself() -> Dashboard:
+    return Dashboard(
+        "gpuwarden-self", "gpuwarden / gpuwarden itself",
+        "The watcher's own health: are its collectors succeeding and fast, is the cycle "
+        "on time, is the store keeping up, are alerts being delivered.",
+        (
+            Panel("Collector success", (Target(selfm("collector_success", INST),
+                                               "{{instance}} {{collector}}"),),
+                  type="status-history", min=0, max=1, lines=((1, "green"),),
+                  colour="thresholds", width=12,
+                  description="1 = last run succeeded, 0 = failed or hung."),
+            Panel("Collector duration", (Target(selfm("collector_duration_seconds", INST),
+                                                "{{instance}} {{collector}}"),),
+                  unit="s", width=12),
+            Panel("Cycle time", (Target(selfm("cycle_duration_seconds", INST), "{{instance}}"),),
+                  unit="s", width=8, lines=((1.0, "red"),),
+                  description="Wall time of a collection cycle; at the interval (1 s by "
+                              "default) cycles start to be skipped."),
+            Panel("Cycles and samples per second", (
+                Target(f"rate({selfm('cycles_total', INST)}[$__rate_interval])",
+                       "cycles {{instance}}"),
+                Target(f"rate({selfm('samples_written_total', INST)}[$__rate_interval])",
+                       "samples written {{instance}}")), width=8),
+            Panel("Scrape errors by reason", (
+                Target(f"increase({selfm('scrape_errors_total', INST)}[$__rate_interval])",
+                       "{{collector}} {{reason}}"),), width=8),
+            Panel("Store: write errors and dropped samples", (
+                Target(f"increase({selfm('store_write_errors_total', INST)}[$__rate_interval])",
+                       "write errors {{instance}}"),
+                Target(f"increase({selfm('store_dropped_samples_total', INST)}"
+                       "[$__rate_interval])", "dropped {{instance}}")),
+                  lines=((1, "red"),), width=8),
+            Panel("Store: samples pending", (
+                Target(selfm("store_pending_samples", INST), "{{instance}}"),),
+                  width=8, description="Buffered in memory while the store is unwritable."),
+            Panel("Resident memory", (
+                Target(selfm("process_resident_memory_bytes", INST), "{{instance}}"),),
+                  unit="bytes", width=8),
+            Panel("Rule evaluation time and errors", (
+                Target(selfm("rule_evaluation_seconds", INST), "evaluation {{instance}}"),
+                Target(f"increase({selfm('rule_errors_total', INST)}[$__rate_interval])",
+                       "errors {{rule}}")), unit="s", width=8),
+            Panel("Delivery queue", (
+                Target(selfm("delivery_queue_length", INST), "{{instance}}"),), width=8),
+            Panel("Dead letters", (Target(selfm("dead_letters", INST), "{{instance}}"),),
+                  type="stat", lines=((1, "red"),), width=8,
+                  description="Notifications that could not be delivered; replay them with "
+                              "`gpuwarden actions replay`."),
+            Panel("Build", (Target(selfm("build_info", NODE), instant=True),),
+                  type="table", width=24, height=5),
+        ),
+        variables=(V_NODE, V_INSTANCE),
+    )
+
+
+DASHBOARDS = {"gpuwarden-fleet.json": fleet, "gpuwarden-node.json": node,
+              "gpuwarden-inference.json": inference, "gpuwarden-self.json": itself}
+
+
+def all_dashboards() -> dict[str, Dashboard]:
+    return {name: build() for name, build in DASHBOARDS.items()}
+
+
+def export(out: Path) -> list[Path]:
+    """Write every dashboard as ``<out>/<uid>.json``; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, dash in all_dashboards().items():
+        path = out / name
+        path.write_text(to_json(dash), encoding="utf-8")
+        written.append(path)
+    return written
