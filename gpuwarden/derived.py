@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gpuwarden.model import Labels, Sample, SeriesData
-from gpuwarden.windows import counter_rate, ratio_of_increases, window_quantile
+from gpuwarden.windows import counter_rate, ratio_of_increases, window_quantiles
 
 QUANTILES = (0.5, 0.95, 0.99)
 LATENCY_HISTOGRAMS = ("ttft_seconds", "itl_seconds", "e2e_latency_seconds")
@@ -46,8 +46,8 @@ def latency_quantiles(source: SeriesSource, hist: str, now: float,
         groups[_without(series.labels, "le")].append(series)
     out = []
     for labels, buckets in groups.items():
-        for q in QUANTILES:
-            value = window_quantile(q, buckets, start, now)
+        for q, value in zip(QUANTILES, window_quantiles(QUANTILES, buckets, start, now),
+                            strict=True):
             if value is not None and not math.isnan(value):  # NaN: no requests in window
                 out.append(Sample(hist, (*labels, ("quantile", str(q))), value, now))
     return out

@@ -322,3 +322,24 @@ def test_counter_rate_and_ratio() -> None:
     assert ratio_of_increases(hits, queries, 0, 60) == pytest.approx(0.25)
     assert ratio_of_increases(hits, counter((0, 60), (5, 5)), 0, 60) is None  # no queries
     assert ratio_of_increases(hits, counter((30,), (5,)), 0, 60) is None
+
+
+@given(
+    st.lists(st.lists(st.integers(min_value=0, max_value=50), min_size=12, max_size=12),
+             min_size=2, max_size=6),
+    st.floats(min_value=0.0, max_value=5.0), st.floats(min_value=6.0, max_value=14.0),
+)
+def test_vectorised_bucket_increases_equal_per_series(rows: list[list[int]], start: float,
+                                                      end: float) -> None:
+    """Buckets sharing timestamps take the vectorised path: results must be bit-identical
+    to increase() per series, counter resets (drops in the random rows) included."""
+    from gpuwarden.windows import _bucket_increases
+
+    ts = np.arange(12, dtype=np.float64) + 0.25
+    series = [SeriesData("x_bucket", (("le", str(i)),), ts, np.array(r, dtype=np.float64))
+              for i, r in enumerate(rows)]
+    fast = _bucket_increases(series, start, end)
+    slow = [increase(s.timestamps, s.values, start, end) for s in series]
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow, strict=True):
+        assert (a is None and b is None) or (a == b or (math.isnan(a) and math.isnan(b)))  # type: ignore[arg-type]
