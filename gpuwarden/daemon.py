@@ -52,6 +52,7 @@ class CollectorResult:
     samples: list[Sample]
     duration: float
     error: str | None
+    reported_error: str | None = None  # ``Collector.last_error`` after a normal return
 
 
 class RateLimitedLog:
@@ -359,9 +360,12 @@ class Daemon:
             del self._in_flight[name]
             result = future.result()
             self._collector_duration[name] = result.duration
-            if result.error is None:
+            if result.error is None and result.reported_error is None:
                 self._collector_success[name] = 1.0
                 self._log.recovered(f"fail:{name}", "collector %s recovered", name)
+            elif result.error is None:  # failure reported as data; the collector logged it
+                self._collector_success[name] = 0.0
+                self._collector_errors[name] += 1
             else:
                 self._collector_success[name] = 0.0
                 self._collector_errors[name] += 1
@@ -541,7 +545,7 @@ def _run_collector(collector: Collector) -> CollectorResult:
     except Exception as exc:  # a bug in one collector must not stop the others
         log.exception("collector %s raised", collector.name)
         return CollectorResult([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
-    return CollectorResult(samples, time.perf_counter() - started, None)
+    return CollectorResult(samples, time.perf_counter() - started, None, collector.last_error)
 
 
 def _effective_source(collectors: list[Collector], config: Config) -> str:

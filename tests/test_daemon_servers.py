@@ -97,6 +97,7 @@ def test_every_signal_with_design_labels(node: tuple[Daemon, list[SimulatedVllmS
     assert errors[("server:dead", "refused")] >= 1
     success = {lab["collector"]: v for lab, v in m["gpuwarden_collector_success"]}
     assert success["sim"] == 1.0 and success["server:vllm-0"] == 1.0
+    assert success["server:dead"] == 0.0  # a failing scrape is a failed collector run too
     assert {lab["gpu"] for lab, _ in m["gpuwarden_gpu_utilization_ratio"]} == {"0", "1"}
 
 

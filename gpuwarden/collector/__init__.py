@@ -23,6 +23,10 @@ class Collector(ABC):
     """One source of samples. ``name`` is the ``collector`` label of the self-metrics."""
 
     name: str = "collector"
+    # Collectors that report a failure as data (a scrape failing is ``server_up 0``, not
+    # an exception) set this while failing, so ``gpuwarden_collector_success`` still
+    # reads 0 for them, as an SRE expects.
+    last_error: str | None = None
 
     @abstractmethod
     def collect(self) -> Iterable[Sample]:
