@@ -114,6 +114,35 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return EXIT_OK if code == 200 else EXIT_RUNTIME
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    import time
+
+    from gpuwarden.backtest import dumps, format_table, run_backtest
+    from gpuwarden.config import load_config
+    from gpuwarden.durations import parse_duration
+
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        print(f"--since: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _config_problems(exc)
+    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or "warning")
+    try:
+        result = run_backtest(config, since, now=time.time(), rule=args.rule)
+    except StoreError as exc:
+        print(f"storage: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LookupError as exc:
+        print(f"--rule: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(dumps(result) if args.json else format_table(result))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gpuwarden.demo import run_demo
 
@@ -149,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", default="127.0.0.1:9842", help="HTTP address")
     demo.add_argument("--dir", help="where the demo's SQLite store goes (default: a temp dir)")
     demo.set_defaults(func=cmd_demo)
+
+    backtest = sub.add_parser("backtest", help="replay stored samples through the rules: "
+                              "what would have fired, when, for how long")
+    backtest.add_argument("--config", metavar="FILE", help="TOML config (its store, node, "
+                          "interval and rules; default rules included)")
+    backtest.add_argument("--since", default="24h", help="how far back (default 24h)")
+    backtest.add_argument("--rule", metavar="NAME", help="only this rule")
+    backtest.add_argument("--json", action="store_true", help="machine-readable output")
+    backtest.set_defaults(func=cmd_backtest)
 
     for name, func, text in (("status", cmd_status, "health of a running daemon"),
                              ("alerts", cmd_alerts, "pending and firing alerts of a running "
