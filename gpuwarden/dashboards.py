@@ -14,7 +14,7 @@ generated code base for a job that here is ~40 panels of five types, and would b
 a runtime dependency of a node daemon just to write files that are committed anyway.
 The JSON written here is the plain, long-stable subset of Grafana's dashboard model
 (schemaVersion 39: ``timeseries``, ``stat``, ``status-history``, ``bargauge``,
-``table``), importable into Grafana 9.4 and later.
+``table``), for Grafana 10 and later.
 
 Datasource: every panel names ``${DS_PROMETHEUS}``, a *datasource template variable*
 (not an ``__inputs`` placeholder), so the same file works when imported by hand, when
