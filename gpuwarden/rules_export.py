@@ -43,6 +43,7 @@ from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
 PREFIX = "gpuwarden_"
 GROUP = "gpuwarden"
 _AGG = {"mean": "avg_over_time", "max": "max_over_time", "min": "min_over_time"}
+SPREAD_DETECTORS = ("variance", "spread")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
@@ -93,7 +94,8 @@ def signal_expr(rule: RuleConfig) -> tuple[str, str | None] | None:
                     f"{format_duration(DEFAULT_WINDOW)} window quantile")
         base = f'{PREFIX}{signal}{{quantile="{quantile:g}"}}'
         return _aggregate(base, rule, window), note
-    if signal == "gpu_utilization_spread_ratio":
+    if signal == "gpu_utilization_spread_ratio" or (
+            rule.detector in SPREAD_DETECTORS and signal == "gpu_utilization_ratio"):
         means = f"avg_over_time({PREFIX}gpu_utilization_ratio[{window}])"
         return f"(max by (node) ({means}) - min by (node) ({means}))", None
     if spec.kind is Kind.COUNTER:
@@ -129,7 +131,10 @@ def translate(rule: RuleConfig) -> Exported:
         if rule.min_points > 2:  # as the detector: a forecast from a handful of points lies
             expr += f" and count_over_time({base}[{window}]) >= {rule.min_points}"
         return Exported(rule.name, expr, note)
-    if rule.detector not in ("threshold", "latency", "variance", "spread", "drift"):
+    if rule.detector in SPREAD_DETECTORS and not expr.startswith("(max by (node)"):
+        return Exported(rule.name, None, f"spread over {rule.signal!r}: only GPU "
+                                         "utilisation spread is translated")
+    if rule.detector not in ("threshold", "latency", "drift", *SPREAD_DETECTORS):
         return Exported(rule.name, None, f"detector {rule.detector!r} (a composite or custom "
                                          "diagnostic) has no faithful PromQL equivalent")
     if rule.threshold is None:

@@ -159,3 +159,11 @@ def test_recording_rules_and_scrape_config_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     result = promtool("check", "config", str(prom / "scrape-config.example.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_spread_detector_over_utilisation_is_the_spread() -> None:
+    rule = RuleConfig("Spread", "gpu_utilization_ratio", ">", 0.15, window=120.0,
+                      detector="spread")
+    assert translate(rule).expr == by_name()["GPUUtilizationSpread"]
+    odd = translate(RuleConfig("S", "gpu_power_watts", ">", 50.0, detector="variance"))
+    assert odd.expr is None and "only GPU utilisation spread" in (odd.note or "")
