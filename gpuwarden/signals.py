@@ -81,6 +81,12 @@ SIGNALS: dict[str, Signal] = {
         _srv("prefix_cache_hit_ratio", G, "ratio", "Prefix-cache hits over queries in the window"),
         _srv("generation_tokens_per_second", G, "", "Generated tokens per second over the window"),
         _srv("quality_similarity", G, "ratio", "Mean similarity of canary answers to references"),
+        Signal("quality_canary_similarity", G, "ratio",
+               "Similarity of one canary's answer to its reference (one sample per answer)",
+               (*SERVER_LABELS, "canary")),
+        Signal("quality_answer_length", G, "",
+               "Length in characters of one canary's answer (one sample per answer)",
+               (*SERVER_LABELS, "canary")),
     )
 }
 
