@@ -47,6 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _config_problems(exc)
     setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or config.log_level)
     daemon = Daemon(config)
+    # Before start(): READY=1 goes out inside start(), and systemd may send SIGTERM
+    # the moment it has it; the default handler would kill us without a flush.
+    daemon.install_signal_handlers()
     try:
         daemon.start()
     except StoreError as exc:
@@ -196,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "alerts":
             p.add_argument("--json", action="store_true", help="print the raw JSON")
         p.set_defaults(func=func)
+
+    from gpuwarden.dashboards_cli import add_subcommands as add_dashboard_commands
+
+    add_dashboard_commands(sub)
     return parser
 
 

@@ -257,9 +257,9 @@ def test_sd_notify_ready_and_watchdog(tmp_path: Path, daemon_factory: object) ->
         proc = daemon_factory(cfg, port, {"NOTIFY_SOCKET": str(sock_path),  # type: ignore[operator]
                                           "WATCHDOG_USEC": "5000000"})
         messages: list[str] = []
-        while not any("WATCHDOG=1" in m for m in messages):
-            messages.append(sock.recv(4096).decode())
-        assert any(m.startswith("READY=1") for m in messages)
+        while not (any("WATCHDOG=1" in m for m in messages)
+                   and any(m.startswith("READY=1") for m in messages)):
+            messages.append(sock.recv(4096).decode())  # times out (fails) after 10 s
         assert proc.stop() == 0
         messages.append(sock.recv(4096).decode())
         while True:  # drain: STOPPING=1 arrives after the last watchdog pings
