@@ -77,3 +77,23 @@ def register(name: str) -> Callable[[DetectorFactory], DetectorFactory]:
         return factory
 
     return wrap
+
+
+_MODULES = ("threshold", "latency", "variance", "trend", "composite", "health")
+
+
+def build_detector(rule: RuleConfig) -> Detector:
+    """The detector for ``rule``; ``ValueError`` naming the rule when it cannot be built.
+
+    Imports the detector modules on first use so their ``@register`` runs; importing
+    them here at package import would be circular (they import this module).
+    """
+    import importlib
+
+    for module in _MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+    factory = DETECTORS.get(rule.detector)
+    if factory is None:
+        known = ", ".join(sorted(DETECTORS))
+        raise ValueError(f"rule {rule.name}: unknown detector {rule.detector!r} (known: {known})")
+    return factory(rule)

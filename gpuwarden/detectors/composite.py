@@ -1,0 +1,241 @@
+"""Composite diagnostics: what single thresholds miss (``detector = "composite:<name>"``).
+
+Each one names a mechanism an SRE would otherwise piece together from three graphs:
+
+* ``KVCacheBottleneck`` — the GPU is busy (node mean utilisation > 0.9 over the window)
+  yet generation throughput fell below ``threshold`` (default 0.5) of its rate over the
+  previous window, while KV usage is > 0.9: the scheduler is thrashing the KV cache
+  (preempting and recomputing) instead of decoding. The value is current / previous
+  rate. GPUs are matched to servers by the ``node`` label (the collectors do not know
+  which GPUs a server uses).
+* ``PreemptionsRising`` — ``rate(preemptions_total[window])`` ``op threshold`` (default
+  > 0.1/s, i.e. a dozen preemptions in two minutes; a few are normal under load).
+* ``PrefixCacheHitFalling`` — the prefix-cache hit ratio over the last window is lower
+  than over the window before by more than ``threshold`` (default 0.2 = 20 points), with
+  at least ``MIN_PREFIX_QUERIES`` tokens looked up in each window (a ratio over a handful
+  of tokens is noise). Context is being recomputed instead of reused.
+* ``QueueGrowing`` — ``requests_waiting`` rises over the window by more than
+  ``threshold`` requests (default 5) with a significantly positive Theil-Sen slope,
+  while ``requests_running`` stays flat (its fitted change over the window is within
+  ``max(1, 10 %)`` of its mean): requests arrive faster than the server admits them and
+  it is not scaling its batch, typically because the KV cache is full.
+
+All four are per server (``node, server, model``), use counters exactly as PromQL
+would (``windows.py``), and skip series that went stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors.threshold import (
+    OPS,
+    aggregate,
+    by_labels,
+    classify,
+    is_live,
+    live_series,
+    values_in,
+)
+from gpuwarden.detectors.trend import FloatArray, theil_sen
+from gpuwarden.model import SeriesData
+from gpuwarden.windows import counter_rate, increase, ratio_of_increases
+
+if TYPE_CHECKING:
+    from gpuwarden.config import RuleConfig
+
+GPU_BUSY = 0.9
+KV_FULL = 0.9
+MIN_PREFIX_QUERIES = 1000.0
+RUNNING_FLAT_FRACTION = 0.1
+MIN_QUEUE_POINTS = 10
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "KVCacheBottleneck": 0.5,
+    "PreemptionsRising": 0.1,
+    "PrefixCacheHitFalling": 0.2,
+    "QueueGrowing": 5.0,
+}
+
+
+class Composite:
+    """Base: rule, threshold with a per-diagnostic default, and declared inputs."""
+
+    name = ""
+
+    def __init__(self, rule: RuleConfig) -> None:
+        if rule.op not in OPS:
+            raise ValueError(f"rule {rule.name}: unknown op {rule.op!r}")
+        self.rule = rule
+        default = DEFAULT_THRESHOLDS[self.name]
+        self.threshold = default if rule.threshold is None else float(rule.threshold)
+        self.inputs: Mapping[str, float] = self._inputs(rule.window)
+
+    def _inputs(self, w: float) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self, window: Window) -> list[Finding]:
+        raise NotImplementedError
+
+
+class KVCacheBottleneck(Composite):
+    name = "KVCacheBottleneck"
+
+    def _inputs(self, w: float) -> dict[str, float]:
+        return {"gpu_utilization_ratio": w, "generation_tokens_total": 2 * w,
+                "kv_cache_usage_ratio": max(w, 60.0)}
+
+    def evaluate(self, window: Window) -> list[Finding]:
+        now, w = window.now, self.rule.window
+        util: dict[str, list[float]] = {}
+        for s in live_series(window, "gpu_utilization_ratio"):
+            mean = aggregate(s, "mean", now - w, now)
+            if mean is not None:
+                util.setdefault(s.label_map.get("node", ""), []).append(mean)
+        kv = {s.labels: v for s in live_series(window, "kv_cache_usage_ratio")
+              if (v := aggregate(s, "last", now - w, now)) is not None}
+        out = []
+        for s in live_series(window, "generation_tokens_total"):
+            node_util = util.get(s.label_map.get("node", ""))
+            usage = kv.get(s.labels)
+            if not node_util or usage is None:
+                continue
+            busy = float(np.mean(node_util))
+            if not (busy > GPU_BUSY and usage > KV_FULL):
+                continue
+            now_rate = counter_rate(s, now - w, now)
+            before = counter_rate(s, now - 2 * w, now - w)
+            if now_rate is None or before is None or not before > 0:
+                continue
+            ratio = now_rate / before
+            if classify(ratio, "<", self.threshold, None) is None:
+                continue
+            text = (f"GPU utilisation {busy:.0%} and KV cache {usage:.0%}, but "
+                    f"{now_rate:.1f} tokens/s now vs {before:.1f} tokens/s in the previous "
+                    f"{w:g} s ({ratio:.0%})")
+            out.append(Finding(s.labels, ratio, annotations=(
+                ("gpu_utilization", f"{busy:.3f}"), ("kv_cache_usage", f"{usage:.3f}"),
+                ("tokens_per_second", f"{now_rate:.4g}"),
+                ("tokens_per_second_before", f"{before:.4g}"), ("description", text))))
+        return out
+
+
+class PreemptionsRising(Composite):
+    name = "PreemptionsRising"
+
+    def _inputs(self, w: float) -> dict[str, float]:
+        return {"preemptions_total": w}
+
+    def evaluate(self, window: Window) -> list[Finding]:
+        now, w = window.now, self.rule.window
+        out = []
+        for s in live_series(window, "preemptions_total"):
+            rate = counter_rate(s, now - w, now)
+            if rate is None:
+                continue
+            status = classify(rate, self.rule.op, self.threshold, self.rule.clear)
+            if status is not None:
+                text = f"{rate:.3g} preemptions/s ({rate * w:.0f} in {w:g} s)"
+                out.append(Finding(s.labels, rate, status, (("description", text),)))
+        return out
+
+
+class PrefixCacheHitFalling(Composite):
+    name = "PrefixCacheHitFalling"
+
+    def _inputs(self, w: float) -> dict[str, float]:
+        return {"prefix_cache_hits_total": 2 * w, "prefix_cache_queries_total": 2 * w}
+
+    def evaluate(self, window: Window) -> list[Finding]:
+        now, w = window.now, self.rule.window
+        queries = by_labels(window.series("prefix_cache_queries_total"))
+        out = []
+        for hits in live_series(window, "prefix_cache_hits_total"):
+            q = queries.get(hits.labels)
+            if q is None or not is_live(q, window):
+                continue
+            if not (_increase_at_least(q, now - w, now, MIN_PREFIX_QUERIES)
+                    and _increase_at_least(q, now - 2 * w, now - w, MIN_PREFIX_QUERIES)):
+                continue
+            recent = ratio_of_increases(hits, q, now - w, now)
+            before = ratio_of_increases(hits, q, now - 2 * w, now - w)
+            if recent is None or before is None:
+                continue
+            drop = before - recent
+            status = classify(drop, ">", self.threshold, self.rule.clear)
+            if status is not None:
+                text = (f"prefix-cache hit ratio {recent:.0%} over the last {w:g} s, "
+                        f"{before:.0%} before: context is recomputed instead of reused")
+                out.append(Finding(hits.labels, drop, status, (
+                    ("hit_ratio", f"{recent:.3f}"), ("hit_ratio_before", f"{before:.3f}"),
+                    ("description", text))))
+        return out
+
+
+def _increase_at_least(series: SeriesData, start: float, end: float, minimum: float) -> bool:
+    inc = increase(series.timestamps, series.values, start, end)
+    return inc is not None and inc >= minimum
+
+
+class QueueGrowing(Composite):
+    name = "QueueGrowing"
+
+    def _inputs(self, w: float) -> dict[str, float]:
+        return {"requests_waiting": w, "requests_running": w}
+
+    def evaluate(self, window: Window) -> list[Finding]:
+        now, w = window.now, self.rule.window
+        running = by_labels(window.series("requests_running"))
+        out = []
+        for s in live_series(window, "requests_waiting"):
+            run = running.get(s.labels)
+            if run is None or not is_live(run, window):
+                continue
+            growth = _fitted_change(s.timestamps, s.values, now - w, now)
+            # Cheap exits first: an empty or shrinking queue needs no second fit.
+            if growth is None or growth[0] <= self.threshold or growth[1] <= 0:
+                continue
+            change = _fitted_change(run.timestamps, run.values, now - w, now)
+            if change is None:
+                continue
+            mean_running = float(np.mean(values_in(run, now - w, now)))
+            if abs(change[0]) > max(1.0, RUNNING_FLAT_FRACTION * mean_running):
+                continue
+            text = (f"waiting requests grew by {growth[0]:.1f} over {w:g} s while "
+                    f"~{mean_running:.0f} kept running (change {change[0]:+.1f})")
+            out.append(Finding(s.labels, growth[0], annotations=(
+                ("running_change", f"{change[0]:.3g}"), ("description", text))))
+        return out
+
+
+def _fitted_change(ts: FloatArray, vs: FloatArray, start: float,
+                   end: float) -> tuple[float, float] | None:
+    """(Theil-Sen slope x span, lower 99 % slope bound) over the window, or None."""
+    lo = int(np.searchsorted(ts, start, side="left"))
+    hi = int(np.searchsorted(ts, end, side="right"))
+    x, y = ts[lo:hi], vs[lo:hi]
+    ok = ~np.isnan(y)
+    x, y = x[ok], y[ok]
+    if len(y) < MIN_QUEUE_POINTS or x[-1] <= x[0]:
+        return None
+    if y.min() == y.max():
+        return 0.0, 0.0  # a constant series (an idle queue, a steady batch): no fit needed
+    fit = theil_sen(x - end, y)
+    return fit.slope * float(x[-1] - x[0]), fit.low_slope
+
+
+COMPOSITES: dict[str, Callable[[RuleConfig], Composite]] = {
+    c.name: c for c in (KVCacheBottleneck, PreemptionsRising, PrefixCacheHitFalling, QueueGrowing)
+}
+
+
+def _register(name: str, cls: Callable[[RuleConfig], Composite]) -> None:
+    register(f"composite:{name}")(cls)
+
+
+for _name, _cls in COMPOSITES.items():
+    _register(_name, _cls)

@@ -1,0 +1,217 @@
+"""The default rules (DESIGN "Default rules"), how config rules merge with them, checks.
+
+Why defaults live in code and not in a shipped TOML: a node with no ``[[rules]]`` must
+still watch the field's known failure modes (KV cache full, p95 latency over SLO, lost
+GPU), and an upgrade that improves a default reaches everyone who did not override it.
+``effective_rules`` is the one place that decides what is active:
+
+* a ``[[rules]]`` entry with a default's name replaces that default entirely (no field
+  merging: what the operator wrote is what runs);
+* ``enabled = false`` (with only a name) switches a default off;
+* entries with new names are added after the defaults, in config order.
+
+Summaries are ``str.format_map`` templates over the alert's labels plus ``value``,
+``threshold``, ``clear``, ``limit``, ``horizon``, ``window`` and ``rule``; e.g.
+``"KV cache {value:.0%} on {server} ({model}) > {threshold:.0%}"``. A template that
+names a missing label or does not fit the value falls back to the plain text
+(``KVCacheNearFull: value 0.93 > 0.9``): a typo in a summary must never cost an alert.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from gpuwarden.config import AGGREGATIONS, RULE_OPS, RuleConfig
+from gpuwarden.detectors import Finding, build_detector
+from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
+
+NOTIFY = ("notify",)
+
+DEFAULT_RULES: tuple[RuleConfig, ...] = (
+    RuleConfig(
+        name="KVCacheNearFull", signal="kv_cache_usage_ratio", op=">", threshold=0.90,
+        clear=0.85, for_=30.0, severity="warning", actions=NOTIFY,
+        summary="KV cache {value:.0%} on {server} ({model}) > {threshold:.0%}",
+    ),
+    RuleConfig(
+        name="KVCacheSaturationSoon", signal="kv_cache_usage_ratio", detector="trend",
+        limit=1.0, horizon=300.0, window=30.0, min_points=10, severity="warning",
+        actions=NOTIFY,
+        summary="KV cache on {server} ({model}) forecast full in {value:.0f} s",
+    ),
+    RuleConfig(
+        name="TokenLatencyP95High", signal="itl_p95_seconds", op=">", threshold=0.130,
+        clear=0.120, window=60.0, for_=30.0, severity="critical", actions=("warm-restart",),
+        summary="p95 inter-token latency {value:.3f} s on {server} ({model}) > {threshold:g} s",
+    ),
+    RuleConfig(
+        name="TTFTP95High", signal="ttft_p95_seconds", op=">", threshold=2.0, clear=1.5,
+        window=60.0, for_=60.0, severity="warning", actions=NOTIFY,
+        summary="p95 time to first token {value:.2f} s on {server} ({model}) > {threshold:g} s",
+    ),
+    RuleConfig(
+        name="GPUUtilizationSpread", signal="gpu_utilization_ratio", detector="spread",
+        op=">", threshold=0.15, clear=0.10, window=60.0, for_=120.0, severity="warning",
+        actions=NOTIFY,
+        summary="GPU utilisation spread {value:.0%} on {node} > {threshold:.0%}",
+    ),
+    RuleConfig(
+        # Canaries run every minute: the window only bounds the lookback so that the
+        # latest canary result (and its spacing, for staleness) is in view.
+        name="QualityDrift", signal="quality_similarity", op="<", threshold=0.92,
+        clear=0.94, window=300.0, severity="critical", actions=("checkpoint-rollback",),
+        summary="Output similarity {value:.3f} on {server} ({model}) < {threshold:g}",
+    ),
+    RuleConfig(
+        name="GPULost", signal="gpu_up", op="==", threshold=0.0, severity="critical",
+        actions=NOTIFY, summary="GPU {gpu} ({uuid}) on {node} is lost",
+    ),
+    RuleConfig(
+        name="XIDError", signal="gpu_xid_errors_total", detector="increase", op=">",
+        threshold=0.0, window=300.0, severity="warning", actions=NOTIFY,
+        summary="{value:.0f} new XID error(s) on GPU {gpu} ({node}) in {window:.0f} s",
+    ),
+    RuleConfig(
+        name="ServerDown", signal="server_up", op="==", threshold=0.0, for_=30.0,
+        severity="critical", actions=NOTIFY,
+        summary="Inference server {server} ({kind}) on {node} is not answering /metrics",
+    ),
+    RuleConfig(
+        name="KVCacheBottleneck", signal="kv_cache_usage_ratio",
+        detector="composite:KVCacheBottleneck", op="<", threshold=0.5, window=60.0,
+        for_=30.0, severity="warning", actions=NOTIFY,
+        summary="{server} ({model}): GPUs busy, KV cache full, tokens/s down to "
+                "{value:.0%} of the previous minute",
+    ),
+    RuleConfig(
+        name="PreemptionsRising", signal="preemptions_total",
+        detector="composite:PreemptionsRising", op=">", threshold=0.1, window=120.0,
+        for_=60.0, severity="warning", actions=NOTIFY,
+        summary="{value:.2f} preemptions/s on {server} ({model})",
+    ),
+    RuleConfig(
+        name="PrefixCacheHitFalling", signal="prefix_cache_hit_ratio",
+        detector="composite:PrefixCacheHitFalling", op=">", threshold=0.2, window=300.0,
+        for_=60.0, severity="info", actions=NOTIFY,
+        summary="Prefix-cache hit ratio on {server} ({model}) fell by {value:.0%}",
+    ),
+    RuleConfig(
+        name="QueueGrowing", signal="requests_waiting", detector="composite:QueueGrowing",
+        op=">", threshold=5.0, window=60.0, for_=30.0, severity="warning", actions=NOTIFY,
+        summary="Queue on {server} ({model}) grew by {value:.0f} requests with a flat batch",
+    ),
+)
+
+DEFAULT_RULE_NAMES = tuple(r.name for r in DEFAULT_RULES)
+
+
+def effective_rules(config_rules: Iterable[RuleConfig]) -> tuple[RuleConfig, ...]:
+    """The active rules: defaults, replaced/disabled by name, plus the config's new ones."""
+    user = {r.name: r for r in config_rules}
+    out: list[RuleConfig] = []
+    for default in DEFAULT_RULES:
+        rule = user.pop(default.name, default)
+        if rule.enabled:
+            out.append(rule)
+    out.extend(r for r in user.values() if r.enabled)
+    return tuple(out)
+
+
+# --- summaries ------------------------------------------------------------------------
+
+
+def plain_text(rule: RuleConfig, value: float) -> str:
+    if rule.threshold is None:
+        return f"{rule.name}: value {value:.4g}"
+    return f"{rule.name}: value {value:.4g} {rule.op} {rule.threshold:g}"
+
+
+def render_summary(rule: RuleConfig, finding: Finding, labels: Mapping[str, str]) -> str:
+    """The rule's summary template filled in; plain text if it cannot be (never raises)."""
+    if not rule.summary:
+        return plain_text(rule, finding.value)
+    fields: dict[str, Any] = dict(labels)
+    fields.update(value=finding.value, threshold=rule.threshold, clear=rule.clear,
+                  limit=rule.limit, horizon=rule.horizon, window=rule.window, rule=rule.name)
+    try:
+        return rule.summary.format_map(fields)
+    except Exception:  # KeyError, ValueError, TypeError, IndexError, AttributeError...
+        return plain_text(rule, finding.value)
+
+
+# --- validation -------------------------------------------------------------------------
+
+_THRESHOLDED = ("threshold", "quantile")
+_DERIVED = ("generation_tokens_per_second", "prefix_cache_hit_ratio",
+            "gpu_utilization_spread_ratio")
+
+
+def _rule_problems(rule: RuleConfig) -> list[str]:
+    problems: list[str] = []
+    resolved = resolve_rule_signal(rule.signal)
+    quantile = resolved is not None and resolved[1] is not None
+    if resolved is None:
+        problems.append(f"unknown signal {rule.signal!r}")
+    elif not quantile and SIGNALS[rule.signal].kind is Kind.HISTOGRAM:
+        problems.append(f"signal {rule.signal!r} is a histogram: name a quantile, e.g. "
+                        f"{rule.signal.removesuffix('_seconds')}_p95_seconds")
+    if rule.op not in RULE_OPS:
+        problems.append(f"unknown op {rule.op!r}")
+    if rule.aggregation not in AGGREGATIONS:
+        problems.append(f"unknown aggregation {rule.aggregation!r}")
+    if quantile and rule.aggregation != "last":
+        problems.append("aggregation does not apply to a quantile signal: the quantile is "
+                        "computed over `window` from the histogram")
+    if quantile and rule.detector not in _THRESHOLDED:
+        problems.append(f"a quantile signal needs the threshold detector, not {rule.detector!r}")
+    if rule.signal in _DERIVED and rule.detector == "threshold" and rule.aggregation != "last":
+        problems.append(f"{rule.signal} is already a window figure: aggregation does not apply")
+    if rule.detector in _THRESHOLDED and rule.threshold is None:
+        problems.append("threshold is required")
+    if rule.clear is not None and rule.threshold is not None:
+        if rule.op in ("==", "!="):
+            problems.append(f"clear has no meaning with op {rule.op!r}")
+        elif rule.op in (">", ">=") and not rule.clear <= rule.threshold:
+            problems.append(f"clear {rule.clear:g} must not be above threshold "
+                            f"{rule.threshold:g} for op {rule.op!r}")
+        elif rule.op in ("<", "<=") and not rule.clear >= rule.threshold:
+            problems.append(f"clear {rule.clear:g} must not be below threshold "
+                            f"{rule.threshold:g} for op {rule.op!r}")
+    if rule.detector == "trend":
+        if rule.limit is None:
+            problems.append("a trend rule needs `limit` (the level whose crossing is forecast)")
+        if rule.min_points < 3:
+            problems.append("min_points must be at least 3 for a trend rule")
+    if rule.detector.startswith("composite:"):
+        from gpuwarden.detectors.composite import COMPOSITES
+
+        name = rule.detector.partition(":")[2]
+        if name not in COMPOSITES:
+            problems.append(f"unknown composite {name!r} (known: {', '.join(sorted(COMPOSITES))})")
+    for number, what in ((rule.threshold, "threshold"), (rule.clear, "clear"),
+                         (rule.limit, "limit")):
+        if number is not None and math.isnan(number):
+            problems.append(f"{what} is NaN")
+    if not problems:
+        try:
+            build_detector(rule)
+        except ValueError as exc:
+            problems.append(str(exc).removeprefix(f"rule {rule.name}: "))
+    return problems
+
+
+def validate_rules(rules: Sequence[RuleConfig]) -> list[str]:
+    """One line per problem (``rule 'X': ...``) in the rules as they will run; [] when fine.
+
+    Call it on ``effective_rules(config.rules)`` (or on the config's own rules: a
+    disabled stub is skipped). Checks what the config parser cannot know: detector
+    names, which fields each detector needs, hysteresis on the right side.
+    """
+    out: list[str] = []
+    for rule in rules:
+        if not rule.enabled:
+            continue
+        out.extend(f"rule {rule.name!r}: {p}" for p in _rule_problems(rule))
+    return out

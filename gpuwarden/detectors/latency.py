@@ -1,0 +1,128 @@
+"""Quantile detector: p95 TTFT / inter-token latency against an SLO.
+
+The value compared is exactly Prometheus' ``histogram_quantile(q,
+increase(<hist>_bucket[window]))`` per server and model (``windows.window_quantile``),
+so it is the number the operator's Grafana shows for the same vLLM ``/metrics``.
+
+Why the "interpolated" annotation: a classic histogram only knows how many requests
+fell between two bucket edges. vLLM has no edge at 0.13 s (ITL SLO) or 2.0 s (TTFT SLO);
+the p95 reported there is a linear guess inside (0.1, 0.15] or (1.0, 2.5]. An on-call
+engineer deciding whether to restart a worker should know that "p95 = 0.131 s" means
+"somewhere in (0.1, 0.15], probably near the top", not a measurement. And a quantile
+landing in the ``+Inf`` bucket is reported as the largest finite edge: a floor, not
+a value, which the annotation says too.
+
+No requests in the window (NaN) is no finding: an idle server is not slow.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors.threshold import OPS, classify, is_live
+from gpuwarden.model import Labels, SeriesData
+from gpuwarden.signals import resolve_rule_signal
+from gpuwarden.windows import window_quantile
+
+if TYPE_CHECKING:
+    from gpuwarden.config import RuleConfig
+
+
+def _le(labels: Labels) -> float | None:
+    for k, v in labels:
+        if k == "le":
+            try:
+                return float(v)
+            except ValueError:
+                return None
+    return None
+
+
+def group_buckets(series: Sequence[SeriesData]) -> dict[Labels, list[SeriesData]]:
+    """Bucket series per histogram identity: all labels except ``le``."""
+    groups: dict[Labels, list[SeriesData]] = defaultdict(list)
+    for s in series:
+        groups[tuple(kv for kv in s.labels if kv[0] != "le")].append(s)
+    return groups
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def bucket_note(value: float, edges: Sequence[float], threshold: float | None) -> str:
+    """Where ``value`` sits in the histogram: which bucket it was interpolated inside.
+
+    ``edges`` are the finite upper bounds, sorted. The natural lower bound of the first
+    bucket is 0, as in ``histogram_quantile``.
+    """
+    if not edges:
+        return "no finite bucket edges: the value is not interpolated"
+    if value >= edges[-1]:
+        return (
+            f"at the largest finite bucket edge {_fmt(edges[-1])} s: the quantile lies in "
+            f"the +Inf bucket, so the true value may be higher"
+        )
+    i = bisect.bisect_left(edges, value)
+    upper = edges[i]
+    lower = edges[i - 1] if i > 0 else 0.0
+    note = f"interpolated inside the ({_fmt(lower)}, {_fmt(upper)}] s bucket"
+    if threshold is not None and threshold not in edges:
+        note += f": the server's histogram has no edge at {_fmt(threshold)} s"
+    elif threshold is not None:
+        note += f": the threshold {_fmt(threshold)} s is a bucket edge"
+    return note
+
+
+class QuantileDetector:
+    """``histogram_quantile(q, increase(h_bucket[window])) op threshold`` per server/model."""
+
+    def __init__(self, rule: RuleConfig) -> None:
+        resolved = resolve_rule_signal(rule.signal)
+        if resolved is None or resolved[1] is None:
+            raise ValueError(f"rule {rule.name}: {rule.signal!r} does not name a quantile")
+        if rule.threshold is None:
+            raise ValueError(f"rule {rule.name}: a quantile rule needs a threshold")
+        if rule.op not in OPS:
+            raise ValueError(f"rule {rule.name}: unknown op {rule.op!r}")
+        self.rule = rule
+        self.histogram, self.q = resolved[0], float(resolved[1])
+        self.threshold = float(rule.threshold)
+        self.bucket_signal = f"{self.histogram}_bucket"
+        self.inputs: Mapping[str, float] = {self.bucket_signal: rule.window}
+
+    def evaluate(self, window: Window) -> list[Finding]:
+        start = window.now - self.rule.window
+        out = []
+        for labels, buckets in group_buckets(window.series(self.bucket_signal)).items():
+            # A server whose scrapes stopped must not keep its last window's p95 alive.
+            if not any(is_live(b, window) for b in buckets):
+                continue
+            value = window_quantile(self.q, buckets, start, window.now)
+            if value is None or math.isnan(value):
+                continue
+            status = classify(value, self.rule.op, self.threshold, self.rule.clear)
+            if status is None:
+                continue
+            edges = sorted(
+                le for b in buckets if (le := _le(b.labels)) is not None and math.isfinite(le)
+            )
+            note = bucket_note(value, edges, self.threshold)
+            q = f"p{round(self.q * 100):d}"
+            annotations = (
+                ("interpolation", note),
+                ("description",
+                 f"{q} {self.histogram} {value:.4g} s over {self.rule.window:g} s; {note}"),
+            )
+            out.append(Finding(labels, value, status, annotations))
+        return out
+
+
+@register("quantile")
+def make_quantile(rule: RuleConfig) -> QuantileDetector:
+    return QuantileDetector(rule)
