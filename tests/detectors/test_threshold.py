@@ -1,0 +1,150 @@
+"""Threshold detector: ops, hysteresis band, aggregations, staleness, derived signals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gpuwarden.detectors import Status, build_detector
+from gpuwarden.detectors.latency import QuantileDetector
+from gpuwarden.detectors.threshold import ThresholdDetector, classify
+from gpuwarden.model import make_labels
+
+from .helpers import NOW, SRV, SRV2, const, detect, gpu, rule, sampled, series
+
+KV = "kv_cache_usage_ratio"
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "fires"),
+    [(">", 0.91, True), (">", 0.90, False), (">=", 0.90, True), (">=", 0.89, False),
+     ("<", 0.89, True), ("<", 0.90, False), ("<=", 0.90, True), ("<=", 0.91, False),
+     ("==", 0.90, True), ("==", 0.91, False), ("!=", 0.91, True), ("!=", 0.90, False)],
+)
+def test_ops(op: str, value: float, fires: bool) -> None:
+    found = detect(rule(op=op, threshold=0.90), const(KV, SRV, value))
+    assert bool(found) is fires
+    if fires:
+        assert found[0].labels == SRV
+        assert found[0].value == value
+        assert found[0].status is Status.BREACH
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0.95, Status.BREACH), (0.90, Status.HOLD), (0.87, Status.HOLD), (0.85, None),
+     (0.80, None)],
+)
+def test_hysteresis_band_greater(value: float, expected: Status | None) -> None:
+    found = detect(rule(op=">", threshold=0.90, clear=0.85), const(KV, SRV, value))
+    assert [f.status for f in found] == ([] if expected is None else [expected])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0.90, Status.BREACH), (0.92, Status.HOLD), (0.939, Status.HOLD), (0.94, None),
+     (0.99, None)],
+)
+def test_hysteresis_band_less(value: float, expected: Status | None) -> None:
+    r = rule(signal="quality_similarity", op="<", threshold=0.92, clear=0.94)
+    found = detect(r, const("quality_similarity", SRV, value))
+    assert [f.status for f in found] == ([] if expected is None else [expected])
+
+
+def test_without_clear_no_hold() -> None:
+    assert classify(0.89, ">", 0.90, None) is None
+    assert classify(math.nan, ">", 0.90, 0.5) is None
+    assert classify(0.5, "==", 0.0, -1.0) is None  # no direction: clear ignored
+
+
+def test_aggregations() -> None:
+    # the last 60 s: values 0.0 .. 1.0 rising linearly; the latest is 1.0
+    s = sampled(KV, SRV, lambda t: 1.0 + t / 60.0, start=NOW - 60)
+    assert detect(rule(threshold=0.99, aggregation="last"), s)[0].value == pytest.approx(1.0)
+    assert detect(rule(threshold=0.49, aggregation="mean"), s)[0].value == pytest.approx(0.5)
+    assert not detect(rule(threshold=0.51, aggregation="mean"), s)
+    assert detect(rule(threshold=0.99, aggregation="max", window=10.0), s)
+    low = detect(rule(op="<", threshold=0.9, aggregation="min", window=10.0), s)
+    assert low[0].value == pytest.approx(50 / 60)
+    # min over 10 s does not see the early low values; min over 60 s does
+    assert not detect(rule(op="<", threshold=0.8, aggregation="min", window=10.0), s)
+    assert detect(rule(op="<", threshold=0.8, aggregation="min", window=60.0), s)
+
+
+def test_nan_samples_are_skipped() -> None:
+    s = series(KV, SRV, [NOW - 2, NOW - 1, NOW], [0.95, 0.96, math.nan])
+    assert detect(rule(threshold=0.9), s)[0].value == 0.96
+    assert detect(rule(threshold=0.9, aggregation="mean", window=5.0), s)[0].value == 0.955
+
+
+def test_stale_series_is_absent() -> None:
+    dead = const(KV, SRV, 0.99, end=NOW - 10)  # a dead server's last KV value
+    live = const(KV, SRV2, 0.99)
+    found = detect(rule(threshold=0.9), dead, live)
+    assert [f.labels for f in found] == [SRV2]
+    # 4 s old is within max(3 * 1 s, 5 s); with a 10 s interval 25 s old is still live
+    assert detect(rule(threshold=0.9), const(KV, SRV, 0.99, end=NOW - 4))
+    assert detect(rule(threshold=0.9), const(KV, SRV, 0.99, end=NOW - 25, step=10),
+                  interval=10.0)
+    assert not detect(rule(threshold=0.9), const(KV, SRV, 0.99, end=NOW - 31, step=10),
+                      interval=10.0)
+
+
+def test_slow_series_live_for_three_of_its_spacings() -> None:
+    canary = series("quality_similarity", SRV, [NOW - 150, NOW - 90], [0.97, 0.90])
+    r = rule(signal="quality_similarity", op="<", threshold=0.92, window=300.0)
+    assert detect(r, canary)[0].value == 0.90
+    late = series("quality_similarity", SRV, [NOW - 250, NOW - 190], [0.97, 0.90])
+    assert not detect(r, late)
+
+
+def test_each_series_its_own_finding() -> None:
+    found = detect(rule(signal="gpu_temperature_celsius", threshold=80.0),
+                   *(const("gpu_temperature_celsius", gpu(i), 70.0 + 5 * i) for i in range(4)))
+    assert [f.labels for f in found] == [gpu(3)]  # 85 > 80; 80 is not > 80
+
+
+def test_derived_tokens_per_second() -> None:
+    tokens = sampled("generation_tokens_total", SRV, lambda t: 1000.0 + 50.0 * t,
+                     start=NOW - 120)
+    r = rule(signal="generation_tokens_per_second", op="<", threshold=60.0)
+    det = build_detector(r)
+    assert set(det.inputs) == {"generation_tokens_total"}
+    found = detect(r, tokens)
+    assert found[0].value == pytest.approx(50.0)
+    assert not detect(rule(signal="generation_tokens_per_second", op="<", threshold=40.0),
+                      tokens)
+
+
+def test_derived_prefix_hit_ratio() -> None:
+    q = sampled("prefix_cache_queries_total", SRV, lambda t: 1e5 + 100 * t, start=NOW - 120)
+    h = sampled("prefix_cache_hits_total", SRV, lambda t: 1e4 + 30 * t, start=NOW - 120)
+    found = detect(rule(signal="prefix_cache_hit_ratio", op="<", threshold=0.5), q, h)
+    assert found[0].value == pytest.approx(0.3)
+
+
+def test_derived_spread_signal() -> None:
+    gpus = [const("gpu_utilization_ratio", gpu(i), 0.9 - 0.1 * (i == 2)) for i in range(4)]
+    found = detect(rule(signal="gpu_utilization_spread_ratio", threshold=0.05), *gpus)
+    assert found[0].labels == make_labels(node="n1")
+    assert found[0].value == pytest.approx(0.1)
+
+
+def test_quantile_signal_dispatches_to_quantile_detector() -> None:
+    assert isinstance(build_detector(rule(signal="itl_p95_seconds", threshold=0.1)),
+                      QuantileDetector)
+    assert isinstance(build_detector(rule(threshold=0.1)), ThresholdDetector)
+
+
+def test_inputs_cover_staleness_lookback() -> None:
+    det = build_detector(rule(threshold=0.9, window=10.0))
+    assert det.inputs == {KV: 60.0}
+    assert build_detector(rule(threshold=0.9, window=600.0)).inputs == {KV: 600.0}
+
+
+def test_build_errors_name_the_rule() -> None:
+    with pytest.raises(ValueError, match="rule Bad: unknown detector 'nope'"):
+        build_detector(rule("Bad", detector="nope", threshold=1.0))
+    with pytest.raises(ValueError, match=r"rule NoT: .*needs a threshold"):
+        build_detector(rule("NoT"))
