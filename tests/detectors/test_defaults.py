@@ -1,0 +1,128 @@
+"""Default rules table, effective_rules merging, summaries, validate_rules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gpuwarden.config import DEFAULT_ACTION_NAMES, RuleConfig, parse_config
+from gpuwarden.detectors import Finding, build_detector
+from gpuwarden.detectors.defaults import (
+    DEFAULT_RULES,
+    effective_rules,
+    render_summary,
+    validate_rules,
+)
+
+from .helpers import SRV
+
+RULES = {r.name: r for r in DEFAULT_RULES}
+
+# DESIGN.md "Default rules": (name, signal, op, threshold, for, action)
+DESIGN = [
+    ("KVCacheNearFull", "kv_cache_usage_ratio", ">", 0.90, 30.0, "notify"),
+    ("KVCacheSaturationSoon", "kv_cache_usage_ratio", None, None, 0.0, "notify"),
+    ("TokenLatencyP95High", "itl_p95_seconds", ">", 0.130, 30.0, "warm-restart"),
+    ("TTFTP95High", "ttft_p95_seconds", ">", 2.0, 60.0, "notify"),
+    ("GPUUtilizationSpread", "gpu_utilization_ratio", ">", 0.15, 120.0, "notify"),
+    ("QualityDrift", "quality_similarity", "<", 0.92, 0.0, "checkpoint-rollback"),
+    ("GPULost", "gpu_up", "==", 0.0, 0.0, "notify"),
+    ("XIDError", "gpu_xid_errors_total", ">", 0.0, 0.0, "notify"),
+    ("ServerDown", "server_up", "==", 0.0, 30.0, "notify"),
+]
+COMPOSITES = ["KVCacheBottleneck", "PreemptionsRising", "PrefixCacheHitFalling", "QueueGrowing"]
+
+
+@pytest.mark.parametrize("row", DESIGN, ids=[d[0] for d in DESIGN])
+def test_design_table(row: tuple[str, str, str | None, float | None, float, str]) -> None:
+    name, signal, op, threshold, for_, action = row
+    r = RULES[name]
+    assert r.signal == signal
+    if op is not None:
+        assert (r.op, r.threshold) == (op, threshold)
+    assert r.for_ == for_
+    assert r.actions == (action,)
+    assert r.summary
+
+
+def test_every_rule_named_and_buildable() -> None:
+    assert [r.name for r in DEFAULT_RULES] == [d[0] for d in DESIGN] + COMPOSITES
+    assert validate_rules(DEFAULT_RULES) == []
+    for r in DEFAULT_RULES:
+        assert set(r.actions) <= set(DEFAULT_ACTION_NAMES)
+        assert build_detector(r).inputs
+    soon = RULES["KVCacheSaturationSoon"]
+    assert (soon.detector, soon.limit, soon.horizon) == ("trend", 1.0, 300.0)
+    assert RULES["KVCacheNearFull"].clear == 0.85
+
+
+def test_effective_rules_replace_disable_add() -> None:
+    mine = RuleConfig(name="KVCacheNearFull", signal="kv_cache_usage_ratio", threshold=0.95)
+    off = RuleConfig(name="QualityDrift", signal="", enabled=False)
+    new = RuleConfig(name="HotGPU", signal="gpu_temperature_celsius", threshold=85.0)
+    out = effective_rules([mine, off, new])
+    names = [r.name for r in out]
+    assert names == [r.name for r in DEFAULT_RULES if r.name != "QualityDrift"] + ["HotGPU"]
+    assert out[0] is mine
+    assert effective_rules([]) == DEFAULT_RULES
+
+
+def test_effective_rules_from_toml() -> None:
+    cfg = parse_config('[[rules]]\nname = "GPULost"\nenabled = false\n'
+                       '[[rules]]\nname = "TTFTP95High"\nsignal = "ttft_p99_seconds"\n'
+                       'threshold = 3.0\n')
+    out = {r.name: r for r in effective_rules(cfg.rules)}
+    assert "GPULost" not in out
+    assert out["TTFTP95High"].signal == "ttft_p99_seconds"
+    assert validate_rules(tuple(out.values())) == []
+
+
+def finding(value: float) -> Finding:
+    return Finding(SRV, value)
+
+
+def test_render_summary() -> None:
+    labels = dict(SRV)
+    text = render_summary(RULES["KVCacheNearFull"], finding(0.934), labels)
+    assert text == "KV cache 93% on vllm-0 (m) > 90%"
+    p95 = render_summary(RULES["TokenLatencyP95High"], finding(0.1463), labels)
+    assert p95 == "p95 inter-token latency 0.146 s on vllm-0 (m) > 0.13 s"
+
+
+@pytest.mark.parametrize("template", ["{nope} down", "{value:%Q}", "{0}", "{", "{threshold:.1f}"])
+def test_bad_template_falls_back(template: str) -> None:
+    r = RuleConfig(name="R", signal="gpu_up", op="==", threshold=None, summary=template)
+    assert render_summary(r, finding(0.0), dict(SRV)) == "R: value 0"
+    r2 = dataclasses.replace(r, threshold=1.0, summary="{nope}")
+    assert render_summary(r2, finding(0.5), {}) == "R: value 0.5 == 1"
+
+
+def problems(**kw: object) -> list[str]:
+    kw.setdefault("signal", "kv_cache_usage_ratio")
+    kw.setdefault("threshold", 0.9)
+    return validate_rules([RuleConfig(name="X", **kw)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kw", "expected"), [
+    ({"detector": "magic"}, "unknown detector 'magic'"),
+    ({"detector": "composite:Nope"}, "unknown composite 'Nope'"),
+    ({"detector": "trend", "threshold": None}, "needs `limit`"),
+    ({"signal": "itl_p95_seconds", "aggregation": "max"}, "aggregation does not apply"),
+    ({"signal": "itl_p95_seconds", "detector": "trend", "limit": 1.0}, "quantile signal needs"),
+    ({"signal": "ttft_seconds"}, "is a histogram"),
+    ({"signal": "nope"}, "unknown signal"),
+    ({"threshold": None}, "threshold is required"),
+    ({"clear": 0.95}, "clear 0.95 must not be above threshold 0.9"),
+    ({"op": "<", "clear": 0.8}, "must not be below"),
+    ({"op": "==", "clear": 0.8}, "no meaning"),
+    ({"signal": "prefix_cache_hit_ratio", "aggregation": "mean"}, "already a window figure"),
+])
+def test_validate_rules(kw: dict[str, object], expected: str) -> None:
+    got = problems(**kw)
+    assert any(expected in p for p in got), got
+    assert all(p.startswith("rule 'X': ") for p in got)
+
+
+def test_validate_skips_disabled() -> None:
+    assert validate_rules([RuleConfig(name="X", signal="", enabled=False)]) == []
