@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Protocol
 
+from gpuwarden.detectors.threshold import stale_after
+from gpuwarden.detectors.variance import utilization_spread
 from gpuwarden.model import Labels, Sample, SeriesData
 from gpuwarden.windows import counter_rate, ratio_of_increases, window_quantiles
 
@@ -71,9 +73,26 @@ def throughput_and_hit_ratio(source: SeriesSource, now: float,
     return out
 
 
-def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW) -> list[Sample]:
-    """Every derived window signal, as of ``now``."""
+def gpu_spread(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
+               interval: float = 1.0) -> list[Sample]:
+    """``gpu_utilization_spread_ratio{node}``: what the GPUUtilizationSpread rule compares.
+
+    GPUs that stopped reporting (``max(3 * interval, 5 s)``) are left out, as the rule
+    leaves them out; nodes with fewer than two GPUs have no spread.
+    """
+    series = source.query("gpu_utilization_ratio", None, now - window, now)
+    return [
+        Sample("gpu_utilization_spread_ratio", (("node", s.node),), s.spread, now)
+        for s in utilization_spread(series, now - window, now,
+                                    stale_after=stale_after(interval))
+    ]
+
+
+def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
+           interval: float = 1.0) -> list[Sample]:
+    """Every derived window signal, as of ``now`` (``interval``: the collection interval)."""
     out = throughput_and_hit_ratio(source, now, window)
+    out.extend(gpu_spread(source, now, window, interval=interval))
     for hist in LATENCY_HISTOGRAMS:
         out.extend(latency_quantiles(source, hist, now, window))
     return out

@@ -74,3 +74,17 @@ def test_utilization_spread_function() -> None:
     assert out[0].spread == 0.0
     stale = utilization_spread(node([0.9, 0.5], end=NOW - 60), NOW - 120, NOW, stale_after=5.0)
     assert stale == []
+
+
+def test_derive_exports_spread() -> None:
+    from gpuwarden.derived import derive
+
+    data = node([0.9, 0.7, 0.85]) + [const(U, gpu(3), 0.1, end=NOW - 30)]  # GPU 3 stopped
+
+    class Source:
+        def query(self, signal: str, matchers: None = None, start: float = 0.0,
+                  end: float = 0.0) -> list[SeriesData]:
+            return data if signal == U else []
+
+    out = [s for s in derive(Source(), NOW) if s.signal == "gpu_utilization_spread_ratio"]
+    assert [(s.labels, round(s.value, 6)) for s in out] == [(make_labels(node="n1"), 0.2)]
