@@ -1,5 +1,9 @@
 """A loopback OpenAI-compatible server for canary tests (completions and chat).
 
+It also serves ``/metrics`` in vLLM's vocabulary (the demo's simulated engine) with
+``model_name`` set to the current model, so the scrape collector and the model
+history see a deploy exactly as they would on a real vLLM.
+
 It answers each prompt through ``answer(prompt) -> text`` under ``model``, both of
 which a test may swap at any time (a deploy of a bad checkpoint), and records what it
 was asked (request bodies, the most requests in flight at once) for assertions.
@@ -8,11 +12,14 @@ was asked (request bodies, the most requests in flight at once) for assertions.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from gpuwarden.demo import SimulatedVllmState
 
 
 class FakeOpenAI:
@@ -26,13 +33,22 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
+        self.metrics = SimulatedVllmState(model=model, rng=random.Random(0))
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                if self.path == "/v1/models":
+                if self.path == "/metrics":  # vLLM's vocabulary, with the current model
+                    outer.metrics.model = outer.model
+                    data = outer.metrics.render()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif self.path == "/v1/models":
                     self._send(200, {"object": "list",
                                      "data": [{"id": outer.model, "object": "model"}]})
                 else:
