@@ -217,9 +217,10 @@ class Breakdown:
 
 def breakdown(answer: str, reference: str) -> Breakdown:
     """Score ``answer`` against ``reference`` and say which factor cost what."""
-    if not normalize(answer) or not normalize(reference):
-        empty = 1.0 if normalize(answer) == normalize(reference) else 0.0
-        return Breakdown(empty, empty, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    na, nr = normalize(answer), normalize(reference)
+    if na == nr or not na or not nr:  # the verbatim answer is exactly 1.0, not 1 - 1e-16
+        same = 1.0 if na == nr else 0.0
+        return Breakdown(same, same, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     raw = cosine(embed(answer), embed(reference))
     # Repetition beyond what the reference itself has (a list answer repeats a bit).
     excess = repetition_ratio(answer) - repetition_ratio(reference) - 0.05
