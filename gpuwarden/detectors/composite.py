@@ -15,7 +15,8 @@ Each one names a mechanism an SRE would otherwise piece together from three grap
   at least ``MIN_PREFIX_QUERIES`` tokens looked up in each window (a ratio over a handful
   of tokens is noise). Context is being recomputed instead of reused.
 * ``QueueGrowing`` — ``requests_waiting`` rises over the window by more than
-  ``threshold`` requests (default 5) with a significantly positive Theil-Sen slope,
+  ``threshold`` requests (default 5: both its range in the window and its Theil-Sen
+  fitted change exceed it) with a significantly positive slope,
   while ``requests_running`` stays flat (its fitted change over the window is within
   ``max(1, 10 %)`` of its mean): requests arrive faster than the server admits them and
   it is not scaling its batch, typically because the KV cache is full.
@@ -195,8 +196,12 @@ class QueueGrowing(Composite):
             run = running.get(s.labels)
             if run is None or not is_live(run, window):
                 continue
+            # Cheap exit first: a queue whose range in the window is within N requests
+            # did not grow by N, whatever a fit says (most cycles: an empty queue).
+            waiting = values_in(s, now - w, now)
+            if waiting.size < MIN_QUEUE_POINTS or waiting.max() - waiting.min() <= self.threshold:
+                continue
             growth = _fitted_change(s.timestamps, s.values, now - w, now)
-            # Cheap exits first: an empty or shrinking queue needs no second fit.
             if growth is None or growth[0] <= self.threshold or growth[1] <= 0:
                 continue
             change = _fitted_change(run.timestamps, run.values, now - w, now)
