@@ -79,7 +79,7 @@ def register(name: str) -> Callable[[DetectorFactory], DetectorFactory]:
     return wrap
 
 
-_MODULES = ("threshold", "latency", "variance", "trend", "composite", "health")
+_MODULES = ("threshold", "latency", "variance", "trend", "composite", "health", "drift")
 
 
 def build_detector(rule: RuleConfig) -> Detector:
