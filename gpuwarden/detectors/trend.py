@@ -14,7 +14,11 @@ the detector fires only when the rise is real:
    above zero, and the forecast uses that *lower* slope (the slowest rise consistent
    with the data);
 2. the rise over the window (slope x span) stands out of the noise: at least
-   ``RISE_NOISE_FACTOR`` robust standard deviations of it (``noise_scale``).
+   ``RISE_NOISE_FACTOR`` robust standard deviations of it (``noise_scale``);
+3. the rise is spread over the window, not one jump: no single sample-to-sample step
+   makes up more than ``MAX_JUMP_SHARE`` of it. A server that restarts and comes back
+   with its KV cache jumping from 5 % to 45 % is a step, not a trend; forecasting
+   saturation from it paged on every restart (tests/incidents server-crash trace).
 
 Measured with the defaults of KVCacheSaturationSoon (window 30 s, horizon 5 min, limit
 1.0, sampled every 1 s / 0.5 s): a ramp at 1 %/s from 50 % fires 26 / 27 s before it
@@ -55,6 +59,7 @@ FloatArray = npt.NDArray[np.float64]
 #: Two-sided 99 % normal quantile: the confidence of "the slope is really positive".
 Z_99 = 2.5758293035489004
 RISE_NOISE_FACTOR = 4.0
+MAX_JUMP_SHARE = 0.5
 MAD_TO_SIGMA = 1.4826
 DEFAULT_LIMIT = 1.0
 
@@ -162,6 +167,8 @@ def forecast(
         return None
     rise = fit.slope * float(x[-1] - x[0])
     if rise < RISE_NOISE_FACTOR * noise_scale(y, y - (fit.intercept + fit.slope * x)):
+        return None
+    if float(np.max(np.diff(y))) > MAX_JUMP_SHARE * rise:
         return None
     level = fit.intercept
     seconds = max((lim - level) / fit.low_slope, 0.0)

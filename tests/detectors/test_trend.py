@@ -57,6 +57,17 @@ def test_kv_ramp_fires_20s_before_90_percent(step: float, history: float) -> Non
     assert lead >= 20.0
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_restart_step_is_not_a_trend(seed: int) -> None:
+    """A restarted server: KV at 5 % for a minute, then one jump to 45 % and flat, with
+    the incident corpus' background noise (tests/incidents server-crash trace)."""
+    ts = np.arange(0.0, 180.0, 1.0) + NOW
+    t = ts - NOW
+    rng = np.random.default_rng(seed)
+    vs = np.clip(np.where(t < 60, 0.05, 0.45) + rng.uniform(-0.03, 0.03, len(t)), 0, 1)
+    assert first_fire(ts, vs, ts) is None
+
+
 def test_annotations_slope_and_forecast() -> None:
     ts = np.arange(NOW - 20, NOW + 0.5, 1.0)
     vs = 0.5 + 0.01 * (ts - ts[0])
