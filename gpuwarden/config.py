@@ -82,6 +82,7 @@ class RuleConfig:
     limit: float | None = None  # trend: the level whose crossing is forecast
     horizon: float = 300.0  # trend: fire when the limit is forecast within this time
     min_points: int = 10  # trend: fewer samples in the window never fire
+    every: float = 0.0  # evaluate at most this often (0: every cycle), for costly windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +300,7 @@ RULE: Schema = {
     "limit": ("limit", _number),
     "horizon": ("horizon", _positive_duration),
     "min_points": ("min_points", _int),
+    "every": ("every", _duration),
 }
 ACTION: Schema = {
     "name": ("name", _nonempty),
@@ -440,6 +442,11 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     if problems.items:
         raise ConfigError(problems.items)
 
+    rules = tuple(_build_rule(r) for r in arrays["rules"])
+    _check_rule_semantics(rules, problems)
+    if problems.items:
+        raise ConfigError(problems.items)
+
     storage = sections["storage"]
     storage.setdefault("url", default_storage_url())
     return Config(
@@ -452,7 +459,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         gpu=GpuConfig(**sections["gpu"]),
         servers=tuple(ServerConfig(**s) for s in arrays["servers"]),
         quality=QualityConfig(**sections["quality"]),
-        rules=tuple(_build_rule(r) for r in arrays["rules"]),
+        rules=rules,
         actions=tuple(ActionConfig(**a) for a in arrays["actions"]),
         source_path=None if path == "<defaults>" else path,
     )
@@ -462,6 +469,15 @@ def _build_rule(values: Mapping[str, Any]) -> RuleConfig:
     values = dict(values)
     values.setdefault("signal", "")
     return RuleConfig(**values)
+
+
+def _check_rule_semantics(rules: tuple[RuleConfig, ...], problems: _Problems) -> None:
+    """What only the detectors know: detector names, the fields each one needs."""
+    from gpuwarden.detectors.defaults import validate_rules
+
+    for i, rule in enumerate(rules):
+        for problem in validate_rules([rule]):
+            problems.add(f"rules[{i}]", problem.split(": ", 1)[-1])
 
 
 def _check_unique(arrays: Mapping[str, list[dict[str, Any]]], problems: _Problems) -> None:

@@ -215,3 +215,26 @@ def test_duration_units() -> None:
     assert parse_duration("500ms") == 0.5
     assert parse_duration("1h30m") == 5400
     assert parse_duration("7d") == 604800
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ('[[rules]]\nname = "X"\nsignal = "kv_cache_usage_ratio"\ndetector = "magic"\n'
+         'threshold = 1\n', "unknown detector 'magic'"),
+        ('[[rules]]\nname = "X"\nsignal = "kv_cache_usage_ratio"\nthreshold = 0.9\n'
+         'clear = 0.95\n', "clear"),
+        ('[[rules]]\nname = "X"\nsignal = "kv_cache_usage_ratio"\ndetector = "trend"\n'
+         'threshold = 1\nmin_points = 2\n', "min_points"),
+    ],
+)
+def test_rule_semantics_are_config_errors(snippet: str, expected: str) -> None:
+    problems = problems_of(snippet)
+    assert any(p.startswith("cfg.toml") and "rules[0]" in p and expected in p
+               for p in problems), problems
+
+
+def test_rule_every_is_a_duration() -> None:
+    config = parse_config('[[rules]]\nname = "X"\nsignal = "gpu_up"\nthreshold = 0\n'
+                          'op = "=="\nevery = "1m"\n')
+    assert config.rules[0].every == 60.0

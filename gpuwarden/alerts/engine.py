@@ -141,6 +141,7 @@ class RuleEngine:
         self._summary = summary or _default_summary() or plain_summary
         self._rules: dict[str, _CompiledRule] = {}
         self._needed: dict[str, float] = {}
+        self._last_evaluated: dict[str, float] = {}
         self._alerts: dict[str, Alert] = {}
         self._changed: dict[str, Alert] = {}
         self._dropped: set[str] = set()
@@ -189,12 +190,30 @@ class RuleEngine:
 
     # --- evaluation ------------------------------------------------------------------
 
+    def _due(self, now: float) -> list[_CompiledRule]:
+        """Rules to evaluate now: all, except those with an ``every`` not yet elapsed.
+
+        Quality-drift rules look back hours over canary scores that change once a
+        minute; reading that window every second would cost far more than the rest.
+        """
+        due = []
+        for rule in self._rules.values():
+            last = self._last_evaluated.get(rule.config.name)
+            if rule.config.every <= 0 or last is None or now - last >= rule.config.every:
+                due.append(rule)
+        return due
+
     def evaluate(self, now: float, source: SeriesSource) -> list[AlertEvent]:
-        """One evaluation at ``now``: read inputs once, run every detector, step states."""
+        """One evaluation at ``now``: read inputs once, run every due detector, step states."""
         started = time.perf_counter()
         data: dict[str, Sequence[SeriesData]] = {}
         unreadable: set[str] = set()
-        for signal, lookback in self._needed.items():
+        due = self._due(now)
+        needed: dict[str, float] = {}
+        for rule in due:
+            for signal, lookback in rule.inputs.items():
+                needed[signal] = max(needed.get(signal, 0.0), lookback)
+        for signal, lookback in needed.items():
             try:
                 data[signal] = source.query(signal, None, now - lookback, now)
             except Exception as exc:
@@ -203,7 +222,8 @@ class RuleEngine:
         window = Window(now=now, interval=self.interval, data=data)
         events: list[AlertEvent] = []
         self.last_pending_dropped = []
-        for rule in self._rules.values():
+        for rule in due:
+            self._last_evaluated[rule.config.name] = now
             missing = sorted(unreadable.intersection(rule.inputs))
             if missing:
                 self._count_error(rule.config.name)

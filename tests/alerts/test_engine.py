@@ -294,3 +294,19 @@ def test_counts_and_events_are_deterministic() -> None:
 def test_plain_summary_without_threshold() -> None:
     r = rule(threshold=None)
     assert plain_summary(r, breach(value=0.5), {}) == "Hot: value 0.5"
+
+
+def test_every_evaluates_a_rule_and_reads_its_inputs_at_most_that_often() -> None:
+    factory = Factory()
+    eng = RuleEngine([], node="n1", interval=1.0, factory=factory)
+    eng._factory = lambda r: _with_inputs(factory(r), {"Fast": {"x": 60.0},
+                                                       "Slow": {"long": 21600.0}}[r.name])
+    eng.configure([rule("Fast"), rule("Slow", every=60.0)])
+    factory["Slow"].findings = [breach()]
+    src = EmptySource()
+    for t in range(125):
+        eng.evaluate(T0 + t, src)
+    slow_reads = [q for q in src.queries if q[0] == "long"]
+    assert [q[2] - T0 for q in slow_reads] == [0, 60, 120]  # 3 of 125 evaluations
+    assert len(factory["Slow"].windows) == 3 and len(factory["Fast"].windows) == 125
+    assert state(eng) == [("Slow", "firing")]  # its alert stays between evaluations
