@@ -29,6 +29,8 @@ class DaemonView(Protocol):
 
     def alerts_json(self) -> list[dict[str, Any]]: ...
 
+    def push_quality(self, body: bytes, headers: Any) -> tuple[int, dict[str, Any]]: ...
+
 
 Route = Callable[["_Handler"], None]
 
@@ -53,6 +55,30 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # one bad request must never take the server down
             log.exception("error serving %s", path)
             self.send_json(500, {"error": "internal error"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        route = self.server.post_routes.get(path)
+        if route is None:
+            self.send_json(404, {"error": f"no such endpoint: {path}"})
+            return
+        try:
+            route(self)
+        except Exception:
+            log.exception("error serving POST %s", path)
+            self.send_json(500, {"error": "internal error"})
+
+    def read_body(self, limit: int) -> bytes | None:
+        """The request body, or None (413 sent) when it is over ``limit`` bytes."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > limit:
+            self.close_connection = True  # the unread body must not be parsed as a request
+            self.send_json(413, {"error": f"body must be 0..{limit} bytes"})
+            return None
+        return self.rfile.read(length)
 
     def send_body(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -82,6 +108,16 @@ def _alerts(handler: _Handler) -> None:
     handler.send_json(200, handler.server.view.alerts_json())
 
 
+def _quality(handler: _Handler) -> None:
+    from gpuwarden.quality_api import MAX_BODY_BYTES
+
+    body = handler.read_body(MAX_BODY_BYTES)
+    if body is None:
+        return
+    status, payload = handler.server.view.push_quality(body, handler.headers)
+    handler.send_json(status, payload)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -93,6 +129,7 @@ class _Server(ThreadingHTTPServer):
             "/healthz": _healthz,
             "/api/v1/alerts": _alerts,
         }
+        self.post_routes: dict[str, Route] = {"/api/v1/quality": _quality}
         if ":" in address[0]:
             import socket
 

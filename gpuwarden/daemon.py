@@ -32,7 +32,7 @@ from gpuwarden import __version__
 from gpuwarden.collector import Collector
 from gpuwarden.config import Config, load_config
 from gpuwarden.errors import ConfigError, GpuwardenError, StoreError
-from gpuwarden.model import Sample
+from gpuwarden.model import Labels, Sample
 from gpuwarden.sdnotify import SystemdNotifier
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 300.0
 MAX_COLLECT_WORKERS = 8
+MAX_PUSHED_SAMPLES = 10_000
+PUSHED_TTL_S = 600.0
 
 
 @dataclass(slots=True)
@@ -81,7 +83,7 @@ class RateLimitedLog:
 
 
 def build_collectors(config: Config, session: Callable[[], Any]) -> list[Collector]:
-    """The collectors a config asks for: one GPU source plus one per server.
+    """The collectors a config asks for: one GPU source, one per server, the canaries.
 
     ``session`` is called only when a collector makes HTTP requests, so a node with
     only NVML or simulated GPUs never imports ``requests``.
@@ -97,6 +99,12 @@ def build_collectors(config: Config, session: Callable[[], Any]) -> list[Collect
         collectors.append(gpu_source)
     collectors.extend(server_collector(s, node=config.node, session=session())
                       for s in config.servers)
+    if config.quality.canaries and any(s.api_url for s in config.servers):
+        from gpuwarden.collector.quality import quality_collector
+
+        canaries = quality_collector(config, session=session())
+        if canaries is not None:
+            collectors.append(canaries)
     return collectors
 
 
@@ -142,6 +150,13 @@ class Daemon:
         # callback gets every cycle's AlertEvents (FIRING/RESOLVED), in order; one that
         # raises is logged and counted, and the others still get them.
         self.on_alert_events: list[Callable[[list[AlertEvent]], None]] = []
+        # Samples pushed over HTTP (POST /api/v1/quality) wait here for the next cycle,
+        # which stores and exports them with its own.
+        self._pushed: list[Sample] = []
+        self._push_lock = threading.Lock()
+        # ...and the latest of each pushed series stays on /metrics for a while, as a
+        # scraped gauge would, though it is stored only once.
+        self._pushed_latest: dict[tuple[str, Labels], Sample] = {}
         self.rule_engine: RuleEngine | None = None
         self._alert_state: AlertStatePersister | None = None
         self._alerts_api: list[dict[str, Any]] = []
@@ -329,7 +344,7 @@ class Daemon:
         with self._cycle_lock:
             started = time.perf_counter()
             samples = self._collect_all()
-            self._write(samples)
+            self._write(samples + self._take_pushed())
             self._evaluate_rules()
             derived = self._derive()
             self.cycles_total += 1
@@ -337,7 +352,7 @@ class Daemon:
             self.last_cycle_end = time.monotonic()
             if samples and self.first_sample_at is None:
                 self.first_sample_at = self.last_cycle_end - self._started_mono
-            self.exposition.update(self._snapshot(samples + derived))
+            self.exposition.update(self._snapshot(samples + derived + self._recent_pushed()))
             self.notifier.watchdog()
             return samples
 
@@ -440,13 +455,14 @@ class Daemon:
             self._alerts_api = [a.to_api() for a in live]
 
     def _derive(self) -> list[Sample]:
-        """Window signals (quantiles, rates) from the store; a failure costs only them."""
-        if self._store is None or not self.config.servers:
+        """Window signals (quantiles, rates, GPU spread) from the store; a failure costs
+        only them."""
+        if self._store is None:
             return []
         from gpuwarden.derived import derive
 
         try:
-            return derive(self._store, self.clock())
+            return derive(self._store, self.clock(), interval=self.config.interval)
         except Exception as exc:
             self.cycle_errors_total += 1
             self._log.warning("derive", "computing window signals failed: %s", exc)
@@ -475,6 +491,34 @@ class Daemon:
         age = time.monotonic() - self.last_cycle_end
         return age <= limit, {"last_cycle_age_seconds": round(age, 3),
                               "cycles": self.cycles_total}
+
+    def push_samples(self, samples: list[Sample]) -> None:
+        """Queue externally pushed samples for the next cycle (bounded)."""
+        with self._push_lock:
+            if len(self._pushed) + len(samples) > MAX_PUSHED_SAMPLES:
+                raise OverflowError("too many pushed samples waiting for the next cycle")
+            self._pushed.extend(samples)
+            for sample in samples:
+                self._pushed_latest[(sample.signal, sample.labels)] = sample
+
+    def _recent_pushed(self) -> list[Sample]:
+        """Pushed series younger than PUSHED_TTL_S and not already in this cycle."""
+        cutoff = self.clock() - PUSHED_TTL_S
+        with self._push_lock:
+            for key in [k for k, s in self._pushed_latest.items() if s.ts < cutoff]:
+                del self._pushed_latest[key]
+            return list(self._pushed_latest.values())
+
+    def _take_pushed(self) -> list[Sample]:
+        with self._push_lock:
+            pushed, self._pushed = self._pushed, []
+        return pushed
+
+    def push_quality(self, body: bytes, headers: Any) -> tuple[int, dict[str, Any]]:
+        from gpuwarden.quality_api import api_token, handle_quality_post
+
+        return handle_quality_post(body, headers, token=api_token(self.config),
+                                   sink=self.push_samples, node=self.config.node)
 
     def alerts_json(self) -> list[dict[str, Any]]:
         """Pending and firing alerts as of the last evaluation (``/api/v1/alerts``)."""

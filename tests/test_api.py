@@ -93,3 +93,37 @@ def test_healthz_turns_503_when_the_loop_stops(tmp_path: Path) -> None:
         assert requests.get(f"{url}/nope", timeout=2).status_code == 404
     finally:
         daemon.shutdown()
+
+
+def test_quality_push_over_http(tmp_path: Path, monkeypatch: object) -> None:
+    import os
+
+    os.environ["GW_TEST_TOKEN"] = "s3cret"
+    try:
+        cfg = parse_config(f'node = "n"\ninterval = "100ms"\napi_token_env = "GW_TEST_TOKEN"\n'
+                           f'listen = "127.0.0.1:{free_port()}"\n[storage]\n'
+                           f'url = "sqlite:///{tmp_path / "gw.db"}"\n', "<test>")
+        daemon = Daemon(cfg, collectors=[Scripted("g", [[gpu_up("0")]])])
+        daemon.start()
+        try:
+            url = f"http://127.0.0.1:{daemon.http_port}/api/v1/quality"
+            body = {"server": "vllm-0", "model": "llama-ckpt-7", "score": 0.91}
+            assert requests.post(url, json=body, timeout=2).status_code == 401
+            auth = {"Authorization": "Bearer s3cret"}
+            bad = requests.post(url, json={"server": "vllm-0", "score": 3}, headers=auth,
+                                timeout=2)
+            assert bad.status_code == 400 and "error" in bad.json()
+            big = requests.post(url, data=b"x" * (65 * 1024), headers=auth, timeout=2)
+            assert big.status_code == 413
+            ok = requests.post(url, json=body, headers=auth, timeout=2)
+            assert ok.status_code == 202
+            time.sleep(0.4)
+            text = requests.get(f"http://127.0.0.1:{daemon.http_port}/metrics", timeout=2).text
+            labels = names(text.encode(), "gpuwarden_quality_similarity")
+            assert labels == [{"node": "n", "server": "vllm-0", "model": "llama-ckpt-7"}]
+            stored = daemon.store.query("quality_similarity", None, 0, time.time() + 1)
+            assert [list(s.values) for s in stored] == [[0.91]]
+        finally:
+            daemon.shutdown()
+    finally:
+        del os.environ["GW_TEST_TOKEN"]
