@@ -134,7 +134,7 @@ def translate(rule: RuleConfig) -> Exported:
     if rule.detector in SPREAD_DETECTORS and not expr.startswith("(max by (node)"):
         return Exported(rule.name, None, f"spread over {rule.signal!r}: only GPU "
                                          "utilisation spread is translated")
-    if rule.detector not in ("threshold", "latency", "drift", *SPREAD_DETECTORS):
+    if rule.detector not in ("threshold", "latency", "drift", "increase", *SPREAD_DETECTORS):
         return Exported(rule.name, None, f"detector {rule.detector!r} (a composite or custom "
                                          "diagnostic) has no faithful PromQL equivalent")
     if rule.threshold is None:
@@ -146,6 +146,36 @@ def translate(rule: RuleConfig) -> Exported:
     ignored = ", ".join(["alertname", "alertstate", *(k for k, _ in _labels(rule))])
     firing = f"ALERTS{{alertname={_q(rule.name, double=True)}, alertstate=\"firing\"}}"
     return Exported(rule.name, f"{breach} or ({hold} and ignoring ({ignored}) {firing})", note)
+
+
+_FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
+_RULE_FIELDS = ("threshold", "clear", "limit", "horizon", "window")
+
+
+def _go_template(summary: str, rule: RuleConfig) -> str:
+    """The rule's Python summary (``str.format_map`` over labels and value, see
+    detectors/defaults.py) as a Prometheus annotation template: ``{server}`` becomes
+    ``{{ $labels.server }}``, ``{value:.0%}`` ``{{ $value | humanizePercentage }}``,
+    rule constants their number, so Alertmanager shows the same sentence."""
+
+    def field(m: re.Match[str]) -> str:
+        name, spec = m[1], m[2] or ""
+        if name == "value":
+            return ("{{ $value | humanizePercentage }}" if spec.endswith("%")
+                    else "{{ $value | humanize }}")
+        if name in _RULE_FIELDS:
+            value = getattr(rule, name)
+            if value is None:
+                return ""
+            try:
+                return format(value, spec) if spec else _num(value)
+            except (TypeError, ValueError):
+                return _num(value)
+        if name == "rule":
+            return rule.name
+        return "{{ $labels." + name + " }}"
+
+    return _FIELD.sub(field, summary)
 
 
 def _labels(rule: RuleConfig) -> list[tuple[str, str]]:
@@ -166,7 +196,11 @@ def _annotations(rule: RuleConfig) -> list[tuple[str, str]]:
     where = "{{ $labels.node }}{{ with $labels.server }}/{{ . }}{{ end }}" \
             "{{ with $labels.gpu }} gpu {{ . }}{{ end }}"
     out = {
-        "summary": rule.summary or f"{rule.name} on {where}",
+        # A trend's PromQL value is the predicted level, not the detector's seconds-to-
+        # limit, so its Python summary would mislabel it.
+        "summary": (_go_template(rule.summary, rule)
+                    if rule.summary and rule.detector != "trend"
+                    else f"{rule.name} on {where}: {cond}"),
         "description": f"{cond} (value {{{{ $value | humanize }}}}). gpuwarden rule "
                        f"{rule.name}" + (f"; gpuwarden actions: {', '.join(rule.actions)}"
                                         if rule.actions else "") + ".",

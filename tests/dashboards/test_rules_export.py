@@ -167,3 +167,14 @@ def test_spread_detector_over_utilisation_is_the_spread() -> None:
     assert translate(rule).expr == by_name()["GPUUtilizationSpread"]
     odd = translate(RuleConfig("S", "gpu_power_watts", ">", 50.0, detector="variance"))
     assert odd.expr is None and "only GPU utilisation spread" in (odd.note or "")
+
+
+def test_summaries_become_prometheus_templates() -> None:
+    from gpuwarden.detectors.defaults import DEFAULT_RULES
+
+    rules = {r.name: r for r in DEFAULT_RULES}
+    text = render([rules["KVCacheNearFull"], rules["XIDError"]])
+    assert ("KV cache {{ $value | humanizePercentage }} on {{ $labels.server }} "
+            "({{ $labels.model }}) > 90%") in text
+    assert "{server}" not in text and "{value" not in text
+    assert translate(rules["XIDError"]).expr == "increase(gpuwarden_gpu_xid_errors_total[5m]) > 0"

@@ -47,8 +47,10 @@ def test_design_table(row: tuple[str, str, str | None, float | None, float, str]
 
 
 def test_every_rule_named_and_buildable() -> None:
-    assert [r.name for r in DEFAULT_RULES] == [d[0] for d in DESIGN] + COMPOSITES
+    assert [r.name for r in DEFAULT_RULES] == ([d[0] for d in DESIGN] + COMPOSITES
+                                               + ["QualityDriftCUSUM", "AnswerLengthShift"])
     assert validate_rules(DEFAULT_RULES) == []
+    assert RULES["QualityDriftCUSUM"].every == RULES["AnswerLengthShift"].every == 60.0
     for r in DEFAULT_RULES:
         assert set(r.actions) <= set(DEFAULT_ACTION_NAMES)
         assert build_detector(r).inputs
