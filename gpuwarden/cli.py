@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gpuwarden import __version__
 from gpuwarden.errors import ConfigError, StoreError
@@ -75,36 +76,33 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
-    import requests
-
-    response = requests.get(url, timeout=timeout)
-    return response.status_code, response.content
-
-
-def cmd_status(args: argparse.Namespace) -> int:
+def _get_json(base: str, path: str, timeout: float = 3.0) -> tuple[int, Any] | None:
+    """GET a daemon endpoint; None (after saying why on stderr) when it cannot be read."""
     import requests
 
     try:
-        code, body = _get(args.url.rstrip("/") + "/healthz")
-    except requests.RequestException as exc:
-        print(f"gpuwarden at {args.url} is not reachable: {exc}", file=sys.stderr)
+        response = requests.get(base.rstrip("/") + path, timeout=timeout)
+        return response.status_code, response.json()
+    except (requests.RequestException, ValueError) as exc:
+        print(f"gpuwarden at {base} is not reachable: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    got = _get_json(args.url, "/healthz")
+    if got is None:
         return EXIT_RUNTIME
-    detail = json.loads(body)
+    code, detail = got
     print(f"{args.url}: {detail.get('status')} (cycles {detail.get('cycles')}, "
           f"last cycle {detail.get('last_cycle_age_seconds')} s ago)")
     return EXIT_OK if code == 200 else EXIT_RUNTIME
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    import requests
-
-    try:
-        code, body = _get(args.url.rstrip("/") + "/api/v1/alerts")
-    except requests.RequestException as exc:
-        print(f"gpuwarden at {args.url} is not reachable: {exc}", file=sys.stderr)
+    got = _get_json(args.url, "/api/v1/alerts")
+    if got is None:
         return EXIT_RUNTIME
-    alerts = json.loads(body)
+    code, alerts = got
     if args.json:
         print(json.dumps(alerts, indent=2))
     elif not alerts:

@@ -127,3 +127,20 @@ def test_quality_push_over_http(tmp_path: Path, monkeypatch: object) -> None:
             daemon.shutdown()
     finally:
         del os.environ["GW_TEST_TOKEN"]
+
+
+def test_status_and_alerts_commands(tmp_path: Path, capsys: object) -> None:
+    from gpuwarden.cli import main
+
+    daemon = Daemon(config(tmp_path), collectors=[Scripted("g", [[gpu_up("0")]])])  # type: ignore[arg-type]
+    daemon.start()
+    try:
+        url = f"http://127.0.0.1:{daemon.http_port}"
+        assert main(["status", "--url", url]) == 0
+        assert main(["alerts", "--url", url]) == 0
+        out = capsys.readouterr().out  # type: ignore[attr-defined]
+        assert ": ok (cycles " in out and "no pending or firing alerts" in out
+    finally:
+        daemon.shutdown()
+    assert main(["status", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert "not reachable" in capsys.readouterr().err  # type: ignore[attr-defined]
