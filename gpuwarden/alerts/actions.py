@@ -395,6 +395,9 @@ class Dispatcher:
         alert = ev.alert
         firing = ev.kind is EventKind.FIRING
         inhibitor = self._inhibitor(alert) if firing else None
+        if not firing:  # every action called for the firing (escalation targets too)
+            names = [*names, *sorted(n for n in self.actions if n not in names
+                                     and (n, alert.fingerprint) in self._seen)]
         for name in names:
             action = self.actions.get(name)
             if action is None:
