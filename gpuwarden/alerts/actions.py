@@ -50,6 +50,7 @@ from gpuwarden.alerts.model import Alert, AlertEvent, EventKind, rfc3339
 from gpuwarden.alerts.payload import AlertEntry, alert_entry, delivery_id
 from gpuwarden.alerts.receivers import (
     Delivery,
+    DeliveryWorker,
     ReceiverContext,
     RetryPolicy,
     build_receiver,
@@ -94,95 +95,6 @@ class _Group:
     entries: dict[str, AlertEntry] = field(default_factory=dict)
 
 
-class _Worker:
-    """One action's delivery thread and queue."""
-
-    def __init__(self, dispatcher: Dispatcher, action: ActionConfig) -> None:
-        self.d = dispatcher
-        self.action = action
-        self.receiver = build_receiver(action, dispatcher.ctx)
-        self.queue: deque[Delivery] = deque()
-        self.cv = threading.Condition()
-        self.busy = False
-        self.thread = threading.Thread(target=self.run, name=f"gpuwarden-action-{action.name}",
-                                       daemon=True)
-        self._last_resend_log = 0.0
-
-    def put(self, delivery: Delivery) -> None:
-        with self.cv:
-            self.queue.append(delivery)
-            self.cv.notify()
-
-    def run(self) -> None:
-        while True:
-            with self.cv:
-                while not self.queue and not self.d._workers_exit.is_set():
-                    self.cv.wait(0.5)
-                if not self.queue:
-                    return
-                delivery = self.queue.popleft()
-                self.busy = True
-            try:
-                if self.d._past_deadline():
-                    self.d._dead_letter(self.action, delivery, 0, "not delivered before shutdown")
-                else:
-                    self.deliver(delivery)
-            except Exception:  # one catch-all per job (convention 9): log, count, carry on
-                log.exception("action %s: delivery %s failed unexpectedly", self.action.name,
-                              delivery.id)
-                self.d._count(self.action.name, "failed")
-            finally:
-                with self.cv:
-                    self.busy = False
-
-    def deliver(self, d: Delivery) -> None:
-        name, disp = self.action.name, self.d
-        if self.action.dry_run:
-            if not d.resend:
-                disp._audit(name, d, "dry_run", detail=self.receiver.describe(d))
-            return
-        if disp.is_disabled(name):
-            if not d.resend:
-                disp._audit(name, d, "disabled", reason="endpoint disabled after HTTP 410")
-            return
-        if d.resend:
-            out = self.receiver.send(d)
-            disp._count(name, "resent" if out.ok else "resend_failed")
-            if out.disable:
-                disp._disable(self.action, out.error)
-            elif not out.ok and time.monotonic() - self._last_resend_log > 60:
-                self._last_resend_log = time.monotonic()
-                log.warning("action %s: Alertmanager resend failed: %s", name, out.error)
-            return
-        attempt = 0
-        while True:
-            attempt += 1
-            out = self.receiver.send(d)
-            if out.ok:
-                disp._audit(name, d, "sent", http_status=out.http_status, attempt=attempt)
-                disp._schedule(disp.clock(), "sent", (self.action, d))
-                return
-            if out.disable:
-                disp._disable(self.action, out.error)
-                disp._audit(name, d, "disabled", http_status=out.http_status, attempt=attempt,
-                            reason="HTTP 410 Gone: endpoint disabled until restart")
-                disp._dead_letter(self.action, d, attempt, out.error)
-                return
-            final = not out.retryable or attempt >= disp.retry.attempts
-            delay = 0.0 if final else disp.retry.delay(attempt, out.retry_after)
-            reason = out.error or "failed"
-            if not final:
-                reason += f"; retrying in {delay:.2f}s"
-            disp._audit(name, d, "failed", http_status=out.http_status, attempt=attempt,
-                        reason=reason)
-            if final:
-                disp._dead_letter(self.action, d, attempt, out.error)
-                return
-            if disp._sleep(delay):
-                disp._dead_letter(self.action, d, attempt, f"{out.error}; stopped while retrying")
-                return
-
-
 class Dispatcher:
     """Alert events -> guarded, audited, retried deliveries (see the module doc).
 
@@ -223,7 +135,8 @@ class Dispatcher:
         self.generator_url = self.external_url + "/api/v1/alerts"
         self.ctx = ReceiverContext(session=session, node=node, external_url=self.external_url,
                                    interval=interval, am_resend=am_resend, clock=clock)
-        self._workers = {a.name: _Worker(self, a) for a in actions}
+        self._workers = {a.name: DeliveryWorker(self, a, build_receiver(a, self.ctx))
+                         for a in actions}
         # Shared between threads (under _cv).
         self._cv = threading.Condition()
         self._events: deque[tuple[AlertEvent, tuple[str, ...] | None]] = deque()
@@ -237,7 +150,7 @@ class Dispatcher:
         self._stopping = False
         self._deadline: float | None = None
         self._stop_wait = threading.Event()
-        self._workers_exit = threading.Event()
+        self.workers_exit = threading.Event()
         self._busy = False
         self._router: threading.Thread | None = None
         self._last_drop_log = 0.0
@@ -279,7 +192,7 @@ class Dispatcher:
             self._cv.notify_all()
         self._stop_wait.set()  # cut retry backoffs short
         self._router.join(max(0.0, end - time.monotonic()))
-        self._workers_exit.set()
+        self.workers_exit.set()
         for w in self._workers.values():
             with w.cv:
                 w.cv.notify_all()
@@ -297,10 +210,10 @@ class Dispatcher:
             time.sleep(0.01)
         return False
 
-    def _past_deadline(self) -> bool:
+    def past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
-    def _sleep(self, seconds: float) -> bool:
+    def backoff(self, seconds: float) -> bool:
         """Back off; True when shutdown interrupted it."""
         if self._stopping:
             return True
@@ -548,22 +461,23 @@ class Dispatcher:
         self._schedule(now + self.am_resend, "am", name)
 
     # ---------------------------------------------------------- audit and bookkeeping
-    def _count(self, action: str, result: str, n: int = 1) -> None:
+    def count(self, action: str, result: str, n: int = 1) -> None:
         with self._cv:
             self._counts[(action, result)] += n
 
     def _audit_alert(self, action: str, alert: Alert, result: str, *,
                      reason: str | None = None, detail: Mapping[str, Any] | None = None) -> None:
-        self._count(action, result)
+        self.count(action, result)
         if self.audit is not None:
             self.audit.record(action=action, result=result, labels=alert.label_map,
                               fingerprint=alert.fingerprint, reason=reason,
                               detail={"status": "firing", **(detail or {})})
 
-    def _audit(self, action: str, d: Delivery, result: str, *, http_status: int | None = None,
-               attempt: int | None = None, reason: str | None = None,
-               detail: Mapping[str, Any] | None = None) -> None:
-        self._count(action, result, len(d.alerts))
+    def record_delivery(self, action: str, d: Delivery, result: str, *,
+                        http_status: int | None = None, attempt: int | None = None,
+                        reason: str | None = None,
+                        detail: Mapping[str, Any] | None = None) -> None:
+        self.count(action, result, len(d.alerts))
         if self.audit is None:
             return
         info = {"status": d.status, "delivery": d.id, "alerts": len(d.alerts), **(detail or {})}
@@ -572,9 +486,9 @@ class Dispatcher:
                               fingerprint=entry["fingerprint"], http_status=http_status,
                               attempt=attempt, reason=reason, detail=info)
 
-    def _dead_letter(self, action: ActionConfig, d: Delivery, attempts: int,
+    def dead_letter(self, action: ActionConfig, d: Delivery, attempts: int,
                      error: str | None) -> None:
-        self._audit(action.name, d, "dead_letter", attempt=attempts, reason=error)
+        self.record_delivery(action.name, d, "dead_letter", attempt=attempts, reason=error)
         log.error("action %s: delivery of %s (%s) failed after %d attempts: %s; kept as a "
                   "dead letter (gpuwarden actions replay)", action.name, d.rule or "alerts",
                   d.status, attempts, error)
@@ -585,7 +499,7 @@ class Dispatcher:
         with self._cv:
             self.dead_letters += 1
 
-    def _disable(self, action: ActionConfig, error: str | None) -> None:
+    def disable(self, action: ActionConfig, error: str | None) -> None:
         with self._cv:
             if action.name in self._disabled:
                 return
@@ -593,6 +507,10 @@ class Dispatcher:
         log.error("ACTION %s DISABLED: its endpoint %s answered %s; no further calls until "
                   "gpuwarden restarts (fix or remove the action)", action.name,
                   self._workers[action.name].receiver.endpoint(), error or "410 Gone")
+
+    def delivered(self, action: ActionConfig, d: Delivery) -> None:
+        """A worker's success: the router schedules verification (escalation)."""
+        self._schedule(self.clock(), "sent", (action, d))
 
     def is_disabled(self, name: str) -> bool:
         with self._cv:

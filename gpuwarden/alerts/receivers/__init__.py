@@ -1,8 +1,9 @@
 """Receivers: turn one :class:`Delivery` into one call to the outside world.
 
-A receiver makes exactly one attempt and reports an :class:`Outcome`; retries, backoff,
-dead letters and the audit trail belong to the dispatcher (``alerts/actions.py``), so
-every receiver gets the same guard rails. The classification of results follows
+A receiver makes exactly one attempt and reports an :class:`Outcome`. Retries and
+backoff are the :class:`DeliveryWorker`'s (one thread per action), which reports every
+attempt to the dispatcher (``alerts/actions.py``) for the audit trail and dead letters,
+so every receiver gets the same guard rails. The classification of results follows
 Alertmanager and Standard Webhooks: 2xx is success; timeouts, connection errors, 429
 and 5xx are retried (429 honouring ``Retry-After``); 410 Gone disables the endpoint;
 every other status is a permanent failure.
@@ -17,13 +18,18 @@ from __future__ import annotations
 import abc
 import email.utils
 import json
+import logging
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gpuwarden.alerts.payload import AlertEntry, origin
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import requests
@@ -243,6 +249,122 @@ class HttpReceiver(Receiver):
                 "headers": sorted(headers), "bytes": len(body)}
 
 
+class WorkerHost(Protocol):
+    """What a :class:`DeliveryWorker` reports to (the dispatcher)."""
+
+    retry: RetryPolicy
+    workers_exit: threading.Event
+
+    def is_disabled(self, name: str) -> bool: ...
+    def count(self, action: str, result: str, n: int = 1) -> None: ...
+    def record_delivery(self, action: str, d: Delivery, result: str, *,
+                        http_status: int | None = None, attempt: int | None = None,
+                        reason: str | None = None,
+                        detail: Mapping[str, Any] | None = None) -> None: ...
+    def dead_letter(self, action: ActionConfig, d: Delivery, attempts: int,
+                    error: str | None) -> None: ...
+    def disable(self, action: ActionConfig, error: str | None) -> None: ...
+    def delivered(self, action: ActionConfig, d: Delivery) -> None: ...
+    def past_deadline(self) -> bool: ...
+    def backoff(self, seconds: float) -> bool: ...
+
+
+class DeliveryWorker:
+    """One action's delivery thread and queue: attempts, backoff, the final verdict.
+
+    Decisions about *whether* to deliver live in the dispatcher (its ``host``); this
+    only drives the receiver and reports every attempt back through the host.
+    """
+
+    def __init__(self, host: WorkerHost, action: ActionConfig, receiver: Receiver) -> None:
+        self.host = host
+        self.action = action
+        self.receiver = receiver
+        self.queue: deque[Delivery] = deque()
+        self.cv = threading.Condition()
+        self.busy = False
+        self.thread = threading.Thread(target=self.run, name=f"gpuwarden-action-{action.name}",
+                                       daemon=True)
+        self._last_resend_log = 0.0
+
+    def put(self, delivery: Delivery) -> None:
+        with self.cv:
+            self.queue.append(delivery)
+            self.cv.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.queue and not self.host.workers_exit.is_set():
+                    self.cv.wait(0.5)
+                if not self.queue:
+                    return
+                delivery = self.queue.popleft()
+                self.busy = True
+            try:
+                if self.host.past_deadline():
+                    if not delivery.resend:  # a refresh is not worth keeping
+                        self.host.dead_letter(self.action, delivery, 0,
+                                              "not delivered before shutdown")
+                else:
+                    self.deliver(delivery)
+            except Exception:  # one catch-all per job (convention 9): log, count, carry on
+                log.exception("action %s: delivery %s failed unexpectedly", self.action.name,
+                              delivery.id)
+                self.host.count(self.action.name, "failed")
+            finally:
+                with self.cv:
+                    self.busy = False
+
+    def deliver(self, d: Delivery) -> None:
+        name, host = self.action.name, self.host
+        if self.action.dry_run:
+            if not d.resend:
+                host.record_delivery(name, d, "dry_run", detail=self.receiver.describe(d))
+            return
+        if host.is_disabled(name):
+            if not d.resend:
+                host.record_delivery(name, d, "disabled", reason="endpoint disabled after HTTP 410")
+            return
+        if d.resend:
+            out = self.receiver.send(d)
+            host.count(name, "resent" if out.ok else "resend_failed")
+            if out.disable:
+                host.disable(self.action, out.error)
+            elif not out.ok and time.monotonic() - self._last_resend_log > 60:
+                self._last_resend_log = time.monotonic()
+                log.warning("action %s: Alertmanager resend failed: %s", name, out.error)
+            return
+        attempt = 0
+        while True:
+            attempt += 1
+            out = self.receiver.send(d)
+            if out.ok:
+                host.record_delivery(name, d, "sent", http_status=out.http_status, attempt=attempt)
+                host.delivered(self.action, d)
+                return
+            if out.disable:
+                host.disable(self.action, out.error)
+                host.record_delivery(name, d, "disabled", http_status=out.http_status,
+                                     attempt=attempt,
+                                     reason="HTTP 410 Gone: endpoint disabled until restart")
+                host.dead_letter(self.action, d, attempt, out.error)
+                return
+            final = not out.retryable or attempt >= host.retry.attempts
+            delay = 0.0 if final else host.retry.delay(attempt, out.retry_after)
+            reason = out.error or "failed"
+            if not final:
+                reason += f"; retrying in {delay:.2f}s"
+            host.record_delivery(name, d, "failed", http_status=out.http_status,
+                                 attempt=attempt, reason=reason)
+            if final:
+                host.dead_letter(self.action, d, attempt, out.error)
+                return
+            if host.backoff(delay):
+                host.dead_letter(self.action, d, attempt, f"{out.error}; stopped while retrying")
+                return
+
+
 def build_receiver(action: ActionConfig, ctx: ReceiverContext) -> Receiver:
     """The receiver for an action's ``type``."""
     from gpuwarden.alerts.receivers.alertmanager import AlertmanagerReceiver
@@ -265,12 +387,14 @@ def build_receiver(action: ActionConfig, ctx: ReceiverContext) -> Receiver:
 __all__ = [
     "SUCCESS",
     "Delivery",
+    "DeliveryWorker",
     "HttpReceiver",
     "Outcome",
     "Receiver",
     "ReceiverContext",
     "ReceiverError",
     "RetryPolicy",
+    "WorkerHost",
     "build_receiver",
     "classify_status",
     "parse_retry_after",
