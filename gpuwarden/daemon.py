@@ -36,8 +36,10 @@ from gpuwarden.model import Labels, Sample
 from gpuwarden.sdnotify import SystemdNotifier
 
 if TYPE_CHECKING:
+    from gpuwarden.alerts.actions import Dispatcher
     from gpuwarden.alerts.engine import RuleEngine
     from gpuwarden.alerts.model import AlertEvent
+    from gpuwarden.alerts.models_history import ModelHistory
     from gpuwarden.alerts.state import AlertStatePersister
     from gpuwarden.exposition import Exposition, Snapshot
 
@@ -162,6 +164,11 @@ class Daemon:
         self._alerts_api: list[dict[str, Any]] = []
         self.rule_failures_total = 0  # evaluations that raised past the engine's guards
         self.delivery_errors_total = 0
+        self.models: ModelHistory | None = None
+        self.dispatcher: Dispatcher | None = None
+        # Events of the first cycle, which runs before delivery is started (to keep the
+        # first stored sample early): handed to the dispatcher as soon as it is up.
+        self._early_events: list[AlertEvent] | None = []
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -183,7 +190,13 @@ class Daemon:
         except Exception:  # alerting is down, collection and /metrics are not
             self.rule_failures_total += 1
             log.exception("cannot start the alert rule engine")
+        engine = getattr(self._store, "engine", None)
+        if engine is not None:
+            from gpuwarden.alerts.models_history import ModelHistory
+
+            self.models = ModelHistory(engine, node=self.config.node)
         self._guarded_cycle()
+        self._start_delivery()
 
         from gpuwarden.api import HttpServer
 
@@ -281,6 +294,8 @@ class Daemon:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for collector in self._collectors or ():
             _close_quietly(collector)
+        if self.dispatcher is not None:  # sends what is queued; the rest is dead-lettered
+            self.dispatcher.stop(timeout=3.0)
         if self._store is not None:
             try:
                 self._store.flush()
@@ -311,6 +326,7 @@ class Daemon:
             if getattr(new, attr) != getattr(self.config, attr):
                 log.warning("config reload: %s changed; that takes effect on restart only", attr)
         new = _keep(new, self.config, "listen", "storage")
+        old = self.config
         with self._cycle_lock:
             old_collectors = self._collectors or []
             self._collectors = build_collectors(new, lambda: self.session)
@@ -324,6 +340,13 @@ class Daemon:
                 self.rule_engine.configure(effective_rules(new.rules))
         for collector in old_collectors:
             _close_quietly(collector)
+        if self.dispatcher is not None and old.actions != new.actions:
+            # New actions, new guard rails: the new dispatcher reloads cooldowns, budgets
+            # and who saw which firing from the audit trail, so nothing is sent twice.
+            old_dispatcher = self.dispatcher
+            self.on_alert_events.remove(old_dispatcher)
+            old_dispatcher.stop(timeout=3.0)
+            self._start_delivery()
         if self._scheduler is not None:
             self._scheduler.reschedule_job("cycle", trigger="interval", seconds=new.interval)
         log.info("config reloaded from %s: %d collectors", path, len(self._collectors))
@@ -345,6 +368,7 @@ class Daemon:
             started = time.perf_counter()
             samples = self._collect_all()
             self._write(samples + self._take_pushed())
+            self._observe_models(samples)
             self._evaluate_rules()
             derived = self._derive()
             self.cycles_total += 1
@@ -438,13 +462,47 @@ class Daemon:
         if events:
             self._deliver(events)
 
+    def _observe_models(self, samples: list[Sample]) -> None:
+        """Which model each server serves, for rollback annotations; never fatal."""
+        if self.models is None:
+            return
+        try:
+            self.models.observe(samples, self.clock())
+        except Exception as exc:
+            self._log.warning("models", "recording served models failed: %s", exc)
+
+    def _start_delivery(self) -> None:
+        """The dispatcher (guard rails, retries, audit) on its own threads."""
+        from gpuwarden.alerts.actions import Dispatcher
+
+        try:
+            self.dispatcher = Dispatcher.from_config(self.config, store=self._store,
+                                                     session=self.session, models=self.models)
+            self.dispatcher.start()
+        except Exception:  # alerts still show on /api/v1/alerts and /metrics
+            self.delivery_errors_total += 1
+            self.dispatcher = None
+            log.exception("cannot start alert delivery")
+            self._early_events = None
+            return
+        self.on_alert_events.append(self.dispatcher)
+        early, self._early_events = self._early_events or [], None
+        if early:
+            self._deliver_to(self.dispatcher, early)
+
     def _deliver(self, events: list[AlertEvent]) -> None:
+        if self._early_events is not None:
+            self._early_events.extend(events)
         for callback in list(self.on_alert_events):
-            try:
-                callback(list(events))
-            except Exception:
-                self.delivery_errors_total += 1
-                log.exception("alert delivery callback %r failed", callback)
+            self._deliver_to(callback, events)
+
+    def _deliver_to(self, callback: Callable[[list[AlertEvent]], None],
+                    events: list[AlertEvent]) -> None:
+        try:
+            callback(list(events))
+        except Exception:
+            self.delivery_errors_total += 1
+            log.exception("alert delivery callback %r failed", callback)
 
     def _publish_alerts(self) -> None:
         """An immutable copy for the HTTP thread: it never reads the engine's state."""
@@ -576,6 +634,8 @@ class Daemon:
                 state_errors=self._alert_state.errors_total if self._alert_state else 0,
                 delivery_errors=self.delivery_errors_total,
             )
+        if self.dispatcher is not None:
+            self_metrics += self.dispatcher.metrics()
         info = {"node": self.config.node, "gpu_source": self.gpu_source}
         return Snapshot(samples=tuple(samples), self_metrics=tuple(self_metrics), info=info)
 
