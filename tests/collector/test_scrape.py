@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from gpuwarden.collector.promtext import parse
 
+from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.scrape import ServerCollector, redact_url
 from gpuwarden.errors import ConfigError
 from gpuwarden.model import Sample

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
-from gpuwarden.collector.promtext import parse
 
+from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.servers import (
     SERVER_KINDS,
     ServerMapping,
