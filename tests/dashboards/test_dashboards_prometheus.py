@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from gpuwarden import dashboards as d
 from gpuwarden.config import parse_config
@@ -84,6 +85,13 @@ def node(tmp_path: Path) -> Iterator[Node]:
         )
         daemon = Daemon(config)
         daemon.start()
+        # Quality scores as an application would push them (POST /api/v1/quality):
+        # the quality panel then has data without a canary-capable server.
+        for i, state in enumerate(states):
+            pushed = requests.post(f"http://127.0.0.1:{port}/api/v1/quality", timeout=5,
+                                   json={"server": f"vllm-{i}", "model": state.model,
+                                         "score": 0.96})
+            assert pushed.status_code == 202, pushed.text
         rules = tmp_path / "gpuwarden-alerts.yml"
         rules.write_text(render(default_rules()))
         prom = PromServer(
@@ -110,9 +118,10 @@ def expected_empty(body: str) -> dict[tuple[str, str], str]:
     Decided from what the daemon exports (its own /metrics text), never from what
     Prometheus returned, so the check cannot excuse a broken query.
     """
-    out = {("gpuwarden-inference", "panel 'Answer quality (canary similarity)' A"):
-           "no quality canaries: the simulated vLLM has no completions API and this setup "
-           "configures no [quality] section"}
+    out: dict[tuple[str, str], str] = {}
+    if "gpuwarden_quality_similarity{" not in body:
+        out["gpuwarden-inference", "panel 'Answer quality (canary similarity)' A"] = (
+            "no quality scores were pushed or measured")
     if "gpuwarden_gpu_utilization_spread_ratio{" not in body:
         out["gpuwarden-node", "panel \"Utilisation spread across the node's GPUs\" B"] = (
             "this daemon build does not export gpuwarden_gpu_utilization_spread_ratio yet")
