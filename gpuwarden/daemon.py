@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 RETENTION_EVERY_S = 300.0
 MAX_COLLECT_WORKERS = 8
 MAX_PUSHED_SAMPLES = 10_000
+DERIVE_EVERY_S = 5.0
 PUSHED_TTL_S = 600.0
 
 
@@ -159,6 +160,8 @@ class Daemon:
         # ...and the latest of each pushed series stays on /metrics for a while, as a
         # scraped gauge would, though it is stored only once.
         self._pushed_latest: dict[tuple[str, Labels], Sample] = {}
+        self._derived: list[Sample] = []
+        self._derived_at: float | None = None
         self.rule_engine: RuleEngine | None = None
         self._alert_state: AlertStatePersister | None = None
         self._alerts_api: list[dict[str, Any]] = []
@@ -514,13 +517,23 @@ class Daemon:
 
     def _derive(self) -> list[Sample]:
         """Window signals (quantiles, rates, GPU spread) from the store; a failure costs
-        only them."""
+        only them.
+
+        They summarise 60 s windows, so recomputing them every second adds nothing a
+        15 s Prometheus scrape could see: they are refreshed every DERIVE_EVERY_S and
+        the last values exported in between (at most that much older).
+        """
         if self._store is None:
             return []
         from gpuwarden.derived import derive
 
+        now = self.clock()
+        if self._derived_at is not None and now - self._derived_at < DERIVE_EVERY_S:
+            return self._derived
         try:
-            return derive(self._store, self.clock(), interval=self.config.interval)
+            self._derived = derive(self._store, now, interval=self.config.interval)
+            self._derived_at = now
+            return self._derived
         except Exception as exc:
             self.cycle_errors_total += 1
             self._log.warning("derive", "computing window signals failed: %s", exc)

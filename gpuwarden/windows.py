@@ -290,11 +290,11 @@ def _bucket_increases(
     :func:`_extrapolated_rate`, so results are bit-identical; anything irregular takes
     the per-series path.
     """
-    if len(series) < 2 or any(
-        len(s.timestamps) != len(series[0].timestamps)
-        or not np.array_equal(s.timestamps, series[0].timestamps)
-        for s in series[1:]
-    ):
+    n = len(series[0].timestamps) if series else 0
+    if len(series) < 2 or any(len(s.timestamps) != n for s in series):
+        return [increase(s.timestamps, s.values, start, end) for s in series]
+    stamps = np.vstack([s.timestamps for s in series])
+    if not (stamps == stamps[0]).all():  # one comparison for all buckets
         return [increase(s.timestamps, s.values, start, end) for s in series]
     t, _, range_start, range_end = _window(series[0].timestamps, series[0].values, start, end)
     if len(t) < 2:
