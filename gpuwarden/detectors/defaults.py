@@ -30,6 +30,10 @@ from gpuwarden.detectors.drift import default_drift_rules
 from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
 
 NOTIFY = ("notify",)
+# Rules over minute-long windows of histograms and rates are evaluated every 5 s, not
+# every cycle: their value cannot move much in a second, their `for` is 30-60 s, and
+# they are the costly ones (PromQL-exact quantiles per server and model).
+WINDOW_EVERY = 5.0
 
 DEFAULT_RULES: tuple[RuleConfig, ...] = (
     RuleConfig(
@@ -45,12 +49,13 @@ DEFAULT_RULES: tuple[RuleConfig, ...] = (
     ),
     RuleConfig(
         name="TokenLatencyP95High", signal="itl_p95_seconds", op=">", threshold=0.130,
-        clear=0.120, window=60.0, for_=30.0, severity="critical", actions=("warm-restart",),
+        clear=0.120, window=60.0, for_=30.0, every=WINDOW_EVERY, severity="critical",
+        actions=("warm-restart",),
         summary="p95 inter-token latency {value:.3f} s on {server} ({model}) > {threshold:g} s",
     ),
     RuleConfig(
         name="TTFTP95High", signal="ttft_p95_seconds", op=">", threshold=2.0, clear=1.5,
-        window=60.0, for_=60.0, severity="warning", actions=NOTIFY,
+        window=60.0, for_=60.0, every=WINDOW_EVERY, severity="warning", actions=NOTIFY,
         summary="p95 time to first token {value:.2f} s on {server} ({model}) > {threshold:g} s",
     ),
     RuleConfig(
@@ -83,7 +88,7 @@ DEFAULT_RULES: tuple[RuleConfig, ...] = (
     RuleConfig(
         name="KVCacheBottleneck", signal="kv_cache_usage_ratio",
         detector="composite:KVCacheBottleneck", op="<", threshold=0.5, window=60.0,
-        for_=30.0, severity="warning", actions=NOTIFY,
+        for_=30.0, every=WINDOW_EVERY, severity="warning", actions=NOTIFY,
         summary="{server} ({model}): GPUs busy, KV cache full, tokens/s down to "
                 "{value:.0%} of the previous minute",
     ),
@@ -96,7 +101,7 @@ DEFAULT_RULES: tuple[RuleConfig, ...] = (
     RuleConfig(
         name="PrefixCacheHitFalling", signal="prefix_cache_hit_ratio",
         detector="composite:PrefixCacheHitFalling", op=">", threshold=0.2, window=300.0,
-        for_=60.0, severity="info", actions=NOTIFY,
+        for_=60.0, every=WINDOW_EVERY, severity="info", actions=NOTIFY,
         summary="Prefix-cache hit ratio on {server} ({model}) fell by {value:.0%}",
     ),
     RuleConfig(
