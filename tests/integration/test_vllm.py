@@ -26,7 +26,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.config import parse_config
-from gpuwarden.daemon import Daemon
+from gpuwarden.daemon import DERIVE_EVERY_S, Daemon
 from tests.integration.vllm_server import (
     SERVED_MODEL,
     VllmCpu,
@@ -202,6 +202,7 @@ def test_signals_under_real_load(vllm: VllmServer, gateway: tuple[Daemon, int]) 
     # Phase 1: 20 requests sharing a 200-word prefix -> prefix-cache hits.
     prefix = rec.drive("prefix", lambda: vllm.run_load(20, 20, 64, 20, 200), budget=150)
     wait_cycles(daemon, 2)
+    time.sleep(DERIVE_EVERY_S)  # window signals are refreshed every DERIVE_EVERY_S
     after_prefix = rec.sample("after-prefix")
     vl = after_prefix["vllm"]
     assert vl is not None
