@@ -26,8 +26,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,20 +34,12 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gpuwarden.storage import schema
+from gpuwarden.storage.store import write_transaction as write_tx
 
 log = logging.getLogger(__name__)
 
 RESULTS = ("sent", "failed", "suppressed", "dry_run", "disabled", "dead_letter",
            "escalated", "replayed", "no_action")
-
-
-@contextmanager
-def write_tx(engine: Engine) -> Iterator[Connection]:
-    """A write transaction exactly as the store opens one (SQLite: BEGIN IMMEDIATE)."""
-    with engine.connect() as conn:
-        conn.execution_options(gw_write=True)
-        with conn.begin():
-            yield conn
 
 
 def target_text(labels: Mapping[str, str]) -> str:

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from gpuwarden.alerts.audit import write_tx
 from gpuwarden.model import Sample
 from gpuwarden.storage import schema
+from gpuwarden.storage.store import write_transaction as write_tx
 
 log = logging.getLogger(__name__)
 

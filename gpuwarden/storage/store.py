@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,19 @@ def _matches(labels: Labels, matchers: Mapping[str, str] | None) -> bool:
     have = dict(labels)
     return all(have.get(k) == v for k, v in matchers.items())
 
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction; on SQLite ``BEGIN IMMEDIATE`` so busy_timeout applies.
+
+    Every writer of the store's database (samples, alert state, audit trail, model
+    history) opens its transactions here, so they all take the lock the same way.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(gw_write=True)
+        with conn.begin():
+            yield conn
 
 class Store:
     """Durable, thread-safe sample store over SQLite or PostgreSQL (see module doc)."""
@@ -213,13 +226,8 @@ class Store:
         return entry
 
     # ------------------------------------------------------------------ write
-    @contextmanager
-    def _begin_write(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite ``BEGIN IMMEDIATE`` so busy_timeout applies."""
-        with self.engine.connect() as conn:
-            conn.execution_options(gw_write=True)
-            with conn.begin():
-                yield conn
+    def _begin_write(self) -> AbstractContextManager[Connection]:
+        return write_transaction(self.engine)
 
     def write(self, samples: Sequence[Sample]) -> int:
         """Persist one collection cycle; return how many samples reached the database.
