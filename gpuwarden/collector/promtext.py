@@ -36,7 +36,7 @@ from functools import lru_cache
 
 from gpuwarden.errors import ExpositionParseError
 
-__all__ = ["DEFAULT_MAX_BYTES", "Exposition", "parse", "parse_labels"]
+__all__ = ["DEFAULT_MAX_BYTES", "Exposition", "parse", "parse_label_set", "parse_labels"]
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
@@ -131,9 +131,11 @@ class Exposition:
         return out
 
 
-@lru_cache(maxsize=_LABEL_CACHE_SIZE)
-def _parse_labels_cached(raw: str) -> dict[str, str]:
-    """Parse once per distinct label string; the same strings come back every scrape."""
+def parse_label_set(raw: str) -> dict[str, str]:
+    """Parse a raw label string into a new dict, uncached (for callers with their own memo).
+
+    Raises ``ValueError`` on a malformed label set or a duplicated label name.
+    """
     if _LABELS_RE.fullmatch(raw) is None:
         raise ValueError(f"malformed label set: {raw[:_MAX_ERROR_SNIPPET]!r}")
     labels: dict[str, str] = {}
@@ -142,6 +144,10 @@ def _parse_labels_cached(raw: str) -> dict[str, str]:
             raise ValueError(f"duplicate label name {name!r}")
         labels[name] = _VALUE_ESCAPE_RE.sub(_unescape, escaped) if "\\" in escaped else escaped
     return labels
+
+
+# Parse once per distinct label string; the same strings come back every scrape.
+_parse_labels_cached = lru_cache(maxsize=_LABEL_CACHE_SIZE)(parse_label_set)
 
 
 def parse_labels(raw: str) -> dict[str, str]:

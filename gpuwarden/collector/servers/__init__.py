@@ -49,17 +49,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from prometheus_client.utils import floatToGoString
 
+from gpuwarden.collector.promtext import Exposition, parse_label_set
 from gpuwarden.model import Labels, Sample, make_labels
 from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
-
-if TYPE_CHECKING:
-    from gpuwarden.collector.promtext import Exposition
 
 Agg = Literal["sum", "max"]
 
@@ -167,20 +165,69 @@ def rule(
 # --------------------------------------------------------------------------- machinery
 
 _OutKey = tuple[str, float | None]  # (model, le) — le only for histogram buckets
+# Bound on each per-string cache below. A node's servers repeat the same few thousand
+# label strings every scrape; a server minting new label values without end (a request
+# id as a label) only ever costs a cache refill, never unbounded memory.
+_CACHE_MAX = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """What the machinery needs from one raw label string, worked out once per string.
+
+    Parsing labels, picking the model and building the aggregation identity was most of
+    the mapping's cost at large payloads (a 270 KB vLLM scrape has ~3,000 series), and
+    the same strings come back on every scrape, so it is memoised per mapping.
+    """
+
+    labels: Mapping[str, str]  # shared between scrapes: read, never mutated
+    model: str
+    ident: Labels  # the labels without replica labels and ``le``
+    le: float | None
+
+
+# kind -> raw label string -> its _Series (None: a malformed label set, skipped).
+_SERIES_CACHE: dict[str, dict[str, _Series | None]] = defaultdict(dict)
+
+
+def _describe(mapping: ServerMapping, raw: str) -> _Series | None:
+    cache = _SERIES_CACHE[mapping.kind]
+    try:
+        return cache[raw]
+    except KeyError:
+        pass
+    try:
+        labels = parse_label_set(raw)
+    except ValueError:
+        info = None  # a duplicated label name: skip the series, not the scrape
+    else:
+        model = labels.get(mapping.model_label, "") if mapping.model_label else ""
+        ident = tuple(sorted(
+            (k, v) for k, v in labels.items() if k not in mapping.replica_labels and k != "le"
+        ))
+        info = _Series(labels, model, ident, _le(labels))
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[raw] = info
+    return info
 
 
 def _series(
-    exp: Exposition, name: str, source: Source, *, scale: bool = True
-) -> list[tuple[dict[str, str], float]]:
+    mapping: ServerMapping, exp: Exposition, name: str, source: Source, *, scale: bool = True
+) -> Iterator[tuple[_Series, float]]:
     """Samples of ``name`` matching ``source.match``, NaN dropped, in base units."""
     divisor = source.divisor if scale else 1.0
-    out = []
-    for labels, value in exp.get(name):
-        if math.isnan(value):
-            continue  # a NaN would poison every sum it joins; treat it as "no value"
-        if all(labels.get(k) == v for k, v in source.match):
-            out.append((labels, value / divisor))
-    return out
+    match = source.match
+    isnan = math.isnan
+    for raw, value, _ts in exp.samples.get(name, ()):
+        if isnan(value):
+            continue  # NaN would poison every sum it joins; treat it as "no value"
+        info = _describe(mapping, raw)
+        if info is None:
+            continue
+        if match and not all(info.labels.get(k) == v for k, v in match):
+            continue
+        yield info, (value / divisor if divisor != 1.0 else value)
 
 
 class _Aggregator:
@@ -190,20 +237,14 @@ class _Aggregator:
     left is summed or maxed as the rule says.
     """
 
-    def __init__(self, mapping: ServerMapping, agg: Agg) -> None:
-        self._mapping = mapping
+    def __init__(self, agg: Agg) -> None:
         self._agg = agg
         self._groups: dict[_OutKey, dict[Labels, float]] = defaultdict(dict)
 
-    def add(self, labels: Mapping[str, str], value: float, le: float | None = None) -> None:
-        m = self._mapping
-        model = labels.get(m.model_label, "") if m.model_label else ""
-        ident = tuple(
-            sorted((k, v) for k, v in labels.items() if k not in m.replica_labels and k != "le")
-        )
-        group = self._groups[(model, le)]
-        prev = group.get(ident)
-        group[ident] = value if prev is None else max(prev, value)
+    def add(self, info: _Series, value: float, le: float | None = None) -> None:
+        group = self._groups[(info.model, le)]
+        prev = group.get(info.ident)
+        group[info.ident] = value if prev is None or value > prev else prev
 
     def result(self) -> dict[_OutKey, float]:
         fold = math.fsum if self._agg == "sum" else max
@@ -213,32 +254,77 @@ class _Aggregator:
         return {model: v for (model, _), v in self.result().items()}
 
 
-def _pick(exp: Exposition, r: Rule, suffixes: tuple[str, ...]) -> Alternative | None:
+def _present(mapping: ServerMapping, exp: Exposition, name: str, source: Source) -> bool:
+    return next(_series(mapping, exp, name, source), None) is not None
+
+
+def _pick(
+    mapping: ServerMapping, exp: Exposition, r: Rule, suffixes: tuple[str, ...]
+) -> Alternative | None:
     """First alternative whose every part is present (histograms: under any suffix)."""
-    if any(not exp.get(name) for name in r.requires):
+    if any(not exp.samples.get(name) for name in r.requires):
         return None
     for alt in r.alternatives:
-        if all(any(_series(exp, s.metric + sfx, s) for sfx in suffixes) for s in alt):
+        if all(any(_present(mapping, exp, s.metric + sfx, s) for sfx in suffixes) for s in alt):
             return alt
     return None
 
 
+class _OutputLabels:
+    """The canonical label tuples of one server's output series, built once each."""
+
+    def __init__(self, node: str, server: str) -> None:
+        self._base = {"node": node, "server": server}
+        self._series: dict[str, Labels] = {}
+        self._buckets: dict[tuple[str, float], Labels] = {}
+
+    def series(self, model: str) -> Labels:
+        got = self._series.get(model)
+        if got is None:
+            if len(self._series) >= _CACHE_MAX:
+                self._series.clear()
+            got = self._series[model] = make_labels(self._base, model=model)
+        return got
+
+    def bucket(self, model: str, le: float) -> Labels:
+        got = self._buckets.get((model, le))
+        if got is None:
+            if len(self._buckets) >= _CACHE_MAX:
+                self._buckets.clear()
+            got = make_labels(self._base, model=model, le=_format_le(le))
+            self._buckets[(model, le)] = got
+        return got
+
+
+# (node, server) -> its output labels; a handful of entries per daemon.
+_OUTPUT_LABELS: dict[tuple[str, str], _OutputLabels] = {}
+
+
+def _output_labels(node: str, server: str) -> _OutputLabels:
+    got = _OUTPUT_LABELS.get((node, server))
+    if got is None:
+        if len(_OUTPUT_LABELS) >= _CACHE_MAX:
+            _OUTPUT_LABELS.clear()
+        got = _OUTPUT_LABELS[(node, server)] = _OutputLabels(node, server)
+    return got
+
+
 def _map_scalar(
-    mapping: ServerMapping, r: Rule, exp: Exposition, base: dict[str, str], ts: float
+    mapping: ServerMapping, r: Rule, exp: Exposition, out_labels: _OutputLabels, ts: float
 ) -> list[Sample]:
-    alt = _pick(exp, r, ("",))
+    alt = _pick(mapping, exp, r, ("",))
     if alt is None:
         return []
     per_part = []
     for source in alt:
-        acc = _Aggregator(mapping, r.agg)
-        for labels, value in _series(exp, source.metric, source):
-            acc.add(labels, value)
+        acc = _Aggregator(r.agg)
+        for info, value in _series(mapping, exp, source.metric, source):
+            acc.add(info, value)
         per_part.append(acc.by_model())
     # Parts add up per model; a model must be present in every part to be emitted.
     models = set.intersection(*(set(p) for p in per_part))
     return [
-        Sample(r.signal, make_labels(base, model=m), math.fsum(p[m] for p in per_part), ts)
+        Sample(r.signal, out_labels.series(m), math.fsum(p[m] for p in per_part), ts)
         for m in sorted(models)
     ]
 
@@ -251,21 +337,20 @@ def _le(labels: Mapping[str, str]) -> float | None:
 
 
 def _map_histogram(
-    mapping: ServerMapping, r: Rule, exp: Exposition, base: dict[str, str], ts: float
+    mapping: ServerMapping, r: Rule, exp: Exposition, out_labels: _OutputLabels, ts: float
 ) -> list[Sample]:
-    alt = _pick(exp, r, ("_bucket", "_count"))
+    alt = _pick(mapping, exp, r, ("_bucket", "_count"))
     if alt is None:
         return []
     source = alt[0]  # one family per alternative (checked when the table is built)
-    buckets, counts, sums = (_Aggregator(mapping, "sum") for _ in range(3))
-    for labels, value in _series(exp, source.metric + "_bucket", source, scale=False):
-        le = _le(labels)
-        if le is not None:  # bucket counts are counts: only the bound is scaled
-            buckets.add(labels, value, le / source.divisor)
-    for labels, value in _series(exp, source.metric + "_count", source, scale=False):
-        counts.add(labels, value)
-    for labels, value in _series(exp, source.metric + "_sum", source):
-        sums.add(labels, value)
+    buckets, counts, sums = (_Aggregator("sum") for _ in range(3))
+    for info, value in _series(mapping, exp, source.metric + "_bucket", source, scale=False):
+        if info.le is not None:  # bucket counts are counts: only the bound is scaled
+            buckets.add(info, value, info.le / source.divisor)
+    for info, value in _series(mapping, exp, source.metric + "_count", source, scale=False):
+        counts.add(info, value)
+    for info, value in _series(mapping, exp, source.metric + "_sum", source):
+        sums.add(info, value)
 
     edges_by_model: dict[str, dict[float, float]] = defaultdict(dict)
     for (model, le), value in buckets.result().items():
@@ -274,6 +359,8 @@ def _map_histogram(
     count_by_model, sum_by_model = counts.by_model(), sums.by_model()
 
     out: list[Sample] = []
+    bucket_signal, count_signal, sum_signal = (
+        f"{r.signal}_bucket", f"{r.signal}_count", f"{r.signal}_sum")
     for model in sorted(set(edges_by_model) | set(count_by_model)):
         edges = edges_by_model.get(model, {})
         count = count_by_model.get(model)
@@ -281,15 +368,15 @@ def _map_histogram(
             if count is None:
                 continue  # no +Inf and no _count: nothing a quantile could use
             edges[math.inf] = count
-        series = make_labels(base, model=model)
         out.extend(
-            Sample(f"{r.signal}_bucket", make_labels(series, le=_format_le(le)), n, ts)
+            Sample(bucket_signal, out_labels.bucket(model, le), n, ts)
             for le, n in sorted(edges.items())
         )
-        out.append(Sample(f"{r.signal}_count", series, edges[math.inf] if count is None
+        series = out_labels.series(model)
+        out.append(Sample(count_signal, series, edges[math.inf] if count is None
                           else count, ts))
         if model in sum_by_model:
-            out.append(Sample(f"{r.signal}_sum", series, sum_by_model[model], ts))
+            out.append(Sample(sum_signal, series, sum_by_model[model], ts))
     return out
 
 
@@ -298,15 +385,15 @@ def map_exposition(
 ) -> list[Sample]:
     """Canonical samples for one scrape of a ``kind`` server (KeyError on unknown kind).
 
-    Pure and cheap (a few dict look-ups per rule), so the collector can call it on
-    every 1 s cycle and tests can call it on a recorded payload.
+    Pure (the memos of label strings only change its speed) and cheap, so the collector
+    can call it on every 1 s cycle and tests can call it on a recorded payload.
     """
     mapping = SERVER_KINDS[kind]
-    base = {"node": node, "server": server}
+    out_labels = _output_labels(node, server)
     out: list[Sample] = []
     for r in mapping.rules:
         fn = _map_histogram if r.kind is Kind.HISTOGRAM else _map_scalar
-        out.extend(fn(mapping, r, exp, base, ts))
+        out.extend(fn(mapping, r, exp, out_labels, ts))
     return out
 
 
