@@ -26,7 +26,7 @@ import urllib3.exceptions
 
 from gpuwarden.collector import Collector
 from gpuwarden.collector.promtext import parse
-from gpuwarden.collector.servers import SERVER_KINDS, map_exposition, served_models
+from gpuwarden.collector.servers import SERVER_KINDS, map_exposition, read_names, served_models
 from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeError
 from gpuwarden.model import Sample, make_labels
 
@@ -143,6 +143,7 @@ class ServerCollector(Collector):
         self.node = node
         self.server = server
         self.kind = kind
+        self._read = read_names(kind)
         self.metrics_url = metrics_url
         self.session = session
         self.timeout = timeout
@@ -161,9 +162,11 @@ class ServerCollector(Collector):
         try:
             body = self._fetch()
             ts = time.time()
-            exp = parse(body, max_bytes=self.max_bytes)
+            # Only the families the mapping reads are parsed (most of a vLLM scrape is
+            # histograms gpuwarden never uses); see promtext's ``only``.
+            exp = parse(body, max_bytes=self.max_bytes, only=self._read)
             # An empty 200 is an answer (up, nothing to say yet); only rejected lines is not.
-            if not exp.samples and exp.errors:
+            if not exp.samples and not exp.skipped_lines and exp.errors:
                 raise _Failure("parse", f"no valid sample in {len(exp.errors)} lines")
         except _Failure as f:
             return self._failed(f.reason, f.detail)
@@ -184,7 +187,7 @@ class ServerCollector(Collector):
         if exp.errors:
             self._warn("invalid_lines", "%d invalid line(s) skipped, first: %.120r",
                        len(exp.errors), exp.errors[0])
-        if exp.samples and not samples:
+        if (exp.samples or exp.skipped_lines) and not samples:
             self._warn("unmapped", "payload has no %s metric gpuwarden knows (wrong kind, "
                        "or the server's metrics are disabled?)", self.kind)
         samples.append(self._up(1.0, ts))

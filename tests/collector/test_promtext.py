@@ -362,6 +362,8 @@ def test_garbage_line_in_middle_is_counted_and_skipped() -> None:
 def test_not_an_exposition(payload: bytes) -> None:
     with pytest.raises(ExpositionParseError, match="not a Prometheus exposition"):
         parse(payload)
+    with pytest.raises(ExpositionParseError, match="not a Prometheus exposition"):
+        parse(payload, only=frozenset({"vllm:num_requests_running"}))
 
 
 def test_empty_and_comment_only_payloads_are_fine() -> None:
@@ -424,3 +426,78 @@ def test_faster_than_prometheus_client() -> None:
     ours_s = best(lambda: parse(data))
     ref_s = best(lambda: list(text_string_to_metric_families(text)))
     assert ref_s / max(ours_s, 1e-6) >= 4
+
+
+# ---------------------------------------------------------------- only= (skipping families)
+
+
+def _rows(exp: Exposition, name: str) -> list[tuple[str, str, float | None]] | None:
+    """A sample name's rows, with values as text so that NaN equals NaN."""
+    rows = exp.samples.get(name)
+    return None if rows is None else [(raw, repr(v), ts) for raw, v, ts in rows]
+
+
+def _sample_lines(text: str) -> int:
+    return sum(1 for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payloads(), st.data())
+def test_only_parses_every_wanted_sample_exactly(case: Any, data: Any) -> None:
+    """Whatever is asked for comes out exactly as from a full parse, nothing is lost."""
+    text = case[0]
+    full = parse(text)
+    names = sorted(full.samples)
+    wanted = data.draw(st.sets(st.sampled_from(names))) if names else set()
+    # Strangers too: prefixes of real names and names the payload does not have.
+    wanted |= data.draw(st.sets(st.sampled_from([n[:k] for n in names for k in (1, 3)] or ["x"]),
+                                max_size=2))
+    wanted |= data.draw(st.sets(metric_bases, max_size=2))
+    exp = parse(text, only=frozenset(wanted))
+    for name in wanted:
+        assert _rows(exp, name) == _rows(full, name), name
+    # Whatever was parsed is right; whatever was not is accounted for.
+    for name in exp.samples:
+        assert _rows(exp, name) == _rows(full, name)
+    parsed = sum(len(rows) for rows in exp.samples.values())
+    assert parsed + exp.skipped_lines == sum(len(r) for r in full.samples.values())
+    assert exp.errors == full.errors == []
+
+
+def test_only_skips_unread_families_of_a_real_vllm_scrape() -> None:
+    text = (FIXTURES / "vllm-0.32-cpu-after-load.prom").read_text()
+    wanted = frozenset({"vllm:num_requests_running", "vllm:time_to_first_token_seconds_bucket",
+                        "vllm:time_to_first_token_seconds_count"})
+    exp = parse(text, only=wanted)
+    full = parse(text)
+    assert {n: exp.samples[n] for n in wanted} == {n: full.samples[n] for n in wanted}
+    assert "vllm:request_queue_time_seconds_bucket" not in exp.samples
+    # Most of the payload is families nobody asked for.
+    assert exp.skipped_lines > 0.8 * _sample_lines(text)
+
+
+def test_only_never_skips_a_wanted_line_inside_another_family() -> None:
+    """The text format allows untyped samples anywhere; they are found all the same."""
+    text = ("# HELP skip_me a family nobody reads\n# TYPE skip_me counter\n"
+            "skip_me_total 1\nwanted 7\nskip_me_created 2\n"
+            "# TYPE vllm:num counter\nvllm:num_total 3\nvllm:num_requests_running 4\n")
+    exp = parse(text, only=frozenset({"wanted", "vllm:num_requests_running"}))
+    assert exp.get("wanted") == [({}, 7.0)]
+    assert exp.get("vllm:num_requests_running") == [({}, 4.0)]
+
+
+def test_only_still_counts_garbage_in_a_family_it_would_skip() -> None:
+    text = "# TYPE skip_me gauge\nskip_me 1\n<html>oops</html>\nwanted 2\nbroken{ 3\n"
+    exp = parse(text, only=frozenset({"wanted"}))
+    assert exp.get("wanted") == [({}, 2.0)]
+    assert [e.split(":")[0] for e in exp.errors] == ["line 3", "line 5"]
+
+
+def test_only_line_numbers_and_eof_after_skipped_families() -> None:
+    text = ("# TYPE a gauge\na 1\na 2\n# TYPE b gauge\nb 1\nb oops\n# EOF\nafter 1\n")
+    exp = parse(text, only=frozenset({"b"}))
+    assert exp.skipped_lines == 2
+    assert exp.get("b") == [({}, 1.0)]
+    assert exp.errors == ["line 6: b: invalid value 'oops'"]
+    assert "after" not in exp.samples
+    assert parse("# HELP a x\n# TYPE a gauge\na 1\n", only=frozenset({"z"})).skipped_lines == 1

@@ -362,3 +362,16 @@ def test_404_from_sglang_says_how_to_switch_metrics_on(
     out = c.collect()
     assert [s.value for s in out if s.signal == "server_up"] == [0.0]
     assert "--enable-metrics" in (c.last_error or "")
+
+
+def test_a_server_of_another_kind_is_up_and_says_so(
+    http: _Server, session: requests.Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A vLLM scrape configured as TGI: nothing maps (its families go unparsed), yet the
+    server answered, so it is up, and the operator is told the kind looks wrong."""
+    http.behaviour = serve(KV_PRESSURE)
+    c = ServerCollector("node-a", "wrong", "tgi", url(http), session)
+    with caplog.at_level(logging.WARNING, logger="gpuwarden.collector.scrape"):
+        out = c.collect()
+    assert [(s.signal, s.value) for s in out] == [("server_up", 1.0)]
+    assert "no tgi metric gpuwarden knows" in caplog.text

@@ -18,6 +18,7 @@ from gpuwarden.collector.servers import (
     SERVER_KINDS,
     ServerMapping,
     map_exposition,
+    read_names,
     rule,
     served_models,
 )
@@ -165,3 +166,15 @@ def test_every_histogram_rule_targets_a_histogram_signal() -> None:
             if r.kind is Kind.HISTOGRAM:
                 assert all(len(alt) == 1 for alt in r.alternatives)
             assert not math.isnan(r.alternatives[0][0].divisor)
+
+
+@pytest.mark.parametrize("kind", sorted(SERVER_KINDS))
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.prom")), ids=lambda p: p.name)
+def test_reading_only_the_mapped_families_maps_the_same(kind: str, path: Path) -> None:
+    """The collector parses only what the table reads; the mapping must not notice,
+    whichever payload a server of any kind answers with (a wrong kind included)."""
+    text = path.read_text(encoding="utf-8")
+    full = map_exposition(kind, parse(text), node=NODE, server=SERVER, ts=TS)
+    only = map_exposition(kind, parse(text, only=read_names(kind)), node=NODE, server=SERVER,
+                          ts=TS)
+    assert only == full

@@ -72,6 +72,7 @@ __all__ = [
     "ServerMapping",
     "Source",
     "map_exposition",
+    "read_names",
     "rule",
     "served_models",
     "src",
@@ -397,6 +398,24 @@ def map_exposition(
     return out
 
 
+def read_names(kind: str) -> frozenset[str]:
+    """Every sample name the ``kind`` table can read, for ``promtext.parse(only=...)``.
+
+    A superset (each source with every histogram suffix) is fine: it only decides which
+    families the parser may leave unparsed.
+    """
+    return _READ_NAMES[kind]
+
+
+def _read_names(mapping: ServerMapping) -> frozenset[str]:
+    names: set[str] = set()
+    for r in mapping.rules:
+        names.update(r.requires)
+        for alt in r.alternatives:
+            names.update(s.metric + sfx for s in alt for sfx in ("", "_bucket", "_count", "_sum"))
+    return frozenset(names)
+
+
 def served_models(samples: Iterable[Sample]) -> tuple[str, ...]:
     """The non-empty ``model`` label values among mapped samples, sorted."""
     models = {dict(s.labels).get("model", "") for s in samples}
@@ -419,3 +438,4 @@ def _load_tables() -> dict[str, ServerMapping]:
 
 
 SERVER_KINDS: dict[str, ServerMapping] = _load_tables()
+_READ_NAMES = {kind: _read_names(m) for kind, m in SERVER_KINDS.items()}
