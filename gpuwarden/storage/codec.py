@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -167,6 +168,71 @@ def decode_chunk(blob: bytes | memoryview) -> tuple[I64Array, F64Array]:
     else:
         vals = np.bitwise_xor.accumulate(v).view(np.float64)
     return ts, vals
+
+
+def decode_chunks(blobs: Sequence[bytes | memoryview]) -> list[tuple[I64Array, F64Array]]:
+    """:func:`decode_chunk` of many chunks, bit for bit, in a few numpy calls per shape.
+
+    Why: one chunk is ~20 numpy calls on a few hundred samples, so decoding costs call
+    overhead (~70 us a chunk), not arithmetic. A query reads one chunk per series and
+    window, and chunks of one cut mostly share a shape (sample count, byte widths, value
+    mode and scale): those are decoded as the rows of one 2-D array.
+    """
+    out: list[tuple[I64Array, F64Array] | None] = [None] * len(blobs)
+    groups: dict[tuple[int, int, int, int, int], list[int]] = {}
+    metas: list[tuple[int, int, bytes]] = []
+    for i, blob in enumerate(blobs):
+        mv = memoryview(blob)
+        if len(mv) < _CHUNK_HEADER.size:
+            raise CodecError("chunk shorter than its header")
+        version, n, mode, scale, ts_width, v_width, t0, base = _CHUNK_HEADER.unpack_from(mv)
+        if version != CHUNK_VERSION or mode not in (MODE_XOR, MODE_DECIMAL):
+            raise CodecError(f"unknown chunk version {version} / mode {mode}")
+        raw = b""
+        if n:
+            try:
+                raw = zlib.decompress(mv[_CHUNK_HEADER.size :])
+            except zlib.error as exc:
+                raise CodecError(f"corrupt chunk: {exc}") from exc
+            if len(raw) != (n - 1) * ts_width + n * v_width:
+                raise CodecError("chunk payload has the wrong length")
+        metas.append((t0, base, raw))
+        groups.setdefault((n, mode, scale, ts_width, v_width), []).append(i)
+    for (n, mode, scale, ts_width, v_width), idx in groups.items():
+        if n == 0:
+            for i in idx:
+                out[i] = (np.empty(0, np.int64), np.empty(0, np.float64))
+            continue
+        k = len(idx)
+        rows = np.frombuffer(b"".join(metas[i][2] for i in idx), np.uint8).reshape(k, -1)
+        ts_len = (n - 1) * ts_width
+        t0 = np.array([metas[i][0] for i in idx], dtype=np.int64)
+        base = np.array([metas[i][1] for i in idx], dtype=np.int64)
+        ts = np.empty((k, n), np.int64)
+        ts[:, 0] = t0
+        deltas = unzigzag(_unshuffle_rows(rows[:, :ts_len], n - 1, ts_width))
+        deltas += base[:, None]
+        np.cumsum(deltas, axis=1, out=ts[:, 1:])
+        ts[:, 1:] += t0[:, None]
+        v = _unshuffle_rows(rows[:, ts_len:], n, v_width)
+        if mode == MODE_DECIMAL:
+            vals = np.cumsum(unzigzag(v), axis=1).astype(np.float64)
+            if scale:
+                vals /= _POW10[scale]
+        else:
+            vals = np.bitwise_xor.accumulate(v, axis=1).view(np.float64)
+        for row, i in enumerate(idx):
+            out[i] = (ts[row], vals[row])
+    return [o for o in out if o is not None]
+
+
+def _unshuffle_rows(planes: npt.NDArray[np.uint8], n: int, width: int) -> U64Array:
+    """:func:`unshuffle` of each row of ``planes`` (rows of ``n * width`` bytes)."""
+    k = planes.shape[0]
+    out = np.zeros((k, n, 8), dtype=np.uint8)
+    if width and n:
+        out[:, :, :width] = planes.reshape(k, width, n).transpose(0, 2, 1)
+    return out.view("<u8").reshape(k, n)
 
 
 def encode_cycle(ids: I64Array, ts_ms: I64Array, values: F64Array, level: int = 1) -> bytes:
