@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors.trend import median
 from gpuwarden.model import Labels, SeriesData
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def is_live(series: SeriesData, now: float, interval: float) -> bool:
     if n == 0:
         return False
     ts = series.timestamps
-    gap = float(np.median(np.diff(ts))) if n >= 3 else 0.0
+    gap = median(np.diff(ts)) if n >= 3 else 0.0
     return float(ts[-1]) >= now - max(3.0 * gap, 3.0 * interval, 5.0)
 
 
@@ -200,8 +201,8 @@ class KsLengthDetector:
             _, values = _finite(series, now)
             if values.size <= self.baseline_n:
                 continue
-            median = float(np.median(values[:self.baseline_n]))
-            scale = median if median > 0 else 1.0
+            mid = median(values[:self.baseline_n])
+            scale = mid if mid > 0 else 1.0
             base.append(values[:self.baseline_n] / scale)
             recent.append(values[max(self.baseline_n, values.size - self.baseline_n):] / scale)
         if not base:
@@ -221,8 +222,8 @@ class KsLengthDetector:
             d, p = ks_test(base, recent)
             if p < self.p and d >= MIN_KS_STATISTIC:
                 annotations = (
-                    ("baseline_relative_length", f"{float(np.median(base)):.3f}"),
-                    ("recent_relative_length", f"{float(np.median(recent)):.3f}"),
+                    ("baseline_relative_length", f"{median(base):.3f}"),
+                    ("recent_relative_length", f"{median(recent):.3f}"),
                     ("ks_statistic", f"{d:.3f}"),
                     ("samples", f"{base.size}/{recent.size}"),
                 )

@@ -83,6 +83,21 @@ def _median_sorted(s: FloatArray) -> float:
     return float(s[h]) if n % 2 else float((s[h - 1] + s[h]) / 2.0)
 
 
+def median(values: npt.ArrayLike) -> float:
+    """``np.median`` of 1-D data (NaN if any value is NaN or there is none), bit for bit.
+
+    Not ``np.median`` itself: numpy 2 imports ``numpy.ma`` on its first call (to check
+    for a masked array), ~1.3 MiB the daemon would then hold for its whole life.
+    """
+    a = np.asarray(values, dtype=np.float64).ravel()
+    n = a.size
+    if n == 0 or bool(np.isnan(a).any()):
+        return math.nan
+    h = n // 2
+    part = np.partition(a, [h - 1, h] if n % 2 == 0 else h)
+    return float(part[h]) if n % 2 else float((part[h - 1] + part[h]) / 2.0)
+
+
 def _tie_term(sorted_values: FloatArray) -> float:
     """Sum of t(t-1)(2t+5) over groups of t tied values (Kendall variance correction)."""
     changes = np.diff(sorted_values) != 0
@@ -125,7 +140,7 @@ def theil_sen(x: FloatArray, y: FloatArray, z: float = Z_99) -> Fit:
 
 
 def _mad_sigma(a: FloatArray) -> float:
-    return MAD_TO_SIGMA * float(np.median(np.abs(a - np.median(a))))
+    return MAD_TO_SIGMA * median(np.abs(a - median(a)))
 
 
 def noise_scale(y: FloatArray, residuals: FloatArray) -> float:

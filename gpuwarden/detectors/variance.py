@@ -29,6 +29,7 @@ import numpy as np
 
 from gpuwarden.detectors import Finding, Window, register
 from gpuwarden.detectors.threshold import OPS, classify, stale_after, values_in
+from gpuwarden.detectors.trend import median
 from gpuwarden.model import SeriesData
 
 if TYPE_CHECKING:
@@ -73,8 +74,8 @@ def spread_of(node: str, means: Mapping[str, float]) -> Spread | None:
         return None
     names = sorted(means)
     arr = np.array([means[n] for n in names], dtype=np.float64)
-    median = float(np.median(arr))
-    straggler = names[int(np.argmax(np.abs(arr - median)))]
+    mid = median(arr)
+    straggler = names[int(np.argmax(np.abs(arr - mid)))]
     return Spread(node, float(arr.max() - arr.min()), float(arr.std()), straggler)
 
 
