@@ -33,12 +33,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, delete, select
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import SQLAlchemyError
 
 from gpuwarden.alerts.model import Alert, AlertState
 from gpuwarden.storage import schema
+from gpuwarden.storage.store import dialect_insert
 
 if TYPE_CHECKING:
     from gpuwarden.alerts.engine import RuleEngine
@@ -73,7 +72,6 @@ class AlertStateStore:
     def __init__(self, engine: Engine, node: str) -> None:
         self.engine = engine
         self.node = node
-        self._pg = engine.dialect.name == "postgresql"
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -118,7 +116,7 @@ class AlertStateStore:
                 for k in range(0, len(deletes), 500):
                     conn.execute(delete(t).where(t.c.fingerprint.in_(deletes[k:k + 500])))
             if upserts:
-                ins = pg_dialect.insert(t) if self._pg else sqlite_dialect.insert(t)
+                ins = dialect_insert(self.engine.dialect.name, t)
                 stmt = ins.on_conflict_do_update(
                     index_elements=[t.c.fingerprint],
                     set_={c: ins.excluded[c] for c in _COLUMNS},

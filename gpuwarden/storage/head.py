@@ -1,13 +1,21 @@
-"""The in-memory head: cycles as columnar numpy parts, and the query merge.
+"""The in-memory head: recent cycles as columnar numpy parts, cut ones as chunks.
 
 Why columnar per cycle rather than a list per series: ``write()`` then costs a handful
-of numpy calls per cycle instead of 2,400 Python appends, and a cut is one
-``lexsort`` over all cycles. A query finds its series in each cycle with one
-``searchsorted`` over the cycle's sorted id array; consecutive cycles with the same
-series set share one id array, so that lookup is done once per run of cycles.
+of numpy calls per cycle instead of 2,400 Python appends, and a cut is one sort over
+all cycles. A query finds its series in each cycle with one ``searchsorted`` over the
+cycle's sorted id array; consecutive cycles with the same series set share one id
+array, so that lookup is done once per run of cycles.
+
+Why cut cycles become :class:`Block` s of compressed chunks: a raw sample costs 16 bytes
+(int64 timestamp, float64 value) plus per-cycle array overhead, and the memory window
+(10 min) holds ~600 cycles, so raw cut cycles were most of the head's memory. The cut
+has just compressed the same samples into one chunk per series and window for the
+database (~1-3 bytes a sample); keeping those bytes answers the memory window's older
+part at a tenth of the memory, for one ``decode_chunk`` per series and window a query
+reaches into (the window signals are minute-long, so most queries never do).
 
 Everything here is pure (no locks, no I/O): the store takes snapshots of the entry
-list under its lock and hands them to these functions outside it.
+and block lists under its lock and hands them to these functions outside it.
 """
 
 from __future__ import annotations
@@ -33,14 +41,13 @@ class Part:
 
 @dataclass(slots=True, eq=False)
 class Entry:
-    """One ``write()`` call; one head-log row once persisted (``log_id``)."""
+    """One ``write()`` call not yet cut; one head-log row once persisted (``log_id``)."""
 
     parts: list[Part]
     t_min: int
     t_max: int
     count: int
     log_id: int | None = None
-    chunked: bool = False
 
     def columns(self) -> tuple[I64Array, I64Array, F64Array]:
         if len(self.parts) == 1:
@@ -51,6 +58,22 @@ class Entry:
             np.concatenate([p.ts for p in self.parts]),
             np.concatenate([p.vals for p in self.parts]),
         )
+
+
+@dataclass(slots=True, eq=False)
+class Block:
+    """The chunks of one cut, as written to the database, by local series id.
+
+    ``lids`` is ascending (a series cut over several windows has several chunks);
+    chunk ``j`` holds ``blobs[j]`` with timestamps in ``[t_min[j], t_max[j]]``.
+    """
+
+    lids: I64Array
+    t_min: I64Array
+    t_max: I64Array
+    blobs: list[bytes]
+    lo: int
+    hi: int
 
 
 #: (t_min, t_max, parts) of each entry, as copied under the store's lock.
@@ -84,6 +107,31 @@ def split_cycle(
     return Entry(parts, int(ts.min()), int(ts.max()), n), last_ids
 
 
+def cut_order(entries: Sequence[Entry], span_ms: int) -> tuple[I64Array, I64Array, F64Array]:
+    """The samples of ``entries`` ordered by (series, window of ``span_ms``, time).
+
+    In the usual case every cycle holds the same series set (one shared id array), so
+    the cycles stack into a (cycle x series) matrix whose transpose is already in that
+    order when time only moves forward: ~4 arrays of the samples' size in flight,
+    against ~10 for the general sort (the cut's transient is the head's peak).
+    """
+    first = entries[0].parts[0].ids
+    if all(len(e.parts) == 1 and e.parts[0].ids is first for e in entries):
+        ts2 = np.stack([e.parts[0].ts for e in entries])
+        if ts2.shape[0] < 2 or bool((ts2[1:] >= ts2[:-1]).all()):
+            ts = np.ascontiguousarray(ts2.T).reshape(-1)
+            del ts2
+            vals = np.ascontiguousarray(np.stack([e.parts[0].vals for e in entries]).T)
+            return np.repeat(first, len(entries)), ts, vals.reshape(-1)
+        del ts2
+    cols = [e.columns() for e in entries]
+    lids = np.concatenate([c[0] for c in cols])
+    ts = np.concatenate([c[1] for c in cols])
+    vals = np.concatenate([c[2] for c in cols])
+    order = np.lexsort((ts, ts // span_ms, lids))
+    return lids[order], ts[order], vals[order]
+
+
 def _locate(ids: I64Array, want: I64Array) -> tuple[I64Array, I64Array]:
     """(positions in ``want`` found in ``ids``, their indices in ``ids``)."""
     if ids.size == 0:
@@ -91,6 +139,22 @@ def _locate(ids: I64Array, want: I64Array) -> tuple[I64Array, I64Array]:
     pos = np.minimum(np.searchsorted(ids, want), ids.size - 1)
     hit = np.flatnonzero(ids[pos] == want)
     return hit, pos[hit]
+
+
+def _chunk_ranges(block: Block, want: I64Array) -> list[tuple[int, int, int]]:
+    """(position in ``want``, first, end) of the chunk range of each wanted id present."""
+    left = np.searchsorted(block.lids, want, "left")
+    right = np.searchsorted(block.lids, want, "right")
+    hit = np.flatnonzero(right > left)
+    return list(zip(hit.tolist(), left[hit].tolist(), right[hit].tolist(), strict=True))
+
+
+def _wanted(lids: Sequence[int]) -> tuple[I64Array, I64Array]:
+    """(target indices, local ids) of the ids present (>= 0), ascending by id."""
+    lid_arr = np.array(lids, dtype=np.int64)
+    order = np.argsort(lid_arr, kind="stable")
+    order = order[lid_arr[order] >= 0]
+    return order, lid_arr[order]
 
 
 @dataclass(slots=True)
@@ -101,21 +165,41 @@ class Gathered:
     ts: list[I64Array] = field(default_factory=list)
     vals: list[F64Array] = field(default_factory=list)
 
+    def _add_blobs(self, targets: Sequence[int], blobs: Sequence[bytes]) -> None:
+        if not blobs:
+            return
+        decoded = codec.decode_chunks(blobs)
+        counts = [t.size for t, _ in decoded]
+        self.targets.append(np.repeat(np.array(targets, dtype=np.int64), counts))
+        self.ts.append(np.concatenate([t for t, _ in decoded]))
+        self.vals.append(np.concatenate([v for _, v in decoded]))
+
     def add_chunks(
         self, rows: Sequence[tuple[int, bytes]], target_of_db: Mapping[int, int]
     ) -> None:
-        for db_id, blob in rows:
-            t, v = codec.decode_chunk(blob)
-            self.targets.append(np.full(t.size, target_of_db[db_id], dtype=np.int64))
-            self.ts.append(t)
-            self.vals.append(v)
+        self._add_blobs([target_of_db[db_id] for db_id, _ in rows], [b for _, b in rows])
+
+    def add_blocks(self, blocks: Sequence[Block], lids: Sequence[int], lo: int, hi: int) -> None:
+        """Add the cut samples of the targets' local ids (-1: not in the head)."""
+        order, want = _wanted(lids)
+        if not want.size:
+            return
+        targets: list[int] = []
+        blobs: list[bytes] = []
+        for b in blocks:
+            if b.hi < lo or b.lo > hi:
+                continue
+            t_min, t_max = b.t_min, b.t_max
+            for k, first, end in _chunk_ranges(b, want):
+                for j in range(first, end):
+                    if t_max[j] >= lo and t_min[j] <= hi:
+                        targets.append(int(order[k]))
+                        blobs.append(b.blobs[j])
+        self._add_blobs(targets, blobs)
 
     def add_head(self, snap: Snapshot, lids: Sequence[int], lo: int, hi: int) -> None:
-        """Add head samples of the targets' local ids (-1: not in the head)."""
-        lid_arr = np.array(lids, dtype=np.int64)
-        order = np.argsort(lid_arr, kind="stable")
-        order = order[lid_arr[order] >= 0]
-        want = lid_arr[order]
+        """Add the uncut samples of the targets' local ids (-1: not in the head)."""
+        order, want = _wanted(lids)
         if not want.size:
             return
         prev_ids: I64Array | None = None
@@ -154,7 +238,9 @@ class Gathered:
 
 
 def newest(
-    entries_newest_first: Sequence[Entry], lids: Sequence[int]
+    entries_newest_first: Sequence[Entry],
+    blocks_newest_first: Sequence[Block],
+    lids: Sequence[int],
 ) -> dict[int, tuple[int, float]]:
     """Local id -> (ts ms, value) of the most recently written sample of each id."""
     want = np.array(sorted(lids), dtype=np.int64)
@@ -169,4 +255,14 @@ def newest(
             for j, i in zip(hit[fresh].tolist(), idx[fresh].tolist(), strict=True):
                 out[int(want[j])] = (int(p.ts[i]), float(p.vals[i]))
             found[hit] = True
+    # Series not written since the last cut (a server gone quiet): its last chunk.
+    for b in blocks_newest_first:
+        if found.all():
+            break
+        missing = np.flatnonzero(~found)
+        for k, first, end in _chunk_ranges(b, want[missing]):
+            j = first + int(np.argmax(b.t_max[first:end]))
+            t, v = codec.decode_chunk(b.blobs[j])
+            out[int(want[missing[k]])] = (int(t[-1]), float(v[-1]))
+            found[missing[k]] = True
     return out

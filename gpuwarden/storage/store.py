@@ -10,7 +10,8 @@ the finished windows are cut into one compressed chunk per series and window (se
 restart replays this node's head-log rows, so nothing acknowledged is lost.
 
 Cut cycles stay in memory for ``memory_window`` (default 10 min) so that detector windows
-are answered from memory without touching the database.
+are answered from memory without touching the database: as the compressed chunks the cut
+just wrote (``head.Block``), not as raw columns (see ``head.py``).
 
 Failure handling: when the database cannot be written, ``write()`` keeps the cycle in a
 bounded pending buffer (and in the head, so detectors keep working) and raises
@@ -44,8 +45,6 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from gpuwarden.errors import StoreError, StoreUnavailable
@@ -53,7 +52,7 @@ from gpuwarden.model import Labels, Sample, SeriesData
 from gpuwarden.storage import codec, schema
 from gpuwarden.storage import retention as _retention
 from gpuwarden.storage.codec import F64Array, I64Array
-from gpuwarden.storage.head import Entry, Gathered, newest, split_cycle
+from gpuwarden.storage.head import Block, Entry, Gathered, cut_order, newest, split_cycle
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,28 @@ SeriesKey = tuple[str, Labels]
 def labels_json(labels: Labels) -> str:
     """The canonical JSON spelling of a label set stored in ``series.labels``."""
     return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def dialect_insert(dialect: str, table: Any) -> Any:
+    """An ``INSERT`` with ``on_conflict_do_*`` for the dialect (``engine.dialect.name``).
+
+    Imported on use: SQLAlchemy's PostgreSQL dialect package costs ~2 MiB of memory, which
+    a daemon on SQLite (the default) should not carry.
+    """
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
+def unique_ids(ids: I64Array) -> I64Array:
+    """Sorted distinct ids. Not ``np.unique``: numpy 2 imports ``numpy.ma`` for it (~1.3
+    MiB held for the process's life) to check for a masked array we never pass."""
+    a = np.sort(ids)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if a.size else a
 
 
 def _matches(labels: Labels, matchers: Mapping[str, str] | None) -> bool:
@@ -123,8 +144,10 @@ class Store:
         self._by_signal: dict[str, list[int]] = {}
         self._db_ids = np.full(1024, -1, dtype=np.int64)
         self._local_of_db: dict[int, int] = {}
-        # Head: entries in write order; pending: the tail not yet in the head log.
+        # Head: uncut entries in write order, then blocks of cut chunks in cut order;
+        # pending: the tail of the entries not yet in the head log.
         self._entries: deque[Entry] = deque()
+        self._blocks: deque[Block] = deque()
         self._pending: deque[Entry] = deque()
         self._last_ids: I64Array = np.empty(0, np.int64)
         self._newest_ms = _I64_MIN
@@ -170,7 +193,7 @@ class Store:
                 select(hl.c.id, hl.c.data).where(hl.c.writer == self.node).order_by(hl.c.id)
             ).all()
             decoded = [(int(r.id), *codec.decode_cycle(r.data)) for r in rows]
-            unknown = {int(i) for _, ids, _, _ in decoded for i in np.unique(ids)}
+            unknown = {i for _, ids, _, _ in decoded for i in unique_ids(ids).tolist()}
             unknown -= self._local_of_db.keys()
             found: dict[int, SeriesKey] = {}
             s = schema.series
@@ -185,9 +208,9 @@ class Store:
             for db_id, key in found.items():
                 self._db_ids[self._register(key)] = db_id
                 self._local_of_db[db_id] = self._local[key]
-        known_ids = np.fromiter(self._local_of_db, np.int64)
+        local_of_db = self._local_of_db
         for log_id, ids, ts, vals in decoded:
-            known = np.isin(ids, known_ids)
+            known = np.fromiter((i in local_of_db for i in ids.tolist()), bool, ids.size)
             if not known.all():  # a series row vanished: nothing to attach the samples to
                 log.warning("head-log row %d references %d unknown series", log_id, (~known).sum())
             lids = np.array([self._local_of_db[int(i)] for i in ids[known]], dtype=np.int64)
@@ -309,7 +332,7 @@ class Store:
         with self._begin_write() as conn:
             missing = np.empty(0, np.int64)
             if any((self._db_ids[p.ids] < 0).any() for e in batch for p in e.parts):
-                lids_all = np.unique(np.concatenate([p.ids for e in batch for p in e.parts]))
+                lids_all = unique_ids(np.concatenate([p.ids for e in batch for p in e.parts]))
                 missing = lids_all[self._db_ids[lids_all] < 0]
             mapping = self._db_ids
             if missing.size:
@@ -341,7 +364,7 @@ class Store:
         """Get-or-create series rows (other nodes may insert the same ones concurrently)."""
         s = schema.series
         keys = {lid: (self._keys[lid][0], labels_json(self._keys[lid][1])) for lid in lids}
-        ins = pg_dialect.insert(s) if self._pg else sqlite_dialect.insert(s)
+        ins = dialect_insert(self.engine.dialect.name, s)
         rows = [{"signal": sig, "labels": lab} for sig, lab in keys.values()]
         conn.execute(ins.on_conflict_do_nothing(index_elements=["signal", "labels"]), rows)
         found: dict[tuple[str, str], int] = {}
@@ -369,21 +392,19 @@ class Store:
             chosen = [
                 e
                 for e in self._entries
-                if e.log_id is not None and not e.chunked and (force or e.t_max < boundary)
+                if e.log_id is not None and (force or e.t_max < boundary)
             ]
         if not chosen:
             return
-        cols = [e.columns() for e in chosen]
-        lids = np.concatenate([c[0] for c in cols])
-        ts = np.concatenate([c[1] for c in cols])
-        vals = np.concatenate([c[2] for c in cols])
+        lids, ts, vals = cut_order(chosen, self._span_ms)
         win = ts // self._span_ms
-        order = np.lexsort((ts, win, lids))
-        lids, ts, vals, win = lids[order], ts[order], vals[order], win[order]
         cuts = np.flatnonzero((lids[1:] != lids[:-1]) | (win[1:] != win[:-1])) + 1
-        starts = np.concatenate(([0], cuts)).tolist()
-        ends = [*cuts.tolist(), int(lids.size)]
-        db_ids = self._db_ids[lids[starts]].tolist()
+        del win
+        starts_arr = np.concatenate(([0], cuts))
+        ends_arr = np.concatenate((cuts, [lids.size]))
+        starts, ends = starts_arr.tolist(), ends_arr.tolist()
+        chunk_lids = lids[starts_arr]
+        db_ids = self._db_ids[chunk_lids].tolist()
         level = self._level
         rows = []
         for a, b, sid in zip(starts, ends, db_ids, strict=True):
@@ -391,6 +412,10 @@ class Store:
             rows.append(
                 (sid, int(t[0]), int(t[-1]), b - a, codec.encode_chunk(t, vals[a:b], level))
             )
+        t_min, t_max = ts[starts_arr], ts[ends_arr - 1]
+        block = Block(chunk_lids, t_min, t_max, [r[4] for r in rows],
+                      int(t_min.min()), int(t_max.max()))
+        del lids, ts, vals
         log_ids = sorted({e.log_id for e in chosen if e.log_id is not None})
         hl = schema.head_log
         with self._cut_lock:
@@ -398,9 +423,10 @@ class Store:
                 self._insert_chunks(conn, rows)
                 for k in range(0, len(log_ids), 500):
                     conn.execute(delete(hl).where(hl.c.id.in_(log_ids[k : k + 500])))
-            with self._lock:
-                for e in chosen:
-                    e.chunked = True
+            cut = {id(e) for e in chosen}
+            with self._lock:  # one swap: a query sees each sample in exactly one place
+                self._entries = deque(e for e in self._entries if id(e) not in cut)
+                self._blocks.append(block)
         self.chunks_written_total += len(rows)
 
     def _insert_chunks(
@@ -420,12 +446,12 @@ class Store:
             )
 
     def _evict(self) -> None:
-        """Forget cut cycles older than the memory window."""
+        """Forget cut blocks that ended before the memory window."""
         with self._lock:
             limit = self._newest_ms - self._memory_ms
-            while self._entries and self._entries[0].chunked and self._entries[0].t_max < limit:
-                old = self._entries.popleft()
-                self._cover_ms = max(self._cover_ms, old.t_max + 1)
+            while self._blocks and self._blocks[0].hi < limit:
+                old = self._blocks.popleft()
+                self._cover_ms = max(self._cover_ms, old.hi + 1)
 
     # ------------------------------------------------------------------ query
     def query(
@@ -452,16 +478,18 @@ class Store:
             in_memory = bool(local) and lo >= self._cover_ms
             if in_memory:
                 snap = [(e.t_min, e.t_max, e.parts) for e in self._entries]
+                blocks = list(self._blocks)
                 keys = [self._keys[lid][1] for lid in local]
         if in_memory:
             got = Gathered()
+            got.add_blocks(blocks, local, lo, hi)
             got.add_head(snap, local, lo, hi)
             return got.to_series(signal, keys, start, end)
         try:
             with self._cut_lock:
                 db_series, chunk_rows = self._read_chunks(signal, matchers, lo, hi)
                 with self._lock:
-                    snap = [(e.t_min, e.t_max, e.parts) for e in self._entries if not e.chunked]
+                    snap = [(e.t_min, e.t_max, e.parts) for e in self._entries]
                     by_labels = {self._keys[lid][1]: lid for lid in local}
                     for db_id, labels in db_series:
                         lid = self._local_of_db.get(db_id)
@@ -514,7 +542,8 @@ class Store:
             )
             keys = {lid: self._keys[lid][1] for lid in local}
             entries = list(self._entries)
-        got = newest(list(reversed(entries)), local)
+            blocks = list(self._blocks)
+        got = newest(entries[::-1], blocks[::-1], local)
         return [
             Sample(signal, keys[lid], got[lid][1], got[lid][0] / 1000.0)
             for lid in sorted(got, key=lambda lid: keys[lid])
