@@ -43,17 +43,36 @@ def free_port() -> int:
 
 
 def scaled_payload(kb: int | None) -> bytes:
-    """The recorded payload; scaled up by repeating its vLLM families under more models."""
+    """The recorded payload, scaled up by serving its vLLM series for more models (LoRA).
+
+    The copies go inside each family's group, next to the recorded model's series, as
+    a real vLLM serving several models prints them (the text format keeps a family's
+    lines together).
+    """
     base = PAYLOAD.read_bytes()
     if not kb or kb * 1024 <= len(base):
         return base
-    lines = [ln for ln in base.decode().splitlines() if ln.startswith("vllm:")]
-    out, i = [base.decode()], 0
-    while sum(len(p) for p in out) < kb * 1024:
-        i += 1
-        out.append("\n".join(ln.replace('model_name="tiny-llama"', f'model_name="lora-{i}"')
-                             for ln in lines if "model_name=" in ln) + "\n")
-    return "".join(out).encode()
+    groups: list[list[str]] = []
+    family = None
+    for line in base.decode().splitlines():
+        parts = line.split(" ", 3)
+        if line.startswith(("# HELP ", "# TYPE ")) and parts[2] != family:
+            family = parts[2]
+            groups.append([])
+        elif not groups:
+            groups.append([])
+        groups[-1].append(line)
+    per_model = sum(len(ln) - 3 for g in groups for ln in g  # "lora-N" is 4 chars shorter
+                    if 'model_name="tiny-llama"' in ln and not ln.startswith("#"))
+    copies = -(-(kb * 1024 - len(base)) // per_model)
+    out = []
+    for g in groups:
+        out.extend(g)
+        mine = [ln for ln in g if 'model_name="tiny-llama"' in ln and not ln.startswith("#")]
+        for i in range(1, copies + 1):
+            out.extend(ln.replace('model_name="tiny-llama"', f'model_name="lora-{i}"')
+                       for ln in mine)
+    return ("\n".join(out) + "\n").encode()
 
 
 def serve_payloads(body: bytes, count: int) -> list[ThreadingHTTPServer]:
