@@ -49,11 +49,24 @@ def names(body: bytes, metric: str) -> list[dict[str, str]]:
 
 def test_vanished_gpu_leaves_the_exposition() -> None:
     exposition = Exposition(process_metrics=False)
-    first = exposition.update(Snapshot(samples=(gpu_up("0"), gpu_up("1"))))
+    exposition.update(Snapshot(samples=(gpu_up("0"), gpu_up("1"))))
+    first = exposition.body
     assert sorted(lab["gpu"] for lab in names(first, "gpuwarden_gpu_up")) == ["0", "1"]
-    second = exposition.update(Snapshot(samples=(gpu_up("0"),)))
+    exposition.update(Snapshot(samples=(gpu_up("0"),)))
+    second = exposition.body
     assert [lab["gpu"] for lab in names(second, "gpuwarden_gpu_up")] == ["0"]
-    assert exposition.body == second
+    assert exposition.body is second  # served from the cache
+
+
+def test_snapshots_nobody_scrapes_are_never_rendered() -> None:
+    """Cycles run every second, scrapes come every 15-60 s: render only what is read."""
+    exposition = Exposition(process_metrics=False)
+    for gpu in range(10):
+        exposition.update(Snapshot(samples=(gpu_up(str(gpu)),)))
+    assert exposition.renders_total == 0
+    assert [lab["gpu"] for lab in names(exposition.body, "gpuwarden_gpu_up")] == ["9"]
+    exposition.body  # noqa: B018 - a second scrape of the same snapshot
+    assert exposition.renders_total == 1
 
 
 def test_failing_collector_is_counted_and_others_carry_on(tmp_path: Path) -> None:
