@@ -7,14 +7,30 @@ spelling per series, so the storage series identity (signal + sorted labels) fal
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 Labels = tuple[tuple[str, str], ...]
-FloatArray = npt.NDArray[np.float64]
+
+# numpy (~0.1-0.2 s to import) is needed by storage and the detectors, not by the
+# collectors that import this module on the way to the first stored sample: the array
+# alias is a typing matter, resolved at run time only when asked for.
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    FloatArray = npt.NDArray[np.float64]
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name == "FloatArray":
+            import numpy as np
+            import numpy.typing as npt
+
+            return npt.NDArray[np.float64]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_labels(
@@ -28,6 +44,11 @@ def make_labels(
 
 def label_dict(labels: Labels) -> dict[str, str]:
     return dict(labels)
+
+
+def labels_json(labels: Labels) -> str:
+    """The canonical JSON spelling of a label set, as stored in ``series.labels``."""
+    return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
