@@ -178,3 +178,23 @@ __all__ = [
     "schema_version",
     "series",
 ]
+
+
+def sqlite_ddl() -> tuple[str, ...]:
+    """The whole schema as SQLite DDL, in ``create_all``'s table order (IF NOT EXISTS).
+
+    The early first-cycle writer (``gpuwarden/early_store.py``) creates the schema
+    without importing SQLAlchemy, from a pre-rendered copy of this; a test keeps that
+    copy equal to this rendering, so this module stays the one definition of the tables.
+    After changing a table, that test fails and prints the new text to paste there.
+    """
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialect = sqlite.dialect()
+    statements: list[str] = []
+    for table in metadata.sorted_tables:
+        statements.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            statements.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
+    return tuple(s.strip() for s in statements)
