@@ -60,6 +60,16 @@ class CollectorResult:
     reported_error: str | None = None  # ``Collector.last_error`` after a normal return
 
 
+@dataclass(slots=True)
+class _FirstCycle:
+    """The first cycle, collected before the store is opened (see ``Daemon.start``)."""
+
+    samples: list[Sample]  # what the collectors returned
+    pushed: list[Sample]  # pushed over HTTP meanwhile (none yet, HTTP is not up)
+    seconds: float  # spent collecting and storing it, before the store was opened
+    stored: bool  # written by early_store; else Store.write must write it
+
+
 class RateLimitedLog:
     """Logs a repeated failure once per period instead of once per cycle."""
 
@@ -179,12 +189,19 @@ class Daemon:
         """Open the store, run the first cycle, bind HTTP, start the schedule.
 
         The first cycle runs before the HTTP server and scheduler are even imported,
-        so the first sample is stored as early as the store's own imports allow.
+        so the first sample is stored as early as the store's own imports allow. On a
+        SQLite file it is stored before that: collected, written by ``early_store``
+        with the standard library, then loaded by the store's replay on open (see
+        :meth:`_first_cycle_early`).
         """
-        from gpuwarden.storage import open_store
-
+        first = self._first_cycle_early() if self._store is None else None
         if self._store is None:
+            from gpuwarden.storage import open_store
+
             self._store = open_store(self.config.storage.url, node=self.config.node)
+            if first is not None and first.stored:
+                # Written by this process, if not through Store.write: count them.
+                self._store.samples_written_total += len(first.samples) + len(first.pushed)
         if self._collectors is None:
             self._collectors = build_collectors(self.config, lambda: self.session)
             self.gpu_source = _effective_source(self._collectors, self.config)
@@ -198,7 +215,7 @@ class Daemon:
             from gpuwarden.alerts.models_history import ModelHistory
 
             self.models = ModelHistory(engine, node=self.config.node)
-        self._guarded_cycle()
+        self._guarded_cycle(first)
         self._start_delivery()
 
         from gpuwarden.api import HttpServer
@@ -214,6 +231,33 @@ class Daemon:
             ", ".join(c.name for c in self._collectors) or "none",
             _redact_url(self.config.storage.url), host, self._http.port,
         )
+
+    def _first_cycle_early(self) -> _FirstCycle | None:
+        """Collect the first cycle and store it before SQLAlchemy is imported.
+
+        Only for a SQLite file (``early_store.sqlite_file``): importing SQLAlchemy takes
+        most of the start-up budget, so the cycle goes to the database with ``sqlite3``
+        first and the store, opened after, replays it into its head. Anything else, or
+        an early write that steps aside, leaves the cycle to ``Store.write`` in
+        :meth:`run_cycle`; either way it is stored once.
+        """
+        from gpuwarden import early_store
+
+        url = self.config.storage.url
+        if early_store.sqlite_file(url) is None:
+            return None
+        if self._collectors is None:
+            self._collectors = build_collectors(self.config, lambda: self.session)
+            self.gpu_source = _effective_source(self._collectors, self.config)
+        try:
+            started = time.perf_counter()
+            samples, pushed = self._collect_all(), self._take_pushed()
+            written = early_store.store_first_cycle(url, self.config.node, samples + pushed)
+        except Exception:  # a bug here must not cost the first cycle: run it normally
+            log.exception("early first cycle failed; running it the usual way")
+            return None
+        return _FirstCycle(samples, pushed, time.perf_counter() - started,
+                           stored=written is not None)
 
     @property
     def exposition(self) -> Exposition:
@@ -358,19 +402,28 @@ class Daemon:
 
     # --- the cycle -----------------------------------------------------------------------
 
-    def _guarded_cycle(self) -> None:
+    def _guarded_cycle(self, first: _FirstCycle | None = None) -> None:
         try:
-            self.run_cycle()
+            self.run_cycle(first)
         except Exception:  # the catch-all of convention 9: log, count, carry on
             self.cycle_errors_total += 1
             log.exception("collection cycle failed")
 
-    def run_cycle(self) -> list[Sample]:
-        """Collect, store, render. Returns what was collected (for tests and the demo)."""
+    def run_cycle(self, first: _FirstCycle | None = None) -> list[Sample]:
+        """Collect, store, render. Returns what was collected (for tests and the demo).
+
+        ``first``: the first cycle, collected by :meth:`start` before the store was
+        open (and maybe stored already); this cycle goes on from there.
+        """
         with self._cycle_lock:
-            started = time.perf_counter()
-            samples = self._collect_all()
-            self._write(samples + self._take_pushed())
+            if first is None:
+                started = time.perf_counter()
+                samples = self._collect_all()
+                self._write(samples + self._take_pushed())
+            else:  # its time before the store was opened counts, the opening does not
+                started, samples = time.perf_counter() - first.seconds, first.samples
+                if not first.stored:
+                    self._write(samples + first.pushed)
             self._observe_models(samples)
             self._evaluate_rules()
             derived = self._derive()

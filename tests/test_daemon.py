@@ -279,3 +279,37 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "interval: bad duration" in proc.stderr
     assert "gpu.sim_gpu: unknown key" in proc.stderr
+
+
+def test_first_cycle_stored_once_and_counted(tmp_path: Path, daemon_factory: object) -> None:
+    """The first cycle goes to SQLite before the store opens (early_store); not twice."""
+    port, db, cfg = free_port(), tmp_path / "gw.db", tmp_path / "gw.toml"
+    write_config(cfg, port, db, gpus=1)
+    proc = daemon_factory(cfg, port)  # type: ignore[operator]
+    proc.wait_healthy()
+    wait_for(lambda: proc.metrics().get("gpuwarden_cycles_total", [({}, 0)])[0][1] >= 3)
+    m = proc.metrics()  # one snapshot: every sample collected so far is written, once
+    assert m["gpuwarden_samples_written_total"] == m["gpuwarden_samples_collected_total"]
+    assert proc.stop() == 0
+    assert "not stored early" not in proc.log_path.read_text()
+    store = open_store(f"sqlite:///{db}", node=NODE)
+    try:
+        ts = store.query("gpu_up", None, 0, time.time() + 1)[0].timestamps.tolist()
+    finally:
+        store.close()
+    assert len(ts) >= 3 and ts == sorted(set(ts))
+
+
+def test_newer_schema_exits_2(tmp_path: Path) -> None:
+    db, cfg = tmp_path / "gw.db", tmp_path / "gw.toml"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY)")
+        conn.execute("INSERT INTO schema_version VALUES (99)")
+    write_config(cfg, free_port(), db)
+    proc = subprocess.run([sys.executable, "-m", "gpuwarden.cli", "run", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    assert "schema version 99 is newer" in proc.stderr
+    with sqlite3.connect(db) as conn:  # nothing written to a database it does not know
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"schema_version"}
