@@ -337,6 +337,35 @@ def _le(labels: Mapping[str, str]) -> float | None:
         return None
 
 
+def _bucket_totals(
+    mapping: ServerMapping, exp: Exposition, source: Source
+) -> dict[str, dict[float, float]]:
+    """Per model, per bound: bucket counts summed over series (replica copies maxed).
+
+    :class:`_Aggregator` inlined for the bulk of every scrape (a bucket per bound per
+    model per histogram), where nearly every group holds one series.
+    """
+    groups: dict[tuple[str, float], dict[Labels, float]] = {}
+    divisor = source.divisor
+    for info, value in _series(mapping, exp, source.metric + "_bucket", source, scale=False):
+        le = info.le
+        if le is None:
+            continue
+        key = (info.model, le if divisor == 1.0 else le / divisor)  # only the bound scales
+        group = groups.get(key)
+        if group is None:
+            groups[key] = {info.ident: value}
+        else:
+            prev = group.get(info.ident)
+            if prev is None or value > prev:
+                group[info.ident] = value
+    out: dict[str, dict[float, float]] = defaultdict(dict)
+    for (model, le), group in groups.items():
+        out[model][le] = next(iter(group.values())) if len(group) == 1 else math.fsum(
+            group.values())
+    return out
+
+
 def _map_histogram(
     mapping: ServerMapping, r: Rule, exp: Exposition, out_labels: _OutputLabels, ts: float
 ) -> list[Sample]:
@@ -344,19 +373,12 @@ def _map_histogram(
     if alt is None:
         return []
     source = alt[0]  # one family per alternative (checked when the table is built)
-    buckets, counts, sums = (_Aggregator("sum") for _ in range(3))
-    for info, value in _series(mapping, exp, source.metric + "_bucket", source, scale=False):
-        if info.le is not None:  # bucket counts are counts: only the bound is scaled
-            buckets.add(info, value, info.le / source.divisor)
+    edges_by_model = _bucket_totals(mapping, exp, source)
+    counts, sums = _Aggregator("sum"), _Aggregator("sum")
     for info, value in _series(mapping, exp, source.metric + "_count", source, scale=False):
         counts.add(info, value)
     for info, value in _series(mapping, exp, source.metric + "_sum", source):
         sums.add(info, value)
-
-    edges_by_model: dict[str, dict[float, float]] = defaultdict(dict)
-    for (model, le), value in buckets.result().items():
-        if le is not None:
-            edges_by_model[model][le] = value
     count_by_model, sum_by_model = counts.by_model(), sums.by_model()
 
     out: list[Sample] = []
