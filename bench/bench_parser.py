@@ -21,6 +21,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.collector.promtext import parse
+from gpuwarden.collector.servers import read_names
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_FIXTURE = ROOT / "tests" / "fixtures" / "metrics" / "vllm-0.32-cpu-after-load.prom"
@@ -98,8 +99,9 @@ def main() -> int:
         ("synthetic vLLM ~200 KB", synthetic_payload(200 * 1024).encode()),
     ]
     print("| payload | size KB | samples | ours ms | ours MB/s | prometheus_client ms "
-          "| prometheus_client MB/s | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| prometheus_client MB/s | ratio | ours, vLLM families only (the collector) ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    wanted = read_names("vllm")
     for label, data in payloads:
         text = data.decode()
         exp = parse(data)
@@ -113,9 +115,11 @@ def main() -> int:
             lambda t=text: list(text_string_to_metric_families(t)),  # type: ignore[misc]
             repeats_ref,
         )
+        only = _best_cpu(lambda d=data: parse(d, only=wanted), repeats_ours)  # type: ignore[misc]
         mb = len(data) / 1e6
         print(f"| {label} | {len(data) / 1024:.1f} | {n_samples} | {ours * 1e3:.3f} "
-              f"| {mb / ours:.1f} | {ref * 1e3:.2f} | {mb / ref:.1f} | {ref / ours:.1f}x |")
+              f"| {mb / ours:.1f} | {ref * 1e3:.2f} | {mb / ref:.1f} | {ref / ours:.1f}x "
+              f"| {only * 1e3:.3f} |")
     return 0
 
 
