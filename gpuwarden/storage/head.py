@@ -20,7 +20,7 @@ and block lists under its lock and hands them to these functions outside it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,29 +107,39 @@ def split_cycle(
     return Entry(parts, int(ts.min()), int(ts.max()), n), last_ids
 
 
-def cut_order(entries: Sequence[Entry], span_ms: int) -> tuple[I64Array, I64Array, F64Array]:
+def cut_slices(
+    entries: Sequence[Entry], span_ms: int, max_samples: int = 32_768
+) -> Iterator[tuple[I64Array, I64Array, F64Array]]:
     """The samples of ``entries`` ordered by (series, window of ``span_ms``, time).
 
-    In the usual case every cycle holds the same series set (one shared id array), so
-    the cycles stack into a (cycle x series) matrix whose transpose is already in that
-    order when time only moves forward: ~4 arrays of the samples' size in flight,
-    against ~10 for the general sort (the cut's transient is the head's peak).
+    Yielded in slices of whole series, ascending by series: a cut of the usual 240
+    cycles x 2,400 series would otherwise hold ~10 sample-sized arrays at once (~45 MB;
+    freed, but malloc keeps the heap it grew for them). In the usual case every cycle
+    holds the same series set (one shared id array), so a slice is a (cycle x series)
+    matrix whose transpose is already in that order when time only moves forward.
     """
     first = entries[0].parts[0].ids
-    if all(len(e.parts) == 1 and e.parts[0].ids is first for e in entries):
-        ts2 = np.stack([e.parts[0].ts for e in entries])
-        if ts2.shape[0] < 2 or bool((ts2[1:] >= ts2[:-1]).all()):
-            ts = np.ascontiguousarray(ts2.T).reshape(-1)
-            del ts2
-            vals = np.ascontiguousarray(np.stack([e.parts[0].vals for e in entries]).T)
-            return np.repeat(first, len(entries)), ts, vals.reshape(-1)
-        del ts2
-    cols = [e.columns() for e in entries]
-    lids = np.concatenate([c[0] for c in cols])
-    ts = np.concatenate([c[1] for c in cols])
-    vals = np.concatenate([c[2] for c in cols])
-    order = np.lexsort((ts, ts // span_ms, lids))
-    return lids[order], ts[order], vals[order]
+    if not all(len(e.parts) == 1 and e.parts[0].ids is first for e in entries):
+        cols = [e.columns() for e in entries]
+        lids = np.concatenate([c[0] for c in cols])
+        ts = np.concatenate([c[1] for c in cols])
+        vals = np.concatenate([c[2] for c in cols])
+        order = np.lexsort((ts, ts // span_ms, lids))
+        yield lids[order], ts[order], vals[order]
+        return
+    n = len(entries)
+    step = max(1, max_samples // n)
+    for a in range(0, int(first.size), step):
+        b = min(a + step, int(first.size))
+        ts2 = np.stack([e.parts[0].ts[a:b] for e in entries])
+        vals2 = np.stack([e.parts[0].vals[a:b] for e in entries])
+        lids = np.repeat(first[a:b], n)
+        if n < 2 or bool((ts2[1:] >= ts2[:-1]).all()):
+            yield lids, ts2.T.reshape(-1), vals2.T.reshape(-1)
+        else:  # a clock stepped back: sort this slice's series properly
+            ts, vals = ts2.T.reshape(-1), vals2.T.reshape(-1)
+            order = np.lexsort((ts, ts // span_ms, lids))
+            yield lids[order], ts[order], vals[order]
 
 
 def _locate(ids: I64Array, want: I64Array) -> tuple[I64Array, I64Array]:

@@ -52,7 +52,7 @@ from gpuwarden.model import Labels, Sample, SeriesData
 from gpuwarden.storage import codec, schema
 from gpuwarden.storage import retention as _retention
 from gpuwarden.storage.codec import F64Array, I64Array
-from gpuwarden.storage.head import Block, Entry, Gathered, cut_order, newest, split_cycle
+from gpuwarden.storage.head import Block, Entry, Gathered, cut_slices, newest, split_cycle
 
 log = logging.getLogger(__name__)
 
@@ -396,26 +396,28 @@ class Store:
             ]
         if not chosen:
             return
-        lids, ts, vals = cut_order(chosen, self._span_ms)
-        win = ts // self._span_ms
-        cuts = np.flatnonzero((lids[1:] != lids[:-1]) | (win[1:] != win[:-1])) + 1
-        del win
-        starts_arr = np.concatenate(([0], cuts))
-        ends_arr = np.concatenate((cuts, [lids.size]))
-        starts, ends = starts_arr.tolist(), ends_arr.tolist()
-        chunk_lids = lids[starts_arr]
-        db_ids = self._db_ids[chunk_lids].tolist()
         level = self._level
-        rows = []
-        for a, b, sid in zip(starts, ends, db_ids, strict=True):
-            t = ts[a:b]
-            rows.append(
-                (sid, int(t[0]), int(t[-1]), b - a, codec.encode_chunk(t, vals[a:b], level))
-            )
-        t_min, t_max = ts[starts_arr], ts[ends_arr - 1]
-        block = Block(chunk_lids, t_min, t_max, [r[4] for r in rows],
+        rows: list[tuple[int, int, int, int, bytes]] = []
+        chunk_lids: list[I64Array] = []
+        chunk_tmin: list[I64Array] = []
+        chunk_tmax: list[I64Array] = []
+        for lids, ts, vals in cut_slices(chosen, self._span_ms):
+            win = ts // self._span_ms
+            cuts = np.flatnonzero((lids[1:] != lids[:-1]) | (win[1:] != win[:-1])) + 1
+            starts = np.concatenate(([0], cuts))
+            ends = np.concatenate((cuts, [lids.size]))
+            chunk_lids.append(lids[starts])
+            chunk_tmin.append(ts[starts])
+            chunk_tmax.append(ts[ends - 1])
+            db_ids = self._db_ids[lids[starts]].tolist()
+            for a, b, sid in zip(starts.tolist(), ends.tolist(), db_ids, strict=True):
+                t = ts[a:b]
+                rows.append(
+                    (sid, int(t[0]), int(t[-1]), b - a, codec.encode_chunk(t, vals[a:b], level))
+                )
+        t_min, t_max = np.concatenate(chunk_tmin), np.concatenate(chunk_tmax)
+        block = Block(np.concatenate(chunk_lids), t_min, t_max, [r[4] for r in rows],
                       int(t_min.min()), int(t_max.max()))
-        del lids, ts, vals
         log_ids = sorted({e.log_id for e in chosen if e.log_id is not None})
         hl = schema.head_log
         with self._cut_lock:

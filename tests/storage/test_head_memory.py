@@ -130,3 +130,18 @@ def test_sqlite_daemon_path_leaves_heavy_modules_unimported(tmp_path: Path) -> N
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_clock_stepping_back_inside_a_cut_keeps_series_sorted_and_whole(
+    backend: Backend,
+) -> None:
+    store = backend.open(chunk_span=10, memory_window=60)
+    steps = [*range(12), 8.5, *range(12, 30)]  # one cycle stamped 3.5 s in the past
+    for k, t in enumerate(steps):
+        store.write([Sample(s.signal, s.labels, s.value, T0 + t) for s in gpu_cycle(k)])
+    want = np.sort(T0 + np.array(steps, dtype=np.float64))
+    for s in store.query("gpu_utilization_ratio", None, T0, T0 + 100):  # from memory
+        np.testing.assert_array_equal(s.timestamps, want)
+    store.close()
+    for s in backend.open(chunk_span=10).query("gpu_utilization_ratio"):  # from chunks
+        np.testing.assert_array_equal(s.timestamps, want)
