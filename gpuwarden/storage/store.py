@@ -206,7 +206,8 @@ class Store:
             self._cover_ms = int(max_tmax) + 1
         with self._lock:
             for db_id, key in found.items():
-                self._db_ids[self._register(key)] = db_id
+                lid = self._register(key)  # may grow (replace) _db_ids: index it after
+                self._db_ids[lid] = db_id
                 self._local_of_db[db_id] = self._local[key]
         local_of_db = self._local_of_db
         for log_id, ids, ts, vals in decoded:

@@ -127,6 +127,26 @@ def test_restart_finds_chunks_and_uncut_head_log(backend: Backend) -> None:
     _assert_series(backend.open(chunk_span=10), range(33))
 
 
+def test_restart_with_thousands_of_series_replays_them_all(backend: Backend) -> None:
+    """A node with more series than the head's first id table (1,024): a 250 KB vLLM
+    scrape alone maps to ~630 series per server. The restart must replay every one."""
+    def cycle(k: int) -> list[Sample]:
+        return [Sample("ttft_seconds_bucket", make_labels(node="n", server=f"s{i // 500}",
+                                                          le=str(i % 500)), float(k), T0 + k)
+                for i in range(2600)]
+
+    store = backend.open()
+    for k in range(3):
+        store.write(cycle(k))
+    store.close()  # no flush: everything lives in the head log only
+    again = backend.open()
+    got = again.query("ttft_seconds_bucket", None, T0 - 1, T0 + 10)
+    assert len(got) == 2600
+    assert all(list(s.values) == [0.0, 1.0, 2.0] for s in got)
+    again.write(cycle(3))
+    assert len(again.query("ttft_seconds_bucket", {"server": "s5"}, T0 + 3, T0 + 3)) == 100
+
+
 def test_nodes_sharing_a_database_replay_only_their_own_head_log(backend: Backend) -> None:
     a = backend.open("node-a", chunk_span=10)
     b = backend.open("node-b", chunk_span=10)
