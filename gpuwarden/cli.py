@@ -198,11 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print the raw JSON")
         p.set_defaults(func=func)
 
-    from gpuwarden.alerts import audit, replay_cli
+    from gpuwarden.alerts.commands import add_actions_command, add_audit_command
     from gpuwarden.dashboards_cli import add_subcommands as add_dashboard_commands
 
-    audit.add_subcommand(sub)
-    replay_cli.add_subcommand(sub)
+    add_audit_command(sub)
+    add_actions_command(sub)
     add_dashboard_commands(sub)
     return parser
 

@@ -33,13 +33,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from gpuwarden.alerts.commands import AUDIT_RESULTS
 from gpuwarden.storage import schema
 from gpuwarden.storage.store import write_transaction as write_tx
 
 log = logging.getLogger(__name__)
 
-RESULTS = ("sent", "failed", "suppressed", "dry_run", "disabled", "dead_letter",
-           "escalated", "replayed", "no_action")
+RESULTS = AUDIT_RESULTS
 
 
 def target_text(labels: Mapping[str, str]) -> str:
@@ -283,17 +283,3 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{_fmt_ts(r.ts)}  {r.result:<11} {r.action:<20} {r.target or '-'}"
               f"{status}{attempt}{reason}")
     return 0
-
-
-def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
-    """``gpuwarden audit [--config FILE] [--since 24h] [--action NAME] [--json]``."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "audit", help="what the alert actions did (sent, suppressed, failed, ...)")
-    p.add_argument("--config", metavar="FILE", help="TOML config naming the store")
-    p.add_argument("--since", default="24h", help="how far back (default 24h)")
-    p.add_argument("--action", help="only this action")
-    p.add_argument("--result", choices=RESULTS, help="only this result")
-    p.add_argument("--limit", type=int, default=10_000, help="at most this many rows")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_audit)
-    return p

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from gpuwarden.alerts.audit import AuditLog, DeadLetter, open_engine
 from gpuwarden.alerts.receivers import (
@@ -137,24 +136,3 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"#{dl.id}  {when}  {state:<8} {dl.action:<20} {d.rule or '-'} {d.status} "
               f"x{len(d.alerts)} attempts={dl.attempts} last_error={dl.last_error}")
     return EXIT_OK
-
-
-def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
-    """``gpuwarden actions {replay,dead-letters}``."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "actions", help="alert actions: list and replay dead letters")
-    sub = p.add_subparsers(dest="actions_command", required=True, metavar="SUBCOMMAND")
-    replay = sub.add_parser("replay", help="send dead letters again")
-    replay.add_argument("--config", metavar="FILE", help="TOML config (actions and store)")
-    which = replay.add_mutually_exclusive_group()
-    which.add_argument("--id", type=int, metavar="N", help="replay dead letter N")
-    which.add_argument("--all", action="store_true", help="replay every pending dead letter")
-    replay.add_argument("--force", action="store_true",
-                        help="send a dead letter again even if it was replayed before")
-    replay.add_argument("--attempts", type=int, default=3, help="tries per letter (default 3)")
-    replay.set_defaults(func=cmd_replay)
-    lst = sub.add_parser("dead-letters", help="list dead letters")
-    lst.add_argument("--config", metavar="FILE", help="TOML config naming the store")
-    lst.add_argument("--all", action="store_true", help="include replayed ones")
-    lst.set_defaults(func=cmd_list)
-    return p

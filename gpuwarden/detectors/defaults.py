@@ -26,7 +26,7 @@ from typing import Any
 
 from gpuwarden.config import AGGREGATIONS, RULE_OPS, RuleConfig
 from gpuwarden.detectors import Finding, build_detector
-from gpuwarden.detectors.drift import default_drift_rules
+from gpuwarden.detectors.drift_rules import default_drift_rules
 from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
 
 NOTIFY = ("notify",)

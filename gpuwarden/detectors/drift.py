@@ -60,6 +60,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors.drift_rules import (
+    DEFAULT_H,
+    DEFAULT_LOOKBACK,
+    DEFAULT_P,
+    DEFAULT_SHIFT,
+    LENGTH_SIGNAL,
+    SIMILARITY_SIGNAL,
+)
 from gpuwarden.detectors.trend import median
 from gpuwarden.model import Labels, SeriesData
 
@@ -67,13 +75,7 @@ if TYPE_CHECKING:
     from gpuwarden.config import RuleConfig
     from gpuwarden.detectors import Detector
 
-SIMILARITY_SIGNAL = "quality_canary_similarity"
-LENGTH_SIGNAL = "quality_answer_length"
-DEFAULT_LOOKBACK = 6 * 3600.0
 MIN_LOOKBACK = 3600.0  # a shorter rule window (the 60 s default) is taken as unset
-DEFAULT_SHIFT = 0.03
-DEFAULT_H = 8.0
-DEFAULT_P = 0.01
 SIGMA_FLOOR = 0.01
 MIN_KS_SAMPLES = 20
 MIN_KS_STATISTIC = 0.3  # effect size: with hundreds of samples KS flags trivia
@@ -250,22 +252,3 @@ def make_cusum(rule: RuleConfig) -> Detector:
 @register("ks")
 def make_ks(rule: RuleConfig) -> Detector:
     return KsLengthDetector(rule)
-
-
-def default_drift_rules() -> tuple[RuleConfig, ...]:
-    """Suggested default rules for ``detectors/defaults.py`` (notify, not rollback:
-    a small sustained drift is worth a look, not an automatic checkpoint change)."""
-    from gpuwarden.config import RuleConfig
-
-    return (
-        RuleConfig(name="QualityDriftCUSUM", signal=SIMILARITY_SIGNAL, detector="cusum",
-                   op="<", threshold=DEFAULT_H, limit=DEFAULT_SHIFT, window=DEFAULT_LOOKBACK,
-                   min_points=20, severity="warning", actions=("notify",),
-                   summary="Canary similarity on {server} ({model}) drifted below its "
-                           "baseline: CUSUM {value:.1f} sigma > {threshold:g}"),
-        RuleConfig(name="AnswerLengthShift", signal=LENGTH_SIGNAL, detector="ks", op="<",
-                   threshold=DEFAULT_P, window=DEFAULT_LOOKBACK, min_points=20,
-                   severity="warning", actions=("notify",),
-                   summary="Canary answer lengths on {server} ({model}) changed "
-                           "distribution: KS p = {value:.2g} < {threshold:g}"),
-    )

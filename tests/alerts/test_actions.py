@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.alerts.actions import Dispatcher
+from gpuwarden.alerts.commands import add_actions_command
 from gpuwarden.alerts.receivers import RetryPolicy
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.storage import Store
@@ -95,7 +96,6 @@ def test_dead_letter_then_replay(harness: Harness, recorder: Recorder, dstore: S
                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from gpuwarden.alerts import replay_cli
 
     recorder.default = Reply(500)
     d = harness(action(url=recorder.url + "/hook"))
@@ -113,7 +113,7 @@ def test_dead_letter_then_replay(harness: Harness, recorder: Recorder, dstore: S
                       f'[[actions]]\nname = "hook"\ntype = "webhook"\n'
                       f'url = "{recorder.url}/hook"\n')
     parser = argparse.ArgumentParser()
-    replay_cli.add_subcommand(parser.add_subparsers())
+    add_actions_command(parser.add_subparsers())
     args = parser.parse_args(["actions", "replay", "--config", str(config), "--all"])
     assert args.func(args) == 0
     assert "#1: replayed to hook" in capsys.readouterr().out

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.alerts import audit as audit_mod
 from gpuwarden.alerts.audit import AuditLog, target_text
+from gpuwarden.alerts.commands import add_audit_command
 from gpuwarden.alerts.models_history import ModelHistory
 from gpuwarden.alerts.receivers import RetryPolicy
 from gpuwarden.model import Sample, make_labels
@@ -72,7 +72,7 @@ def test_audit_cli(backend: Backend, tmp_path: Path,
     config = tmp_path / "gw.toml"
     config.write_text(f'node = "n1"\n[storage]\nurl = "{backend.url}"\n')
     parser = argparse.ArgumentParser()
-    audit_mod.add_subcommand(parser.add_subparsers())
+    add_audit_command(parser.add_subparsers())
 
     args = parser.parse_args(["audit", "--config", str(config), "--since", "1h"])
     assert args.func(args) == 0

@@ -19,9 +19,9 @@ from gpuwarden.detectors.drift import (
     CusumDetector,
     KsLengthDetector,
     baseline_stats,
-    default_drift_rules,
     lower_cusum,
 )
+from gpuwarden.detectors.drift_rules import default_drift_rules
 from gpuwarden.model import SeriesData, make_labels
 
 ROUND = 60.0

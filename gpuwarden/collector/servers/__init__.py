@@ -49,11 +49,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
-
-from prometheus_client.utils import floatToGoString
 
 from gpuwarden.collector.promtext import Exposition, parse_label_set
 from gpuwarden.model import Labels, Sample, make_labels
@@ -61,10 +59,16 @@ from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
 
 Agg = Literal["sum", "max"]
 
-# prometheus-client's own rendering of bounds ("0.001", "1.0", "+Inf"), so that stored
-# ``le`` values read exactly as gpuwarden's exposition will print them. Bound to a typed
-# name because prometheus_client.utils carries no annotations.
-_format_le: Callable[[float], str] = floatToGoString
+def _format_le(le: float) -> str:
+    """prometheus-client's own rendering of a bound ("0.001", "1.0", "+Inf"), so that
+    stored ``le`` values read exactly as gpuwarden's exposition prints them.
+
+    Imported on first use (each label tuple is built once and cached): prometheus_client
+    costs ~20 ms of the daemon's start-up, before its first sample is stored.
+    """
+    from prometheus_client.utils import floatToGoString
+
+    return str(floatToGoString(le))  # type: ignore[no-untyped-call]
 
 __all__ = [
     "SERVER_KINDS",
