@@ -662,6 +662,10 @@ class Daemon:
             for c in self._collectors or ()
             for reason, count in sorted(getattr(c, "scrape_errors_total", {}).items())
         )
+        invalid_lines = tuple(
+            ({"collector": c.name}, float(c.parse_errors_total))
+            for c in self._collectors or () if hasattr(c, "parse_errors_total")
+        )
         self_metrics = [
             SelfMetric("collector_success", "gauge",
                        "1 if the collector's last run succeeded, 0 if it failed or hung", success),
@@ -670,6 +674,8 @@ class Daemon:
             SelfMetric("collector_errors", "counter", "Failed or overrunning collector runs",
                        errors),
             SelfMetric("scrape_errors", "counter", "Failed scrapes by reason", scrape_errors),
+            SelfMetric("scrape_invalid_lines", "counter",
+                       "Lines rejected inside payloads that were still used", invalid_lines),
             SelfMetric("cycle_duration_seconds", "gauge", "Wall time of the last cycle",
                        (({}, self.last_cycle_seconds),)),
             SelfMetric("cycles", "counter", "Completed collection cycles",

@@ -95,6 +95,8 @@ def test_every_signal_with_design_labels(node: tuple[Daemon, list[SimulatedVllmS
     assert up == {"vllm-0": ("vllm", 1.0), "vllm-1": ("vllm", 1.0), "dead": ("sglang", 0.0)}
     errors = {(lab["collector"], lab["reason"]): v for lab, v in m["gpuwarden_scrape_errors_total"]}
     assert errors[("server:dead", "refused")] >= 1
+    invalid = {lab["collector"]: v for lab, v in m["gpuwarden_scrape_invalid_lines_total"]}
+    assert invalid == {"server:vllm-0": 0.0, "server:vllm-1": 0.0, "server:dead": 0.0}
     success = {lab["collector"]: v for lab, v in m["gpuwarden_collector_success"]}
     assert success["sim"] == 1.0 and success["server:vllm-0"] == 1.0
     assert success["server:dead"] == 0.0  # a failing scrape is a failed collector run too
