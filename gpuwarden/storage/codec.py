@@ -137,23 +137,33 @@ def encode_chunk(ts_ms: I64Array, values: F64Array, level: int = 6) -> bytes:
     return header + zlib.compress(shuffle(resid, ts_width) + shuffle(v, v_width), level)
 
 
-def decode_chunk(blob: bytes | memoryview) -> tuple[I64Array, F64Array]:
-    """Inverse of :func:`encode_chunk`: (int64 ms timestamps, float64 values)."""
+def _open_chunk(blob: bytes | memoryview) -> tuple[tuple[int, ...], bytes]:
+    """A chunk's checked header fields (version, n, mode, scale, ts_width, v_width, t0,
+    base) and its decompressed, length-checked payload (``b""`` when it is empty)."""
     mv = memoryview(blob)
     if len(mv) < _CHUNK_HEADER.size:
         raise CodecError("chunk shorter than its header")
-    version, n, mode, scale, ts_width, v_width, t0, base = _CHUNK_HEADER.unpack_from(mv)
+    header = _CHUNK_HEADER.unpack_from(mv)
+    version, n, mode, _scale, ts_width, v_width, _t0, _base = header
     if version != CHUNK_VERSION or mode not in (MODE_XOR, MODE_DECIMAL):
         raise CodecError(f"unknown chunk version {version} / mode {mode}")
     if n == 0:
-        return np.empty(0, np.int64), np.empty(0, np.float64)
+        return header, b""
     try:
         raw = zlib.decompress(mv[_CHUNK_HEADER.size :])
     except zlib.error as exc:
         raise CodecError(f"corrupt chunk: {exc}") from exc
-    ts_len = (n - 1) * ts_width
-    if len(raw) != ts_len + n * v_width:
+    if len(raw) != (n - 1) * ts_width + n * v_width:
         raise CodecError("chunk payload has the wrong length")
+    return header, raw
+
+
+def decode_chunk(blob: bytes | memoryview) -> tuple[I64Array, F64Array]:
+    """Inverse of :func:`encode_chunk`: (int64 ms timestamps, float64 values)."""
+    (_version, n, mode, scale, ts_width, v_width, t0, base), raw = _open_chunk(blob)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    ts_len = (n - 1) * ts_width
     deltas = unzigzag(unshuffle(raw[:ts_len], n - 1, ts_width)) + np.int64(base)
     ts = np.empty(n, np.int64)
     ts[0] = t0
@@ -182,21 +192,9 @@ def decode_chunks(blobs: Sequence[bytes | memoryview]) -> list[tuple[I64Array, F
     groups: dict[tuple[int, int, int, int, int], list[int]] = {}
     metas: list[tuple[int, int, bytes]] = []
     for i, blob in enumerate(blobs):
-        mv = memoryview(blob)
-        if len(mv) < _CHUNK_HEADER.size:
-            raise CodecError("chunk shorter than its header")
-        version, n, mode, scale, ts_width, v_width, t0, base = _CHUNK_HEADER.unpack_from(mv)
-        if version != CHUNK_VERSION or mode not in (MODE_XOR, MODE_DECIMAL):
-            raise CodecError(f"unknown chunk version {version} / mode {mode}")
-        raw = b""
-        if n:
-            try:
-                raw = zlib.decompress(mv[_CHUNK_HEADER.size :])
-            except zlib.error as exc:
-                raise CodecError(f"corrupt chunk: {exc}") from exc
-            if len(raw) != (n - 1) * ts_width + n * v_width:
-                raise CodecError("chunk payload has the wrong length")
-        metas.append((t0, base, raw))
+        (_version, n, mode, scale, ts_width, v_width, first_ts, delta_base), raw = _open_chunk(
+            blob)
+        metas.append((first_ts, delta_base, raw))
         groups.setdefault((n, mode, scale, ts_width, v_width), []).append(i)
     for (n, mode, scale, ts_width, v_width), idx in groups.items():
         if n == 0:
