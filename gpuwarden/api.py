@@ -45,27 +45,21 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
+        self._dispatch(self.server.get_routes, "GET")
+
+    def do_POST(self) -> None:
+        self._dispatch(self.server.post_routes, "POST")
+
+    def _dispatch(self, routes: dict[str, Route], method: str) -> None:
         path = self.path.split("?", 1)[0]
-        route = self.server.get_routes.get(path)
+        route = routes.get(path)
         if route is None:
             self.send_json(404, {"error": f"no such endpoint: {path}"})
             return
         try:
             route(self)
         except Exception:  # one bad request must never take the server down
-            log.exception("error serving %s", path)
-            self.send_json(500, {"error": "internal error"})
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        route = self.server.post_routes.get(path)
-        if route is None:
-            self.send_json(404, {"error": f"no such endpoint: {path}"})
-            return
-        try:
-            route(self)
-        except Exception:
-            log.exception("error serving POST %s", path)
+            log.exception("error serving %s %s", method, path)
             self.send_json(500, {"error": "internal error"})
 
     def read_body(self, limit: int) -> bytes | None:
