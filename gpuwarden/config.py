@@ -103,6 +103,7 @@ class ActionConfig:
     verify: float = 0.0
     escalate_to: str | None = None
     group_wait: float = 0.0
+    retry_for: float = 900.0  # keep retrying a failed delivery this long (first try to last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +327,7 @@ ACTION: Schema = {
     "verify": ("verify", _duration),
     "escalate_to": ("escalate_to", _nonempty),
     "group_wait": ("group_wait", _duration),
+    "retry_for": ("retry_for", _duration),
 }
 SECTIONS = {"storage": STORAGE, "gpu": GPU, "quality": QUALITY}
 ARRAYS = {"servers": SERVER, "rules": RULE, "actions": ACTION}
