@@ -4,10 +4,17 @@ Every problem is collected (not just the first) and reported as one line naming 
 key path (``servers[1].metrics_url``) and, where it can be found, the line, so that
 ``gpuwarden check-config`` tells an operator everything wrong in one go. Unknown keys
 are errors: a typo like ``treshold`` must not silently fall back to a default.
+
+What ``check-config`` accepts, ``run`` and a SIGHUP reload must accept too: every
+number and duration has a range (the schemas below; the README lists them), numbers
+are finite, and a rule's ``summary`` template is rendered once here with sample values
+(``detectors.defaults.summary_problem``), so a value that would only fail deep inside a
+scheduler, an allocation or an alert at 3 a.m. is a one-line config error instead.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -17,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuwarden.durations import parse_duration
+from gpuwarden.durations import format_duration, parse_duration
 from gpuwarden.errors import ConfigError
 from gpuwarden.signals import resolve_rule_signal
 
@@ -29,6 +36,7 @@ AGGREGATIONS = ("last", "mean", "max", "min")
 SEVERITIES = ("info", "warning", "critical", "page")
 DEFAULT_ACTION_NAMES = ("notify", "warm-restart", "checkpoint-rollback")
 DEFAULT_LISTEN = "127.0.0.1:9842"
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,25 +157,43 @@ def _duration(value: Any) -> float:
     return parse_duration(value)
 
 
-def _positive_duration(value: Any) -> float:
-    seconds = _duration(value)
-    if seconds <= 0:
-        raise ValueError("must be greater than zero")
-    return seconds
+def _duration_in(low: float, high: float) -> Callable[[Any], float]:
+    """A duration in ``[low, high]`` seconds (the key's documented range)."""
+
+    def parse(value: Any) -> float:
+        seconds = _duration(value)
+        if not low <= seconds <= high:
+            raise ValueError(f"must be between {format_duration(low)} and "
+                             f"{format_duration(high)}, got {_shown(value)}")
+        return seconds
+
+    return parse
 
 
-def _number(value: Any) -> float:
+def _finite(value: Any) -> float:
+    """A finite number: TOML reads ``inf``, ``nan`` and ``1e400`` (as inf) as floats."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {_tname(value)}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past 1.8e308
+        raise ValueError(f"must be a finite number, got {_shown(value)}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, got {number}")
+    return number
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {_tname(value)}")
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    """An integer in ``[low, high]``."""
+
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {_tname(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {_shown(value)}")
+        return value
+
+    return parse
 
 
 def _bool(value: Any) -> bool:
@@ -186,6 +212,30 @@ def _str_table(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError("expected a table of string values")
     return tuple(sorted(value.items()))
+
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-zA-Z]+$")  # an HTTP token (RFC 9110)
+
+
+def _label_table(value: Any) -> tuple[tuple[str, str], ...]:
+    """Alert labels: Alertmanager answers 400 to a name outside [a-zA-Z_][a-zA-Z0-9_]*."""
+    table = _str_table(value)
+    for name, _ in table:
+        if not _LABEL_NAME.match(name):
+            raise ValueError(f"label name {_shown(name)} is not [a-zA-Z_][a-zA-Z0-9_]*")
+    return table
+
+
+def _header_table(value: Any) -> tuple[tuple[str, str], ...]:
+    """HTTP headers: a line break in one would fail every delivery, not the config."""
+    table = _str_table(value)
+    for name, text in table:
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"header name {_shown(name)} is not a valid HTTP header name")
+        if "\r" in text or "\n" in text or "\0" in text:
+            raise ValueError(f"header {name!r}: the value has a line break or NUL")
+    return table
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -241,11 +291,19 @@ def _log_level(value: Any) -> str:
     return _choice("debug", "info", "warning", "error")(_str(value).lower())
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` of what the user wrote, cut short: a 4,000-digit typo fits in one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def split_host_port(text: str) -> tuple[str, int]:
     """Split ``host:port`` / ``[::1]:port``; raise ValueError naming what is wrong."""
-    m = re.match(r"^\[(?P<h6>[^\]]+)\]:(?P<p6>\d+)$|^(?P<h>[^:\[\]]+):(?P<p>\d+)$", text)
+    m = re.match(
+        r"^\[(?P<h6>[^\]]+)\]:(?P<p6>\d{1,5})$|^(?P<h>[^:\[\]]+):(?P<p>\d{1,5})$", text
+    )
     if not m:
-        raise ValueError(f"expected HOST:PORT (or [IPv6]:PORT), got {text!r}")
+        raise ValueError(f"expected HOST:PORT (or [IPv6]:PORT), got {_shown(text)}")
     host = m["h6"] or m["h"]
     port = int(m["p6"] or m["p"])
     if not 0 <= port <= 65535:
@@ -259,56 +317,65 @@ def _tname(value: Any) -> str:
 
 
 # --- section schemas: TOML key -> (dataclass field, parser) ------------------------------
+# The ranges are the README's (Configuration reference); a change here belongs there.
+# Network timeouts: at least 100 ms, at most 5 min; a longer wait only holds a worker.
+_TIMEOUT = _duration_in(0.1, 5 * MINUTE)
+# Rule and guard-rail spans: a week at most (a week of 1 s samples is what a window
+# can read at reasonable cost; a cooldown longer than that is a disabled action).
+_SPAN = _duration_in(0.0, 7 * DAY)
 
 Schema = dict[str, tuple[str, Callable[[Any], Any]]]
 
 TOP: Schema = {
     "node": ("node", _nonempty),
-    "interval": ("interval", _positive_duration),
+    "interval": ("interval", _duration_in(0.1, HOUR)),
     "listen": ("listen", _listen),
     "log_level": ("log_level", _log_level),
     "api_token_env": ("api_token_env", _nonempty),
 }
-STORAGE: Schema = {"url": ("url", _storage_url), "retention": ("retention", _positive_duration)}
+STORAGE: Schema = {
+    "url": ("url", _storage_url),
+    "retention": ("retention", _duration_in(MINUTE, 3650 * DAY)),
+}
 GPU: Schema = {
     "source": ("source", _choice(*GPU_SOURCES)),
     "dcgm_url": ("dcgm_url", _http_url),
-    "sim_gpus": ("sim_gpus", _int),
-    "timeout": ("timeout", _positive_duration),
+    "sim_gpus": ("sim_gpus", _int_in(1, 64)),
+    "timeout": ("timeout", _TIMEOUT),
 }
 SERVER: Schema = {
     "name": ("name", _nonempty),
     "kind": ("kind", _choice(*SERVER_KINDS)),
     "metrics_url": ("metrics_url", _http_url),
     "api_url": ("api_url", _http_url),
-    "timeout": ("timeout", _positive_duration),
+    "timeout": ("timeout", _TIMEOUT),
 }
 QUALITY: Schema = {
-    "every": ("every", _positive_duration),
+    "every": ("every", _duration_in(1.0, DAY)),
     "canaries": ("canaries", _nonempty),
-    "timeout": ("timeout", _positive_duration),
+    "timeout": ("timeout", _TIMEOUT),
 }
 RULE: Schema = {
     "name": ("name", _nonempty),
     "signal": ("signal", _nonempty),
     "op": ("op", _choice(*RULE_OPS)),
-    "threshold": ("threshold", _number),
-    "clear": ("clear", _number),
-    "for": ("for_", _duration),
-    "keep_firing_for": ("keep_firing_for", _duration),
-    "window": ("window", _positive_duration),
+    "threshold": ("threshold", _finite),
+    "clear": ("clear", _finite),
+    "for": ("for_", _SPAN),
+    "keep_firing_for": ("keep_firing_for", _SPAN),
+    "window": ("window", _duration_in(1.0, 7 * DAY)),
     "aggregation": ("aggregation", _choice(*AGGREGATIONS)),
     "severity": ("severity", _choice(*SEVERITIES)),
     "actions": ("actions", _str_list),
     "enabled": ("enabled", _bool),
     "detector": ("detector", _nonempty),
-    "labels": ("labels", _str_table),
+    "labels": ("labels", _label_table),
     "annotations": ("annotations", _str_table),
     "summary": ("summary", _nonempty),
-    "limit": ("limit", _number),
-    "horizon": ("horizon", _positive_duration),
-    "min_points": ("min_points", _int),
-    "every": ("every", _duration),
+    "limit": ("limit", _finite),
+    "horizon": ("horizon", _duration_in(1.0, 7 * DAY)),
+    "min_points": ("min_points", _int_in(2, 100_000)),
+    "every": ("every", _duration_in(0.0, DAY)),
 }
 ACTION: Schema = {
     "name": ("name", _nonempty),
@@ -318,16 +385,17 @@ ACTION: Schema = {
     "secret_file": ("secret_file", _nonempty),
     "bearer_token_env": ("bearer_token_env", _nonempty),
     "routing_key_env": ("routing_key_env", _nonempty),
-    "headers": ("headers", _str_table),
+    "headers": ("headers", _header_table),
     "command": ("command", _str_list),
-    "timeout": ("timeout", _positive_duration),
-    "cooldown": ("cooldown", _duration),
-    "max_per_hour": ("max_per_hour", _int),
+    # An exec hook may restart an inference server, which can take minutes to load.
+    "timeout": ("timeout", _duration_in(0.1, HOUR)),
+    "cooldown": ("cooldown", _SPAN),
+    "max_per_hour": ("max_per_hour", _int_in(0, 100_000)),
     "dry_run": ("dry_run", _bool),
-    "verify": ("verify", _duration),
+    "verify": ("verify", _SPAN),
     "escalate_to": ("escalate_to", _nonempty),
-    "group_wait": ("group_wait", _duration),
-    "retry_for": ("retry_for", _duration),
+    "group_wait": ("group_wait", _SPAN),
+    "retry_for": ("retry_for", _SPAN),
 }
 SECTIONS = {"storage": STORAGE, "gpu": GPU, "quality": QUALITY}
 ARRAYS = {"servers": SERVER, "rules": RULE, "actions": ACTION}
@@ -340,8 +408,10 @@ class _Problems:
         self.lines = text.splitlines()
         self.path = path
         self.items: list[str] = []
+        self.keys: set[str] = set()  # key paths with a problem (present, but invalid)
 
     def add(self, key_path: str, message: str) -> None:
+        self.keys.add(key_path)
         line = self._line_of(key_path)
         where = f"{self.path}:{line}: " if line else f"{self.path}: "
         self.items.append(f"{where}{key_path}: {message}")
@@ -420,6 +490,10 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:  # arrays nested a thousand deep
+        raise ConfigError([f"{path}: not valid TOML: nested too deeply"]) from None
 
     allowed = set(TOP) | set(SECTIONS) | set(ARRAYS)
     top_raw = {k: v for k, v in raw.items() if k in TOP}
@@ -481,12 +555,17 @@ def _build_rule(values: Mapping[str, Any]) -> RuleConfig:
 
 
 def _check_rule_semantics(rules: tuple[RuleConfig, ...], problems: _Problems) -> None:
-    """What only the detectors know: detector names, the fields each one needs."""
-    from gpuwarden.detectors.defaults import validate_rules
+    """What only the detectors know: detector names, the fields each one needs, and
+    whether the summary template renders with the fields its alerts will have."""
+    from gpuwarden.detectors.defaults import summary_problem, validate_rules
 
     for i, rule in enumerate(rules):
-        for problem in validate_rules([rule]):
+        found = validate_rules([rule])
+        for problem in found:
             problems.add(f"rules[{i}]", problem.split(": ", 1)[-1])
+        template = summary_problem(rule) if rule.enabled and not found else None
+        if template is not None:
+            problems.add(f"rules[{i}].summary", template)
 
 
 def _check_unique(arrays: Mapping[str, list[dict[str, Any]]], problems: _Problems) -> None:
@@ -525,7 +604,8 @@ def _check_rules(rules: list[dict[str, Any]], actions: set[Any], problems: _Prob
             problems.add(f"rules[{i}].signal", "required key is missing")
         elif resolve_rule_signal(signal) is None:
             problems.add(f"rules[{i}].signal", f"unknown signal {signal!r}")
-        if rule.get("detector", "threshold") == "threshold" and "threshold" not in rule:
+        missing = "threshold" not in rule and f"rules[{i}].threshold" not in problems.keys
+        if rule.get("detector", "threshold") == "threshold" and missing:
             problems.add(f"rules[{i}].threshold", "required key is missing")
         for name in rule.get("actions", ()):
             if name not in actions:

@@ -2,12 +2,19 @@
 
 A bare number is rejected on purpose: ``interval = 1`` could mean seconds or minutes,
 and a config that guesses wrong pages someone at night.
+
+No duration is longer than ``MAX_DURATION`` (100 years): ``"999999999999999999999d"``
+is a finite float, but it overflows every ``timedelta`` and scheduler it reaches, so it
+is refused here, as a ValueError, and never becomes an ``OverflowError`` (or ``inf``)
+at run time. Each config key narrows this further to its own documented range.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
+MAX_DURATION = 100 * 365 * 86400.0
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
@@ -20,9 +27,18 @@ def parse_duration(text: str) -> float:
     compact = text.strip().replace(" ", "")
     if not compact or not _WHOLE.match(compact):
         raise ValueError(
-            f"bad duration {text!r}: use a number and a unit (ms, s, m, h, d, w), e.g. \"30s\""
+            f"bad duration {_shown(text)}: use a number and a unit (ms, s, m, h, d, w), "
+            'e.g. "30s"'
         )
-    return sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(compact))
+    seconds = sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(compact))
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:  # float("9" * 400) is inf
+        raise ValueError(f"bad duration {_shown(text)}: longer than 100 years")
+    return seconds
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr`` of the user's text, cut short: a 10,000-digit typo fits in one line."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def format_duration(seconds: float) -> str:

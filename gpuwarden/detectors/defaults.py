@@ -12,14 +12,19 @@ GPU), and an upgrade that improves a default reaches everyone who did not overri
 
 Summaries are ``str.format_map`` templates over the alert's labels plus ``value``,
 ``threshold``, ``clear``, ``limit``, ``horizon``, ``window`` and ``rule``; e.g.
-``"KV cache {value:.0%} on {server} ({model}) > {threshold:.0%}"``. A template that
-names a missing label or does not fit the value falls back to the plain text
-(``KVCacheNearFull: value 0.93 > 0.9``): a typo in a summary must never cost an alert.
+``"KV cache {value:.0%} on {server} ({model}) > {threshold:.0%}"``. The config check
+renders each template once with sample values for exactly the fields ``render_summary``
+fills (``summary_fields``; labels from ``alert_label_names``), so a broken one is a config
+error (``summary_problem``). At run time a template that still does not fit (a label a
+series lacks) falls back to the plain text (``KVCacheNearFull: value 0.93 > 0.9``): a
+summary must never cost an alert.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -139,17 +144,91 @@ def plain_text(rule: RuleConfig, value: float) -> str:
     return f"{rule.name}: value {value:.4g} {rule.op} {rule.threshold:g}"
 
 
+def summary_fields(rule: RuleConfig, value: float, labels: Mapping[str, str]) -> dict[str, Any]:
+    """What a summary template can name: the alert's labels, then the rule's numbers.
+
+    The one definition for both the renderer and the config check (``summary_problem``).
+    """
+    fields: dict[str, Any] = dict(labels)
+    fields.update(value=value, threshold=rule.threshold, clear=rule.clear, limit=rule.limit,
+                  horizon=rule.horizon, window=rule.window, rule=rule.name)
+    return fields
+
+
 def render_summary(rule: RuleConfig, finding: Finding, labels: Mapping[str, str]) -> str:
     """The rule's summary template filled in; plain text if it cannot be (never raises)."""
     if not rule.summary:
         return plain_text(rule, finding.value)
-    fields: dict[str, Any] = dict(labels)
-    fields.update(value=finding.value, threshold=rule.threshold, clear=rule.clear,
-                  limit=rule.limit, horizon=rule.horizon, window=rule.window, rule=rule.name)
     try:
-        return rule.summary.format_map(fields)
+        return rule.summary.format_map(summary_fields(rule, finding.value, labels))
     except Exception:  # KeyError, ValueError, TypeError, IndexError, AttributeError...
         return plain_text(rule, finding.value)
+
+
+# Labels some series of a signal carry beyond the catalogue's (collector/nvml.py, dcgm.py,
+# sim.py: ECC errors by ``type``, process memory by ``pid``).
+_EXTRA_LABELS: dict[str, tuple[str, ...]] = {
+    "gpu_ecc_errors_total": ("type",),
+    "gpu_process_memory_used_bytes": ("pid",),
+}
+
+
+def alert_label_names(rule: RuleConfig) -> tuple[str, ...]:
+    """The labels an alert of ``rule`` carries (what the engine passes to the renderer).
+
+    The series' labels (the node-wide spread has only ``node``; the drift tests group
+    canaries per server and model), then the engine's ``node``, ``alertname`` and
+    ``severity`` and the rule's own labels. Empty for an unknown signal.
+    """
+    resolved = resolve_rule_signal(rule.signal)
+    if resolved is None:
+        return ()
+    stored = resolved[0]
+    names = set(SIGNALS[stored].labels) | set(_EXTRA_LABELS.get(stored, ()))
+    if rule.detector == "spread" or stored == "gpu_utilization_spread_ratio":
+        names = {"node"}
+    elif rule.detector in ("cusum", "ks"):
+        names.discard("canary")
+    names |= {"node", "alertname", "severity"} | {name for name, _ in rule.labels}
+    return tuple(sorted(names))
+
+
+_SAMPLE_VALUE = 0.5  # a Finding's value is a float; any float fits the same specs
+_WIDE = re.compile(r"\d{4,}")
+
+
+def summary_problem(rule: RuleConfig) -> str | None:
+    """Why ``rule.summary`` cannot be rendered for its alerts, or None when it can.
+
+    Renders the template as ``render_summary`` would, with a sample label value for
+    each of ``alert_label_names`` and the rule's own numbers (a ``{threshold:.0%}`` on a
+    rule without a threshold fails here as it would when the alert fires).
+    """
+    template = rule.summary
+    if not template:
+        return None
+    shown = template if len(template) <= 60 else template[:60] + "..."
+    try:
+        parsed = [(name, spec) for _text, name, spec, _conv in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as exc:
+        return f"bad template {shown!r}: {exc}"
+    labels = {name: f"<{name}>" for name in alert_label_names(rule)}
+    fields = summary_fields(rule, _SAMPLE_VALUE, labels)
+    for name, spec in parsed:
+        if spec and _WIDE.search(spec):  # "{value:999999999}" would allocate a gigabyte
+            return f"bad template {shown!r}: format spec {spec!r} is wider than 999"
+        root = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if spec and root in fields and fields[root] is None:
+            return f"{{{name}:{spec}}}: this rule sets no {root}, so there is nothing to format"
+    try:
+        template.format_map(fields)
+    except KeyError as exc:
+        return (f"{{{exc.args[0]}}} is not a field of this rule's alerts "
+                f"(fields: {', '.join(fields)})")
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        return f"bad template {shown!r}: {exc}"
+    return None
 
 
 # --- validation -------------------------------------------------------------------------
