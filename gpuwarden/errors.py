@@ -43,3 +43,16 @@ class ExpositionParseError(CollectorError):
 
 class NvmlUnavailable(CollectorError):
     """No NVIDIA driver / NVML library on this node."""
+
+
+class InstanceLocked(GpuwardenError):
+    """Another gpuwarden holds the instance lock of this store and node.
+
+    Not a :class:`StoreError`: the store is fine and the config is valid; the run fails
+    because a daemon is already running on it (exit 1, like a taken port). ``pid`` is
+    the running one's PID where it could be found.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        self.pid = pid
+        super().__init__(message)
