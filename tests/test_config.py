@@ -238,3 +238,168 @@ def test_rule_every_is_a_duration() -> None:
     config = parse_config('[[rules]]\nname = "X"\nsignal = "gpu_up"\nthreshold = 0\n'
                           'op = "=="\nevery = "1m"\n')
     assert config.rules[0].every == 60.0
+
+
+# --- ranges: what check-config accepts, run and SIGHUP must accept too ---------------------
+
+_RULE = '[[rules]]\nname = "X"\nsignal = "kv_cache_usage_ratio"\nthreshold = 0.9\n'
+_TREND = '[[rules]]\nname = "X"\nsignal = "kv_cache_usage_ratio"\ndetector = "trend"\nlimit = 1\n'
+_SERVER = '[[servers]]\nname = "a"\nkind = "vllm"\nmetrics_url = "http://127.0.0.1:1/metrics"\n'
+_ACTION = '[[actions]]\nname = "a"\ntype = "webhook"\nurl = "http://127.0.0.1:1/hook"\n'
+# (table header or array item, key, key path, lowest accepted, highest accepted,
+#  just below, just above): the README's Configuration reference, row by row.
+RANGES = [
+    ("", "interval", "interval", '"100ms"', '"1h"', '"99ms"', '"1h1s"'),
+    ("[storage]\n", "retention", "storage.retention", '"1m"', '"3650d"', '"59s"', '"3651d"'),
+    ("[gpu]\n", "sim_gpus", "gpu.sim_gpus", "1", "64", "0", "65"),
+    ("[gpu]\n", "timeout", "gpu.timeout", '"100ms"', '"5m"', '"99ms"', '"5m1s"'),
+    (_SERVER, "timeout", "servers[0].timeout", '"100ms"', '"5m"', '"0s"', '"301s"'),
+    ("[quality]\n", "every", "quality.every", '"1s"', '"1d"', '"999ms"', '"25h"'),
+    ("[quality]\n", "timeout", "quality.timeout", '"100ms"', '"5m"', '"50ms"', '"6m"'),
+    (_RULE, "for", "rules[0].for", '"0s"', '"7d"', None, '"7d1s"'),
+    (_RULE, "keep_firing_for", "rules[0].keep_firing_for", '"0s"', '"7d"', None, '"8d"'),
+    (_RULE, "window", "rules[0].window", '"1s"', '"7d"', '"999ms"', '"2w"'),
+    (_RULE, "every", "rules[0].every", '"0s"', '"1d"', None, '"1d1s"'),
+    (_TREND, "horizon", "rules[0].horizon", '"1s"', '"7d"', '"500ms"', '"7d1m"'),
+    (_TREND, "min_points", "rules[0].min_points", "3", "100000", "-1", "100001"),
+    (_ACTION, "timeout", "actions[0].timeout", '"100ms"', '"1h"', '"10ms"', '"61m"'),
+    (_ACTION, "cooldown", "actions[0].cooldown", '"0s"', '"7d"', None, '"7d1s"'),
+    (_ACTION, "verify", "actions[0].verify", '"0s"', '"7d"', None, '"1w1d"'),
+    (_ACTION, "group_wait", "actions[0].group_wait", '"0s"', '"7d"', None, '"30d"'),
+    (_ACTION, "retry_for", "actions[0].retry_for", '"0s"', '"7d"', None, '"8d"'),
+    (_ACTION, "max_per_hour", "actions[0].max_per_hour", "0", "100000", "-1", "100001"),
+]
+
+
+@pytest.mark.parametrize("case", RANGES, ids=[r[2] for r in RANGES])
+def test_documented_ranges(case: tuple[str, str, str, str, str, str | None, str]) -> None:
+    table, key, path, low, high, below, above = case
+    for ok in (low, high):
+        parse_config(f"{table}{key} = {ok}\n", "cfg.toml")
+    line = table.count("\n") + 1
+    for bad in (below, above):
+        if bad is None:
+            continue
+        found = problems_of(f"{table}{key} = {bad}\n")
+        assert len(found) == 1, found
+        assert found[0].startswith(f"cfg.toml:{line}: {path}: "), found
+        assert "must be between" in found[0] or "bad duration" in found[0], found
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        # The SRE's crash cases: each once passed check-config and then killed `run`.
+        ('interval = "999999999999999999999d"\n',
+         "cfg.toml:1: interval: bad duration '999999999999999999999d': longer than 100 years"),
+        ("[gpu]\nsim_gpus = 9223372036854775807\n",
+         "cfg.toml:2: gpu.sim_gpus: must be between 1 and 64, got 9223372036854775807"),
+        (_RULE.replace("0.9", "inf"), "cfg.toml:4: rules[0].threshold: must be a finite number, "
+                                      "got inf"),
+        (_RULE.replace("0.9", "1e400"), "cfg.toml:4: rules[0].threshold: must be a finite "
+                                        "number, got inf"),
+        (_RULE + "clear = nan\n", "cfg.toml:5: rules[0].clear: must be a finite number, got nan"),
+        (_TREND.replace("limit = 1", "limit = -inf"), "rules[0].limit: must be a finite number"),
+        (_RULE.replace("0.9", "1" + "0" * 400), "rules[0].threshold: must be a finite number, "
+                                                "got 1000000000000000000000000000000000000000..."),
+        (f'interval = "{"9" * 400}s"\n', "longer than 100 years"),
+        ('listen = "127.0.0.1:99999999999999999999"\n', "listen: expected HOST:PORT"),
+        ('listen = "127.0.0.1:65536"\n', "listen: port 65536 out of range"),
+        (_RULE + 'labels = { "team-a" = "x" }\n', "rules[0].labels: label name 'team-a' is not"),
+        (_ACTION + 'headers = { "X-A" = "1\\r\\nX-B: 2" }\n',
+         "actions[0].headers: header 'X-A': the value has a line break"),
+        (_ACTION + 'headers = { "X A" = "1" }\n', "actions[0].headers: header name 'X A'"),
+    ],
+)
+def test_values_that_crashed_run_are_config_errors(snippet: str, expected: str) -> None:
+    found = problems_of(snippet)
+    assert len(found) == 1, found
+    assert expected in found[0], found
+
+
+def test_threshold_is_not_reported_missing_when_it_is_invalid() -> None:
+    found = problems_of(_RULE.replace("0.9", "inf"))
+    assert not any("required key is missing" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x = " + "9" * 5000 + "\n", "x = " + "[" * 5000 + "]" * 5000 + "\n"],
+    ids=["5000-digit integer", "arrays nested 5000 deep"],
+)
+def test_toml_the_parser_cannot_hold_is_a_config_error(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "cfg.toml"
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "gpuwarden.cli", "check-config", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"{path}: not valid TOML: "), proc.stderr
+
+
+def test_durations_never_overflow() -> None:
+    for text in ("999999999999999999999d", "9" * 400 + "s", "1" * 10_000 + "w", "36501d"):
+        with pytest.raises(ValueError, match="longer than 100 years"):
+            parse_duration(text)
+    assert parse_duration("36500d") == 36500 * 86400
+
+
+# --- summary templates: rendered at check time with the fields the alert will have ---------
+
+
+@pytest.mark.parametrize(
+    ("rule", "template", "expected"),
+    [
+        (_RULE, "KV {value:.2f on {server", "bad template 'KV {value:.2f on {server': unmatched"),
+        (_RULE, "KV on {servr}", "{servr} is not a field of this rule's alerts (fields: "
+                                 "alertname, model, node, server, severity, value, threshold"),
+        (_RULE, "KV {value:%Q}", "bad template"),
+        (_RULE, "KV {value:d}", "Unknown format code 'd'"),
+        (_RULE, "KV {0}", "bad template"),
+        (_RULE, "KV {}", "bad template"),
+        (_RULE, "KV {server.upper.x}", "bad template"),
+        (_RULE, "{value:99999999999}", "wider than 999"),
+        (_RULE, "{gpu} is full", "{gpu} is not a field"),  # a server signal has no gpu
+        (_TREND, "forecast {threshold:.0%}", "{threshold:.0%}: this rule sets no threshold"),
+        ('[[rules]]\nname = "S"\nsignal = "gpu_utilization_ratio"\ndetector = "spread"\n'
+         "threshold = 0.2\n", "straggler {gpu}", "{gpu} is not a field"),
+    ],
+)
+def test_broken_summary_template_is_a_config_error(rule: str, template: str,
+                                                   expected: str) -> None:
+    found = problems_of(f"{rule}summary = '{template}'\n")
+    line = rule.count("\n") + 1
+    assert len(found) == 1, found
+    assert found[0].startswith(f"cfg.toml:{line}: rules[0].summary: "), found
+    assert expected in found[0], found
+
+
+@pytest.mark.parametrize(
+    ("rule", "template"),
+    [
+        (_RULE, "KV {value:.0%} on {server} ({model}) > {threshold:.0%} {clear} {window:g}"),
+        (_RULE + 'labels = { team = "infra" }\n', "{team}: {alertname} {severity} on {node}"),
+        (_TREND, "{rule}: full in {value:.0f} s (limit {limit:g}, horizon {horizon:.0f} s)"),
+        (_RULE, "literal {{braces}} and {value!r:>10}"),
+        ('[[rules]]\nname = "E"\nsignal = "gpu_ecc_errors_total"\ndetector = "increase"\n'
+         "threshold = 0\n", "{type} ECC errors on GPU {gpu} ({uuid}, {model})"),
+    ],
+)
+def test_good_summary_templates_pass_and_render_alike(rule: str, template: str) -> None:
+    from gpuwarden.detectors import Finding
+    from gpuwarden.detectors.defaults import alert_label_names, render_summary
+
+    config = parse_config(f"{rule}summary = '{template}'\n", "cfg.toml")
+    parsed = config.rules[0]
+    labels = {name: name.upper() for name in alert_label_names(parsed)}
+    text = render_summary(parsed, Finding(tuple(labels.items()), 0.25), labels)
+    assert text == template.format_map({**labels, "value": 0.25, "threshold": parsed.threshold,
+                                        "clear": parsed.clear, "limit": parsed.limit,
+                                        "horizon": parsed.horizon, "window": parsed.window,
+                                        "rule": parsed.name})
+
+
+def test_default_rules_summaries_pass_the_check() -> None:
+    from gpuwarden.detectors.defaults import DEFAULT_RULES, summary_problem
+
+    assert {r.name: summary_problem(r) for r in DEFAULT_RULES if summary_problem(r)} == {}
