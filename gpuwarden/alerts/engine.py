@@ -35,12 +35,15 @@ from typing import TYPE_CHECKING, Protocol
 from gpuwarden.alerts.model import Alert, AlertEvent, AlertState, EventKind, fingerprint
 from gpuwarden.detectors import Detector, Finding, Status, Window
 from gpuwarden.model import Labels, SeriesData
+from gpuwarden.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     from gpuwarden.config import RuleConfig
     from gpuwarden.exposition import SelfMetric
 
 log = logging.getLogger(__name__)
+# One line a minute per unreadable signal, not one per cycle of a database outage.
+_quiet = RateLimitedLog(log)
 
 #: How long a resolved instance stays visible (and re-sendable), as in Prometheus.
 RESOLVED_RETENTION = 15 * 60.0
@@ -208,6 +211,7 @@ class RuleEngine:
         started = time.perf_counter()
         data: dict[str, Sequence[SeriesData]] = {}
         unreadable: set[str] = set()
+        first_error = ""
         due = self._due(now)
         needed: dict[str, float] = {}
         for rule in due:
@@ -218,7 +222,11 @@ class RuleEngine:
                 data[signal] = source.query(signal, None, now - lookback, now)
             except Exception as exc:
                 unreadable.add(signal)
-                log.warning("rules: cannot read %s: %s", signal, exc)
+                first_error = first_error or f"{signal}: {exc}"
+        if unreadable:
+            _quiet.warning("read", "rules: cannot read %d signal(s) (%s); rules on them are "
+                           "skipped and counted; first error: %s", len(unreadable),
+                           ", ".join(sorted(unreadable)), first_error)
         window = Window(now=now, interval=self.interval, data=data)
         events: list[AlertEvent] = []
         self.last_pending_dropped = []
