@@ -9,8 +9,14 @@ transaction that reads first and then upgrades to a write lock gets SQLITE_BUSY 
 without honouring busy_timeout.
 
 PostgreSQL: psycopg 3, pre-ping (a restarted server or a terminated backend costs one
-reconnect, not a failed cycle), a connect timeout, and ``lock_timeout`` as the analogue
-of SQLite's busy_timeout.
+reconnect, not a failed cycle), and deadlines on everything the server can enforce:
+``connect_timeout``, ``statement_timeout``, ``lock_timeout`` (the analogue of SQLite's
+busy_timeout), ``idle_in_transaction_session_timeout``, TCP keepalives and
+``tcp_user_timeout`` (a host that vanished: unacknowledged data fails the connection),
+and a short pool checkout timeout. A server whose processes are stopped (SIGSTOP, a VM
+paused) keeps its TCP connections open and acknowledged, so none of these can fire on the
+client: that case is handled by keeping every database call off the collection loop
+(``storage/writer.py``) and bounding how long a read may wait (``Store`` read deadline).
 """
 
 from __future__ import annotations
@@ -55,16 +61,38 @@ def sqlite_engine(url_str: str, database: str | None, busy_timeout_ms: int) -> E
     return engine
 
 
+#: libpq connection parameters (a URL's own query parameters win): deadlines a live
+#: server or the kernel can enforce. The statement timeout bounds a slow query, not a
+#: frozen server (see the module doc).
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 2,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms
+    "application_name": "gpuwarden",
+}
+PG_STATEMENT_TIMEOUT_MS = 10_000
+PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+POOL_TIMEOUT_S = 2.0
+
+
 def postgres_engine(url: Any, busy_timeout_ms: int) -> Engine:
-    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": 2}
-    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in url.query}
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args,
+                           pool_timeout=POOL_TIMEOUT_S)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Fail a write stuck behind a lock like SQLite's busy_timeout, instead of
-        # stalling the collection loop; the cycle goes to the pending buffer.
+        # Fail a write stuck behind a lock like SQLite's busy_timeout, and a statement
+        # the server is slow to finish, instead of waiting on them: the cycle stays in
+        # the pending buffer and is written on the next try.
         with dbapi_conn.cursor() as cur:
             cur.execute(f"SET lock_timeout = {int(busy_timeout_ms)}")
+            cur.execute(f"SET statement_timeout = {PG_STATEMENT_TIMEOUT_MS}")
+            cur.execute("SET idle_in_transaction_session_timeout = "
+                        f"{PG_IDLE_IN_TRANSACTION_TIMEOUT_MS}")
         dbapi_conn.commit()
 
     return engine
