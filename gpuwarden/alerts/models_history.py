@@ -13,9 +13,11 @@ tracked as the sorted, comma-joined set: a change of that set is a change of mod
 
 Persistence (table ``model_history``): one row per change, so the history survives
 restarts; ``last_seen`` of the current row is refreshed at most every
-``touch_every`` seconds, so the collection cycle writes almost never. Database errors
-are logged once a minute and retried on the next change or refresh: knowing the model
-is a nicety, collection must not suffer for it.
+``touch_every`` seconds. :meth:`observe` only updates memory and notes what to write;
+:meth:`flush` writes it, on the store's writer thread in the daemon (right away when
+``defer_writes`` is off), so a database that hangs never holds up collection. Database
+errors are logged once a minute and the write is retried on the next flush: knowing the
+model is a nicety, collection must not suffer for it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class ModelHistory:
         self._lock = threading.Lock()
         self._servers: dict[str, _Current] = {}
         self._last_error_log = 0.0
+        self._dirty: set[str] = set()  # servers whose row must be written
+        self.defer_writes = False  # True: the caller runs flush() (on another thread)
         if engine is not None:
             self._load()
 
@@ -98,6 +102,8 @@ class ModelHistory:
                 seen.setdefault(server, set()).add(model)
         for server, models in seen.items():
             self._update(server, ",".join(sorted(models)), now)
+        if not self.defer_writes:
+            self.flush()
 
     def _update(self, server: str, model: str, now: float) -> None:
         with self._lock:
@@ -106,35 +112,45 @@ class ModelHistory:
                 cur.last_seen = now
                 if cur.row_id is not None and now - cur.touched < self.touch_every:
                     return
-                change = False
             else:
                 previous = cur.model if cur is not None else None
                 if cur is not None:
                     log.info("server %s now serves %s (was %s)", server, model, cur.model)
-                cur = _Current(model, now, now, None, now, previous)
-                self._servers[server] = cur
-                change = True
-            row_id, last_seen = cur.row_id, cur.last_seen
+                self._servers[server] = _Current(model, now, now, None, now, previous)
+            self._dirty.add(server)
+
+    def flush(self) -> None:
+        """Write the rows :meth:`observe` noted; keep them for the next flush on error."""
+        with self._lock:
+            todo = [(server, self._servers[server]) for server in sorted(self._dirty)
+                    if server in self._servers]
+            self._dirty.clear()
         if self.engine is None:
             return
         mh = schema.model_history
-        try:
-            with write_tx(self.engine) as conn:
-                if change or row_id is None:
-                    res = conn.execute(insert(mh).values(
-                        node=self.node, server=server, model=model, first_seen=cur.first_seen,
-                        last_seen=last_seen))
-                    pk = res.inserted_primary_key
-                    row_id = int(pk[0]) if pk is not None else None
-                else:
-                    conn.execute(update(mh).where(mh.c.id == row_id).values(last_seen=last_seen))
-        except SQLAlchemyError as exc:
-            self._log_error("write", exc)
-            return
-        with self._lock:
-            if self._servers.get(server) is cur:
-                cur.row_id = row_id
-                cur.touched = last_seen
+        for i, (server, cur) in enumerate(todo):
+            with self._lock:
+                row_id, last_seen = cur.row_id, cur.last_seen
+            try:
+                with write_tx(self.engine) as conn:
+                    if row_id is None:
+                        res = conn.execute(insert(mh).values(
+                            node=self.node, server=server, model=cur.model,
+                            first_seen=cur.first_seen, last_seen=last_seen))
+                        pk = res.inserted_primary_key
+                        row_id = int(pk[0]) if pk is not None else None
+                    else:
+                        conn.execute(update(mh).where(mh.c.id == row_id)
+                                     .values(last_seen=last_seen))
+            except SQLAlchemyError as exc:
+                self._log_error("write", exc)
+                with self._lock:
+                    self._dirty.update(s for s, _ in todo[i:])
+                return
+            with self._lock:
+                if self._servers.get(server) is cur:
+                    cur.row_id = row_id
+                    cur.touched = last_seen
 
     def current_model(self, server: str) -> str | None:
         with self._lock:

@@ -11,7 +11,10 @@ transitioned (``RuleEngine.take_changes``) are upserted and dropped ones deleted
 one transaction; every ``heartbeat`` seconds all live instances are rewritten too, so
 ``value``/``annotations``/``updated_at`` stay roughly current for anyone reading the
 table. A failed write keeps the changes queued (merged, newest wins) and retries on
-the next cycle; the failure is logged once until a write succeeds again. The upsert
+the next cycle; the failure is logged once until a write succeeds again. In the daemon
+the two halves run on different threads: :meth:`AlertStatePersister.collect` on the
+collection loop (memory only) and :meth:`AlertStatePersister.flush` on the store's
+writer thread, so a database that hangs never holds up rule evaluation. The upsert
 is ``INSERT .. ON CONFLICT (fingerprint) DO UPDATE``, which SQLite and PostgreSQL
 spell the same way through SQLAlchemy Core.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -142,7 +146,9 @@ class AlertStatePersister:
         self._upserts: dict[str, Alert] = {}
         self._deletes: set[str] = set()
         self._last_heartbeat: float | None = None
+        self._now = 0.0
         self._failing = False
+        self._lock = threading.Lock()  # collect() and flush() run on different threads
 
     def restore(self, engine: RuleEngine, now: float) -> bool:
         """Load this node's instances into ``engine`` once; False (retry later) on error."""
@@ -170,32 +176,48 @@ class AlertStatePersister:
         """Write what changed since the last successful write; False if it failed."""
         if not self.restored:
             self.restore(engine, now)
+        self.collect(engine, now)
+        return self.flush()
+
+    def collect(self, engine: RuleEngine, now: float) -> None:
+        """Take the engine's changes into the write queue (memory only, cheap)."""
         changed, dropped = engine.take_changes()
-        for alert in changed:
-            self._upserts[alert.fingerprint] = alert
-            self._deletes.discard(alert.fingerprint)
-        for fp in dropped:
-            self._upserts.pop(fp, None)
-            self._deletes.add(fp)
-        if self._last_heartbeat is None or now - self._last_heartbeat >= self.heartbeat:
-            for alert in engine.alerts():
+        heartbeat = self._last_heartbeat is None or now - self._last_heartbeat >= self.heartbeat
+        live = engine.alerts() if heartbeat else []
+        with self._lock:
+            for alert in changed:
+                self._upserts[alert.fingerprint] = alert
+                self._deletes.discard(alert.fingerprint)
+            for fp in dropped:
+                self._upserts.pop(fp, None)
+                self._deletes.add(fp)
+            for alert in live:
                 self._upserts.setdefault(alert.fingerprint, alert)
-            heartbeat = True
-        else:
-            heartbeat = False
-        if not self._upserts and not self._deletes:
-            return True
+            if heartbeat:  # a failed write keeps these queued: no need to redo it sooner
+                self._last_heartbeat = now
+            self._now = now
+
+    def flush(self) -> bool:
+        """Write the queued changes in one transaction; on failure keep them (newer
+        changes queued meanwhile win) and return False. May block as long as the
+        database does: the daemon calls it on the store's writer thread."""
+        with self._lock:
+            if not self._upserts and not self._deletes:
+                return True
+            upserts, deletes, now = self._upserts, self._deletes, self._now
+            self._upserts, self._deletes = {}, set()
         try:
-            self.state_store.save(
-                [a for _, a in sorted(self._upserts.items())], sorted(self._deletes), now
-            )
+            self.state_store.save([a for _, a in sorted(upserts.items())], sorted(deletes), now)
         except _DB_ERRORS as exc:
+            with self._lock:
+                for fp, alert in upserts.items():
+                    if fp not in self._upserts and fp not in self._deletes:
+                        self._upserts[fp] = alert
+                for fp in deletes:
+                    if fp not in self._upserts:
+                        self._deletes.add(fp)
             self._failed("cannot write alert state (kept in memory, retried next cycle)", exc)
             return False
-        self._upserts.clear()
-        self._deletes.clear()
-        if heartbeat:
-            self._last_heartbeat = now
         if self._failing:
             self._failing = False
             log.info("alert state written to the store again")
@@ -203,7 +225,8 @@ class AlertStatePersister:
 
     @property
     def pending_writes(self) -> int:
-        return len(self._upserts) + len(self._deletes)
+        with self._lock:
+            return len(self._upserts) + len(self._deletes)
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.errors_total += 1
