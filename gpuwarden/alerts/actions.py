@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
@@ -118,6 +118,8 @@ class Dispatcher:
         models: ModelHistory | None = None,
         inhibit: Sequence[InhibitRule] = DEFAULT_INHIBIT,
         poll: float = 0.1,
+        wait: Callable[[threading.Condition, float], object] | None = None,
+        audit_queue: int = 10_000,
     ) -> None:
         self.actions = {a.name: a for a in actions}
         self.clock = clock
@@ -128,9 +130,11 @@ class Dispatcher:
         self.am_resend = am_resend
         self.am_resolved_resend = am_resolved_resend
         self._poll = poll
+        self._wait = wait
         engine: Engine | None = store if store is None or not hasattr(store, "engine") else (
             store.engine)
-        self.audit = AuditLog(engine, clock=clock) if engine is not None else None
+        self.audit = AuditLog(engine, clock=clock, background=True,
+                              queue_size=audit_queue) if engine is not None else None
         self.external_url = external_url(listen, node)
         self.generator_url = self.external_url + "/api/v1/alerts"
         self.ctx = ReceiverContext(session=session, node=node, external_url=self.external_url,
@@ -149,7 +153,6 @@ class Dispatcher:
         self.dead_letters = 0
         self._stopping = False
         self._deadline: float | None = None
-        self._stop_wait = threading.Event()
         self.workers_exit = threading.Event()
         self._busy = False
         self._router: threading.Thread | None = None
@@ -190,13 +193,17 @@ class Dispatcher:
             self._stopping = True
             self._deadline = end
             self._cv.notify_all()
-        self._stop_wait.set()  # cut retry backoffs short
+        for w in self._workers.values():  # cut retry backoffs short
+            with w.cv:
+                w.cv.notify_all()
         self._router.join(max(0.0, end - time.monotonic()))
         self.workers_exit.set()
         for w in self._workers.values():
             with w.cv:
                 w.cv.notify_all()
             w.thread.join(max(0.1, end - time.monotonic()))
+        if self.audit is not None:  # what the workers just recorded, while time is left
+            self.audit.close(max(0.5, end - time.monotonic()))
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until every submitted event is decided and delivered (tests, shutdown)."""
@@ -206,18 +213,23 @@ class Dispatcher:
                 due = bool(self._timers) and self._timers[0][0] <= self.clock()
                 quiet = not self._events and not self._busy and not self._groups and not due
             if quiet and all(not w.queue and not w.busy for w in self._workers.values()):
-                return True
+                return self.audit is None or self.audit.flush(max(0.0, end - time.monotonic()))
             time.sleep(0.01)
         return False
 
     def past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
-    def backoff(self, seconds: float) -> bool:
-        """Back off; True when shutdown interrupted it."""
-        if self._stopping:
-            return True
-        return self._stop_wait.wait(seconds)
+    def is_stopping(self) -> bool:
+        return self._stopping
+
+    def wait(self, cv: threading.Condition, seconds: float) -> None:
+        """A worker's backoff: ``cv`` is the worker's, held; ``put`` and ``stop`` notify
+        it. Tests inject a wait that moves a fake clock instead of sleeping."""
+        if self._wait is not None:
+            self._wait(cv, seconds)
+        else:
+            cv.wait(max(0.0, seconds))
 
     # ---------------------------------------------------------------------- submit
     def submit(self, events: Sequence[AlertEvent],
@@ -487,15 +499,17 @@ class Dispatcher:
                               attempt=attempt, reason=reason, detail=info)
 
     def dead_letter(self, action: ActionConfig, d: Delivery, attempts: int,
-                     error: str | None) -> None:
+                    error: str | None, *, http_status: int | None = None) -> None:
         self.record_delivery(action.name, d, "dead_letter", attempt=attempts, reason=error)
         log.error("action %s: delivery of %s (%s) failed after %d attempts: %s; kept as a "
                   "dead letter (gpuwarden actions replay)", action.name, d.rule or "alerts",
                   d.status, attempts, error)
         if self.audit is not None:
             fp = d.alerts[0]["fingerprint"] if len(d.alerts) == 1 else None
+            meta = {"http_status": http_status} if http_status is not None else None
             self.audit.add_dead_letter(action=action.name, fingerprint=fp,
-                                       payload=d.to_json(), last_error=error, attempts=attempts)
+                                       payload=d.to_json(meta), last_error=error,
+                                       attempts=attempts)
         with self._cv:
             self.dead_letters += 1
 
@@ -517,14 +531,16 @@ class Dispatcher:
             return name in self._disabled
 
     def _refresh_dead_letters(self) -> None:
-        if self.audit is not None:
-            try:
-                n = self.audit.count_dead_letters()
-            except Exception as exc:  # a DB outage: keep the last count
-                log.debug("dead-letter count failed: %s", type(exc).__name__)
-            else:
+        """Re-count pending dead letters (a replay from the CLI lowers it) on the audit
+        writer's thread: a database that hangs must not hold up the router."""
+        audit = self.audit
+        if audit is not None:
+            def count() -> None:
+                n = audit.count_dead_letters()  # an error keeps the last count
                 with self._cv:
                     self.dead_letters = n
+
+            audit.call_later(count)
         self._schedule(self.clock() + 60.0, "dlcount", None)
 
     def _restore(self) -> None:
@@ -544,9 +560,9 @@ class Dispatcher:
                 continue
             key = (r.action, r.fingerprint)
             status = r.detail.get("status")
-            final = r.result in ("sent", "dead_letter", "dry_run", "disabled")
+            final = r.result in ("sent", "dead_letter", "dry_run", "disabled", "superseded")
             if final and "delivery" in r.detail:
-                if status == "firing":
+                if status == "firing" and r.result != "superseded":
                     if now - r.ts < HOUR:
                         self._calls.setdefault(key, deque()).append(r.ts)
                     self._seen.add(key)
@@ -559,6 +575,8 @@ class Dispatcher:
             counts = sorted(self._counts.items())
             queued = len(self._events) + sum(len(g.entries) for g in self._groups.values())
             dead, dropped = self.dead_letters, self.dropped_total
+        audit_dropped = 0 if self.audit is None else self.audit.dropped_total
+        audit_queued = 0 if self.audit is None else self.audit.queued
         queued += sum(len(w.queue) for w in self._workers.values())
         return (
             SelfMetric("actions", "counter", "Alert action outcomes by action and result",
@@ -572,6 +590,12 @@ class Dispatcher:
             SelfMetric("delivery_events_dropped", "counter",
                        "Alert events dropped because the delivery queue was full",
                        (({}, float(dropped)),)),
+            SelfMetric("audit_queue_length", "gauge",
+                       "Audit rows and dead letters waiting to be written to the store",
+                       (({}, float(audit_queued)),)),
+            SelfMetric("audit_rows_dropped", "counter",
+                       "Audit rows and dead letters dropped because the store did not take "
+                       "them in time (queue full)", (({}, float(audit_dropped)),)),
         )
 
 

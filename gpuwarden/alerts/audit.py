@@ -14,8 +14,17 @@ The trail is also the dispatcher's memory across restarts: cooldowns, hourly bud
 and "which actions saw this firing" are rebuilt from recent rows (``detail`` holds the
 status and delivery id as JSON).
 
-A write that fails (a locked SQLite, a PostgreSQL outage) is retried once, then logged
-and counted: auditing must never stop delivery.
+Delivery must not wait on the database. The dispatcher's log is ``background=True``:
+``record``, ``add_dead_letter`` and ``mark_replayed`` only append to a bounded queue
+(``queue_size`` rows, 10,000 by default, a few MB) that one writer thread drains in
+order, up to 500 rows per transaction. A PostgreSQL that hangs (processes stopped: the
+TCP connection open, no answer) then stalls only that thread; alerts keep being sent.
+A transient failure (connection lost, timeout, locked SQLite) keeps the batch and
+retries it with backoff (0.5 s doubling to 30 s), so rows reach the table in the order
+they were made once the database answers; a permanent one (a constraint, a bad
+statement) drops the rows it concerns. Rows that do not fit in a full queue are
+dropped: counted (``dropped_total``, ``errors_total``) and logged at most once a
+minute. The CLI's log writes synchronously (retried once, then logged and counted).
 """
 
 from __future__ import annotations
@@ -26,12 +35,19 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from gpuwarden.alerts.commands import AUDIT_RESULTS
 from gpuwarden.storage import schema
@@ -40,6 +56,10 @@ from gpuwarden.storage.store import write_transaction as write_tx
 log = logging.getLogger(__name__)
 
 RESULTS = AUDIT_RESULTS
+# Errors that say "not now" (connection lost or refused, statement timeout, locked
+# SQLite, pool exhausted): the rows are kept and retried. Anything else is about the
+# rows themselves and retrying cannot help.
+_TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
 def target_text(labels: Mapping[str, str]) -> str:
@@ -81,15 +101,50 @@ class DeadLetter:
     replayed_at: float | None
 
 
-class AuditLog:
-    """Append-only audit rows and dead letters over the store's engine (thread-safe)."""
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A queued row (``write``, run inside the batch's transaction) or a ``call``."""
 
-    def __init__(self, engine: Engine, *, clock: Any = time.time) -> None:
+    write: Callable[[Connection], object] | None
+    call: Callable[[], object] | None
+
+
+def _call(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except Exception as exc:  # a read for a gauge: the next one will do
+        log.debug("audit trail: deferred call failed: %s", type(exc).__name__)
+
+
+class AuditLog:
+    """Append-only audit rows and dead letters over the store's engine (thread-safe).
+
+    With ``background=True`` writes are queued for a writer thread (see the module
+    doc); :meth:`flush` waits for them and :meth:`close` stops the thread.
+    """
+
+    BATCH = 500
+
+    def __init__(self, engine: Engine, *, clock: Any = time.time, background: bool = False,
+                 queue_size: int = 10_000) -> None:
         self.engine = engine
         self.clock = clock
         self.errors_total = 0
+        self.dropped_total = 0
         self._lock = threading.Lock()
         self._last_error_log = 0.0
+        self._last_drop_log = 0.0
+        self._queue: deque[_Job] = deque()
+        self._queue_size = queue_size
+        self._cv = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="gpuwarden-audit",
+                                            daemon=True)
+            self._thread.start()
 
     # ---------------------------------------------------------------------- writes
     def record(
@@ -116,10 +171,11 @@ class AuditLog:
             "reason": reason,
             "detail": json.dumps(dict(detail), sort_keys=True) if detail else None,
         }
-        self._write(lambda conn: conn.execute(insert(schema.audit).values(**row)))
+        self._submit(lambda conn: conn.execute(insert(schema.audit).values(**row)))
 
     def add_dead_letter(self, *, action: str, fingerprint: str | None, payload: str,
                         last_error: str | None, attempts: int) -> int | None:
+        """Keep a delivery for replay; its id when written synchronously, else None."""
         values = {"ts": self.clock(), "action": action, "fingerprint": fingerprint,
                   "payload": payload, "last_error": last_error, "attempts": attempts}
         ids: list[int] = []
@@ -130,7 +186,7 @@ class AuditLog:
             if pk is not None:
                 ids.append(int(pk[0]))
 
-        self._write(do)
+        self._submit(do)
         return ids[0] if ids else None
 
     def mark_replayed(self, letter_id: int, *, attempts: int, ok: bool,
@@ -140,10 +196,139 @@ class AuditLog:
                                   "last_error": last_error}
         if ok:
             values["replayed_at"] = self.clock()
-        self._write(lambda conn: conn.execute(
+        self._submit(lambda conn: conn.execute(
             update(dl).where(dl.c.id == letter_id).values(**values)))
 
-    def _write(self, fn: Any) -> bool:
+    def call_later(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn`` on the writer thread after the rows queued before it (e.g. a read
+        whose answer may come late); at once without a writer. Errors are logged."""
+        if self._thread is None:
+            _call(fn)
+            return True
+        return self._enqueue(_Job(None, fn))
+
+    @property
+    def queued(self) -> int:
+        with self._cv:
+            return len(self._queue)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued row is written (or given up); False on timeout."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self._queue or self._busy:
+                left = end - time.monotonic()
+                if left <= 0 or self._thread is None:
+                    return not self._queue and not self._busy
+                self._cv.wait(left)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued within ``timeout``, then stop the writer thread."""
+        if self._thread is None:
+            return
+        self.flush(timeout)
+        with self._cv:
+            self._closed = True
+            self._stop.set()
+            left = len(self._queue)
+            self._cv.notify_all()
+        if left:
+            log.error("audit trail: %d rows not written at shutdown (database not answering)",
+                      left)
+        self._thread.join(0.5)
+
+    def _submit(self, fn: Callable[[Connection], object]) -> None:
+        if self._thread is None:
+            self._write(fn)
+        else:
+            self._enqueue(_Job(fn, None))
+
+    def _enqueue(self, job: _Job) -> bool:
+        with self._cv:
+            if not self._closed and len(self._queue) < self._queue_size:
+                self._queue.append(job)
+                self._cv.notify_all()
+                return True
+            self.dropped_total += 1
+            dropped = self.dropped_total
+            now = time.monotonic()
+            loud = now - self._last_drop_log >= 60
+            if loud:
+                self._last_drop_log = now
+        if loud:
+            log.error("audit trail queue full (%d rows, database slow or down): dropped a "
+                      "row (%d so far)", self._queue_size, dropped)
+        return False
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait(1.0)
+                if not self._queue:
+                    return
+                batch: list[_Job] = []
+                for job in self._queue:
+                    if job.call is not None:
+                        batch = batch or [job]
+                        break
+                    batch.append(job)
+                    if len(batch) >= self.BATCH:
+                        break
+                self._busy = True
+            try:
+                if batch[0].call is not None:
+                    _call(batch[0].call)
+                else:
+                    self._write_batch([j.write for j in batch if j.write is not None])
+            except Exception:  # convention 9: the writer thread never dies
+                log.exception("audit writer failed on a batch; carrying on")
+            finally:
+                with self._cv:
+                    for _ in batch:
+                        if self._queue:
+                            self._queue.popleft()
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _write_batch(self, fns: list[Callable[[Connection], object]]) -> None:
+        """One transaction for the batch; transient errors retried until it works or the
+        log is closed, a permanent one splits the batch so only the bad row is lost."""
+        delay = 0.5
+        while True:
+            try:
+                with write_tx(self.engine) as conn:
+                    for fn in fns:
+                        fn(conn)
+                return
+            except _TRANSIENT as exc:
+                self._failed(exc, len(fns), retrying=True)
+                if self._stop.wait(delay):  # not the queue's condition: new rows must
+                    return                  # not turn the backoff into a busy retry
+                delay = min(30.0, delay * 2)
+            except SQLAlchemyError as exc:
+                if len(fns) == 1:
+                    self._failed(exc, 1, retrying=False)
+                    return
+                for fn in fns:
+                    self._write_batch([fn])
+                return
+
+    def _failed(self, exc: BaseException, rows: int, *, retrying: bool) -> None:
+        with self._lock:
+            if not retrying:
+                self.errors_total += rows
+            now = time.monotonic()
+            loud = now - self._last_error_log >= 60
+            if loud:
+                self._last_error_log = now
+        if loud:
+            log.error("audit/dead-letter write failed (%s): %s", type(exc).__name__,
+                      f"{rows} rows kept, retrying" if retrying
+                      else f"{self.errors_total} rows lost so far")
+
+    def _write(self, fn: Callable[[Connection], object]) -> bool:
         for attempt in (1, 2):
             try:
                 with write_tx(self.engine) as conn:
@@ -153,15 +338,7 @@ class AuditLog:
                 if attempt == 1:
                     time.sleep(0.05)
                     continue
-                with self._lock:
-                    self.errors_total += 1
-                    now = time.monotonic()
-                    quiet = now - self._last_error_log < 60
-                    if not quiet:
-                        self._last_error_log = now
-                if not quiet:
-                    log.error("audit/dead-letter write failed (%d so far): %s",
-                              self.errors_total, type(exc).__name__)
+                self._failed(exc, 1, retrying=False)
         return False
 
     # ----------------------------------------------------------------------- reads

@@ -12,7 +12,7 @@ from typing import Any
 
 # What an audit row's ``result`` can be (the audit log writes only these).
 AUDIT_RESULTS = ("sent", "failed", "suppressed", "dry_run", "disabled", "dead_letter",
-                 "escalated", "replayed", "no_action")
+                 "escalated", "replayed", "no_action", "superseded")
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -52,14 +52,26 @@ def add_actions_command(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "actions", help="alert actions: list and replay dead letters")
     sub = p.add_subparsers(dest="actions_command", required=True, metavar="SUBCOMMAND")
-    replay = sub.add_parser("replay", help="send dead letters again")
+    replay = sub.add_parser(
+        "replay", help="send dead letters again (their current state: never a firing "
+        "whose alert resolved since)",
+        description="Send dead letters again through the current config's actions. An "
+        "entry whose alert has a later notice (it resolved, or fired again) is not sent "
+        "but marked superseded. --all skips the letters of an endpoint that answered 410 "
+        "Gone unless --include-disabled is given.")
     replay.add_argument("--config", metavar="FILE", help="TOML config (actions and store)")
     which = replay.add_mutually_exclusive_group()
     which.add_argument("--id", type=int, metavar="N", help="replay dead letter N")
-    which.add_argument("--all", action="store_true", help="replay every pending dead letter")
+    which.add_argument("--all", action="store_true",
+                       help="replay every pending dead letter (not to endpoints disabled by "
+                            "410 unless --include-disabled)")
     replay.add_argument("--force", action="store_true",
                         help="send a dead letter again even if it was replayed before")
-    replay.add_argument("--attempts", type=int, default=3, help="tries per letter (default 3)")
+    replay.add_argument("--include-disabled", action="store_true",
+                        help="with --all, also replay to endpoints that answered 410 Gone "
+                             "(once they are fixed)")
+    replay.add_argument("--attempts", type=int, default=3,
+                        help="tries per letter, within a minute (default 3)")
     replay.set_defaults(func=_cmd_replay)
     lst = sub.add_parser("dead-letters", help="list dead letters")
     lst.add_argument("--config", metavar="FILE", help="TOML config naming the store")

@@ -131,6 +131,7 @@ def test_dry_run_sends_nothing(harness: Harness, recorder: Recorder) -> None:
     d = harness(action(url=recorder.url + "/secret/path", dry_run=True))
     a = make_alert()
     d.submit([firing(a)])
+    assert d.wait_idle()  # a resolve arriving before would supersede the firing
     d.submit([resolved(a)])
     assert d.wait_idle()
     time.sleep(0.05)

@@ -24,6 +24,7 @@ def test_cooldown_suppresses_and_resolved_follows_only_sent_firings(
     d = harness(action(url=recorder.url, cooldown=600.0))
     first, second = make_alert(fired_at=T0), make_alert(fired_at=T0 + 120)
     d.submit([firing(first)])
+    assert d.wait_idle()  # sent before its resolve arrives (else superseded, see below)
     d.submit([resolved(first)])
     d.submit([firing(second)])  # a new activation inside the cooldown
     d.submit([resolved(second)])
@@ -41,7 +42,9 @@ def test_hourly_budget(harness: Harness, recorder: Recorder) -> None:
     d = harness(action(url=recorder.url, max_per_hour=2))
     for i in range(3):
         a = make_alert(fired_at=T0 + 100 * i)
-        d.submit([firing(a), resolved(a, T0 + 100 * i + 50)])
+        d.submit([firing(a)])
+        assert d.wait_idle()
+        d.submit([resolved(a, T0 + 100 * i + 50)])
     assert d.wait_idle()
     assert len(recorder.requests) == 4  # two firings, two resolves
     assert [r for r in harness.results() if r[0] == "suppressed"] == [

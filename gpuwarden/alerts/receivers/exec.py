@@ -76,7 +76,8 @@ class ExecReceiver(Receiver):
                 env=self.env(delivery), start_new_session=True, close_fds=True,
             )
         except OSError as exc:
-            return Outcome(ok=False, error=f"cannot run {argv[0]!r}: {type(exc).__name__}")
+            return Outcome(ok=False, error=f"cannot run {argv[0]!r}: {type(exc).__name__}",
+                           reached=False)
         try:
             _, err = proc.communicate(self.stdin(delivery), timeout=self.action.timeout)
         except subprocess.TimeoutExpired:
