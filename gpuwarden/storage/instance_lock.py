@@ -40,6 +40,8 @@ from gpuwarden.errors import InstanceLocked, StoreError
 
 #: Seconds the lock's own PostgreSQL connection may take to connect.
 PG_CONNECT_TIMEOUT_S = 5
+#: How often :meth:`InstanceLock.ensure` checks the PostgreSQL lock's session.
+ENSURE_EVERY_S = 5.0
 #: PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes.
 _APP_NAME_MAX = 63
 _PID_RE = re.compile(r"\bpid (\d+)")
@@ -65,12 +67,14 @@ def sqlite_lock_path(url: str) -> str | None:
     if not sep or scheme.split("+", 1)[0] != "sqlite":
         return None
     # Everything after the (empty) host's slash is the database, up to the query.
-    database = unquote(rest[1:].split("?", 1)[0]) if rest.startswith("/") else ""
+    path_part, _, query = rest[1:].partition("?") if rest.startswith("/") else ("", "", "")
+    database = unquote(path_part)
     if not database or database == ":memory:":
         return None
-    if database.startswith("file:"):
+    if database.startswith("file:"):  # SQLAlchemy passes the URL's query on to the URI
         uri = urlsplit(database)
-        if parse_qs(uri.query).get("mode") == ["memory"] or uri.path in ("", ":memory:"):
+        memory = "memory" in parse_qs(query).get("mode", []) + parse_qs(uri.query).get("mode", [])
+        if memory or uri.path in ("", ":memory:"):
             return None
         database = unquote(uri.path)
     return os.path.realpath(os.path.expanduser(database)) + ".lock"
@@ -87,6 +91,7 @@ class InstanceLock:
         self._fd = fd
         self._conninfo = conninfo
         self._conn = conn
+        self._checked = time.monotonic()  # when ensure() last looked
 
     @property
     def held(self) -> bool:
@@ -97,16 +102,23 @@ class InstanceLock:
             return self._conn is not None and not self._conn.closed
         return True
 
-    def ensure(self) -> None:
+    def ensure(self, *, every: float = ENSURE_EVERY_S) -> None:
         """Take the lock again if its PostgreSQL session was lost (a server restart).
 
-        A no-op for a file lock, which only this process's death releases. Raises
-        :class:`InstanceLocked` if another instance took it meanwhile, and
-        :class:`StoreError` if the server cannot be reached (try again later). Blocks
-        for up to ``PG_CONNECT_TIMEOUT_S``: call it off the collection loop.
+        Checks at most once per ``every`` seconds (one ``SELECT 1``), so it can be run
+        after every store write. A no-op for a file lock, which only this process's
+        death releases. Raises :class:`InstanceLocked` if another instance took the lock
+        meanwhile (stop writing: the store is someone else's now), :class:`StoreError`
+        if the server cannot be reached (try again later). May block as long as the
+        database does (up to ``PG_CONNECT_TIMEOUT_S`` to reconnect): call it off the
+        collection loop, e.g. on the store's writer thread.
         """
         if self.kind != "postgres" or self._conninfo is None:
             return
+        now = time.monotonic()
+        if now - self._checked < every:
+            return
+        self._checked = now
         if self._conn is not None and not self._conn.closed:
             try:
                 self._conn.execute("SELECT 1")
@@ -220,8 +232,11 @@ def _pg_take(conninfo: str, node: str) -> Any:
 
     key = advisory_key(node)
     try:
+        # Keepalives: a server host that vanishes fails this idle connection (and frees
+        # nothing on our side) instead of leaving it open for hours.
         conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=PG_CONNECT_TIMEOUT_S,
-                               application_name=_app_name())
+                               application_name=_app_name(), keepalives=1,
+                               keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
     except psycopg.Error as exc:
         raise StoreError(f"cannot take the instance lock: {_first_line(exc)}") from exc
     try:
@@ -245,7 +260,7 @@ def _pg_holder(conn: Any, key: int) -> str:
     """Who holds the advisory lock ``key``: its application_name, else its backend PID."""
     unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
     row = conn.execute(
-        "SELECT a.application_name, l.pid, a.client_addr::text"
+        "SELECT a.application_name, l.pid, host(a.client_addr)"
         " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
         " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
         " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
