@@ -9,10 +9,21 @@ Payloads: the recorded vLLM 0.32 scrape (tests/fixtures) and synthetic vLLM-shap
 payloads of ~100 KB and ~200 KB (latency/token histograms with vLLM's bucket layouts
 and ``engine``/``le``/``model_name`` labels, counters with ``_created``, gauges).
 CPU time is ``time.process_time``, best of N repeats (min filters scheduler noise).
+
+Hostile inputs (``hostile_payloads``): 1 MB payloads built to make a parser backtrack,
+re-scan or spend Python work per line (long runs of blanks after a name, ``{``, open
+label values, escapes, digits, junk, seeded mutations of the real vLLM scrape...).
+Each is timed interleaved with the valid 1 MB reference (the vLLM scrape repeated to
+1 MB) and printed as a ratio; the target is <= 3x. Inputs made of many short lines
+are also compared with a valid payload of as many lines (``a 1`` samples), because a
+line costs Python work whatever it holds: see ``dense_reference``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.servers import read_names
+from gpuwarden.errors import ExpositionParseError
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_FIXTURE = ROOT / "tests" / "fixtures" / "metrics" / "vllm-0.32-cpu-after-load.prom"
@@ -81,6 +93,123 @@ def _payload(n_series: int) -> str:
     return "\n".join(out) + "\n"
 
 
+MB = 1 << 20
+
+
+def valid_reference(size: int = MB) -> str:
+    """The recorded vLLM scrape repeated to ``size`` characters (whole lines)."""
+    base = VLLM_FIXTURE.read_text(encoding="utf-8")
+    text = (base * (size // len(base) + 1))[:size]
+    return text[: text.rfind("\n") + 1]
+
+
+def dense_reference(lines: int) -> str:
+    """A valid payload of ``lines`` one-sample lines: the per-line cost of valid input."""
+    return "a 1\n" * lines
+
+
+def _mutated(seed: int, size: int) -> str:
+    """The valid reference with seeded random edits: blank runs, quotes, braces, bytes."""
+    rng = random.Random(seed)
+    text = valid_reference(size)
+    pieces = ["\t" * 20_000, " " * 20_000, "{" * 5_000, '"', "\\", ",", "=", "}", "\n",
+              "#", 'a="' * 2_000, "9" * 20_000, "\x0b", "\u00e9"]
+    for _ in range(rng.randint(5, 40)):
+        at = rng.randrange(len(text))
+        cut = rng.randint(0, 50)
+        text = text[:at] + rng.choice(pieces) + text[at + cut:]
+    return text[:size]
+
+
+def hostile_payloads(size: int = MB) -> dict[str, tuple[bytes, int]]:
+    """Named hostile inputs of about ``size`` bytes, each with its number of lines.
+
+    The lines count selects the reference a test compares with: inputs of a few lines
+    against the valid vLLM-shaped payload, inputs of many short lines (more lines than
+    the reference has) against ``dense_reference`` of as many lines as well.
+    """
+    rng = random.Random(20251)
+    n = size
+    valid_head = "vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 1.0\n"
+    texts: dict[str, str | bytes] = {
+        "tabs after a name": "vllm:x" + "\t" * n + "\n",
+        "spaces after a name": "vllm:x" + " " * n + "\n",
+        "blanks then a brace": "vllm:x" + " \t" * (n // 2) + "{\n",
+        "name then braces": "vllm:x" + "{" * n + "\n",
+        "unterminated label value": 'vllm:x{a="' + "v" * n + "\n",
+        'a=" repeated': "vllm:x{" + 'a="' * (n // 3) + "\n",
+        "commas in a label set": 'vllm:x{a="1"' + "," * n + "} 1\n",
+        "blanks around commas": 'vllm:x{a="1"' + " , " * (n // 3) + "} 1\n",
+        "valid-looking 1 MB line": valid_head[:-5] + 'x="' + "y" * n + '"} 1\n',
+        "digits as value": "vllm:x " + "9" * n + "\n",
+        "digits then junk": "vllm:x " + "9" * n + "x\n",
+        "value, blanks, junk": "vllm:x 1" + " " * n + "x\n",
+        "backslash escapes": 'vllm:x{a="' + "\\\\" * (n // 2) + "\n",
+        "escaped quotes": 'vllm:x{a="' + '\\"' * (n // 2) + "} 1\n",
+        "comment then blanks": "#" + " " * n + "HELP\n",
+        "HELP with blanks": "# HELP" + " \t" * (n // 2) + "\n",
+        "random bytes": bytes(rng.getrandbits(8) for _ in range(n)),
+        "random printable text": "".join(rng.choice("ab {}=\",#\t\n\\1.e") for _ in range(n)),
+        "1 MB of newlines": "\n" * n,
+        "junk lines": "x\n" * (n // 2),
+        "bad value lines": "a b\n" * (n // 4),
+        "HELP without name lines": "# HELP\n" * (n // 7),
+        "valid and junk alternating": "a 1\nx\n" * (n // 6),
+        "valid lines around a 1 MB junk line": valid_head + "x" * n + "\n" + valid_head,
+    }
+    # Lines just under the parser's 64 KiB line limit run every regex; 1 MB of them.
+    k = 64 * 1024 - 100
+    lines = n // k
+    texts.update({
+        "near-limit lines: tabs after a name": ("vllm:x" + "\t" * k + "\n") * lines,
+        "near-limit lines: blanks then a brace": ("vllm:x" + " \t" * (k // 2) + "{\n") * lines,
+        "near-limit lines: open label value": ('vllm:x{a="' + "v" * k + "\n") * lines,
+        'near-limit lines: a=" repeated': ("vllm:x{" + 'a="' * (k // 3) + "\n") * lines,
+        "near-limit lines: blanks around commas":
+            ('vllm:x{a="1"' + " , " * (k // 3) + "} 1\n") * lines,
+        "near-limit lines: escapes": ('vllm:x{a="' + "\\\\" * (k // 2) + "\n") * lines,
+        "near-limit lines: digits then junk": ("vllm:x " + "9" * k + "x\n") * lines,
+        "near-limit lines: HELP and blanks": ("# HELP" + " \t" * (k // 2) + "x\n") * lines,
+    })
+    for seed in range(5):
+        texts[f"mutated vLLM scrape (seed {seed})"] = _mutated(seed, n)
+    out: dict[str, tuple[bytes, int]] = {}
+    for name, t in texts.items():
+        data = t if isinstance(t, bytes) else t.encode("utf-8", "surrogatepass")
+        out[name] = (data, data.count(b"\n"))
+    return out
+
+
+def parse_seconds(data: bytes | str) -> float:
+    """Wall time of one full parse (an ExpositionParseError is a valid outcome)."""
+    t0 = time.perf_counter()
+    with contextlib.suppress(ExpositionParseError):
+        parse(data, max_seconds=60.0)
+    return time.perf_counter() - t0
+
+
+def hostile_ratios(repeats: int) -> list[tuple[str, int, float, float]]:
+    """(input, lines, ratio to the valid 1 MB payload, ratio to dense valid lines).
+
+    Each input and its references are timed interleaved, best of ``repeats`` each, so
+    that load on the machine affects both alike.
+    """
+    ref = valid_reference().encode()
+    ref_lines = ref.count(b"\n")
+    rows = []
+    for name, (data, lines) in hostile_payloads().items():
+        dense = dense_reference(lines).encode() if lines > ref_lines else None
+        best = best_ref = best_dense = float("inf")
+        for _ in range(repeats):
+            best_ref = min(best_ref, parse_seconds(ref))
+            best = min(best, parse_seconds(data))
+            if dense is not None:
+                best_dense = min(best_dense, parse_seconds(dense))
+        rows.append((name, lines, best / best_ref,
+                     best / best_dense if dense is not None else float("nan")))
+    return rows
+
+
 def _best_cpu(fn: Callable[[], object], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -120,6 +249,14 @@ def main() -> int:
         print(f"| {label} | {len(data) / 1024:.1f} | {n_samples} | {ours * 1e3:.3f} "
               f"| {mb / ours:.1f} | {ref * 1e3:.2f} | {mb / ref:.1f} | {ref / ours:.1f}x "
               f"| {only * 1e3:.3f} |")
+    print("\nHostile 1 MB inputs: parse time / parse time of the valid 1 MB vLLM payload "
+          "(and, for many-line inputs, / a valid payload of as many lines), interleaved, "
+          f"best of {3 if quick else 7}. Target: <= 3x.\n")
+    print("| input | lines | / valid 1 MB | / valid, as many lines |")
+    print("|---|---|---|---|")
+    for name, lines, ratio, dense in hostile_ratios(3 if quick else 7):
+        dense_s = "-" if math.isnan(dense) else f"{dense:.2f}x"
+        print(f"| {name} | {lines} | {ratio:.2f}x | {dense_s} |")
     return 0
 
 

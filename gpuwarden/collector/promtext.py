@@ -46,52 +46,89 @@ __all__ = ["DEFAULT_MAX_BYTES", "Exposition", "parse", "parse_label_set", "parse
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
-# Characters of text handed to one ``findall`` call: the clock is checked between chunks,
-# i.e. every ~3000 lines of a typical payload; small enough to honour ``max_seconds``,
-# large enough that a normal 50-200 KB scrape is a single C call.
-_CHUNK_CHARS = 256 * 1024
+# A line longer than this is rejected by its length, before any regex runs over it.
+# Prometheus has no line limit, but a 64 KiB sample line is garbage in practice (the
+# longest line of a real vLLM scrape is ~300 characters); without a cap a single line
+# could hold the parser past its time budget. It is also the most text handed to one
+# ``findall`` call: the clock is checked between such chunks of whole lines, so the
+# work between two checks is bounded (~1 ms of valid lines; see bench/bench_parser.py).
+_MAX_LINE_CHARS = 64 * 1024
+# ``Exposition.errors`` keeps this many messages; every rejected line is still counted
+# in ``Exposition.invalid_lines``. Formatting a message per line of a junk payload
+# would cost more than parsing the valid lines around it.
+_MAX_ERRORS = 100
 _LABEL_CACHE_SIZE = 8192
+# Longer label strings are parsed uncached: 8192 cached 64 KiB keys would pin 512 MiB.
+_MAX_CACHED_LABELS_CHARS = 1024
 _MAX_ERROR_SNIPPET = 80
 
-_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_:.\-]*"
-# Unrolled-loop form of "quoted string with backslash escapes": linear, no backtracking blowup.
-_QUOTED_BODY = r'[^"\\\n]*(?:\\.[^"\\\n]*)*'
+# Every regex below runs on text from the network, so each is linear: repetitions are
+# possessive (``*+``, ``++``, ``?+``), so sre never re-scans a run of characters, and no
+# two adjacent repetitions can match the same character (``[ \t]*`` next to ``[ \t]+``
+# made "name" + 20,000 tabs take seconds: each split of the run was tried).
+_WS = r"[^\S\n]"  # whitespace within a line: what str.strip() removes, minus the newline
+_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*+"
+_LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_:.\-]*+"
+# Unrolled-loop form of "quoted string with backslash escapes".
+_QUOTED_BODY = r'[^"\\\n]*+(?:\\.[^"\\\n]*+)*+'
 # Fast path label set: pairs without blanks around ``=``, blanks only after commas (what
 # every exporter writes: ``a="x",b="y"`` or dcgm-exporter's ``a="x", b="y"``), optional
 # trailing comma. Measured ~2x faster in sre than allowing blanks everywhere.
-# Possessive quantifiers: the body can never need to give characters back (measured ~8%).
-_FAST_BODY = r'[^"\\\n]*+(?:\\.[^"\\\n]*+)*+'
-_FAST_LABELS = rf'(?:{_LABEL_NAME}="{_FAST_BODY}"(?:,[ \t]*{_LABEL_NAME}="{_FAST_BODY}")*,?)?'
-# Slow path / parse_labels: blanks allowed around every token.
-_PAIR = rf'[ \t]*{_LABEL_NAME}[ \t]*=[ \t]*"{_QUOTED_BODY}"[ \t]*'
-_LABELS = rf"(?:{_PAIR}(?:,{_PAIR})*,?)?[ \t]*"
-_VALUE = r"[-+.0-9a-zA-Z]+"  # no ``_`` or non-ASCII digits, which float() would accept
-_TIMESTAMP = r"[-+.0-9eE]+"
+_FAST_LABELS = (rf'(?:{_LABEL_NAME}="{_QUOTED_BODY}"'
+                rf'(?:,[ \t]*+{_LABEL_NAME}="{_QUOTED_BODY}")*+,?+)?+')
+# Lenient form / parse_labels: blanks allowed around every token.
+_PAIR = rf'[ \t]*+{_LABEL_NAME}[ \t]*+=[ \t]*+"{_QUOTED_BODY}"[ \t]*+'
+_LABELS = rf"(?:{_PAIR}(?:,{_PAIR})*+,?+)?+[ \t]*+"
+# Exactly the ASCII spellings float() accepts (no ``_``, no hex): a value that is not a
+# number fails the line regex instead of raising in the per-sample loop.
+_NUMBER = r"(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)(?:[eE][-+]?+[0-9]++)?+"
+_VALUE = rf"[-+]?+(?:{_NUMBER}|(?i:inf(?:inity)?+|nan))"
+_TIMESTAMP = rf"[-+]?+{_NUMBER}"
+# The lenient sample line (leading blanks, blanks around ``{``/``=``/``,``, trailing
+# blanks, a ``#`` comment/exemplar after the value), without groups: ``(?:[ \t]*+\{``
+# and ``[ \t]++`` as alternatives, never ``[ \t]*`` followed by ``[ \t]+``.
+_SAMPLE_LINE = (rf"[ \t]*+{_METRIC_NAME}(?:[ \t]*+\{{{_LABELS}\}}[ \t]*+|[ \t]++){_VALUE}"
+                rf"(?:[ \t]++{_TIMESTAMP})?+[ \t]*+(?:#[^\n]*+)?+\n")
+# A ``# HELP``/``# TYPE`` line in any spelling (the name is validated in Python).
+_META_LINE = rf"{_WS}*+#[ \t]++(?:HELP|TYPE)(?:[ \t]++\S++(?:[ \t]++[^\n]*+)?+)?+{_WS}*+\n"
+_EOF_LINE = rf"{_WS}*+# EOF{_WS}*+\n"
 
-# One match per line, run with findall over the whole payload. Groups: name, raw labels,
-# value, timestamp (a sample line); kind, family, rest (a ``# HELP``/``# TYPE`` line in
-# the canonical single-blank spelling); other (anything else: blank lines, other
-# comments, odd spellings for the slow path, garbage). ``(.*)`` guarantees exactly one
-# match per line, so the match index is the line number. A ``# ...`` after the value is
-# an OpenMetrics exemplar and is ignored.
-_FAST_RE = re.compile(
-    rf"^(?:({_METRIC_NAME})(?:\{{({_FAST_LABELS})\}}[ \t]*|[ \t]+)({_VALUE})"
-    rf"(?:[ \t]+({_TIMESTAMP}))?(?:[ \t]+#.*)?"
-    rf"|# (HELP|TYPE) ({_METRIC_NAME})(?: (.*))?"
-    r"|(.*))$",
+# One match per line, or per run of lines that are neither samples nor HELP/TYPE, run
+# with findall over a chunk of whole lines. Groups:
+#  1-4  name, raw labels, value, timestamp: a sample line. The label set is tried in
+#       the strict spelling first (the common case, ~2x faster in sre), then lenient;
+#  5-7  kind, family, rest: a ``# HELP``/``# TYPE`` line in any spelling (the family as
+#       any non-blank text: Python validates it);
+#  8    a run of other lines: blank lines, comments, and lines that cannot be a sample
+#       (each an invalid line unless blank or a comment; counted in Python). Blank lines
+#       and lines without a blank or ``}`` (which no sample lacks) skip the lookahead;
+#  9    anything else: only ``# EOF``.
+# A run is matched by C code in one go, so a payload of a million junk or blank lines
+# costs no more than one of as many samples. Every alternative ends with the line's
+# newline, so every line of the chunk is in exactly one match, and the number of
+# groups is kept low: findall builds one tuple of them per match.
+_LINE_RE = re.compile(
+    rf"^(?:[ \t]*+({_METRIC_NAME})"
+    rf"(?:[ \t]*+\{{((?:{_FAST_LABELS}(?=\}})|{_LABELS}))\}}[ \t]*+|[ \t]++)"
+    rf"({_VALUE})(?:[ \t]++({_TIMESTAMP}))?+[ \t]*+(?:#[^\n]*+)?+\n"
+    rf"|{_WS}*+#[ \t]++(HELP|TYPE)(?:[ \t]++(\S++)(?:[ \t]++([^\n]*+))?+)?+{_WS}*+\n"
+    rf"|((?:{_WS}*+\n|[^\s#}}][^\s}}]*+\n"
+    rf"|(?!{_SAMPLE_LINE}|{_META_LINE}|{_EOF_LINE})[^\n]*+\n)++)"
+    r"|([^\n]*+)\n)",
     re.MULTILINE,
 )
-# Lenient single-line form for the slow path (leading blanks, blanks around ``{``, ``=``).
+# In a run (group 8): the lines that are neither blank nor a comment, i.e. invalid.
+_INVALID_IN_RUN_RE = re.compile(rf"^{_WS}*+[^\s#][^\n]*+\n", re.MULTILINE)
+# Lenient single-line form for the slow path (a last line without its newline).
 _SLOW_RE = re.compile(
-    rf"[ \t]*({_METRIC_NAME})[ \t]*(?:\{{({_LABELS})\}}[ \t]*|[ \t]+)({_VALUE})"
-    rf"(?:[ \t]+({_TIMESTAMP}))?[ \t]*(?:#.*)?"
+    rf"[ \t]*+({_METRIC_NAME})(?:[ \t]*+\{{({_LABELS})\}}[ \t]*+|[ \t]++)({_VALUE})"
+    rf"(?:[ \t]++({_TIMESTAMP}))?+[ \t]*+(?:#.*+)?+"
 )
 _LABELS_RE = re.compile(_LABELS)
-_PAIR_RE = re.compile(rf'[ \t]*({_LABEL_NAME})[ \t]*=[ \t]*"({_QUOTED_BODY})"')
-_META_RE = re.compile(r"#[ \t]+(HELP|TYPE)(?:[ \t]+(\S+)(?:[ \t]+(.*))?)?")
+_PAIR_RE = re.compile(rf'[ \t]*+({_LABEL_NAME})[ \t]*+=[ \t]*+"({_QUOTED_BODY})"')
+_META_RE = re.compile(r"#[ \t]++(HELP|TYPE)(?:[ \t]++(\S++)(?:[ \t]++(.*+))?+)?+")
 _METRIC_NAME_RE = re.compile(_METRIC_NAME)
-_NAME_PREFIX_RE = re.compile(rf"[ \t]*{_METRIC_NAME}")
+_NAME_PREFIX_RE = re.compile(rf"[ \t]*+{_METRIC_NAME}")
 _VALUE_ESCAPE_RE = re.compile(r"\\(.)")
 _HELP_ESCAPE_RE = re.compile(r"\\([\\n])")
 _HELP_ESCAPE_OM_RE = re.compile(r'\\([\\n"])')
@@ -112,7 +149,10 @@ class Exposition:
     family name) to ``(raw_labels, value, timestamp_seconds_or_None)`` in payload order;
     ``raw_labels`` is the text between the braces, verbatim, so it doubles as a cheap
     series key. ``types``/``helps`` are keyed by the family name of ``# TYPE``/``# HELP``.
-    ``errors`` has one ``"line N: why"`` entry per rejected line.
+    ``errors`` has one ``"line N: why"`` entry per rejected line, for the first
+    ``_MAX_ERRORS`` (100) of them, plus one entry when the time budget cut the parse
+    short; ``invalid_lines`` counts every rejected line; ``truncated`` is True when the
+    time budget stopped the parse before the end (what was parsed until then is kept).
     """
 
     samples: dict[str, list[tuple[str, float, float | None]]] = field(default_factory=dict)
@@ -120,6 +160,14 @@ class Exposition:
     helps: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     skipped_lines: int = 0  # sample lines of families skipped by ``only=``, not parsed
+    invalid_lines: int = 0  # every rejected line, listed in ``errors`` or not
+    truncated: bool = False  # the time budget stopped the parse; the rest is unparsed
+
+    def reject(self, line_no: int, why: str) -> None:
+        """Count one rejected line; keep its message while fewer than the cap are kept."""
+        self.invalid_lines += 1
+        if len(self.errors) < _MAX_ERRORS:
+            self.errors.append(f"line {line_no}: {why}")
 
     def get(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Parsed labels and value of every sample called ``name``; ``[]`` when absent.
@@ -164,6 +212,8 @@ def parse_labels(raw: str) -> dict[str, str]:
     caller gets a fresh copy so that mutating it cannot corrupt the cache.
     Raises ``ValueError`` on a malformed label set or a duplicated label name.
     """
+    if len(raw) > _MAX_CACHED_LABELS_CHARS:
+        return parse_label_set(raw)
     return dict(_parse_labels_cached(raw))
 
 
@@ -172,45 +222,52 @@ def _snippet(line: str) -> str:
 
 
 def _diagnose(line: str) -> str:
-    """Explain why a non-comment line was rejected (only runs for bad lines: slow is fine)."""
+    """Explain why a non-comment line was rejected.
+
+    Runs for the first ``_MAX_ERRORS`` bad lines of a payload only, on lines of at most
+    ``_MAX_LINE_CHARS``; every step is linear in the line's length.
+    """
     s = line.strip()
     if s[:1] in ("<", "{", "[", '"'):
         return f"not a sample line (HTML/JSON?): {_snippet(s)}"
     m = _NAME_PREFIX_RE.match(line)
     if m is None:
         return f"invalid metric name: {_snippet(s)}"
+    name = m.group().lstrip(" \t")
     rest = line[m.end():]
-    if rest.startswith("{"):
-        lm = _LABELS_RE.match(rest, 1)
+    labels = rest.lstrip(" \t")
+    if labels.startswith("{"):
+        lm = _LABELS_RE.match(labels, 1)
         end = lm.end() if lm is not None else 1
-        if not rest.startswith("}", end):
+        if not labels.startswith("}", end):
             return f"malformed or unterminated label set: {_snippet(s)}"
-        rest = rest[end + 1:]
-    tokens = rest.split()
+        rest = labels[end + 1:]
+    elif rest[:1] not in (" ", "\t", ""):
+        return f"invalid metric name: {_snippet(s)}"
+    tokens = rest.split(maxsplit=2)
     if not tokens:
         return f"missing value: {_snippet(s)}"
     if len(tokens) > 2:
         return f"unexpected text after value: {_snippet(s)}"
     if len(tokens) == 2:
         return f"invalid value or timestamp: {_snippet(s)}"
-    return f"invalid value: {_snippet(s)}"
+    return f"{name}: invalid value {_snippet(tokens[0])}"
 
 
-def _convert(value: str, ts: str, openmetrics: bool) -> tuple[float, float | None]:
-    """Value and timestamp (seconds) of a sample; ValueError when either is not a number.
+def _timestamp(ts: str, openmetrics: bool) -> float:
+    """A timestamp in seconds (``ts`` already matched ``_TIMESTAMP``).
 
     Text-format timestamps are milliseconds: ``int(ts) / 1000`` first, like
-    prometheus_client, so huge or negative integers convert identically.
+    prometheus_client, so huge or negative integers convert identically; the int() is
+    only tried on digits (and under int()'s 4300-digit limit), so that a float-shaped
+    timestamp costs no exception per line.
     """
-    v = float(value)
-    if not ts:
-        return v, None
     if openmetrics:
-        return v, float(ts)
-    try:
-        return v, int(ts) / 1000
-    except ValueError:
-        return v, float(ts) / 1000
+        return float(ts)
+    digits = ts[1:] if ts[0] in "+-" else ts
+    if digits.isdigit() and len(digits) < 4300:  # int()'s default digit limit
+        return int(ts) / 1000
+    return float(ts) / 1000
 
 
 def _add_meta(
@@ -222,7 +279,7 @@ def _add_meta(
         if rest:
             exp.types[name] = rest
         else:
-            exp.errors.append(f"line {line_no}: # TYPE without a type: {name!r}")
+            exp.reject(line_no, f"# TYPE without a type: {name!r}")
     else:
         if "\\" in rest:
             rest = (_HELP_ESCAPE_OM_RE if om else _HELP_ESCAPE_RE).sub(_unescape, rest)
@@ -230,12 +287,17 @@ def _add_meta(
 
 
 def _slow_line(line: str, line_no: int, exp: Exposition, om: bool) -> bool:
-    """Handle a line the fast regex did not classify; return True on ``# EOF``.
+    """Handle a line the line regex left to Python; return True on ``# EOF``.
 
-    Covers comments in unusual spellings (tabs, several blanks), sample lines with
-    blanks around ``{``/``=``/``,`` or leading blanks, and otherwise records why the
-    line was rejected. Runs only for such lines, so clarity beats speed here.
+    In a chunk that is only ``# EOF``; it also handles a last line without its newline
+    (a comment), so it covers every spelling: comments with tabs or several blanks,
+    samples with blanks around ``{``/``=``/``,``, and records why anything else was
+    rejected. Lines longer than ``_MAX_LINE_CHARS`` are rejected by length alone.
     """
+    if len(line) > _MAX_LINE_CHARS:
+        exp.reject(line_no, f"line longer than {_MAX_LINE_CHARS} characters, not parsed: "
+                            f"{_snippet(line)}")
+        return False
     s = line.strip()
     if not s:
         return False
@@ -246,22 +308,22 @@ def _slow_line(line: str, line_no: int, exp: Exposition, om: bool) -> bool:
         if m is not None:
             kind, name, rest = m.groups()
             if name is None or _METRIC_NAME_RE.fullmatch(name) is None:
-                exp.errors.append(f"line {line_no}: invalid metric name in # {kind}: "
-                                  f"{_snippet(s)}")
+                exp.reject(line_no, f"invalid metric name in # {kind}: {_snippet(s)}")
             else:
                 _add_meta(exp, line_no, kind, name, rest or "", om=om)
         return False
     sm = _SLOW_RE.fullmatch(line)
-    if sm is not None:
-        name, raw, value, ts = sm.groups()
-        try:
-            v, t = _convert(value, ts or "", om)
-        except ValueError:
-            exp.errors.append(f"line {line_no}: invalid value or timestamp: {_snippet(s)}")
-            return False
-        exp.samples.setdefault(name, []).append((raw or "", v, t))
+    if sm is None:
+        exp.reject(line_no, _diagnose(line))
         return False
-    exp.errors.append(f"line {line_no}: {_diagnose(line)}")
+    name, raw, value, ts = sm.groups()
+    try:
+        v = float(value)
+        t = None if ts is None else _timestamp(ts, om)
+    except ValueError:  # not expected after the regex; a bad line all the same
+        exp.reject(line_no, f"invalid value or timestamp: {_snippet(s)}")
+        return False
+    exp.samples.setdefault(name, []).append((raw or "", v, t))
     return False
 
 
@@ -351,11 +413,15 @@ def parse(
     openmetrics: bool | None = None,
     only: frozenset[str] | None = None,
 ) -> Exposition:
-    """Parse one scrape; bad lines are skipped and listed in ``Exposition.errors``.
+    """Parse one scrape; bad lines are skipped, counted and listed in ``Exposition.errors``.
 
     Raises :class:`ExpositionParseError` when the payload is larger than ``max_bytes``,
-    not UTF-8, takes longer than ``max_seconds`` (checked every chunk of a few thousand
-    lines), or is clearly not an exposition (no valid sample and at least one bad line).
+    not UTF-8, or is clearly not an exposition (no valid sample and at least one bad
+    line). ``max_seconds`` is a time budget, checked between chunks of at most 64 KiB of
+    whole lines (a longer line is rejected unparsed), so the work between two checks is
+    bounded: when it runs out, parsing stops and what was parsed so far is returned,
+    with ``truncated=True`` and an error saying where it stopped; only when nothing
+    usable was parsed by then is it an ``ExpositionParseError``.
     ``openmetrics`` forces the timestamp unit (None: detect from ``# EOF``/``# UNIT``).
     ``only``: the sample names the caller reads; families none of them can belong to are
     skipped unparsed where that is provably safe (see the module docstring) and counted
@@ -364,6 +430,9 @@ def parse(
     A multi-line payload whose last line has no terminating newline was cut off in
     transit (the format requires the newline); that last line is rejected unless it is
     a comment, because a cut ``123.0`` reads as a plausible but wrong ``12``.
+    Cost: linear in the payload's size, and per line no more than a valid line's (runs
+    of blank, comment or junk lines are skipped by one regex call, the first 100 bad
+    lines get a message, the rest only a count).
     """
     start = time.perf_counter()
     text = _decode(data, max_bytes)
@@ -376,7 +445,7 @@ def parse(
     samples = exp.samples
     errors = exp.errors
     samples_get = samples.get
-    findall = _FAST_RE.findall
+    findall = _LINE_RE.findall
     values: dict[str, float] = {}
     values_get = values.get
 
@@ -392,7 +461,7 @@ def parse(
     line_no = 0  # number of the last line before the current range or chunk
     eof = False
     for first, last, skipped in [(0, n, 0)] if only is None else _plan(text, only):
-        if eof:
+        if eof or exp.truncated:
             break
         if skipped:
             exp.skipped_lines += skipped
@@ -400,67 +469,102 @@ def parse(
             continue
         pos = first
         while pos < last and not eof:
-            end = last if last - pos <= _CHUNK_CHARS else text.find("\n", pos + _CHUNK_CHARS,
-                                                                    last) + 1
-            if end <= 0:
-                end = last
+            if pos > 0 and time.perf_counter() - start > max_seconds:
+                exp.truncated = True
+                exp.errors.append(
+                    f"line {line_no + 1}: parsing stopped, time budget of {max_seconds}s "
+                    f"spent; the remaining {n - pos} characters were not parsed")
+                break
+            end = _chunk_end(text, pos, last)
+            if end <= pos:  # a line longer than _MAX_LINE_CHARS starts at pos
+                end = text.find("\n", pos, last) + 1 or last
+                line_no += 1
+                exp.reject(line_no, f"line longer than {_MAX_LINE_CHARS} characters "
+                                    f"({end - pos - 1}), not parsed: {_snippet(text[pos:end])}")
+                pos = end
+                continue
             chunk = text if (pos == 0 and end == n) else text[pos:end]
-            # findall reports one match per line, plus an empty one after the chunk's
-            # final newline, which falls through every branch below like a blank line.
-            for i, (name, raw, value, ts, kind, fam, rest, other) in enumerate(
+            extra = 0  # lines of runs beyond their first, so far in this chunk
+            for i, (name, raw, value, ts, kind, fam, rest, run, other) in enumerate(
                 findall(chunk), line_no + 1
             ):
-                if name:
-                    # Inlined _convert: this is the per-sample hot loop. float() of a str
-                    # costs more than a dict hit, and values repeat (bucket counts, 0.0).
-                    v = values_get(value)
-                    if v is None:
-                        try:
-                            v = values[value] = float(value)
-                        except ValueError:
-                            errors.append(f"line {i}: {name}: invalid value {value!r}")
-                            continue
-                    if not ts:
-                        t = None
-                    else:
-                        try:
-                            if openmetrics:
-                                t = float(ts)
-                            else:
-                                try:
-                                    t = int(ts) / 1000
-                                except ValueError:
-                                    t = float(ts) / 1000
-                        except ValueError:
-                            errors.append(f"line {i}: {name}: invalid timestamp {ts!r}")
-                            continue
-                    lst = samples_get(name)
-                    if lst is None:
-                        lst = samples[name] = []
-                    lst.append((raw, v, t))
-                elif kind:
-                    _add_meta(exp, i, kind, fam, rest, om=openmetrics)
-                elif other and _slow_line(other, i, exp, openmetrics):
-                    eof = True
-                    break
+                if not name:
+                    if kind:
+                        if _METRIC_NAME_RE.fullmatch(fam) is None:
+                            exp.invalid_lines += 1  # no message past the cap: no f-string
+                            if len(errors) < _MAX_ERRORS:
+                                errors.append(f"line {i + extra}: invalid metric name in "
+                                              f"# {kind}: {_snippet(f'# {kind} {fam} {rest}')}")
+                        else:
+                            _add_meta(exp, i + extra, kind, fam, rest, om=openmetrics)
+                    elif run:
+                        _run(exp, run, i + extra)
+                        extra += run.count("\n") - 1
+                    elif _slow_line(other, i + extra, exp, openmetrics):
+                        eof = True
+                        break
+                    continue
+                # The per-sample hot loop: float() of a str costs more than a dict hit,
+                # and values repeat (bucket counts, 0.0). The regex admits only what
+                # float() accepts, so no exception is expected here.
+                v = values_get(value)
+                if v is None:
+                    try:
+                        v = values[value] = float(value)
+                    except ValueError:  # pragma: no cover - excluded by _VALUE
+                        exp.reject(i + extra, f"{name}: invalid value {_snippet(value)}")
+                        continue
+                t = None if not ts else _timestamp(ts, openmetrics)
+                lst = samples_get(name)
+                if lst is None:
+                    lst = samples[name] = []
+                lst.append((raw, v, t))
             line_no += chunk.count("\n")
             pos = end
-            if time.perf_counter() - start > max_seconds:
-                raise ExpositionParseError(
-                    f"parsing took longer than {max_seconds}s (stopped at line {line_no})"
-                )
 
-    if tail is not None and not eof:
+    if tail is not None and not eof and not exp.truncated:
         s = tail.strip()
         if s.startswith("#"):
             _slow_line(s, line_no + 1, exp, openmetrics)
         elif s:
-            errors.append(f"line {line_no + 1}: no terminating newline, payload looks "
-                          f"truncated: {_snippet(s)}")
+            exp.reject(line_no + 1, f"no terminating newline, payload looks truncated: "
+                                    f"{_snippet(s)}")
 
-    if errors and not samples and not exp.skipped_lines:
+    if not samples and not exp.skipped_lines and (exp.invalid_lines or exp.truncated):
+        if exp.truncated:
+            raise ExpositionParseError(
+                f"parsing took longer than {max_seconds}s before any valid sample "
+                f"(stopped at line {line_no + 1})")
         raise ExpositionParseError(
-            f"not a Prometheus exposition: no valid sample, {len(errors)} bad line(s); "
-            f"first: {errors[0]}"
+            f"not a Prometheus exposition: no valid sample, {exp.invalid_lines} bad "
+            f"line(s); first: {exp.errors[0]}"
         )
     return exp
+
+
+def _chunk_end(text: str, pos: int, last: int) -> int:
+    """End of the next chunk: the whole lines from ``pos`` within ``_MAX_LINE_CHARS``.
+
+    Returns ``pos`` when the line starting at ``pos`` is longer than that (the caller
+    rejects it without running a regex over it). The window is the line limit itself,
+    so every line of a returned chunk is within the limit.
+    """
+    if last - pos <= _MAX_LINE_CHARS:
+        return last
+    return text.rfind("\n", pos, pos + _MAX_LINE_CHARS) + 1 or pos
+
+
+def _run(exp: Exposition, run: str, first_line: int) -> None:
+    """Count the invalid lines of a run of non-sample lines; explain the first ones.
+
+    Blank and comment lines of the run cost nothing in Python: only the invalid lines
+    are visited, and only until ``_MAX_ERRORS`` messages are kept; the rest are counted.
+    """
+    at, line = 0, first_line
+    for m in _INVALID_IN_RUN_RE.finditer(run):
+        if len(exp.errors) >= _MAX_ERRORS:
+            exp.invalid_lines += len(_INVALID_IN_RUN_RE.findall(run, m.start()))
+            return
+        line += run.count("\n", at, m.start())
+        at = m.start()
+        exp.reject(line, _diagnose(m.group()[:-1]))

@@ -350,6 +350,7 @@ def test_garbage_line_in_middle_is_counted_and_skipped() -> None:
     text = 'a 1\nthis is { not valid\nb{x="1"} 2\nc 1_000\nd 0x10\ne{x="1} 5\n'
     exp = parse(text)
     assert [e.split(":")[0] for e in exp.errors] == ["line 2", "line 4", "line 5", "line 6"]
+    assert exp.invalid_lines == 4
     assert set(exp.samples) == {"a", "b"}
 
 
@@ -397,9 +398,46 @@ def test_truncated_last_line() -> None:
     assert parse("a 1\n# EOF").errors == []
 
 
-def test_time_limit() -> None:
+def test_time_limit_keeps_what_was_parsed() -> None:
+    """A spent budget stops the parse but keeps every line before it, and says so."""
+    text = "".join(f'm{{i="{i}"}} {i}\n' for i in range(20_000))  # ~300 KB: 5 chunks
+    exp = parse(text, max_seconds=0.0)  # spent after the first chunk
+    assert exp.truncated
+    kept = exp.get("m")
+    assert 0 < len(kept) < 20_000
+    assert kept == [({"i": str(i)}, float(i)) for i in range(len(kept))]
+    assert exp.invalid_lines == 0
+    assert len(exp.errors) == 1 and "time budget" in exp.errors[0]
+    assert exp.errors[0].startswith(f"line {len(kept) + 1}:")
+    # A payload that fits in one chunk is parsed whole, whatever the budget.
+    small = parse("a 1\n" * 10, max_seconds=0.0)
+    assert not small.truncated and len(small.samples["a"]) == 10
+    # Nothing usable before the budget ran out: that is an error, not an empty scrape.
     with pytest.raises(ExpositionParseError, match="longer"):
-        parse("a 1\n" * 10, max_seconds=0.0)
+        parse("x" * 70_000 + "\n" + "a 1\n", max_seconds=0.0)
+
+
+def test_overlong_line_is_rejected_unparsed_and_its_neighbours_kept() -> None:
+    line = 'vllm:x{a="' + "v" * 70_000 + '"} 1'  # a valid sample, but 70 KB long
+    exp = parse(f"a 1\n{line}\nb 2\n")
+    assert exp.get("a") == [({}, 1.0)] and exp.get("b") == [({}, 2.0)]
+    assert "vllm:x" not in exp.samples
+    assert exp.invalid_lines == 1
+    assert exp.errors[0].startswith("line 2: line longer than 65536 characters")
+    assert len(exp.errors[0]) < 300  # the message quotes a snippet, not the line
+    # At the limit a line is still parsed.
+    ok = 'vllm:x{a="' + "v" * (65_536 - 20) + '"} 1'
+    assert parse(f"{ok}\n").get("vllm:x")[0][1] == 1.0
+
+
+def test_error_messages_are_capped_but_every_bad_line_counted() -> None:
+    text = "a 1\n" + "junk\n\n# comment\nb oops\n" * 500 + "c 2\n"
+    exp = parse(text)
+    assert exp.invalid_lines == 1000
+    assert len(exp.errors) == 100
+    assert exp.errors[:3] == ["line 2: missing value: 'junk'", "line 5: b: invalid value 'oops'",
+                              "line 6: missing value: 'junk'"]
+    assert exp.get("a") == [({}, 1.0)] and exp.get("c") == [({}, 2.0)]
 
 
 def test_large_payload_line_numbers_across_chunks() -> None:
