@@ -1,7 +1,8 @@
-"""Run every benchmark in turn: ``python -m bench [--quick]``.
+"""Run every benchmark in turn: ``python -m bench [--quick]``; ``python -m bench soak``.
 
 Each benchmark is its own module (so one can be run alone) and prints a markdown
-table with its reference measured in the same run.
+table with its reference measured in the same run. The soak benchmark runs for 30
+minutes, so it is not in the default set: ``python -m bench soak [--minutes N]``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,15 @@ import subprocess
 import sys
 
 BENCHMARKS = ("bench_storage", "bench_parser", "bench_rules", "bench_daemon", "bench_nvml")
+#: Run by name only (``python -m bench NAME [args]``), never by default.
+ON_REQUEST = {"soak": "bench_soak"}
 
 
 def main() -> int:
+    if sys.argv[1:] and sys.argv[1] in ON_REQUEST:
+        module = ON_REQUEST[sys.argv[1]]
+        return subprocess.run([sys.executable, "-m", f"bench.{module}", *sys.argv[2:]],
+                              check=False).returncode
     quick = "--quick" in sys.argv[1:]
     failed = []
     for name in BENCHMARKS:

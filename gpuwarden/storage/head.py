@@ -16,11 +16,30 @@ reaches into (the window signals are minute-long, so most queries never do).
 
 Everything here is pure (no locks, no I/O): the store takes snapshots of the entry
 and block lists under its lock and hands them to these functions outside it.
+
+Memory bound (:func:`memory_bound`, measured by :func:`head_bytes`): with ``S`` series
+written every ``interval``, a cut at every aligned ``chunk_span`` boundary and blocks
+kept for ``memory_window``, the head holds at most
+
+- uncut entries: the cycles since the last boundary, ``chunk_span / interval + 1`` of
+  them, at ``S x 16`` bytes (int64 timestamp + float64 value; the id array is shared by
+  cycles with the same series set) plus ``ENTRY_OVERHEAD`` bytes of objects each;
+- blocks: ``memory_window + chunk_span`` of cut samples (a block is evicted once its
+  newest sample is older than the window), ``S x (memory_window + chunk_span) /
+  interval`` samples at the chunks' compressed size (``CHUNK_SAMPLE_BYTES``: 1-3 bytes a
+  sample measured on node data, see the storage benchmark) plus ``CHUNK_OVERHEAD``
+  bytes per chunk.
+
+At the defaults (240 s span, 600 s window) and 1 s cycles of 2,400 series that is
+17.8 MiB (9.0 uncut + 8.8 of blocks); at 100 ms cycles of the 424 series of 8 GPUs and
+4 vLLM servers, 31.1 MiB (17.3 uncut). Cycles not yet in the database (a store outage)
+stay uncut on top of this, up to the store's ``max_pending_samples`` x 16 bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +47,16 @@ import numpy as np
 from gpuwarden.model import Labels, SeriesData
 from gpuwarden.storage import codec
 from gpuwarden.storage.codec import F64Array, I64Array
+
+#: Bytes of Python objects per uncut entry besides its sample arrays: the Entry, its
+#: parts list, one Part and two numpy array headers (measured ~520 with tracemalloc).
+ENTRY_OVERHEAD = 768
+#: Compressed bytes per sample of a chunk that the bound assumes (node data: 1-3; a
+#: series of random float64 noise costs up to ~9, the codec's XOR mode at full width).
+CHUNK_SAMPLE_BYTES = 4.0
+#: Bytes per chunk besides its payload: the bytes object and its header, its slots in
+#: the block's id and time arrays and blob list.
+CHUNK_OVERHEAD = 96
 
 
 @dataclass(slots=True)
@@ -48,6 +77,7 @@ class Entry:
     t_max: int
     count: int
     log_id: int | None = None
+    page: Page | None = None  # set by compact(): its one part is a row of this page
 
     def columns(self) -> tuple[I64Array, I64Array, F64Array]:
         if len(self.parts) == 1:
@@ -76,8 +106,33 @@ class Block:
     hi: int
 
 
-#: (t_min, t_max, parts) of each entry, as copied under the store's lock.
-Snapshot = list[tuple[int, int, list[Part]]]
+@dataclass(slots=True, eq=False)
+class Page:
+    """Consecutive uncut cycles of one series set, as (cycle x series) matrices.
+
+    The entries ``first`` .. ``last`` (``rows`` of them, in write order) each hold one
+    part whose ``ts`` and ``vals`` are rows of ``ts`` and ``vals`` here, so a query
+    gathers a page's samples with one fancy index instead of one per cycle. Entries
+    are only ever appended after and removed from the store's list, so finding
+    ``first`` ``rows - 1`` places before ``last`` means the whole page is still there.
+    ``reach`` is the newest ``t_max`` of this page and every entry older than it when
+    the page was made: a query going backwards stops at a page whose reach is before
+    its range.
+    """
+
+    ids: I64Array
+    ts: I64Array
+    vals: F64Array
+    first: Entry
+    last: Entry
+    rows: int
+    t_min: int
+    t_max: int
+    reach: int
+
+
+#: Rows a page is made of (fewer where a chunk window or the series set ends first).
+PAGE_ROWS = 64
 
 
 def split_cycle(
@@ -142,6 +197,50 @@ def cut_slices(
             yield lids[order], ts[order], vals[order]
 
 
+def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int = PAGE_ROWS) -> int:
+    """Make pages of the unpaged entries ``tail`` (oldest first, newest last).
+
+    ``reach``: the newest ``t_max`` of every entry older than ``tail``. A run of
+    single-part entries sharing one id array and one chunk window (so that one cut takes
+    all of it) becomes a page once it has ``rows`` entries or is followed by an entry
+    that ends it; the open run at the end is left for a later call. The parts' arrays
+    are replaced by equal rows of the page: readers holding either see the same values.
+    Returns the number of entries paged.
+    """
+    paged = 0
+    run: list[Entry] = []
+
+    def close() -> None:
+        nonlocal paged, reach
+        if len(run) > 1:
+            ts = np.stack([e.parts[0].ts for e in run])
+            vals = np.stack([e.parts[0].vals for e in run])
+            t_max = max(e.t_max for e in run)
+            reach = max(reach, t_max)
+            page = Page(run[0].parts[0].ids, ts, vals, run[0], run[-1], len(run),
+                        min(e.t_min for e in run), t_max, reach)
+            for k, e in enumerate(run):
+                part = e.parts[0]
+                part.ts, part.vals = ts[k], vals[k]
+                e.page = page
+            paged += len(run)
+        else:
+            reach = max([reach, *(e.t_max for e in run)])
+        run.clear()
+
+    for e in tail:
+        if run and (len(e.parts) != 1 or e.parts[0].ids is not run[0].parts[0].ids
+                    or e.t_max // span_ms != run[0].t_max // span_ms):
+            close()
+        if len(e.parts) != 1:
+            reach = max(reach, e.t_max)
+            continue
+        run.append(e)
+        if len(run) == rows:
+            close()
+    return paged
+
+
 def _locate(ids: I64Array, want: I64Array) -> tuple[I64Array, I64Array]:
     """(positions in ``want`` found in ``ids``, their indices in ``ids``)."""
     if ids.size == 0:
@@ -174,6 +273,7 @@ class Gathered:
     targets: list[I64Array] = field(default_factory=list)
     ts: list[I64Array] = field(default_factory=list)
     vals: list[F64Array] = field(default_factory=list)
+    visited: int = 0  # entries and pages add_head stepped through
 
     def _add_blobs(self, targets: Sequence[int], blobs: Sequence[bytes]) -> None:
         if not blobs:
@@ -207,17 +307,42 @@ class Gathered:
                         blobs.append(b.blobs[j])
         self._add_blobs(targets, blobs)
 
-    def add_head(self, snap: Snapshot, lids: Sequence[int], lo: int, hi: int) -> None:
-        """Add the uncut samples of the targets' local ids (-1: not in the head)."""
+    def add_head(self, entries: Sequence[Entry], lids: Sequence[int], lo: int, hi: int) -> None:
+        """Add the uncut samples of the targets' local ids (-1: not in the head).
+
+        ``entries`` in write order. Walked newest first, a page at a time where whole,
+        stopping at the first page whose ``reach`` is before ``lo``: the work is that of
+        the range asked for, not of every uncut cycle (``visited`` counts the steps).
+        """
         order, want = _wanted(lids)
         if not want.size:
             return
         prev_ids: I64Array | None = None
         hit = idx = np.empty(0, np.int64)
-        for t_min, t_max, parts in snap:
-            if t_max < lo or t_min > hi:
+        j = len(entries) - 1
+        while j >= 0:
+            e = entries[j]
+            self.visited += 1
+            pg = e.page
+            if pg is not None and pg.reach < lo:
+                break  # this entry and every older one end before the range
+            if pg is not None and pg.last is e and j >= pg.rows - 1 and (
+                    entries[j - pg.rows + 1] is pg.first):
+                j -= pg.rows
+                if pg.t_max < lo or pg.t_min > hi:
+                    continue
+                if pg.ids is not prev_ids:
+                    prev_ids = pg.ids
+                    hit, idx = _locate(pg.ids, want)
+                if hit.size:
+                    self.targets.append(np.tile(order[hit], pg.rows))
+                    self.ts.append(pg.ts[:, idx].reshape(-1))
+                    self.vals.append(pg.vals[:, idx].reshape(-1))
                 continue
-            for p in parts:
+            j -= 1
+            if e.t_max < lo or e.t_min > hi:
+                continue
+            for p in e.parts:
                 if p.ids is not prev_ids:
                     prev_ids = p.ids
                     hit, idx = _locate(p.ids, want)
@@ -276,3 +401,44 @@ def newest(
             out[int(want[missing[k]])] = (int(t[-1]), float(v[-1]))
             found[missing[k]] = True
     return out
+
+
+def memory_bound(
+    series: int,
+    interval: float,
+    chunk_span: float,
+    memory_window: float,
+    *,
+    chunk_sample_bytes: float = CHUNK_SAMPLE_BYTES,
+) -> int:
+    """The most bytes the head holds for ``series`` series written every ``interval``
+    seconds (see the module doc), the pending backlog of a store outage aside."""
+    uncut_cycles = math.ceil(chunk_span / interval) + 1
+    cut_cycles = math.ceil((memory_window + chunk_span) / interval) + 1
+    chunks = series * (math.ceil((memory_window + chunk_span) / chunk_span) + 1)
+    return math.ceil(
+        uncut_cycles * (series * 16 + ENTRY_OVERHEAD)
+        + cut_cycles * series * chunk_sample_bytes
+        + chunks * CHUNK_OVERHEAD
+    )
+
+
+def head_bytes(entries: Iterable[Entry], blocks: Iterable[Block]) -> tuple[int, int]:
+    """(bytes of uncut entries, bytes of blocks) as :func:`memory_bound` counts them.
+
+    Sample arrays by their ``nbytes`` (an id array shared by several cycles once), plus
+    the per-entry and per-chunk object overheads of the bound.
+    """
+    seen: set[int] = set()
+    uncut = 0
+    for e in entries:
+        uncut += ENTRY_OVERHEAD
+        for p in e.parts:
+            uncut += p.ts.nbytes + p.vals.nbytes
+            if id(p.ids) not in seen:
+                seen.add(id(p.ids))
+                uncut += p.ids.nbytes
+    cut = 0
+    for b in blocks:
+        cut += sum(len(blob) for blob in b.blobs) + len(b.blobs) * CHUNK_OVERHEAD
+    return uncut, cut

@@ -52,7 +52,15 @@ from gpuwarden.model import Labels, Sample, SeriesData
 from gpuwarden.storage import codec, schema
 from gpuwarden.storage import retention as _retention
 from gpuwarden.storage.codec import F64Array, I64Array
-from gpuwarden.storage.head import Block, Entry, Gathered, cut_slices, newest, split_cycle
+from gpuwarden.storage.head import (
+    Block,
+    Entry,
+    Gathered,
+    compact,
+    cut_slices,
+    newest,
+    split_cycle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -449,12 +457,25 @@ class Store:
             )
 
     def _evict(self) -> None:
-        """Forget cut blocks that ended before the memory window."""
+        """Forget cut blocks that ended before the memory window; page new cycles.
+
+        Paging (``head.compact``) is done here, on the writer, so that ``append`` stays a
+        few numpy calls and a query gathers the uncut cycles a page at a time.
+        """
+        tail: list[Entry] = []
+        reach = _I64_MIN
         with self._lock:
             limit = self._newest_ms - self._memory_ms
             while self._blocks and self._blocks[0].hi < limit:
                 old = self._blocks.popleft()
                 self._cover_ms = max(self._cover_ms, old.hi + 1)
+            for e in reversed(self._entries):
+                if e.page is not None:
+                    reach = e.page.reach
+                    break
+                tail.append(e)
+        tail.reverse()
+        compact(tail, reach, self._span_ms)
 
     # ------------------------------------------------------------------ query
     def query(
@@ -480,7 +501,7 @@ class Store:
             ]
             in_memory = bool(local) and lo >= self._cover_ms
             if in_memory:
-                snap = [(e.t_min, e.t_max, e.parts) for e in self._entries]
+                snap = list(self._entries)
                 blocks = list(self._blocks)
                 keys = [self._keys[lid][1] for lid in local]
         if in_memory:
@@ -492,7 +513,7 @@ class Store:
             with self._cut_lock:
                 db_series, chunk_rows = self._read_chunks(signal, matchers, lo, hi)
                 with self._lock:
-                    snap = [(e.t_min, e.t_max, e.parts) for e in self._entries]
+                    snap = list(self._entries)
                     by_labels = {self._keys[lid][1]: lid for lid in local}
                     for db_id, labels in db_series:
                         lid = self._local_of_db.get(db_id)
