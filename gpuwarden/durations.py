@@ -15,7 +15,9 @@ import math
 import re
 
 MAX_DURATION = 100 * 365 * 86400.0
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+# Seconds per unit, except ms: dividing by 1000 keeps "9ms" exactly 9/1000 (9 * 0.001 is
+# not), so that a value written at a range's edge in ms compares as written.
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
 
@@ -30,7 +32,8 @@ def parse_duration(text: str) -> float:
             f"bad duration {_shown(text)}: use a number and a unit (ms, s, m, h, d, w), "
             'e.g. "30s"'
         )
-    seconds = sum(float(num) * _UNITS[unit] for num, unit in _PART.findall(compact))
+    seconds = sum(float(num) / 1000 if unit == "ms" else float(num) * _UNITS[unit]
+                  for num, unit in _PART.findall(compact))
     if not math.isfinite(seconds) or seconds > MAX_DURATION:  # float("9" * 400) is inf
         raise ValueError(f"bad duration {_shown(text)}: longer than 100 years")
     return seconds
