@@ -17,9 +17,19 @@ bound how often an action is *called* for one target (rule + labels = fingerprin
 firing inside them is audited ``suppressed`` with the reason. Resolved notices go to
 every action that was called for the firing. ``dry_run`` audits what would be sent.
 Timeouts, connection errors, 429 and 5xx (exec: non-zero exit) are retried with
-jittered exponential backoff; other 4xx fail at once; 410 Gone disables the action
-until restart. Anything not delivered lands in ``dead_letters`` for
-``gpuwarden actions replay``.
+jittered exponential backoff (0.5 s doubling to 60 s, ``Retry-After`` honoured) for the
+action's ``retry_for`` (default 15 min; the schedule is in ``receivers/__init__.py``);
+other 4xx fail at once; 410 Gone disables the action until restart. Per action and
+alert, notices are delivered in order and a resolved notice supersedes a firing still
+waiting to be delivered (same module). Anything not delivered lands in
+``dead_letters`` for ``gpuwarden actions replay``, which sends only what is still
+current.
+
+Delivery never waits on the database: audit rows and dead letters go through the
+audit log's bounded queue to its writer thread (``alerts/audit.py``), and the
+periodic dead-letter count runs on that thread too. At start the guard rails below are
+restored from the trail on a thread of its own; the router waits for it at most
+``restore_timeout`` (10 s), then starts without them.
 
 Inhibition (kept deliberately small, see :data:`DEFAULT_INHIBIT`): a firing
 ``ServerDown`` mutes the KV-cache, TTFT and latency alerts of the same node+server (a
@@ -45,7 +55,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
-from gpuwarden.alerts.audit import AuditLog
+from gpuwarden.alerts.audit import AuditLog, AuditRow
 from gpuwarden.alerts.model import Alert, AlertEvent, EventKind, rfc3339
 from gpuwarden.alerts.payload import AlertEntry, alert_entry, delivery_id
 from gpuwarden.alerts.receivers import (
@@ -120,6 +130,7 @@ class Dispatcher:
         poll: float = 0.1,
         wait: Callable[[threading.Condition, float], object] | None = None,
         audit_queue: int = 10_000,
+        restore_timeout: float = 10.0,
     ) -> None:
         self.actions = {a.name: a for a in actions}
         self.clock = clock
@@ -131,6 +142,7 @@ class Dispatcher:
         self.am_resolved_resend = am_resolved_resend
         self._poll = poll
         self._wait = wait
+        self._restore_timeout = restore_timeout
         engine: Engine | None = store if store is None or not hasattr(store, "engine") else (
             store.engine)
         self.audit = AuditLog(engine, clock=clock, background=True,
@@ -176,11 +188,16 @@ class Dispatcher:
     def start(self) -> None:
         if self._router is not None:
             return
-        self._restore()
+        # The trail is read on a thread of its own: a database that hangs must not hold
+        # up start() (the daemon's start-up) nor, beyond restore_timeout, the router.
+        trail: list[tuple[list[AuditRow], int]] = []
+        reader = threading.Thread(target=self._read_trail, args=(trail,), daemon=True,
+                                  name="gpuwarden-alerts-restore")
+        reader.start()
         for w in self._workers.values():
             w.thread.start()
-        self._router = threading.Thread(target=self._route_loop, name="gpuwarden-alerts",
-                                         daemon=True)
+        self._router = threading.Thread(target=self._route_loop, args=(reader, trail),
+                                         name="gpuwarden-alerts", daemon=True)
         self._router.start()
         self._schedule(self.clock() + 60.0, "dlcount", None)
 
@@ -262,7 +279,14 @@ class Dispatcher:
             heapq.heappush(self._timers, (due, next(self._seq), kind, payload))
             self._cv.notify_all()
 
-    def _route_loop(self) -> None:
+    def _route_loop(self, reader: threading.Thread,
+                    trail: list[tuple[list[AuditRow], int]]) -> None:
+        reader.join(self._restore_timeout)
+        if trail:
+            self._restore(*trail[0])
+        elif reader.is_alive():
+            log.warning("the audit trail did not answer within %s: cooldowns, budgets and "
+                        "who saw a firing start empty", format_duration(self._restore_timeout))
         while True:
             with self._cv:
                 while True:
@@ -543,17 +567,22 @@ class Dispatcher:
             audit.call_later(count)
         self._schedule(self.clock() + 60.0, "dlcount", None)
 
-    def _restore(self) -> None:
-        """Rebuild cooldowns, budgets and "who saw the firing" from the last day's audit."""
+    def _read_trail(self, out: list[tuple[list[AuditRow], int]]) -> None:
+        """The last day's audit rows and the dead-letter count, appended to ``out``."""
         if self.audit is None:
             return
         try:
             rows = self.audit.query(since=self.clock() - 86400.0, limit=200_000)
-            self.dead_letters = self.audit.count_dead_letters()
+            out.append((rows, self.audit.count_dead_letters()))
         except Exception as exc:
             log.warning("cannot read the audit trail to restore guard rails: %s",
                         type(exc).__name__)
-            return
+
+    def _restore(self, rows: list[AuditRow], dead_letters: int) -> None:
+        """Rebuild cooldowns, budgets and "who saw the firing" from the last day's audit
+        (router thread, before the first event is routed)."""
+        with self._cv:
+            self.dead_letters = dead_letters
         now = self.clock()
         for r in rows:
             if r.fingerprint is None or r.action not in self.actions:

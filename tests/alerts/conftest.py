@@ -1,8 +1,12 @@
 """Helpers for the delivery tests: a real HTTP receiver on loopback, alerts, a dispatcher.
 
 The :class:`Recorder` is a ``ThreadingHTTPServer`` on 127.0.0.1:0 that records every
-request (path, headers, raw body, arrival time) and answers from a script of responses
-(status, headers, body, delay) and then a default. Tests talk to it through the real
+request (path, headers, raw body, arrival time on its ``clock``, the status answered)
+and answers from ``respond`` when set, else a script of responses (status, headers,
+body, delay) and then a default. ``down()`` closes its port (connection refused) and
+``up()`` opens the same port again: a receiver outage. :class:`FakeTime` is a clock and
+backoff wait for the dispatcher, so retry windows of minutes pass in milliseconds. Tests
+talk to it through the real
 ``requests`` stack, so timeouts, connection handling and headers are the real ones.
 
 Fixture names (``recorder``, ``dstore``, ``harness``) are specific to the delivery
@@ -15,7 +19,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,6 +52,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int = 0  # what the recorder answered
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -58,6 +63,8 @@ class Recorder:
         self.requests: list[Request] = []
         self.script: deque[Reply] = deque()
         self.default = Reply()
+        self.respond: Callable[[str], Reply] | None = None  # path -> reply
+        self.clock: Callable[[], float] = time.monotonic
         self.cv = threading.Condition()
         recorder = self
 
@@ -68,10 +75,14 @@ class Recorder:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n)
                 with recorder.cv:
-                    reply = recorder.script.popleft() if recorder.script else recorder.default
+                    if recorder.respond is not None:
+                        reply = recorder.respond(self.path)
+                    else:
+                        reply = (recorder.script.popleft() if recorder.script
+                                 else recorder.default)
                     recorder.requests.append(Request(
                         "POST", self.path, {k.lower(): v for k, v in self.headers.items()},
-                        body, time.monotonic()))
+                        body, recorder.clock(), reply.status))
                     recorder.cv.notify_all()
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -88,15 +99,36 @@ class Recorder:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._handler = Handler
+        self._serve(0)
+        self.port = int(self.server.server_address[1])
+
+    def _serve(self, port: int) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
+        self.is_up = True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
+
+    def down(self) -> None:
+        """Close the port: connections are refused until :meth:`up`."""
+        if self.is_up:
+            self.close()
+            self.is_up = False
+
+    def up(self) -> None:
+        if not self.is_up:
+            self._serve(self.port)  # HTTPServer sets SO_REUSEADDR: the port is free again
+
+    def delivered(self) -> list[Request]:
+        """The requests the receiver accepted (2xx): what it knows."""
+        with self.cv:
+            return [r for r in self.requests if 200 <= r.status < 300]
 
     def wait(self, n: int, timeout: float = 5.0) -> list[Request]:
         end = time.monotonic() + timeout
@@ -109,9 +141,10 @@ class Recorder:
             return list(self.requests)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        if self.is_up:
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(5)
 
 
 @pytest.fixture
@@ -126,6 +159,30 @@ def dstore(tmp_path: Path) -> Iterator[Store]:
     s = open_store(f"sqlite:///{tmp_path / 'alerts.db'}", node="n1")
     yield s
     s.close()
+
+
+class FakeTime:
+    """A dispatcher clock and backoff wait: a backoff moves the clock instead of sleeping.
+
+    ``wait`` still releases the worker's condition for a moment so that deliveries
+    put meanwhile (a superseding resolve) are seen, as with a real wait.
+    """
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += max(0.0, seconds)
+
+    def wait(self, cv: threading.Condition, seconds: float) -> None:
+        self.advance(seconds)
+        cv.wait(0.001)
 
 
 FAST = RetryPolicy(attempts=3, base=0.01, factor=2.0, max_delay=0.05, max_retry_after=2.0)

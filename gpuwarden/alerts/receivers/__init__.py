@@ -8,6 +8,45 @@ Alertmanager and Standard Webhooks: 2xx is success; timeouts, connection errors,
 and 5xx are retried (429 honouring ``Retry-After``); 410 Gone disables the endpoint;
 every other status is a permanent failure.
 
+Retry schedule (:class:`RetryPolicy`, defaults): after failed attempt *n* wait
+``min(60 s, 0.5 s * 2**(n-1))`` +-20 % jitter (never above 60 s), until the action's
+``retry_for`` (default 15 min) has passed since the first attempt; the last wait is cut
+short so that one attempt falls exactly at the end of the window, then the delivery is
+a dead letter. Nominal attempt times, seconds after the first:
+
+=======  ======  ====================================================
+attempt  at      jittered range
+=======  ======  ====================================================
+1        0       0
+2        0.5     0.4-0.6
+3        1.5     1.2-1.8
+4        3.5     2.8-4.2
+5        7.5     6.0-9.0
+6        15.5    12.4-18.6
+7        31.5    25.2-37.8
+8        63.5    50.8-76.2 (waits from here on: 48-60 s)
+9..21    +60 s   123.5, 183.5, ... 843.5 nominal (jittered: 48-60 s apart)
+22       900     ``retry_for``: the last attempt, then the dead letter
+=======  ======  ====================================================
+
+So 22-24 attempts in 15 minutes (23 typically); an outage that ends inside the window
+is followed by an attempt at most 60 s later (sooner in the first minute). A ``Retry-After``
+(429 or 5xx; delta-seconds or HTTP date) replaces the computed wait, clamped to
+0.5 s-300 s and to the window's end. ``retry_for = "0s"`` means one attempt.
+
+Ordering and supersession (:class:`DeliveryWorker`): per action and alert
+(fingerprint), notices leave in the order they were made; a backoff holds up only the
+alerts of the delivery in backoff. A notice for an alert whose firing is still waiting
+(queued, or in backoff) supersedes that firing: the firing's entry is dropped and
+audited ``superseded``, and the backoff is cut short. A resolved notice that
+supersedes a firing the receiver never got (no attempt made, or every attempt failed
+before a connection existed: refused, unreachable) is dropped as well, as
+Alertmanager sends a resolved only for a notified firing: the receiver saw nothing,
+so there is nothing to resolve. If any attempt may have reached it (an HTTP answer, a
+timeout, an attempt in flight), the resolved is sent, at once. A firing that was
+already dead-lettered is not pending any more: its resolved is sent (a lone resolved
+is harmless, a missing one leaves the receiver believing the alert fires).
+
 Error texts in an :class:`Outcome` never quote a URL path, a header or an exception's
 own message (``requests`` puts the full URL, e.g. a Slack webhook token, into it):
 only the exception class and the endpoint's origin.
