@@ -141,6 +141,34 @@ def test_invalid_lines_in_a_usable_payload_are_counted(http: _Server,
     assert c.scrape_errors_total == {}
 
 
+def test_a_slow_to_parse_payload_keeps_its_first_lines(http: _Server,
+                                                       session: requests.Session) -> None:
+    """Parse budget spent: the lines parsed so far are used and the cut is counted."""
+    head = b'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+    filler = b"".join(b'untyped_filler{i="%d"} 1\n' % i for i in range(20_000))  # ~500 KB
+    http.behaviour = serve(head + filler)
+    c = make(session, url(http))
+    c.parse_budget_s = 0.0  # spent after the first 64 KiB chunk
+    out = c.collect()
+    assert up(out) == 1.0  # the server answered
+    running = [s for s in out if s.signal == "requests_running"]
+    assert [s.value for s in running] == [3.0]
+    assert c.scrape_errors_total == {"parse_timeout": 1}
+    assert c.parse_errors_total == 0 and c.last_error is None
+
+
+def test_bad_lines_cost_only_themselves_and_are_all_counted(
+        http: _Server, session: requests.Session) -> None:
+    """Hundreds of junk lines, one of them 1 MB long, among valid ones: all counted."""
+    clean = {(s.signal, s.value) for s in make(session, url(http)).collect()}
+    junk = b"".join(b"junk %d\x01\n" % i for i in range(300)) + b"y" * (1 << 20) + b"\n"
+    http.behaviour = serve(junk + KV_PRESSURE + junk)
+    c = make(session, url(http))
+    assert {(s.signal, s.value) for s in c.collect()} == clean  # server_up 1 included
+    assert c.parse_errors_total == 2 * 301
+    assert c.scrape_errors_total == {}
+
+
 def test_empty_payload_is_up_with_no_signals(http: _Server, session: requests.Session) -> None:
     http.behaviour = serve(b"")
     out = make(session, url(http)).collect()
@@ -276,6 +304,43 @@ def test_oversized_without_content_length(http: _Server, session: requests.Sessi
     out = c.collect()
     assert time.monotonic() - t0 < 1.5
     assert_down(out, c, "oversize")
+
+
+def test_body_of_exactly_max_bytes_is_used_one_more_is_oversize(
+        http: _Server, session: requests.Session) -> None:
+    """The cap is exact, also for a body without Content-Length in many small pieces."""
+    limit = 64 * 1024
+    body = KV_PRESSURE[:limit]
+    body = body[: body.rfind(b"\n") + 1]
+    body += b"#" * (limit - len(body) - 1) + b"\n"  # a comment pads it to exactly limit
+    assert len(body) == limit
+
+    def trickle(payload: bytes) -> Behaviour:
+        def run(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            for i in range(0, len(payload), 1000):
+                piece = payload[i:i + 1000]
+                h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            h.wfile.write(b"0\r\n\r\n")
+        return run
+
+    c = make(session, url(http), max_bytes=limit)
+    http.behaviour = trickle(body)
+    assert up(c.collect()) == 1.0
+    http.behaviour = trickle(body + b"\n")
+    assert up(c.collect()) == 0.0
+    http.behaviour = serve(gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    assert up(c.collect()) == 1.0
+    http.behaviour = serve(gzip.compress(body + b"\n"), headers={"Content-Encoding": "gzip"})
+    assert up(c.collect()) == 0.0
+    assert c.scrape_errors_total == {"oversize": 2}
+
+
+def test_default_cap_is_8_mib(session: requests.Session) -> None:
+    c = ServerCollector("node-a", "vllm-0", "vllm", "http://127.0.0.1:9/metrics", session)
+    assert c.max_bytes == 8 * 1024 * 1024
 
 
 def test_oversized_gzip_bomb_is_cut_after_decoding(http: _Server,
