@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from gpuwarden.alerts.commands import add_audit_command
 from gpuwarden.alerts.models_history import ModelHistory
 from gpuwarden.alerts.receivers import RetryPolicy
 from gpuwarden.model import Sample, make_labels
+from gpuwarden.storage import Store
 from tests.storage.conftest import Backend, backend
 
-from .conftest import Harness, Recorder, Reply, action, firing, make_alert
+from .conftest import Harness, Recorder, Reply, action, dstore, firing, make_alert
 
-__all__ = ["backend"]  # the SQLite/PostgreSQL fixture, reused from the storage tests
+__all__ = ["backend", "dstore"]  # fixtures reused from the storage and delivery tests
 T0 = 1_700_000_000.0
 
 
@@ -126,3 +128,40 @@ def test_model_history_multi_model_and_gpu_labels_ignored() -> None:
                 Sample("gpu_up", make_labels(node="n1", gpu="0", model="H100"), 1.0, T0)], T0)
     assert mh.current_model("s") == "base,lora-a"
     assert mh.current_model("") is None
+
+
+def test_background_writer_keeps_order_and_counts_what_does_not_fit(backend: Backend) -> None:
+    """The dispatcher's log: writes return at once, land in order, and a full queue
+    drops (and counts) rows instead of blocking the caller."""
+    store = backend.open(node="n1")
+    log = AuditLog(store.engine, clock=lambda: T0, background=True, queue_size=1000)
+    try:
+        for i in range(300):
+            log.record(action="hook", result="sent", fingerprint=f"f{i:03d}", attempt=1)
+        assert log.flush(20)
+        rows = log.query(since=T0 - 1)
+        assert [r.fingerprint for r in rows] == [f"f{i:03d}" for i in range(300)]
+        assert log.dropped_total == 0
+    finally:
+        log.close(5)
+
+
+def test_full_audit_queue_drops_and_counts_instead_of_blocking(dstore: Store) -> None:
+    """The store is locked by another process: the writer is stuck, the bounded queue
+    fills, further rows are dropped and counted; the rest land in order afterwards."""
+    blocker = sqlite3.connect(str(dstore.engine.url.database), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        small = AuditLog(dstore.engine, clock=lambda: T0, background=True, queue_size=5)
+        started = time.monotonic()
+        for i in range(20):
+            small.record(action="hook", result="sent", fingerprint=f"g{i:02d}")
+        assert time.monotonic() - started < 0.5
+        assert small.dropped_total == 15 and small.queued == 5
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert small.flush(20)
+    small.close(1)
+    kept = [r.fingerprint for r in AuditLog(dstore.engine).query(since=T0 - 1)]
+    assert kept == [f"g{i:02d}" for i in range(5)]

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from gpuwarden.alerts.receivers import (
     Delivery,
     Receiver,
     ReceiverContext,
+    RetryPolicy,
     build_receiver,
     classify_status,
     parse_retry_after,
@@ -220,6 +222,45 @@ def test_timeout_and_refused_are_retryable(recorder: Recorder,
     out = receiver(session, url="http://127.0.0.1:9/x/SECRETPATH").send(
         delivery((make_alert(), "firing")))
     assert not out.ok and out.retryable and out.error == "ConnectionError (http://127.0.0.1:9)"
+
+
+def test_reached_tells_refused_from_answered(recorder: Recorder,
+                                             session: requests.Session) -> None:
+    """Whether the receiver may have got the request decides if a resolve that
+    supersedes the firing is sent: refused -> certainly not; an answer or a read
+    timeout -> maybe."""
+    d = delivery((make_alert(), "firing"))
+    assert not receiver(session, url="http://127.0.0.1:9/x").send(d).reached
+    recorder.default.status = 503
+    assert receiver(session, url=recorder.url).send(d).reached
+    recorder.default.delay = 1.0
+    assert receiver(session, url=recorder.url, timeout=0.2).send(d).reached
+
+
+def test_retry_schedule_is_the_documented_one() -> None:
+    """The attempt times in the module doc's table, and the window's end is tried."""
+    from gpuwarden.alerts import receivers
+
+    times = RetryPolicy().nominal(900.0)
+    assert times[:9] == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 63.5, 123.5]
+    assert times[-2:] == [843.5, 900.0] and len(times) == 22
+    rows = [line.split() for line in (receivers.__doc__ or "").splitlines()]
+    table = {int(r[0]): float(r[1]) for r in rows if len(r) >= 2 and r[0].isdigit()}
+    assert table == {n + 1: t for n, t in enumerate(times) if n < 8 or t == 900.0}
+    policy = RetryPolicy(rng=random.Random(1))
+    elapsed, n = 0.0, 1
+    waits = []
+    while (wait := policy.next_delay(n, elapsed, 900.0)) is not None:
+        waits.append(wait)
+        elapsed += wait
+        n += 1
+    assert elapsed == pytest.approx(900.0) and 22 <= n <= 24
+    assert max(waits) <= 60.0 and all(w >= 48.0 for w in waits[8:-1])
+    assert policy.next_delay(1, 0.0, 0.0) is None  # retry_for 0: one attempt
+    assert policy.next_delay(1, 0.0, 900.0, retry_after=0.0) == 0.5  # no busy loop
+    assert policy.next_delay(1, 0.0, 900.0, retry_after=86400.0) == 300.0  # capped
+    assert policy.next_delay(1, 850.0, 900.0, retry_after=120.0) == 50.0  # window's end
+    assert RetryPolicy(attempts=3).next_delay(3, 1.0, 900.0) is None
 
 
 def test_classification() -> None:
