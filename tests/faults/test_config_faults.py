@@ -18,6 +18,7 @@ configs of the issue and a few generated ones, with real SIGHUP and SIGTERM.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import signal
@@ -34,7 +35,7 @@ import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gpuwarden.config import Config, load_config
+from gpuwarden.config import ARRAYS, SECTIONS, TOP, Config, load_config, parse_config
 from gpuwarden.daemon import Daemon
 from gpuwarden.errors import ConfigError
 from gpuwarden.storage import open_store
@@ -201,6 +202,60 @@ def assert_rejected_for_the_right_keys(gen: Generated, path: Path) -> None:
     # Type and range problems are all reported at once; the templates are rendered once
     # everything else is valid (they need the rule as it will run).
     assert named == (gen.bad or gen.bad_templates), info.value.problems
+
+
+def toml_value(value: object) -> str:
+    """``value`` as a TOML literal (inline tables and arrays nest)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON's escapes are TOML's, but for DEL (TOML wants it escaped) and astral
+        # characters (JSON's surrogate pairs are not Unicode scalars: left unescaped).
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    assert isinstance(value, dict)
+    return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+ANY_VALUE = st.recursive(
+    st.one_of(st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
+              st.sampled_from(["30s", "0s", "1e400s", "http://127.0.0.1:1/x", "sim", "{value"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
+KEYS = [("", key) for key in TOP] + [
+    (f"[{name}]", key) for name, schema in SECTIONS.items() for key in schema
+] + [(f"[[{name}]]", key) for name, schema in ARRAYS.items() for key in schema]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KEYS), ANY_VALUE), min_size=1, max_size=6))
+def test_any_value_at_any_key_is_parsed_or_a_config_error(
+    entries: list[tuple[tuple[str, str], object]],
+) -> None:
+    """Whatever a key is given (any type, any size, nested), the parser answers with the
+    config or with ConfigError lines; never another exception (a traceback)."""
+    tables: dict[str, dict[str, object]] = {}
+    for (table, key), value in entries:  # one header per table, one line per key: valid TOML
+        tables.setdefault(table, {})[key] = value
+    text = "".join(
+        (f"{table}\n" if table else "") + "".join(f"{k} = {toml_value(v)}\n" for k, v in kv.items())
+        for table, kv in sorted(tables.items())  # "" (the top level) first
+    )
+    try:
+        parse_config(text, "cfg.toml")
+    except ConfigError as exc:
+        assert exc.problems
+        assert all("\n" not in p and p.startswith("cfg.toml") for p in exc.problems)
+        event("not valid TOML" if "not valid TOML" in exc.problems[0] else "config error")
+    else:
+        event("accepted")
 
 
 # --- (a) in-process: parse, start, cycle, reload, stop ------------------------------------
