@@ -7,6 +7,8 @@ again (the ``pg`` fixture thaws and restarts it in teardown whatever happened).
 
 from __future__ import annotations
 
+import os
+import pwd
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,12 @@ def pg_cluster() -> Iterator[PgCluster]:
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries (initdb, postgres) are not installed "
                     "(Debian: apt-get install postgresql)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root, and there is no 'postgres' OS user to run "
+                        "initdb and postgres as (they refuse root)")
     cluster = PgCluster(bin_dir)
     try:
         cluster.start()
