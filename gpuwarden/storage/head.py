@@ -77,7 +77,8 @@ class Entry:
     t_max: int
     count: int
     log_id: int | None = None
-    page: Page | None = None  # set by compact(): its one part is a row of this page
+    page: Page | None = None  # set by compact(): its one part is row ``row`` of this page
+    row: int = 0
 
     def columns(self) -> tuple[I64Array, I64Array, F64Array]:
         if len(self.parts) == 1:
@@ -106,15 +107,17 @@ class Block:
     hi: int
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Page:
     """Consecutive uncut cycles of one series set, as (cycle x series) matrices.
 
-    The entries ``first`` .. ``last`` (``rows`` of them, in write order) each hold one
-    part whose ``ts`` and ``vals`` are rows of ``ts`` and ``vals`` here, so a query
-    gathers a page's samples with one fancy index instead of one per cycle. Entries
-    are only ever appended after and removed from the store's list, so finding
-    ``first`` ``rows - 1`` places before ``last`` means the whole page is still there.
+    Its ``rows`` entries (consecutive, in write order) each hold one part whose ``ts``
+    and ``vals`` are rows of ``ts`` and ``vals`` here, so a query gathers a page's
+    samples with one fancy index instead of one per cycle. Entries are only ever
+    appended after and removed from the store's list, so finding row 0 ``rows - 1``
+    places before the last row means the whole page is still there. The page does not
+    point back at its entries: no reference cycle, so a cut page is freed at once
+    rather than at the cyclic collector's next full pass.
     ``reach`` is the newest ``t_max`` of this page and every entry older than it when
     the page was made: a query going backwards stops at a page whose reach is before
     its range.
@@ -123,8 +126,6 @@ class Page:
     ids: I64Array
     ts: I64Array
     vals: F64Array
-    first: Entry
-    last: Entry
     rows: int
     t_min: int
     t_max: int
@@ -217,12 +218,12 @@ def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int = PAGE_RO
             vals = np.stack([e.parts[0].vals for e in run])
             t_max = max(e.t_max for e in run)
             reach = max(reach, t_max)
-            page = Page(run[0].parts[0].ids, ts, vals, run[0], run[-1], len(run),
+            page = Page(run[0].parts[0].ids, ts, vals, len(run),
                         min(e.t_min for e in run), t_max, reach)
             for k, e in enumerate(run):
                 part = e.parts[0]
                 part.ts, part.vals = ts[k], vals[k]
-                e.page = page
+                e.page, e.row = page, k
             paged += len(run)
         else:
             reach = max([reach, *(e.t_max for e in run)])
@@ -326,8 +327,8 @@ class Gathered:
             pg = e.page
             if pg is not None and pg.reach < lo:
                 break  # this entry and every older one end before the range
-            if pg is not None and pg.last is e and j >= pg.rows - 1 and (
-                    entries[j - pg.rows + 1] is pg.first):
+            if pg is not None and e.row == pg.rows - 1 and j >= e.row and (
+                    entries[j - e.row].page is pg and entries[j - e.row].row == 0):
                 j -= pg.rows
                 if pg.t_max < lo or pg.t_min > hi:
                     continue

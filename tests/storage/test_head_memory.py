@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,18 @@ def test_head_stays_within_its_documented_memory_bound(tmp_path: Path) -> None:
         assert max(seen[300:]) <= 1.05 * max(seen[100:200])  # flat once the window is full
     finally:
         store.close()
+
+
+def test_cut_pages_are_freed_without_the_cyclic_collector() -> None:
+    """Pages must not be in a reference cycle with their entries: the cyclic collector
+    reaches them late, and a soak showed +41 MiB of RSS at the first cut when they were."""
+    entries = _cycles(128, 20, 100, 0)
+    compact(entries, -(2**63), 600_000)
+    assert entries[0].page is not None
+    page = weakref.ref(entries[0].page)
+    gc.disable()
+    try:
+        del entries[:64]  # the first page's cycles, cut
+        assert page() is None
+    finally:
+        gc.enable()
