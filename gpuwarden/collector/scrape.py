@@ -155,7 +155,7 @@ def _release_freed_memory(size: int) -> None:
     glibc keeps freed heap memory for reuse, and a body read by a pool thread lives in
     that thread's arena between the long-lived objects other threads allocate, so
     without this a single 50 MB body left the daemon's RSS ~16 MiB higher for good
-    (measured; see bench/README.md). ``malloc_trim(0)`` returns every free page of
+   . ``malloc_trim(0)`` returns every free page of
     every arena; it costs about a millisecond, so it only runs after bodies of at
     least ``_TRIM_AFTER_BYTES``.
     """
