@@ -13,11 +13,17 @@ Cut cycles stay in memory for ``memory_window`` (default 10 min) so that detecto
 are answered from memory without touching the database: as the compressed chunks the cut
 just wrote (``head.Block``), not as raw columns (see ``head.py``).
 
-Failure handling: when the database cannot be written, ``write()`` keeps the cycle in a
-bounded pending buffer (and in the head, so detectors keep working) and raises
-:class:`StoreUnavailable`; the next successful write persists the backlog first, in order.
+Failure handling: ``append()`` puts a cycle in the head (so detectors keep working) and
+in a bounded pending buffer without touching the database; ``persist()`` writes the
+backlog, in order, and raises :class:`StoreUnavailable` when the database cannot be
+written, keeping the backlog for the next try. The daemon calls ``append`` on its
+collection loop and ``persist`` on a writer thread (``storage/writer.py``), so a database
+that hangs without answering (a frozen PostgreSQL) never holds up collection. ``write()``
+is both in one call, for tools and tests. Failures are counted by reason
+(``write_errors``: ``timeout``, ``unavailable``, ``locked``, ``disk_full``, ``error``).
 
-Locks: ``_write_lock`` serialises writers (the scheduler thread, ``flush()`` on SIGTERM);
+Locks: ``_write_lock`` serialises writers (the writer thread, ``flush()`` on SIGTERM);
+``_pending_lock`` guards the pending buffer, shared by ``append`` and the writer;
 ``_lock`` guards the head and the series registry and is held only to copy references;
 ``_cut_lock`` makes "chunks committed + cycles marked cut" atomic for the queries that
 read both the database and the head, so they see every sample exactly once.
@@ -30,10 +36,12 @@ import logging
 import math
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -69,6 +77,9 @@ MAX_CHUNK_SPAN_MS = 3_600_000
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _DB_ERRORS = (DBAPIError, SQLAlchemyError, TimeoutError)
 SeriesKey = tuple[str, Labels]
+T = TypeVar("T")
+#: Threads for reads with a deadline; one more than a stuck read needs.
+_READ_THREADS = 2
 
 
 def labels_json(labels: Labels) -> str:
@@ -131,6 +142,7 @@ class Store:
         max_pending_cycles: int = 600,
         max_pending_samples: int = 2_000_000,
         zlib_level: int = 6,
+        read_timeout: float | None = None,
     ) -> None:
         if not 0 < chunk_span * 1000 <= MAX_CHUNK_SPAN_MS:
             raise ValueError(f"chunk_span must be in (0, {MAX_CHUNK_SPAN_MS // 1000}] seconds")
@@ -144,6 +156,14 @@ class Store:
         self._level = zlib_level
         self._lock = threading.Lock()
         self._write_lock = threading.RLock()
+        self._pending_lock = threading.Lock()
+        # Reads that need the database, with a deadline (read_timeout; None: wait).
+        self.read_timeout = read_timeout
+        self._reader: ThreadPoolExecutor | None = None
+        self._reader_lock = threading.Lock()
+        self._read_stuck = 0  # reads past their deadline that have not returned yet
+        self.read_timeouts_total = 0
+        self._in_flight: set[int] = set()  # ids of pending entries a persist is writing
         self._cut_lock = threading.Lock()
         self._closed = False
         # Series registry: local ids index the head; db ids are assigned on persist.
@@ -161,7 +181,7 @@ class Store:
         self._newest_ms = _I64_MIN
         self._cover_ms = _I64_MIN  # every sample at or after this is in memory
         self.samples_written_total = 0
-        self.write_errors_total = 0
+        self.write_errors: Counter[str] = Counter()  # by reason, see write_error_reason
         self.dropped_samples_total = 0
         self.chunks_written_total = 0
         self.last_write_seconds = 0.0
@@ -233,6 +253,39 @@ class Store:
         if decoded:
             log.info("replayed %d head-log cycles of node %s", len(decoded), self.node)
 
+    # ------------------------------------------------------------ read deadline
+    def _db_read(self, read: Callable[[], T]) -> T:
+        """Run a database read, waiting at most ``read_timeout`` for it.
+
+        Only a database that stopped answering (frozen processes: see engine.py) makes
+        this matter. A read past its deadline is left to finish on its thread; until it
+        has, further reads fail at once instead of piling up threads and connections,
+        so the caller (rules, derived signals on the collection loop) carries on from
+        the head.
+        """
+        if self.read_timeout is None:
+            return read()
+        with self._reader_lock:
+            if self._read_stuck:
+                raise StoreUnavailable("store not answering: an earlier read is still waiting")
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(_READ_THREADS,
+                                                  thread_name_prefix="gpuwarden-store-read")
+            future = self._reader.submit(read)
+        try:
+            return future.result(timeout=self.read_timeout)
+        except FutureTimeout:
+            with self._reader_lock:
+                self._read_stuck += 1
+                self.read_timeouts_total += 1
+            future.add_done_callback(self._read_returned)
+            raise StoreUnavailable(
+                f"store did not answer a read within {self.read_timeout:g}s") from None
+
+    def _read_returned(self, _future: Future[Any]) -> None:
+        with self._reader_lock:
+            self._read_stuck -= 1
+
     # --------------------------------------------------------------- registry
     def _register(self, key: SeriesKey) -> int:
         """Local id of a series key (caller holds ``_lock``)."""
@@ -261,23 +314,49 @@ class Store:
     def _begin_write(self) -> AbstractContextManager[Connection]:
         return write_transaction(self.engine)
 
+    @property
+    def write_errors_total(self) -> int:
+        """Failed writes and cuts, all reasons together."""
+        return sum(self.write_errors.values())
+
+    def count_write_error(self, reason: str) -> None:
+        """Count a failed write under ``reason`` (the writer counts ``timeout`` itself)."""
+        self.write_errors[reason] += 1
+
     def write(self, samples: Sequence[Sample]) -> int:
         """Persist one collection cycle; return how many samples reached the database.
 
-        The count includes a backlog written ahead of this cycle. Raises
-        :class:`StoreUnavailable` when the database cannot be written; the cycle is then
-        held in the pending buffer (and already queryable from the head).
+        ``append`` then ``persist``, in the calling thread. The count includes a backlog
+        written ahead of this cycle. Raises :class:`StoreUnavailable` when the database
+        cannot be written; the cycle is then held in the pending buffer (and already
+        queryable from the head).
         """
-        started = time.perf_counter()
+        self.append(samples)
+        return self.persist()
+
+    def append(self, samples: Sequence[Sample]) -> None:
+        """Put one cycle in the head and the pending buffer; never touches the database.
+
+        Thread-safe against a concurrent :meth:`persist` on another thread.
+        """
         if self._closed:
             raise StoreError("store is closed")
+        if samples:
+            self._append(samples)
+
+    def persist(self) -> int:
+        """Write the pending backlog in order, then cut finished windows into chunks.
+
+        Returns the samples written. Raises :class:`StoreUnavailable` (the backlog is
+        kept) when the database cannot be written. May block as long as the database
+        does: the daemon calls it on its writer thread only.
+        """
+        started = time.perf_counter()
         with self._write_lock:
-            if samples:
-                self._append(samples)
             try:
                 written = self._persist_pending()
             except _DB_ERRORS as exc:
-                self.write_errors_total += 1
+                self.write_errors[write_error_reason(exc)] += 1
                 self.last_write_seconds = time.perf_counter() - started
                 raise StoreUnavailable(
                     f"store not writable, {self.pending_samples} samples pending: {_reason(exc)}"
@@ -285,7 +364,7 @@ class Store:
             try:
                 self._cut(force=False)
             except _DB_ERRORS as exc:  # the samples are durable in the head log already
-                self.write_errors_total += 1
+                self.write_errors[write_error_reason(exc)] += 1
                 log.warning("chunk cut failed, will retry: %s", _reason(exc))
             self._evict()
         self.last_write_seconds = time.perf_counter() - started
@@ -306,22 +385,32 @@ class Store:
         with self._lock:
             self._entries.append(entry)
             self._newest_ms = max(self._newest_ms, entry.t_max)
-        self._pending.append(entry)
-        pending = self.pending_samples
-        while len(self._pending) > 1 and (
-            len(self._pending) > self._max_pending_cycles or pending > self._max_pending_samples
-        ):
-            old = self._pending.popleft()
-            pending -= old.count
+        dropped: list[Entry] = []
+        with self._pending_lock:
+            self._pending.append(entry)
+            pending = sum(e.count for e in self._pending)
+            # The oldest cycle goes first, unless a persist is writing it right now (it
+            # will be in the database in a moment: dropping it would count it twice).
+            while len(self._pending) > 1 and (
+                len(self._pending) > self._max_pending_cycles
+                or pending > self._max_pending_samples
+            ) and id(self._pending[0]) not in self._in_flight:
+                old = self._pending.popleft()
+                pending -= old.count
+                dropped.append(old)
+        for old in dropped:
             self.dropped_samples_total += old.count
             with self._lock:
                 self._entries.remove(old)
-            log.warning("pending buffer full: dropped a cycle of %d samples", old.count)
+        if dropped:
+            log.warning("pending buffer full: dropped %d cycles of %d samples", len(dropped),
+                        sum(e.count for e in dropped))
 
     @property
     def pending_samples(self) -> int:
-        """Samples accepted by ``write()`` but not yet in the database."""
-        return sum(e.count for e in self._pending)
+        """Samples accepted by ``append()`` but not yet in the database."""
+        with self._pending_lock:
+            return sum(e.count for e in self._pending)
 
     def flush_pending(self) -> int:
         """Write the pending backlog now; raise :class:`StoreUnavailable` if impossible."""
@@ -329,13 +418,20 @@ class Store:
             try:
                 return self._persist_pending()
             except _DB_ERRORS as exc:
-                self.write_errors_total += 1
+                self.write_errors[write_error_reason(exc)] += 1
                 raise StoreUnavailable(f"store not writable: {_reason(exc)}") from exc
 
     def _persist_pending(self) -> int:
-        if not self._pending:
-            return 0
-        batch = list(self._pending)
+        with self._pending_lock:
+            batch = list(self._pending)
+            self._in_flight = {id(e) for e in batch}
+        try:
+            return self._persist_batch(batch) if batch else 0
+        finally:
+            with self._pending_lock:
+                self._in_flight = set()
+
+    def _persist_batch(self, batch: list[Entry]) -> int:
         log_ids: list[int] = []
         new_ids: dict[int, int] = {}
         with self._begin_write() as conn:
@@ -363,8 +459,9 @@ class Store:
                 self._local_of_db[db_id] = lid
         for e, log_id in zip(batch, log_ids, strict=True):
             e.log_id = log_id
-        for _ in batch:
-            self._pending.popleft()
+        with self._pending_lock:  # append() only adds at the right meanwhile
+            for _ in batch:
+                self._pending.popleft()
         written = sum(e.count for e in batch)
         self.samples_written_total += written
         return written
@@ -391,7 +488,7 @@ class Store:
                 self._persist_pending()
                 self._cut(force=True)
             except _DB_ERRORS as exc:
-                self.write_errors_total += 1
+                self.write_errors[write_error_reason(exc)] += 1
                 raise StoreUnavailable(f"store flush failed: {_reason(exc)}") from exc
             self._evict()
 
@@ -509,7 +606,7 @@ class Store:
             got.add_blocks(blocks, local, lo, hi)
             got.add_head(snap, local, lo, hi)
             return got.to_series(signal, keys, start, end)
-        try:
+        def read_db() -> tuple[Any, ...]:
             with self._cut_lock:
                 db_series, chunk_rows = self._read_chunks(signal, matchers, lo, hi)
                 with self._lock:
@@ -518,6 +615,10 @@ class Store:
                     for db_id, labels in db_series:
                         lid = self._local_of_db.get(db_id)
                         by_labels.setdefault(labels, -1 if lid is None else lid)
+            return db_series, chunk_rows, snap, by_labels
+
+        try:
+            db_series, chunk_rows, snap, by_labels = self._db_read(read_db)
         except _DB_ERRORS as exc:
             raise StoreUnavailable(f"store not readable: {_reason(exc)}") from exc
         keys = sorted(by_labels)
@@ -579,11 +680,14 @@ class Store:
         q = select(s.c.signal, s.c.labels)
         if signal is not None:
             q = q.where(s.c.signal == signal)
-        try:
+        def read_db() -> set[SeriesKey]:
             with self.engine.connect() as conn:
-                found = {
+                return {
                     (r.signal, tuple(sorted(json.loads(r.labels).items()))) for r in conn.execute(q)
                 }
+
+        try:
+            found = self._db_read(read_db)
         except _DB_ERRORS as exc:
             raise StoreUnavailable(f"store not readable: {_reason(exc)}") from exc
         with self._lock:
@@ -615,12 +719,35 @@ class Store:
                 )
             self._closed = True
             self.engine.dispose()
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_error_reason(exc: BaseException) -> str:
+    """The ``reason`` label a failed write is counted under.
+
+    ``timeout``: the database did not answer in time (PostgreSQL statement or lock
+    timeout, SQLite busy past busy_timeout counts as ``locked``); ``unavailable``: no
+    connection; ``disk_full``; ``error``: anything else (a bug or a schema problem).
+    """
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if isinstance(exc, TimeoutError) or "timeout" in text or "timed out" in text or (
+            "canceling statement" in text):
+        return "timeout"
+    if "database is locked" in text or "database is busy" in text:
+        return "locked"
+    if "disk is full" in text or "no space left" in text or "disk full" in text:
+        return "disk_full"
+    if "connect" in text or "server closed" in text or "terminating connection" in text or (
+            "shutting down" in text or "starting up" in text):
+        return "unavailable"
+    return "error"
 
 
 def _reason(exc: BaseException) -> str:
