@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpuwarden import __version__
-from gpuwarden.errors import ConfigError, StoreError
+from gpuwarden.errors import ConfigError, InstanceLocked, StoreError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:9842"
@@ -53,6 +53,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon.install_signal_handlers()
     try:
         daemon.start()
+    except InstanceLocked as exc:  # another daemon owns this store and node
+        print(f"gpuwarden: {exc}", file=sys.stderr)
+        daemon.shutdown()
+        return EXIT_RUNTIME
     except StoreError as exc:
         print(f"storage: {exc}", file=sys.stderr)
         daemon.shutdown()
@@ -95,6 +99,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     code, detail = got
     print(f"{args.url}: {detail.get('status')} (cycles {detail.get('cycles')}, "
           f"last cycle {detail.get('last_cycle_age_seconds')} s ago)")
+    if detail.get("store") == "degraded":  # the loop lives; its database does not keep up
+        print(f"store degraded: {detail.get('store_last_error')}, "
+              f"{detail.get('store_pending_samples')} samples waiting in memory")
     return EXIT_OK if code == 200 else EXIT_RUNTIME
 
 

@@ -1,17 +1,25 @@
 """The daemon: the collection cycle, its schedule, signals and the HTTP endpoints.
 
-One cycle = run every collector (concurrently, bounded), write what they returned to
-the store in one batch, evaluate the alert rules over the store, hand the alert
-transitions to delivery, render ``/metrics`` once, ping the systemd watchdog. APScheduler
-runs it every ``interval`` with ``max_instances=1`` and ``coalesce=True``: cycles never
-overlap and a stalled machine does not replay a backlog of missed runs.
+One cycle = run every collector (concurrently, bounded), put what they returned in the
+store's memory and wake the store's writer thread, evaluate the alert rules over the
+store, hand the alert transitions to delivery, refresh ``/metrics``, ping the systemd
+watchdog. APScheduler runs it every ``interval`` with ``max_instances=1`` and
+``coalesce=True``: cycles never overlap and a stalled machine does not replay a backlog
+of missed runs; a run skipped because the previous one overran is counted
+(``gpuwarden_cycles_skipped_total``) and logged at most once a minute.
 
 Failure policy (DESIGN convention 9): every collector call and every job sits in a
 catch-all that logs, counts and carries on. A collector that hangs is not waited for
 past the cycle's deadline; it is left to finish in its worker and not started again
 until it has, so a dead inference server can never stall GPU sampling or pile up
-threads. A store that cannot be written keeps the samples buffered (bounded) and
-writes them once it is back.
+threads. The cycle never waits on the database: writes (samples, alert state, model
+history) run on the store's writer thread (``storage/writer.py``) and reads have a
+deadline (``Store.read_timeout``), so a database that hangs without answering costs the
+writes' latency, not collection, alerting or the watchdog. A store that cannot be
+written keeps the samples buffered (bounded) and writes them once it is back.
+
+One daemon per store and node: an exclusive lock (``storage/instance_lock.py``) is taken
+before anything is written; a second instance exits naming the first one's PID.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from gpuwarden.collector import Collector
 from gpuwarden.config import Config, load_config
 from gpuwarden.errors import ConfigError, GpuwardenError, StoreError
 from gpuwarden.model import Labels, Sample
+from gpuwarden.ratelog import RateLimitedLog
 from gpuwarden.sdnotify import SystemdNotifier
 
 if TYPE_CHECKING:
@@ -42,6 +51,8 @@ if TYPE_CHECKING:
     from gpuwarden.alerts.models_history import ModelHistory
     from gpuwarden.alerts.state import AlertStatePersister
     from gpuwarden.exposition import Exposition, Snapshot
+    from gpuwarden.storage.instance_lock import InstanceLock
+    from gpuwarden.storage.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,11 @@ MAX_COLLECT_WORKERS = 8
 MAX_PUSHED_SAMPLES = 10_000
 DERIVE_EVERY_S = 5.0
 PUSHED_TTL_S = 600.0
+#: A database read on the collection loop waits at most this long (see Store._db_read).
+STORE_READ_TIMEOUT_S = 0.5
+#: Seconds given to the writer to write what is pending when stopping.
+SHUTDOWN_FLUSH_S = 5.0
+HEALTH_MIN_S = 2.0
 
 
 @dataclass(slots=True)
@@ -68,31 +84,6 @@ class _FirstCycle:
     pushed: list[Sample]  # pushed over HTTP meanwhile (none yet, HTTP is not up)
     seconds: float  # spent collecting and storing it, before the store was opened
     stored: bool  # written by early_store; else Store.write must write it
-
-
-class RateLimitedLog:
-    """Logs a repeated failure once per period instead of once per cycle."""
-
-    def __init__(self, period: float = 60.0) -> None:
-        self.period = period
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = defaultdict(int)
-
-    def warning(self, key: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.period:
-            self._suppressed[key] += 1
-            return
-        skipped = self._suppressed.pop(key, 0)
-        self._last[key] = now
-        suffix = f" ({skipped} more like this suppressed)" if skipped else ""
-        log.warning(message + suffix, *args)
-
-    def recovered(self, key: str, message: str, *args: Any) -> None:
-        if self._last.pop(key, None) is not None:
-            self._suppressed.pop(key, None)
-            log.info(message, *args)
 
 
 def build_collectors(config: Config, session: Callable[[], Any]) -> list[Collector]:
@@ -146,7 +137,11 @@ class Daemon:
         self._scheduler: Any = None
         self._http: Any = None
         self._cycle_lock = threading.Lock()
-        self._log = RateLimitedLog()
+        self._log = RateLimitedLog(log)
+        self._lock: InstanceLock | None = None
+        self.writer: StoreWriter | None = None
+        self.cycles_skipped_total = 0
+        self.exit_code = 0  # what run_forever returns (1: another instance took the store)
         self.gpu_source = "custom" if collectors is not None else config.gpu.source
         # Self-metrics state (read by the exposition at the end of each cycle).
         self.cycles_total = 0
@@ -192,13 +187,20 @@ class Daemon:
         so the first sample is stored as early as the store's own imports allow. On a
         SQLite file it is stored before that: collected, written by ``early_store``
         with the standard library, then loaded by the store's replay on open (see
-        :meth:`_first_cycle_early`).
+        :meth:`_first_cycle_early`). Before any of that, the instance lock: a second
+        daemon on the same store and node raises :class:`InstanceLocked` having
+        written nothing.
         """
+        if self._store is None:
+            from gpuwarden.storage.instance_lock import acquire_instance_lock
+
+            self._lock = acquire_instance_lock(self.config.storage.url, self.config.node)
         first = self._first_cycle_early() if self._store is None else None
         if self._store is None:
             from gpuwarden.storage import open_store
 
-            self._store = open_store(self.config.storage.url, node=self.config.node)
+            self._store = open_store(self.config.storage.url, node=self.config.node,
+                                     read_timeout=STORE_READ_TIMEOUT_S)
             if first is not None and first.stored:
                 # Written by this process, if not through Store.write: count them.
                 self._store.samples_written_total += len(first.samples) + len(first.pushed)
@@ -216,6 +218,7 @@ class Daemon:
 
             self.models = ModelHistory(engine, node=self.config.node)
         self._guarded_cycle(first)
+        self._start_writer()
         self._start_delivery()
 
         from gpuwarden.api import HttpServer
@@ -231,6 +234,39 @@ class Daemon:
             ", ".join(c.name for c in self._collectors) or "none",
             _redact_url(self.config.storage.url), host, self._http.port,
         )
+
+    def _start_writer(self) -> None:
+        """From now on every database write of the loop goes through the writer thread."""
+        from gpuwarden.storage.writer import StoreWriter
+
+        if not hasattr(self._store, "persist"):
+            return  # a test's stand-in store: written in the cycle as before
+        writer = StoreWriter(self._store, stall_after=max(2.0, 2 * self.config.interval))
+        if self._alert_state is not None:
+            writer.add_job("alert state", self._alert_state.flush)
+        if self.models is not None:
+            self.models.defer_writes = True
+            writer.add_job("model history", self.models.flush)
+        if self._lock is not None and self._lock.kind == "postgres":
+            writer.add_job("instance lock", self._hold_lock)
+        writer.start()
+        self.writer = writer
+
+    def _hold_lock(self) -> None:
+        """Take the advisory lock again after a PostgreSQL restart ended its session.
+
+        Runs on the writer thread (it may wait on the server). Losing it to another
+        instance means the store is that one's now: stop, exit 1.
+        """
+        from gpuwarden.errors import InstanceLocked
+
+        assert self._lock is not None
+        try:
+            self._lock.ensure()
+        except InstanceLocked as exc:
+            log.error("lost the instance lock while the database was away: %s; stopping", exc)
+            self.exit_code = 1
+            self._stop.set()
 
     def _first_cycle_early(self) -> _FirstCycle | None:
         """Collect the first cycle and store it before SQLAlchemy is imported.
@@ -301,7 +337,21 @@ class Daemon:
             self._guarded_retention, "interval", seconds=RETENTION_EVERY_S, id="retention",
             misfire_grace_time=60,
         )
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+
+        self._scheduler.add_listener(self._on_cycle_skipped,
+                                     EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        # APScheduler warns on every skipped run; counted and rate-limited here instead.
+        logging.getLogger("apscheduler.scheduler").addFilter(_drop_skip_warnings)
         self._scheduler.start()
+
+    def _on_cycle_skipped(self, event: Any) -> None:
+        if getattr(event, "job_id", None) != "cycle":
+            return
+        self.cycles_skipped_total += 1
+        self._log.warning("skipped", "collection cycle skipped: the previous one is still "
+                          "running (%d skipped so far; see gpuwarden_cycles_skipped_total)",
+                          self.cycles_skipped_total)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads; handled on the main thread's next wait."""
@@ -313,7 +363,11 @@ class Daemon:
         """Wait up to ``timeout`` for a stop request, doing any pending reload first."""
         if self._reload.is_set():
             self._reload.clear()
-            self.reload()
+            try:
+                self.reload()
+            except Exception:  # the running config stays; the daemon must not die here
+                log.exception("config reload failed; keeping the running config")
+                self.notifier.ready()
         return self._stop.wait(timeout)
 
     def run_forever(self) -> int:
@@ -322,7 +376,7 @@ class Daemon:
         while not self.wait_stop(0.5):
             pass
         self.shutdown()
-        return 0
+        return self.exit_code
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: flushing and stopping", signal.Signals(signum).name)
@@ -336,19 +390,32 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.notifier.stopping()
+        self._stop.set()  # a cycle the scheduler has already handed out returns at once
         if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)
+            # Not wait=True: a retention job stuck on a database that does not answer
+            # would hold SIGTERM forever. A running cycle never waits on the database,
+            # so waiting for it (the cycle lock) is bounded.
+            self._scheduler.shutdown(wait=False)
+            if self._cycle_lock.acquire(timeout=SHUTDOWN_FLUSH_S):
+                self._cycle_lock.release()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for collector in self._collectors or ():
             _close_quietly(collector)
         if self.dispatcher is not None:  # sends what is queued; the rest is dead-lettered
             self.dispatcher.stop(timeout=3.0)
-        if self._store is not None:
+        if self.writer is not None:
+            # The writer's last pass writes what is pending and cuts the head; a database
+            # that does not answer in time is given up on (and not closed: that waits too).
+            if self.writer.stop(SHUTDOWN_FLUSH_S) and self._store is not None:
+                self._store.close()
+        elif self._store is not None:
             try:
                 self._store.flush()
             except GpuwardenError as exc:
                 log.error("final flush failed; unsaved samples stay in the head log: %s", exc)
             self._store.close()
+        if self._lock is not None:
+            self._lock.release()
         if self._http is not None:
             self._http.stop()
         if self._session is not None:
@@ -374,17 +441,25 @@ class Daemon:
                 log.warning("config reload: %s changed; that takes effect on restart only", attr)
         new = _keep(new, self.config, "listen", "storage")
         old = self.config
+        try:  # everything that can fail, before anything of the running config changes
+            from gpuwarden.alerts.engine import effective_rules
+
+            collectors = build_collectors(new, lambda: self.session)
+            rules = effective_rules(new.rules)
+        except Exception as exc:
+            log.error("config reload rejected, keeping the running config: %s: %s",
+                      type(exc).__name__, exc)
+            self.notifier.ready()
+            return False
         with self._cycle_lock:
             old_collectors = self._collectors or []
-            self._collectors = build_collectors(new, lambda: self.session)
+            self._collectors = collectors
             self.gpu_source = _effective_source(self._collectors, new)
             self._in_flight.clear()
             self.config = new
             if self.rule_engine is not None:  # alerts of rules that still exist live on
-                from gpuwarden.alerts.engine import effective_rules
-
                 self.rule_engine.interval = new.interval
-                self.rule_engine.configure(effective_rules(new.rules))
+                self.rule_engine.configure(rules)
         for collector in old_collectors:
             _close_quietly(collector)
         if self.dispatcher is not None and old.actions != new.actions:
@@ -403,6 +478,8 @@ class Daemon:
     # --- the cycle -----------------------------------------------------------------------
 
     def _guarded_cycle(self, first: _FirstCycle | None = None) -> None:
+        if self._stop.is_set():
+            return
         try:
             self.run_cycle(first)
         except Exception:  # the catch-all of convention 9: log, count, carry on
@@ -472,6 +549,16 @@ class Daemon:
     def _write(self, samples: list[Sample]) -> None:
         if self._store is None:
             return
+        writer = self.writer
+        if writer is not None and writer.running:
+            try:
+                self._store.append(samples)
+            except (StoreError, ValueError) as exc:
+                self.cycle_errors_total += 1
+                self._log.warning("append", "cannot keep this cycle's samples: %s", exc)
+            writer.kick()
+            writer.check()
+            return
         try:
             self._store.write(samples)
         except StoreError as exc:
@@ -504,11 +591,15 @@ class Daemon:
             return
         try:
             now = self.clock()
-            if self._alert_state is not None and not self._alert_state.restored:
+            if (self._alert_state is not None and not self._alert_state.restored
+                    and not self._store_degraded()):
                 self._alert_state.restore(engine, now)  # before evaluating: no re-fire
             events = engine.evaluate(now, self._store)
             if self._alert_state is not None:
-                self._alert_state.sync(engine, now)
+                if self.writer is not None and self.writer.running:
+                    self._alert_state.collect(engine, now)  # the writer writes it
+                else:
+                    self._alert_state.sync(engine, now)
         except Exception:
             self.rule_failures_total += 1
             log.exception("alert rule evaluation failed")
@@ -607,14 +698,22 @@ class Daemon:
         return self.exposition.body
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        limit = 3 * self.config.interval
+        # Alive: a cycle ended within three intervals, and never less than HEALTH_MIN_S,
+        # so that one slow cycle at a 100 ms interval does not read as a dead loop.
+        limit = max(3 * self.config.interval, HEALTH_MIN_S)
         if self.last_cycle_end is None:
             # Starting up: healthy for the first few intervals, then not.
             age = time.monotonic() - self._started_mono
             return age < limit + 2.0, {"last_cycle_age_seconds": None}
         age = time.monotonic() - self.last_cycle_end
-        return age <= limit, {"last_cycle_age_seconds": round(age, 3),
-                              "cycles": self.cycles_total}
+        detail: dict[str, Any] = {"last_cycle_age_seconds": round(age, 3),
+                                  "cycles": self.cycles_total}
+        if self.writer is not None:  # the loop is what /healthz is about; the store is told
+            detail.update(self.writer.status().to_json())
+        return age <= limit, detail
+
+    def _store_degraded(self) -> bool:
+        return self.writer is not None and self.writer.status().degraded
 
     def push_samples(self, samples: list[Sample]) -> None:
         """Queue externally pushed samples for the next cycle (bounded)."""
@@ -682,6 +781,9 @@ class Daemon:
                        (({}, float(self.cycles_total)),)),
             SelfMetric("cycle_errors", "counter", "Cycles that raised unexpectedly",
                        (({}, float(self.cycle_errors_total)),)),
+            SelfMetric("cycles_skipped", "counter",
+                       "Scheduled cycles skipped because the previous one was still running",
+                       (({}, float(self.cycles_skipped_total)),)),
             SelfMetric("samples_collected", "counter", "Samples returned by collectors",
                        (({}, float(self.samples_collected_total)),)),
         ]
@@ -689,8 +791,9 @@ class Daemon:
             self_metrics += [
                 SelfMetric("samples_written", "counter", "Samples durably written to the store",
                            (({}, float(store.samples_written_total)),)),
-                SelfMetric("store_write_errors", "counter", "Failed store writes",
-                           (({}, float(store.write_errors_total)),)),
+                SelfMetric("store_write_errors", "counter",
+                           "Failed store writes by reason (timeout: the database did not "
+                           "answer in time)", _write_errors(store)),
                 SelfMetric("store_pending_samples", "gauge",
                            "Samples buffered in memory while the store is unwritable",
                            (({}, float(store.pending_samples)),)),
@@ -722,6 +825,26 @@ def _run_collector(collector: Collector) -> CollectorResult:
         log.exception("collector %s raised", collector.name)
         return CollectorResult([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
     return CollectorResult(samples, time.perf_counter() - started, None, collector.last_error)
+
+
+#: Every reason ``store_write_errors_total`` is exported with, 0 until it happens, so
+#: that ``rate()`` over it works from the first scrape.
+WRITE_ERROR_REASONS = ("timeout", "unavailable", "locked", "disk_full", "error")
+
+
+def _write_errors(store: Any) -> tuple[tuple[dict[str, str], float], ...]:
+    counts = getattr(store, "write_errors", None)
+    if counts is None:  # a stand-in store of a test
+        return (({"reason": "error"}, float(store.write_errors_total)),)
+    reasons = sorted(set(WRITE_ERROR_REASONS) | set(counts))
+    return tuple(({"reason": r}, float(counts.get(r, 0))) for r in reasons)
+
+
+def _drop_skip_warnings(record: logging.LogRecord) -> bool:
+    """APScheduler's per-run "skipped"/"missed" warnings (counted by the daemon)."""
+    msg = str(record.msg)
+    return not ("skipped: maximum number of running instances" in msg
+                or "was missed by" in msg)
 
 
 def _effective_source(collectors: list[Collector], config: Config) -> str:

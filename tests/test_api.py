@@ -98,7 +98,7 @@ def test_healthz_turns_503_when_the_loop_stops(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{daemon.http_port}"
         assert requests.get(f"{url}/healthz", timeout=2).status_code == 200
         daemon._scheduler.pause()  # the loop wedges
-        time.sleep(0.5)  # > 3 intervals of 100 ms
+        time.sleep(2.3)  # > max(3 intervals of 100 ms, HEALTH_MIN_S)
         response = requests.get(f"{url}/healthz", timeout=2)
         assert response.status_code == 503
         assert response.json()["status"] == "unhealthy"

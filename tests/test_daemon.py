@@ -128,7 +128,9 @@ def test_run_scrape_sigterm_and_data_survives(tmp_path: Path, daemon_factory: ob
     assert m["gpuwarden_collector_success"] == [({"collector": "sim"}, 1.0)]
     assert m["gpuwarden_collector_duration_seconds"][0][1] > 0
     assert m["gpuwarden_samples_written_total"][0][1] > 0
-    assert m["gpuwarden_store_write_errors_total"][0][1] == 0
+    assert {lab["reason"]: v for lab, v in m["gpuwarden_store_write_errors_total"]} == {
+        "timeout": 0, "unavailable": 0, "locked": 0, "disk_full": 0, "error": 0}
+    assert m["gpuwarden_cycles_skipped_total"][0][1] == 0
     assert m["gpuwarden_build_info"][0][0]["gpu_source"] == "sim"
     assert m["gpuwarden_cycle_duration_seconds"][0][1] < 0.2
 
@@ -194,6 +196,12 @@ def test_sighup_reloads_good_config_and_rejects_bad(tmp_path: Path,
     assert proc.stop() == 0
 
 
+def write_errors(proc: Proc) -> dict[str, float]:
+    """``gpuwarden_store_write_errors_total`` by reason."""
+    rows = proc.metrics()["gpuwarden_store_write_errors_total"]
+    return {labels["reason"]: value for labels, value in rows}
+
+
 def test_locked_store_buffers_then_writes_everything(tmp_path: Path,
                                                      daemon_factory: object) -> None:
     port, db, cfg = free_port(), tmp_path / "gw.db", tmp_path / "gw.toml"
@@ -205,9 +213,11 @@ def test_locked_store_buffers_then_writes_everything(tmp_path: Path,
     locker = sqlite3.connect(db, timeout=0.1, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")
     try:
-        wait_for(lambda: proc.metrics()["gpuwarden_store_write_errors_total"][0][1] >= 3)
+        wait_for(lambda: write_errors(proc).get("locked", 0) >= 3)
         m = proc.metrics()
         assert m["gpuwarden_store_pending_samples"][0][1] > 0
+        health = requests.get(proc.url("/healthz"), timeout=2).json()
+        assert health["store"] == "degraded" and health["store_pending_samples"] > 0
         assert requests.get(proc.url("/healthz"), timeout=2).status_code == 200
     finally:
         locker.execute("ROLLBACK")
