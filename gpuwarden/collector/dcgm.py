@@ -47,6 +47,12 @@ from collections.abc import Iterable
 import requests
 
 from gpuwarden.collector import Collector
+from gpuwarden.collector.httpbody import (
+    DEFAULT_MAX_BYTES,
+    BodyError,
+    read_body,
+    release_freed_memory,
+)
 from gpuwarden.collector.promtext import parse
 from gpuwarden.errors import ExpositionParseError, ScrapeError
 from gpuwarden.model import Labels, Sample, make_labels
@@ -55,7 +61,6 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MHZ = 1_000_000.0
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 SENTINEL_MIN = float(0x7FFFFFF0)  # DCGM_INT32_BLANK; int64 and fp64 blanks are larger
 _ACCEPT = "text/plain;version=0.0.4;q=1.0, */*;q=0.1"
 _NON_GPU = frozenset({"nvlink", "nvswitch", "cpu", "cpucore"})
@@ -130,6 +135,7 @@ class DcgmCollector(Collector):
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.scrape_errors_total: dict[str, int] = {}
+        self.parse_errors_total = 0  # bad lines inside payloads that were still used
         self.last_error: str | None = None
         self._last_xid: dict[str, float] = {}
         self._xid_total: dict[str, int] = {}
@@ -153,28 +159,29 @@ class DcgmCollector(Collector):
         with resp:
             if not 200 <= resp.status_code < 300:
                 raise self._fail("http_status", f"HTTP {resp.status_code} {resp.reason}")
-            deadline = time.monotonic() + self.timeout
-            chunks: list[bytes] = []
-            size = 0
             try:
-                for chunk in resp.iter_content(chunk_size=64 * 1024):
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise self._fail("oversize", f"body over {self.max_bytes} bytes")
-                    chunks.append(chunk)
-                    if time.monotonic() > deadline:
-                        raise self._fail("timeout", f"body not read within {self.timeout}s")
-            except requests.RequestException as exc:
+                return read_body(resp, self.max_bytes, self.timeout)
+            except BodyError as exc:
+                raise self._fail(exc.reason, exc.detail) from exc
+            except (requests.RequestException, OSError) as exc:
                 raise self._fail("connection", str(exc)) from exc
-        return b"".join(chunks)
 
     def collect(self) -> Iterable[Sample]:
         body = self._fetch()
         ts = time.time()
+        size = len(body)
+        mentions_dcgm = not body.strip() or b"DCGM_" in body
         try:
             exposition = parse(body, max_bytes=self.max_bytes)
         except ExpositionParseError as exc:
             raise self._fail("parse", str(exc)) from exc
+        finally:
+            del body
+        release_freed_memory(size)
+        self.parse_errors_total += exposition.invalid_lines
+        if exposition.truncated:  # what was parsed in time is used; the rest is counted
+            self.scrape_errors_total["parse_timeout"] = (
+                self.scrape_errors_total.get("parse_timeout", 0) + 1)
         values: dict[_Entity, dict[str, float]] = {}
         seen: set[_Entity] = set()
         for field in FIELDS:
@@ -186,7 +193,7 @@ class DcgmCollector(Collector):
                 # Kubernetes mode repeats a GPU's value once per pod: the first one wins.
                 if not is_sentinel(value):
                     values.setdefault(entity, {}).setdefault(field, value)
-        if not seen and body.strip() and b"DCGM_" not in body:
+        if not seen and not mentions_dcgm:
             raise self._fail("parse", "no DCGM metric in the payload (not dcgm-exporter?)")
         self.last_error = None
         out: list[Sample] = []

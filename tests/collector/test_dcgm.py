@@ -267,3 +267,18 @@ def test_every_request_has_an_explicit_timeout(exporter: _Server) -> None:
     with Recording() as s:
         DcgmCollector("node-a", exporter.url, s, timeout=1.5).collect()
     assert seen == [1.5]
+
+
+def test_a_bad_line_costs_that_line_and_is_counted(exporter: _Server,
+                                                   session: requests.Session) -> None:
+    good = payload("dcgm-exporter_README-quickstart.prom")  # 2 bad lines of its own (curl)
+    # A name, a long run of blanks and no value: the line the parser once took seconds on.
+    bad = b"DCGM_FI_DEV_SM_CLOCK" + b"\t" * 20_000 + b"{\n"
+    name = b"\nDCGM_FI_DEV_SM_CLOCK"
+    exporter.payload = good.replace(name, b"\n" + bad + name[1:], 1)
+    collector = DcgmCollector("node-a", exporter.url, session)
+    samples = list(collector.collect())
+    assert by(samples, "gpu_up") == {"0": 1.0}
+    assert by(samples, "gpu_sm_clock_hertz") == {"0": 139e6}  # the valid line after it
+    assert collector.parse_errors_total == 3
+    assert collector.scrape_errors_total == {}
