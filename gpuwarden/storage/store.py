@@ -606,6 +606,7 @@ class Store:
             got.add_blocks(blocks, local, lo, hi)
             got.add_head(snap, local, lo, hi)
             return got.to_series(signal, keys, start, end)
+
         def read_db() -> tuple[Any, ...]:
             with self._cut_lock:
                 db_series, chunk_rows = self._read_chunks(signal, matchers, lo, hi)

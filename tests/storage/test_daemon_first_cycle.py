@@ -119,7 +119,10 @@ def test_first_cycle_stored_once(backend: Backend, calls: list[str],
     else:  # PostgreSQL: the store's own path, as before
         assert calls == ["open_store"]
     assert_first_cycle_once(daemon)
-    daemon.run_cycle()
+    daemon.run_cycle()  # later cycles are written by the store writer thread, soon after
+    deadline = time.monotonic() + 10
+    while daemon.store.samples_written_total < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert head_log_rows(daemon) == 2 and daemon.store.samples_written_total == 8
     daemon.shutdown()
     running.clear()
