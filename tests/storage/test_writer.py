@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+from sqlalchemy import event
+
+from gpuwarden.model import Sample, make_labels
+from gpuwarden.storage import open_store
 from gpuwarden.storage.writer import StoreWriter
 from tests.storage.conftest import T0, Backend, gpu_cycle
 
@@ -122,3 +128,38 @@ def test_jobs_run_after_each_write_and_a_failing_job_does_not_stop_the_writer(
         wait_for(lambda k=k: calls.count("state") > k)  # type: ignore[misc]
     assert store.pending_samples == 0
     assert writer.stop(5.0)
+
+
+def test_full_disk_is_counted_and_written_once_there_is_room(tmp_path: Path) -> None:
+    """SQLite's ``max_page_count`` makes the file unable to grow: SQLITE_FULL, exactly the
+    error a full disk gives ("database or disk is full"), without filling a real disk."""
+    store = open_store(f"sqlite:///{tmp_path / 'gw.db'}", node="node-a")
+    room = {"pages": 0}
+
+    @event.listens_for(store.engine, "connect")
+    def _cap(dbapi_conn: Any, _record: Any) -> None:
+        if room["pages"]:
+            dbapi_conn.execute(f"PRAGMA max_page_count = {room['pages']}")
+
+    with store.engine.connect() as conn:
+        room["pages"] = int(conn.exec_driver_sql("PRAGMA page_count").scalar() or 0)
+    store.engine.dispose()  # new connections get the cap
+    writer = StoreWriter(store, stall_after=5.0)
+    writer.start()
+    big = [Sample("gpu_utilization_ratio", make_labels(node="node-a", gpu=str(g)), 0.5, T0)
+           for g in range(2000)]  # new series rows: the file must grow
+    store.append(big)
+    writer.kick()
+    wait_for(lambda: store.write_errors["disk_full"] > 0)
+    assert writer.status().degraded and store.pending_samples == 2000
+    room["pages"] = 0  # the operator freed some space
+    store.engine.dispose()
+    writer.kick()
+    wait_for(lambda: store.pending_samples == 0)
+    assert writer.stop(5.0)
+    store.close()
+    reopened = open_store(f"sqlite:///{tmp_path / 'gw.db'}", node="node-a")
+    try:
+        assert len(reopened.query("gpu_utilization_ratio")) == 2000
+    finally:
+        reopened.close()
