@@ -66,6 +66,8 @@ STORE_READ_TIMEOUT_S = 0.5
 #: Seconds given to the writer to write what is pending when stopping.
 SHUTDOWN_FLUSH_S = 5.0
 HEALTH_MIN_S = 2.0
+#: glibc malloc arenas for the whole process (default: 8 per core), see native_memory.
+MALLOC_ARENAS = 2
 
 
 @dataclass(slots=True)
@@ -191,6 +193,9 @@ class Daemon:
         daemon on the same store and node raises :class:`InstanceLocked` having
         written nothing.
         """
+        from gpuwarden.native_memory import limit_arenas
+
+        limit_arenas(MALLOC_ARENAS)  # before the threads: see native_memory
         if self._store is None:
             from gpuwarden.storage.instance_lock import acquire_instance_lock
 

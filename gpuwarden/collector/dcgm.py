@@ -47,15 +47,11 @@ from collections.abc import Iterable
 import requests
 
 from gpuwarden.collector import Collector
-from gpuwarden.collector.httpbody import (
-    DEFAULT_MAX_BYTES,
-    BodyError,
-    read_body,
-    release_freed_memory,
-)
+from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, BodyError, read_body
 from gpuwarden.collector.promtext import parse
 from gpuwarden.errors import ExpositionParseError, ScrapeError
 from gpuwarden.model import Labels, Sample, make_labels
+from gpuwarden.native_memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 

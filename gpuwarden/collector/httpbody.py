@@ -7,14 +7,11 @@ and a misbehaving exporter can send an endless or a huge body.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from gpuwarden.errors import ScrapeError
+from gpuwarden.native_memory import release_freed_memory
 
 if TYPE_CHECKING:
     import requests
@@ -25,7 +22,6 @@ if TYPE_CHECKING:
 # the decoded text, per scrape running in parallel) compared with the 16 MiB used before.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 _CHUNK = 64 * 1024
-_TRIM_AFTER_BYTES = 1024 * 1024
 
 
 class BodyError(ScrapeError):
@@ -45,7 +41,9 @@ def read_body(resp: requests.Response, limit: int, timeout: float) -> bytes:
     gzip-encoded (urllib3 2 decodes at most the bytes asked for) or arrives in many
     small pieces. Pieces of at most 64 KiB are joined at the end (peak: twice the body,
     so twice ``limit``): measured, a growing bytearray peaks as high, and what it leaves
-    in glibc's arenas is not returned even by ``malloc_trim``, while separate pieces are.
+    in glibc's arenas is not returned even by ``malloc_trim``, while separate pieces are
+    (``native_memory.release_freed_memory``, called here for a body refused as too big
+    and by the collectors once a body is parsed).
 
     ``iter_content`` fills each chunk before yielding it, so a server dribbling bytes
     slower than the body deadline but faster than the read timeout would never be cut
@@ -72,30 +70,3 @@ def read_body(resp: requests.Response, limit: int, timeout: float) -> bytes:
         chunks.append(chunk)
         if time.monotonic() > deadline:
             raise BodyError("timeout", f"body not read within {timeout}s")
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where there is none (musl, macOS, Windows)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return cast("Callable[[int], int]", trim)
-
-
-def release_freed_memory(size: int) -> None:
-    """Give the pages of a large freed body back to the OS.
-
-    glibc keeps freed heap memory for reuse, and a body read by a pool thread lives in
-    that thread's arena between the long-lived objects other threads allocate, so
-    without this a single 50 MB body left the daemon's RSS ~16 MiB higher for good.
-    ``malloc_trim(0)`` returns every free page of every arena; it costs about a
-    millisecond, so it only runs after bodies of at least ``_TRIM_AFTER_BYTES``.
-    """
-    if size >= _TRIM_AFTER_BYTES and (trim := _malloc_trim()) is not None:
-        trim(0)

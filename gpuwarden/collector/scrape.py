@@ -44,16 +44,12 @@ import requests
 import urllib3.exceptions
 
 from gpuwarden.collector import Collector
-from gpuwarden.collector.httpbody import (
-    DEFAULT_MAX_BYTES,
-    BodyError,
-    read_body,
-    release_freed_memory,
-)
+from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, BodyError, read_body
 from gpuwarden.collector.promtext import Exposition, parse
 from gpuwarden.collector.servers import SERVER_KINDS, map_exposition, read_names, served_models
 from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeError
 from gpuwarden.model import Sample, make_labels
+from gpuwarden.native_memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
