@@ -223,7 +223,10 @@ def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int = PAGE_RO
             for k, e in enumerate(run):
                 part = e.parts[0]
                 part.ts, part.vals = ts[k], vals[k]
-                e.page, e.row = page, k
+                # Row first: compact() runs on the store's writer thread while queries
+                # read entries on others; whoever sees ``page`` must see its ``row``.
+                e.row = k
+                e.page = page
             paged += len(run)
         else:
             reach = max([reach, *(e.t_max for e in run)])
