@@ -2,7 +2,9 @@
 
 Each benchmark is its own module (so one can be run alone) and prints a markdown
 table with its reference measured in the same run. The soak benchmark runs for 30
-minutes, so it is not in the default set: ``python -m bench soak [--minutes N]``.
+minutes, so it is not in the default set: ``python -m bench soak [--minutes N]``; nor
+is ``python -m bench faults [--tree CHECKOUT]``, the fault figures of a checkout (its
+reference is the same script run on an older one).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 
 BENCHMARKS = ("bench_storage", "bench_parser", "bench_rules", "bench_daemon", "bench_nvml")
 #: Run by name only (``python -m bench NAME [args]``), never by default.
-ON_REQUEST = {"soak": "bench_soak"}
+ON_REQUEST = {"soak": "bench_soak", "faults": "bench_faults"}
 
 
 def main() -> int:
