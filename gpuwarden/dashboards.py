@@ -46,6 +46,7 @@ SELF_METRICS = frozenset({
     "store_dropped_samples_total", "build_info", "alerts", "rule_evaluation_seconds",
     "rule_evaluations_total", "rule_errors_total", "actions_total", "delivery_queue_length",
     "dead_letters", "process_resident_memory_bytes", "process_cpu_seconds_total",
+    "cycles_skipped_total", "audit_queue_length", "audit_rows_dropped_total",
 })
 
 # SLO lines drawn on the panels; the same numbers as the default rules in DESIGN.md.
@@ -521,14 +522,19 @@ def itself() -> Dashboard:
             Panel("Cycles and samples per second", (
                 Target(f"rate({selfm('cycles_total', INST)}[$__rate_interval])",
                        "cycles {{instance}}"),
+                Target(f"rate({selfm('cycles_skipped_total', INST)}[$__rate_interval])",
+                       "cycles skipped {{instance}}"),
                 Target(f"rate({selfm('samples_written_total', INST)}[$__rate_interval])",
-                       "samples written {{instance}}")), width=8),
+                       "samples written {{instance}}")), width=8,
+                  description="Skipped: a cycle still running when the next was due "
+                              "(overload); the loop never queues a backlog."),
             Panel("Scrape errors by reason", (
                 Target(f"increase({selfm('scrape_errors_total', INST)}[$__rate_interval])",
                        "{{collector}} {{reason}}"),), width=8),
             Panel("Store: write errors and dropped samples", (
-                Target(f"increase({selfm('store_write_errors_total', INST)}[$__rate_interval])",
-                       "write errors {{instance}}"),
+                Target(f"sum by (instance, reason) (increase("
+                       f"{selfm('store_write_errors_total', INST)}[$__rate_interval]))",
+                       "write errors {{instance}} {{reason}}"),
                 Target(f"increase({selfm('store_dropped_samples_total', INST)}"
                        "[$__rate_interval])", "dropped {{instance}}")),
                   lines=((1, "red"),), width=8),
@@ -542,8 +548,13 @@ def itself() -> Dashboard:
                 Target(selfm("rule_evaluation_seconds", INST), "evaluation {{instance}}"),
                 Target(f"increase({selfm('rule_errors_total', INST)}[$__rate_interval])",
                        "errors {{rule}}")), unit="s", width=8),
-            Panel("Delivery queue", (
-                Target(selfm("delivery_queue_length", INST), "{{instance}}"),), width=8),
+            Panel("Delivery and audit queues", (
+                Target(selfm("delivery_queue_length", INST), "delivery {{instance}}"),
+                Target(selfm("audit_queue_length", INST), "audit rows {{instance}}"),
+                Target(f"increase({selfm('audit_rows_dropped_total', INST)}"
+                       "[$__rate_interval])", "audit rows dropped {{instance}}")), width=8,
+                  description="Audit rows wait here while the database does not answer; "
+                              "sending goes on."),
             Panel("Dead letters", (Target(selfm("dead_letters", INST), "{{instance}}"),),
                   type="stat", lines=((1, "red"),), width=8,
                   description="Notifications that could not be delivered; replay them with "
