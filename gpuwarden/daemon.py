@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from gpuwarden import __version__
 from gpuwarden.collector import Collector
 from gpuwarden.config import Config, load_config
-from gpuwarden.errors import ConfigError, GpuwardenError, StoreError
+from gpuwarden.errors import ConfigError, GpuwardenError, InstanceLocked, StoreError
 from gpuwarden.model import Labels, Sample
 from gpuwarden.ratelog import RateLimitedLog
 from gpuwarden.sdnotify import SystemdNotifier
@@ -246,7 +246,7 @@ class Daemon:
 
         if not hasattr(self._store, "persist"):
             return  # a test's stand-in store: written in the cycle as before
-        writer = StoreWriter(self._store, stall_after=max(2.0, 2 * self.config.interval))
+        writer = StoreWriter(self._store, stall_after=_stall_after(self.config.interval))
         if self._alert_state is not None:
             writer.add_job("alert state", self._alert_state.flush)
         if self.models is not None:
@@ -263,8 +263,6 @@ class Daemon:
         Runs on the writer thread (it may wait on the server). Losing it to another
         instance means the store is that one's now: stop, exit 1.
         """
-        from gpuwarden.errors import InstanceLocked
-
         assert self._lock is not None
         try:
             self._lock.ensure()
@@ -476,6 +474,8 @@ class Daemon:
             self._start_delivery()
         if self._scheduler is not None:
             self._scheduler.reschedule_job("cycle", trigger="interval", seconds=new.interval)
+        if self.writer is not None:
+            self.writer.stall_after = _stall_after(new.interval)
         log.info("config reloaded from %s: %d collectors", path, len(self._collectors))
         self.notifier.ready()
         return True
@@ -843,6 +843,12 @@ def _write_errors(store: Any) -> tuple[tuple[dict[str, str], float], ...]:
         return (({"reason": "error"}, float(store.write_errors_total)),)
     reasons = sorted(set(WRITE_ERROR_REASONS) | set(counts))
     return tuple(({"reason": r}, float(counts.get(r, 0))) for r in reasons)
+
+
+def _stall_after(interval: float) -> float:
+    """Seconds a store write may wait before it counts as a timeout: two cycles' worth,
+    at least 2 s (a busy SQLite's busy_timeout and a PostgreSQL commit fit well within)."""
+    return max(2.0, 2 * interval)
 
 
 def _drop_skip_warnings(record: logging.LogRecord) -> bool:
