@@ -8,7 +8,7 @@ watchdog. APScheduler runs it every ``interval`` with ``max_instances=1`` and
 of missed runs; a run skipped because the previous one overran is counted
 (``gpuwarden_cycles_skipped_total``) and logged at most once a minute.
 
-Failure policy (DESIGN convention 9): every collector call and every job sits in a
+Failure policy (ARCHITECTURE.md, convention 9): every collector call and every job sits in a
 catch-all that logs, counts and carries on. A collector that hangs is not waited for
 past the cycle's deadline; it is left to finish in its worker and not started again
 until it has, so a dead inference server can never stall GPU sampling or pile up

@@ -49,7 +49,7 @@ SELF_METRICS = frozenset({
     "cycles_skipped_total", "audit_queue_length", "audit_rows_dropped_total",
 })
 
-# SLO lines drawn on the panels; the same numbers as the default rules in DESIGN.md.
+# SLO lines drawn on the panels; the same numbers as the default rules (detectors/defaults.py).
 KV_NEAR_FULL = 0.90
 TTFT_P95_SLO = 2.0
 ITL_P95_SLO = 0.130

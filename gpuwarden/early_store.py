@@ -1,7 +1,7 @@
 """The first cycle, stored before SQLAlchemy is even imported (SQLite stores only).
 
 Why: ``import sqlalchemy`` alone takes 0.3-0.45 s (its package imports nearly all of
-it), most of the 0.5 s budget from start to the first stored sample (issue #2). So on a
+it), most of the 0.5 s budget from start to the first stored sample. So on a
 SQLite store the daemon collects its first cycle, writes it here with the standard
 library's ``sqlite3`` straight into the same database, in the store's own format, and
 only then opens the :class:`~gpuwarden.storage.store.Store`. The store's replay of this

@@ -5,7 +5,7 @@ text is rendered at most once per snapshot, by the first scrape that wants it, a
 later scrapes of the same snapshot get the cached bytes. Rendering costs ~7 ms a cycle
 at 250 KB server payloads while Prometheus scrapes every 15-60 s, so rendering every
 1 s cycle up front was mostly wasted. A GPU that vanished simply is not in the next
-snapshot: there are no long-lived gauges to clean up (DESIGN convention 2).
+snapshot: there are no long-lived gauges to clean up (ARCHITECTURE.md, convention 2).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A node with GPUs and inference servers: every canonical signal its sources provide
-shows up on /metrics with DESIGN.md's labels, including the window quantiles."""
+shows up on /metrics with the README's labels, including the window quantiles."""
 
 from __future__ import annotations
 

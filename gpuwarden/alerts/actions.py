@@ -12,7 +12,7 @@ Why this shape:
   PagerDuty never holds up a Slack message, and a 429 with ``Retry-After`` only parks
   the endpoint that asked for it.
 
-Guard rails (DESIGN.md, reference/alerting.md §4): ``cooldown`` and ``max_per_hour``
+Guard rails (as Alertmanager and PagerDuty users expect them): ``cooldown`` and ``max_per_hour``
 bound how often an action is *called* for one target (rule + labels = fingerprint); a
 firing inside them is audited ``suppressed`` with the reason. Resolved notices go to
 every action that was called for the firing. ``dry_run`` audits what would be sent.

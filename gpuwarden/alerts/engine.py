@@ -1,7 +1,7 @@
 """The rule engine: detectors' findings through Prometheus' alert state machine.
 
-Why Prometheus' machine, ported transition for transition (``rules/alerting.go``, see
-``reference/alerting.md`` §1.2): on-call engineers already know what ``for``,
+Why Prometheus' machine, ported transition for transition (Prometheus'
+``rules/alerting.go``): on-call engineers already know what ``for``,
 ``keep_firing_for``, pending and resolved mean there, and a receiver written for
 Alertmanager expects exactly those lifecycles. Differences are deliberate and few:
 

@@ -62,7 +62,7 @@ class Alert:
         return dict(self.labels)
 
     def to_api(self) -> dict[str, object]:
-        """The ``/api/v1/alerts`` shape (DESIGN.md)."""
+        """The ``/api/v1/alerts`` shape (README, HTTP endpoints)."""
         return {
             "name": self.name,
             "state": str(self.state),

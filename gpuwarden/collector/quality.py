@@ -28,7 +28,7 @@ Samples (labels node, server, model, plus canary where per answer):
   than three rounds. ``model`` is the ``model`` field of the answers -- the served
   name -- so that after a rollback the new model's series starts afresh.
 
-Privacy (DESIGN): prompts, references and answers are never logged, stored or put in
+Privacy (README, Output quality): prompts, references and answers are never logged, stored or put in
 an exception message; :class:`Canary` hides them from ``repr``. Failures are counted
 by reason (``errors_total``, exported as ``gpuwarden_scrape_errors_total{collector=
 "quality"}``) and logged rate-limited with server, canary id and reason only.

@@ -3,7 +3,7 @@
 A detector is built from one rule (``RuleConfig``) and declares which stored signals it
 reads and how far back (``inputs``); the alert engine fetches those once per
 evaluation into a :class:`Window` and calls ``evaluate(window)``. Detectors do no I/O
-and keep no state between calls (DESIGN convention 3): the same window always gives
+and keep no state between calls (ARCHITECTURE.md, convention 3): the same window always gives
 the same findings, which is what makes ``gpuwarden backtest`` and accelerated-time
 tests faithful to the live daemon.
 

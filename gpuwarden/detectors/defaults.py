@@ -1,4 +1,4 @@
-"""The default rules (DESIGN "Default rules"), how config rules merge with them, checks.
+"""The default rules (README, "Rules and alerts"), how config rules merge with them, checks.
 
 Why defaults live in code and not in a shipped TOML: a node with no ``[[rules]]`` must
 still watch the field's known failure modes (KV cache full, p95 latency over SLO, lost

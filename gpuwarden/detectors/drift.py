@@ -6,7 +6,7 @@ never crosses a threshold set low enough not to page on noise, yet is a real
 regression; and a decoding problem (early EOS, runaway generation) moves answer
 *lengths* before it moves similarity much.
 
-Baselines, derived from the window (detectors are pure, DESIGN convention 3): every
+Baselines, derived from the window (detectors are pure, ARCHITECTURE.md convention 3): every
 stored series of ``quality_canary_similarity`` / ``quality_answer_length`` carries
 ``server``, ``model`` and ``canary`` labels, so the series of one canary under one
 model *is* the per-model history. Its baseline is its first ``min_points`` samples in
@@ -23,7 +23,7 @@ SQLite (the evaluation itself ~5 ms). The data changes once per round, so evalua
 these rules every ``[quality] every`` rather than every cycle loses nothing; a shorter
 ``window`` (e.g. "2h") cuts the read proportionally at the price of the baseline.
 
-CUSUM (``detector = "cusum"``; reference/alerting.md §6.4, Page 1954 as in river's
+CUSUM (``detector = "cusum"``; Page, Biometrika 1954, as in river's
 ``drift/cusum.py``): on standardised values ``z = (x - mu0) / sigma`` with ``mu0``,
 ``sigma`` from the baseline (``sigma`` floored at ``SIGMA_FLOOR``: canaries at
 temperature 0 are nearly deterministic and a zero spread would make any wobble an
@@ -45,7 +45,7 @@ first use), breach when ``p < threshold`` (default 0.01), the KS statistic
 The effect-size gate is there because the test is re-run on overlapping windows every
 evaluation: with p alone, a stable stream with 2-5 % length jitter dipped below 0.01
 two to three times per 1000 rounds in simulation; with the gate, never in 10 000
-(Evidently and NannyML likewise gate drift on a distance, reference/alerting.md §6).
+(Evidently and NannyML likewise gate drift on a distance).
 Value = the p-value.
 """
 

@@ -4,7 +4,7 @@ Why one place for these: "is this value beyond the threshold", "is this series s
 alive" and "what does hysteresis mean for op <" must be answered the same way by every
 rule, or two rules on the same signal would disagree at the edges an operator looks at.
 
-Semantics (see DESIGN "Default rules" and the Netdata-style hysteresis it asks for):
+Semantics (the README's "Rules and alerts", with Netdata-style hysteresis):
 
 * ``op`` is one of ``> >= < <= == !=``; a NaN never compares true (as in PromQL).
 * With ``clear`` set, a value beyond ``threshold`` is a BREACH; a value beyond ``clear``

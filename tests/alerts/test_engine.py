@@ -1,7 +1,7 @@
 """The alert state machine, transition by transition, with scripted detectors.
 
-Each test names the Prometheus behaviour it pins (``rules/alerting.go``, see
-``reference/alerting.md`` §1.2) or the gpuwarden difference (HOLD, orphans).
+Each test names the Prometheus behaviour it pins (Prometheus' ``rules/alerting.go``) or
+the gpuwarden difference (HOLD, orphans).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """llama.cpp mapping.
 
 CONSTRUCTED PAYLOADS: llama.cpp's repository holds no recorded ``/metrics`` output
-(the shared fixtures README and metrics-catalogue §5 explain; only third-party issue
-threads have some). The text below is written from the names and types in
-``tools/server/server-task.cpp`` @ 0c1e5709 as listed in the catalogue: no labels,
+(only third-party issue threads have some). The text below is written from the names
+and types in llama.cpp's ``tools/server/server-task.cpp`` @ 0c1e5709: no labels,
 counters with ``_total``, throughput gauges. Values are invented.
 """
 

@@ -1,9 +1,8 @@
 """TGI mapping.
 
-CONSTRUCTED PAYLOAD: TGI's repository holds no recorded ``/metrics`` output (see
-tests/fixtures/metrics/README of the shared fixtures and metrics-catalogue §3). The text
-below is written by hand from the names, types, labels and bucket edges documented in
-the catalogue (TGI ``router/src/server.rs`` describe_* calls, ``backends/v3``,
+CONSTRUCTED PAYLOAD: TGI's repository holds no recorded ``/metrics`` output. The text
+below is written by hand from the names, types, labels and bucket edges in TGI's source
+(``router/src/server.rs`` describe_* calls, ``backends/v3``,
 ``docs/source/reference/metrics.md`` @ db931fcf): counters without ``_total``, no model
 label, ``method`` on batch metrics, 0.0001*1.5^k duration edges. Values are invented.
 """

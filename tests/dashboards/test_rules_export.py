@@ -2,7 +2,7 @@
 
 The promtool unit tests (``*.promtest.yml``) run against the export of gpuwarden's
 effective default rules. Where ``gpuwarden.detectors.defaults`` is not installed yet,
-they run against :data:`DESIGN_DEFAULTS`, DESIGN.md's default-rules table transcribed,
+they run against :data:`DESIGN_DEFAULTS`, the README's default-rules table transcribed,
 so the translation is still proven end to end.
 """
 

@@ -19,7 +19,7 @@ from .helpers import SRV
 
 RULES = {r.name: r for r in DEFAULT_RULES}
 
-# DESIGN.md "Default rules": (name, signal, op, threshold, for, action)
+# The README's default-rules table: (name, signal, op, threshold, for, action)
 DESIGN = [
     ("KVCacheNearFull", "kv_cache_usage_ratio", ">", 0.90, 30.0, "notify"),
     ("KVCacheSaturationSoon", "kv_cache_usage_ratio", None, None, 0.0, "notify"),

@@ -51,7 +51,7 @@ from gpuwarden.model import Labels, Sample, make_labels
 TRACES = Path(__file__).parent / "traces"
 T0 = 1_700_000_000.0  # multiple of the store's chunk span: trace time 0
 
-# vLLM's bucket bounds (vllm/v1/metrics/loggers.py), reference/alerting.md §1.4
+# vLLM's bucket bounds (vllm/v1/metrics/loggers.py)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,

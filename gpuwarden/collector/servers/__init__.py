@@ -1,6 +1,6 @@
 """Mapping tables from each inference server's ``/metrics`` onto the canonical signals.
 
-Server-specific metric names live only here (DESIGN.md convention 4). Each
+Server-specific metric names live only here (ARCHITECTURE.md, convention 4). Each
 ``servers/<kind>.py`` holds *data* — a :class:`ServerMapping` listing, per canonical
 signal, the wire names to read — and this module holds the one piece of machinery
 that applies any table to a parsed exposition. Keeping the logic in one place means a

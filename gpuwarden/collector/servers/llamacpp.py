@@ -1,7 +1,7 @@
 """llama.cpp ``llama-server`` (``llamacpp:`` prefix; ``/metrics`` only with ``--metrics``).
 
-Sources: metrics-catalogue §5 (llama.cpp ``tools/server/server-task.cpp`` @ 0c1e5709,
-README). No labels: one server is one model, so ``model`` is ``""``.
+Sources: llama.cpp ``tools/server/server-task.cpp`` @ 0c1e5709,
+README. No labels: one server is one model, so ``model`` is ``""``.
 
 * ``llamacpp:prompt_tokens_total`` *excludes* cached prompt tokens. The canonical
   prompt-token counter (like vLLM's) counts every prompt token, so it is

@@ -1,7 +1,7 @@
 """SGLang (``sglang:`` prefix; ``/metrics`` only with ``--enable-metrics``).
 
-Sources: metrics-catalogue §2 (sglang 0.5.23 ``observability/metrics_collector.py``,
-0.4.3/0.4.10/0.5.5 wheels, the production-metrics doc sample).
+Sources: sglang 0.5.23 ``observability/metrics_collector.py``,
+0.4.3/0.4.10/0.5.5 wheels, the production-metrics doc sample.
 
 * KV occupancy is ``sglang:token_usage``, already a fraction 0..1 of the KV token pool
   (there is no ``gpu_cache_usage_perc``; sglang#20158 closed it as redundant).

@@ -1,7 +1,7 @@
 """Hugging Face Text Generation Inference (``tgi_`` prefix, Rust metrics exporter).
 
-Sources: metrics-catalogue §3 (TGI ``router/src/server.rs``, ``backends/v3``,
-``docs/source/reference/metrics.md`` @ db931fcf). TGI has no model label (one model
+Sources: TGI ``router/src/server.rs``, ``backends/v3``,
+``docs/source/reference/metrics.md`` @ db931fcf. TGI has no model label (one model
 per router), so ``model`` is ``""``.
 
 TGI exposes no TTFT, no KV-cache occupancy, no prefix cache and no preemption metric:

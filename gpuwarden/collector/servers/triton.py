@@ -1,8 +1,8 @@
 """NVIDIA Triton Inference Server, including the TensorRT-LLM backend's ``nv_trt_llm_*``.
 
-Sources: metrics-catalogue §4 (Triton core ``src/metrics.cc``, server
+Sources: Triton core ``src/metrics.cc``, server
 ``docs/user_guide/metrics.md``, TensorRT-LLM ``custom_metrics_reporter.cc``,
-tensorrtllm_backend README). Per-model series carry ``model`` and ``version``; the
+tensorrtllm_backend README. Per-model series carry ``model`` and ``version``; the
 model name becomes ``model`` and versions add up.
 
 * KV occupancy: ``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}``,

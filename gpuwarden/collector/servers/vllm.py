@@ -1,7 +1,7 @@
 """vLLM (``vllm:`` prefix, ``/metrics`` on the OpenAI API port).
 
-Sources: metrics-catalogue §1 (vLLM 0.33 ``v1/metrics/loggers.py`` and the release
-wheels diffed back to 0.9). Every V1 engine metric carries ``model_name`` and ``engine``
+Sources: vLLM 0.33 ``v1/metrics/loggers.py`` and the release wheels
+diffed back to 0.9. Every V1 engine metric carries ``model_name`` and ``engine``
 (the data-parallel engine index); the machinery sums over ``engine`` and takes the
 max for KV usage, as the catalogue recommends (vllm#18053, vllm#21257).
 
