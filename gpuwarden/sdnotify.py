@@ -3,6 +3,10 @@
 ``Type=notify`` units wait for ``READY=1``; with ``WatchdogSec=`` systemd restarts the
 service when ``WATCHDOG=1`` stops arriving, which is exactly what we want when the
 collection loop wedges. Outside systemd every call is a no-op.
+
+The socket is non-blocking: a datagram socket whose reader lags has a short queue
+(``net.unix.max_dgram_qlen``, 10 by default), and a blocking send would then hold the
+collection loop; a ping that does not fit is dropped (the next cycle sends another).
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ import logging
 import os
 import socket
 
+from gpuwarden.ratelog import RateLimitedLog
+
 log = logging.getLogger(__name__)
+_quiet = RateLimitedLog(log)
 
 
 class SystemdNotifier:
@@ -33,10 +40,12 @@ class SystemdNotifier:
             return False
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto(state.encode(), self._address)
         except OSError as exc:
-            log.warning("sd_notify(%s) failed: %s", state.split("=", maxsplit=1)[0], exc)
+            name = state.split("=", maxsplit=1)[0]
+            _quiet.warning(f"notify:{name}", "sd_notify(%s) failed: %s", name, exc)
             return False
         return True
 

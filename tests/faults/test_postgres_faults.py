@@ -8,9 +8,11 @@ database exactly once (one sample per cycle of GPU 0's utilisation, no timestamp
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass, field
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,3 +125,41 @@ def test_postgres_frozen_then_thawed(pg: PgCluster, pg_url: str, daemons: Daemon
     assert proc.metric("gpuwarden_store_dropped_samples_total") == 0
     stored = stop_and_check_everything_stored(proc, pg_url)
     assert stored >= 5 + 10 * MIN_RATE_SHARE * before
+
+
+def test_watchdog_fed_while_postgres_frozen(pg: PgCluster, pg_url: str, daemons: Daemons,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd restarts a daemon whose watchdog pings stop: a hung database must not stop
+    them, or the node goes blind in a restart loop. One ping per cycle, frozen or not."""
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+        monkeypatch.setenv("WATCHDOG_USEC", "5000000")
+        proc = daemons.start(pg_url, interval="200ms")
+        proc.wait_healthy()
+        proc.wait_cycles(5)
+        sock.setblocking(False)
+        drain(sock)
+        pg.freeze()
+        try:
+            pings, started = 0, time.monotonic()
+            while time.monotonic() - started < 6.0:  # read as systemd does: as they come
+                pings += sum("WATCHDOG=1" in m for m in drain(sock))
+                time.sleep(0.05)
+        finally:
+            pg.thaw()
+    assert pings >= 6.0 / 0.2 * MIN_RATE_SHARE, pings
+    wait_store_ok(proc)
+    stop_and_check_everything_stored(proc, pg_url)
+
+
+def drain(sock: socket.socket) -> list[str]:
+    """Every datagram waiting on a non-blocking socket."""
+    out: list[str] = []
+    while True:
+        try:
+            out.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return out
