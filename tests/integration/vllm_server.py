@@ -134,9 +134,10 @@ class VllmServer:
         float32 (the dtype the model is saved in, and one any CPU computes) and
         ``--enforce-eager`` (no graph capture: a faster start). ``--kv-cache-memory-bytes``
         2 MiB at 1 KiB per token (scripts/vllm_tiny_model.py) is 2048 tokens, 64 blocks
-        of ``--block-size`` 32: 8 concurrent sequences (``--max-num-seqs``) of ~650
-        tokens fill it, and vLLM preempts. ``--max-model-len`` 1024 fits one such
-        sequence and lets vLLM accept a cache this small.
+        of ``--block-size`` 32: 8 concurrent sequences (``--max-num-seqs``) growing to
+        601 tokens (200 prompt words, BOS, 400 generated) overfill it, and vLLM preempts.
+        ``--max-model-len`` 1024 fits one such sequence and lets vLLM accept a cache this
+        small (it refuses one that cannot hold a sequence of the full length).
         """
         return [
             str(self.env.vllm), "serve", str(self.env.model),
