@@ -25,7 +25,7 @@ test: $(BIN)/gpuwarden
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/gpuwarden
-	$(BIN)/ruff check gpuwarden tests bench
+	$(BIN)/ruff check gpuwarden tests bench scripts
 	$(BIN)/mypy
 
 bench: $(BIN)/gpuwarden
