@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -77,14 +78,18 @@ def scaled_payload(kb: int | None) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
-def serve_payloads(body: bytes, count: int) -> list[ThreadingHTTPServer]:
+def serve_payloads(body: bytes | Callable[[], bytes], count: int) -> list[ThreadingHTTPServer]:
+    """``count`` loopback servers answering ``body`` (or what ``body()`` renders) to GET."""
+    render = body if callable(body) else lambda: body
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            payload = render()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(payload)
 
         def log_message(self, *args: object) -> None:
             pass

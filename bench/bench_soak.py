@@ -37,12 +37,11 @@ import sys
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
 
-from bench.bench_daemon import PAYLOAD, cpu_seconds, free_port, metric, rss_mib
+from bench.bench_daemon import PAYLOAD, cpu_seconds, free_port, metric, rss_mib, serve_payloads
 from gpuwarden.storage.head import memory_bound
 
 INTERVAL_S = 0.1
@@ -87,25 +86,6 @@ class AdvancingPayload:
             return self._cached
 
 
-def serve(payload: AdvancingPayload) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = payload.render()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -135,7 +115,8 @@ def main() -> int:
     full_minute = math.ceil((MEMORY_WINDOW_S + CHUNK_SPAN_S) / 60.0)
 
     body = PAYLOAD.read_text()
-    servers = [serve(AdvancingPayload(body, 1.0 + 0.25 * i)) for i in range(args.servers)]
+    servers = [server for i in range(args.servers)
+               for server in serve_payloads(AdvancingPayload(body, 1.0 + 0.25 * i).render, 1)]
     work = Path(tempfile.mkdtemp(prefix="gpuwarden-soak-"))
     port = free_port()
     server_tables = "".join(
