@@ -56,3 +56,11 @@ class InstanceLocked(GpuwardenError):
     def __init__(self, message: str, *, pid: int | None = None) -> None:
         self.pid = pid
         super().__init__(message)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one bounded line for a log or a counter's detail: requests' and
+    drivers' messages nest whole cause chains over several lines. The type's name when
+    the exception says nothing."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

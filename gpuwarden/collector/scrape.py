@@ -47,7 +47,7 @@ from gpuwarden.collector import Collector
 from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, BodyError, read_body
 from gpuwarden.collector.promtext import Exposition, parse
 from gpuwarden.collector.servers import SERVER_KINDS, map_exposition, read_names, served_models
-from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeError
+from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeError, one_line
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.native_memory import release_freed_memory
 
@@ -222,7 +222,7 @@ class ServerCollector(Collector):
                 headers={"Accept": _ACCEPT},
             )
         except requests.RequestException as e:
-            raise _Failure(_classify(e), _short(e)) from e
+            raise _Failure(_classify(e), one_line(e)) from e
         with resp:
             if not 200 <= resp.status_code < 300:
                 detail = f"HTTP {resp.status_code} {resp.reason}"
@@ -240,7 +240,7 @@ class ServerCollector(Collector):
             except BodyError as e:
                 raise _Failure(e.reason, e.detail) from e
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-                raise _Failure(_classify(e), _short(e)) from e
+                raise _Failure(_classify(e), one_line(e)) from e
 
     # ------------------------------------------------------------------- bookkeeping
 
@@ -268,9 +268,3 @@ class ServerCollector(Collector):
         suffix = f" ({suppressed} similar suppressed)" if suppressed else ""
         log.warning("server %s (%s, %s): " + msg + suffix, self.server, self.kind,
                     redact_url(self.metrics_url), *args)
-
-
-def _short(exc: BaseException) -> str:
-    """One bounded line (requests' messages nest the whole cause chain)."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 300 else text[:297] + "..."

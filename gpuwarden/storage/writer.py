@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpuwarden.errors import StoreError
+from gpuwarden.errors import StoreError, one_line
 from gpuwarden.native_memory import release_freed_memory
 from gpuwarden.ratelog import RateLimitedLog
 from gpuwarden.storage.store import Store
@@ -153,7 +153,7 @@ class StoreWriter:
                     job()
                 except Exception as exc:  # convention 9: log, count, carry on
                     self._log.warning(f"job:{name}", "store writer: %s failed: %s", name,
-                                      _short(exc))
+                                      one_line(exc, 200))
         finally:
             self._busy_since = None
             if self._stall_counted:
@@ -171,11 +171,11 @@ class StoreWriter:
                 # hand the pages back rather than let this thread's arena keep them.
                 release_freed_memory()
         except StoreError as exc:
-            self._failing = _short(exc)
+            self._failing = one_line(exc, 200)
             self._log.warning("persist", "store write failed (%d samples pending, kept in "
                               "memory and retried): %s", self.store.pending_samples, exc)
         except Exception as exc:  # a bug must not kill the writer: the loop relies on it
-            self._failing = _short(exc)
+            self._failing = one_line(exc, 200)
             self.store.count_write_error("error")
             log.exception("store writer failed unexpectedly")
         else:
@@ -183,8 +183,3 @@ class StoreWriter:
                 self._failing = None
                 self._log.recovered("persist", "store writable again; buffered samples "
                                     "written")
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
