@@ -78,6 +78,18 @@ def scaled_payload(kb: int | None) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
+def wait_healthy(session: requests.Session, port: int, timeout: float = 30.0) -> None:
+    """Until the daemon on ``port`` answers ``/healthz`` 200 (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if session.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.01)
+
+
 def serve_payloads(body: bytes | Callable[[], bytes], count: int) -> list[ThreadingHTTPServer]:
     """``count`` loopback servers answering ``body`` (or what ``body()`` renders) to GET."""
     render = body if callable(body) else lambda: body
@@ -201,12 +213,7 @@ def main() -> None:
         while time.perf_counter() - started < 30 and first_sample is None:
             first_sample = stored_at(work / "gw.db", started)
             time.sleep(0.002)
-        while time.perf_counter() - started < 30:
-            try:
-                if session.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.01)
+        wait_healthy(session, port)
         text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         cpu0, cycles0 = cpu_seconds(proc.pid), metric(text, "gpuwarden_cycles_total")
         # A Prometheus scraping every 15 s: its renders count in the CPU figure, and each

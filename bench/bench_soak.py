@@ -41,7 +41,15 @@ from pathlib import Path
 
 import requests
 
-from bench.bench_daemon import PAYLOAD, cpu_seconds, free_port, metric, rss_mib, serve_payloads
+from bench.bench_daemon import (
+    PAYLOAD,
+    cpu_seconds,
+    free_port,
+    metric,
+    rss_mib,
+    serve_payloads,
+    wait_healthy,
+)
 from gpuwarden.storage.head import memory_bound
 
 INTERVAL_S = 0.1
@@ -141,13 +149,7 @@ def main() -> int:
                              str(config)], stdout=subprocess.DEVNULL, stderr=log_file)
     rows: list[tuple[int, float, float, int, float, float, float, float]] = []
     try:
-        started = time.monotonic()
-        while time.monotonic() - started < 30:
-            try:
-                if session.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.05)
+        wait_healthy(session, port)
         start = time.monotonic()
         cpu_prev = cpu_seconds(proc.pid)
         cycles_prev = metric(scrape(session, port), "gpuwarden_cycles_total")
