@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpuwarden.cli import main
+from gpuwarden.cli.main import main
 from gpuwarden.config import load_config, parse_config
 from gpuwarden.durations import format_duration, parse_duration
 from gpuwarden.errors import ConfigError
@@ -196,7 +196,7 @@ def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_console_script_runs_check_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[storage]\nurl = "oracle://x"\n')
-    proc = subprocess.run([sys.executable, "-m", "gpuwarden.cli", "check-config", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "gpuwarden.cli.main", "check-config", str(bad)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "storage.url" in proc.stderr
@@ -330,7 +330,7 @@ def test_threshold_is_not_reported_missing_when_it_is_invalid() -> None:
 def test_toml_the_parser_cannot_hold_is_a_config_error(text: str, tmp_path: Path) -> None:
     path = tmp_path / "cfg.toml"
     path.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "gpuwarden.cli", "check-config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "gpuwarden.cli.main", "check-config", str(path)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

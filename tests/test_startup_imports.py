@@ -22,11 +22,11 @@ def test_the_path_to_the_first_stored_sample_imports_nothing_heavy(tmp_path: Pat
                       'metrics_url = "http://127.0.0.1:9/metrics"\n')
     code = f"""
 import sys
-from gpuwarden.cli import build_parser
+from gpuwarden.cli.main import build_parser
 args = build_parser().parse_args(["run", "--config", {str(config)!r}])
 from gpuwarden.config import load_config
-from gpuwarden.daemon import build_collectors
-import gpuwarden.early_store, requests
+from gpuwarden.daemon.core import build_collectors
+import gpuwarden.storage.early, requests
 config = load_config(args.config)
 session = requests.Session()
 samples = [s for c in build_collectors(config, lambda: session) for s in c.collect()]

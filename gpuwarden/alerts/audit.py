@@ -49,7 +49,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from gpuwarden.alerts.commands import AUDIT_RESULTS
+from gpuwarden.cli.alerts import AUDIT_RESULTS
 from gpuwarden.storage import schema
 from gpuwarden.storage.store import write_transaction as write_tx
 

@@ -32,14 +32,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from gpuwarden.alerts.model import Alert, AlertEvent, AlertState, EventKind, fingerprint
+from gpuwarden.alerts.alert import Alert, AlertEvent, AlertState, EventKind, fingerprint
 from gpuwarden.detectors import Detector, Finding, Status, Window
 from gpuwarden.model import Labels, SeriesData
 from gpuwarden.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
+    from gpuwarden.api.exposition import SelfMetric
     from gpuwarden.config import RuleConfig
-    from gpuwarden.exposition import SelfMetric
 
 log = logging.getLogger(__name__)
 # One line a minute per unreadable signal, not one per cycle of a database outage.
@@ -441,7 +441,7 @@ def alert_self_metrics(
     engine: RuleEngine, *, state_errors: int = 0, delivery_errors: int = 0
 ) -> list[SelfMetric]:
     """The engine's share of gpuwarden's own ``/metrics``."""
-    from gpuwarden.exposition import SelfMetric
+    from gpuwarden.api.exposition import SelfMetric
 
     stats = engine.stats
     counts = tuple(({"alertname": name, "state": st}, float(n))

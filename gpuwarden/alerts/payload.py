@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpuwarden.alerts.model import Alert, rfc3339
+from gpuwarden.alerts.alert import Alert, rfc3339
 
 #: Alertmanager's zero time for "no end yet" in webhook bodies (Go's time.Time{}).
 ZERO_TIME = "0001-01-01T00:00:00Z"

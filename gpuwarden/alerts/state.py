@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from gpuwarden.alerts.model import Alert, AlertState
+from gpuwarden.alerts.alert import Alert, AlertState
 from gpuwarden.storage import schema
 from gpuwarden.storage.store import dialect_insert
 

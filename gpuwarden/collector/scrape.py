@@ -46,7 +46,7 @@ import urllib3.exceptions
 from gpuwarden.collector import Collector
 from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, BodyError, read_body
 from gpuwarden.collector.promtext import Exposition, parse
-from gpuwarden.collector.servers import SERVER_KINDS, map_exposition, read_names, served_models
+from gpuwarden.collector.servers.base import SERVER_KINDS, map_exposition, read_names, served_models
 from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeError, one_line
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.native_memory import release_freed_memory

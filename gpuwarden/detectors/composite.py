@@ -44,7 +44,7 @@ from gpuwarden.detectors.threshold import (
 )
 from gpuwarden.detectors.trend import FloatArray, theil_sen
 from gpuwarden.model import SeriesData
-from gpuwarden.windows import counter_rate, increase, ratio_of_increases
+from gpuwarden.promql.windows import counter_rate, increase, ratio_of_increases
 
 if TYPE_CHECKING:
     from gpuwarden.config import RuleConfig

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from gpuwarden.detectors import Finding, Window, register
 from gpuwarden.detectors.threshold import MIN_LOOKBACK, OPS, classify, live_series
-from gpuwarden.windows import increase
+from gpuwarden.promql.windows import increase
 
 if TYPE_CHECKING:
     from gpuwarden.config import RuleConfig

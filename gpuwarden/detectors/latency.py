@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from gpuwarden.detectors import Finding, Window, register
 from gpuwarden.detectors.threshold import OPS, classify, is_live
 from gpuwarden.model import Labels, SeriesData
+from gpuwarden.promql.windows import window_quantile
 from gpuwarden.signals import resolve_rule_signal
-from gpuwarden.windows import window_quantile
 
 if TYPE_CHECKING:
     from gpuwarden.config import RuleConfig

@@ -36,8 +36,8 @@ import numpy as np
 
 from gpuwarden.detectors import Finding, Status, Window, register
 from gpuwarden.model import Labels, SeriesData
+from gpuwarden.promql.windows import counter_rate, ratio_of_increases
 from gpuwarden.signals import resolve_rule_signal
-from gpuwarden.windows import counter_rate, ratio_of_increases
 
 if TYPE_CHECKING:
     from gpuwarden.config import RuleConfig

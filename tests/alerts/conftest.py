@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 import requests
 
-from gpuwarden.alerts.actions import Dispatcher
+from gpuwarden.alerts.alert import Alert, AlertEvent, AlertState, EventKind
 from gpuwarden.alerts.audit import AuditRow
-from gpuwarden.alerts.model import Alert, AlertEvent, AlertState, EventKind
-from gpuwarden.alerts.receivers import RetryPolicy
+from gpuwarden.alerts.dispatch import Dispatcher
+from gpuwarden.alerts.receivers.base import RetryPolicy
 from gpuwarden.config import ActionConfig
 from gpuwarden.model import make_labels
 from gpuwarden.storage import Store, open_store

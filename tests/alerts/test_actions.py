@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.alerts.actions import Dispatcher
-from gpuwarden.alerts.commands import add_actions_command
-from gpuwarden.alerts.receivers import RetryPolicy
+from gpuwarden.alerts.dispatch import Dispatcher
+from gpuwarden.alerts.receivers.base import RetryPolicy
+from gpuwarden.cli.alerts import add_actions_command
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.storage import Store
 

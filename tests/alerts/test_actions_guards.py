@@ -10,7 +10,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from gpuwarden.alerts.models_history import ModelHistory
+from gpuwarden.alerts.served_models import ModelHistory
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.storage import Store, schema
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.alerts.audit import AuditLog, target_text
-from gpuwarden.alerts.commands import add_audit_command
-from gpuwarden.alerts.models_history import ModelHistory
-from gpuwarden.alerts.receivers import RetryPolicy
+from gpuwarden.alerts.receivers.base import RetryPolicy
+from gpuwarden.alerts.served_models import ModelHistory
+from gpuwarden.cli.alerts import add_audit_command
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.storage import Store
 from tests.storage.conftest import Backend, backend

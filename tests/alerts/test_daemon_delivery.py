@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from gpuwarden.collector.sim import SimulatedGpuCollector
 from gpuwarden.config import parse_config
-from gpuwarden.daemon import Daemon
+from gpuwarden.daemon.core import Daemon
 from gpuwarden.storage import schema
 from tests.alerts.conftest import Recorder
-from tests.test_daemon import free_port
+from tests.daemon.test_daemon import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 

@@ -10,8 +10,8 @@ import logging
 
 import pytest
 
+from gpuwarden.alerts.alert import AlertState, EventKind, fingerprint
 from gpuwarden.alerts.engine import RuleEngine, plain_summary
-from gpuwarden.alerts.model import AlertState, EventKind, fingerprint
 from gpuwarden.config import RuleConfig
 from gpuwarden.detectors import Finding
 from gpuwarden.model import make_labels

@@ -19,9 +19,9 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
-from gpuwarden.alerts.model import Alert
+from gpuwarden.alerts.alert import Alert
 from gpuwarden.alerts.payload import ZERO_TIME, alert_entry, delivery_id, origin, secret_key
-from gpuwarden.alerts.receivers import (
+from gpuwarden.alerts.receivers.base import (
     Delivery,
     Receiver,
     ReceiverContext,
@@ -239,7 +239,7 @@ def test_reached_tells_refused_from_answered(recorder: Recorder,
 
 def test_retry_schedule_is_the_documented_one() -> None:
     """The attempt times in the module doc's table, and the window's end is tried."""
-    from gpuwarden.alerts import receivers
+    from gpuwarden.alerts.receivers import base as receivers
 
     times = RetryPolicy().nominal(900.0)
     assert times[:9] == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 63.5, 123.5]

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import select, text
 
+from gpuwarden.alerts.alert import AlertState
 from gpuwarden.alerts.engine import RuleEngine
-from gpuwarden.alerts.model import AlertState
 from gpuwarden.alerts.state import AlertStatePersister, AlertStateStore
 from gpuwarden.config import RuleConfig
 from gpuwarden.storage import Store, schema

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.collector.promtext import parse
-from gpuwarden.collector.servers import (
+from gpuwarden.collector.servers.base import (
     SERVER_KINDS,
     ServerMapping,
     map_exposition,

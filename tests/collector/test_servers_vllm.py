@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from gpuwarden.collector.servers import served_models
+from gpuwarden.collector.servers.base import served_models
 from tests.collector.test_servers_common import (
     buckets,
     mapped,

@@ -77,7 +77,7 @@ def test_utilization_spread_function() -> None:
 
 
 def test_derive_exports_spread() -> None:
-    from gpuwarden.derived import derive
+    from gpuwarden.promql.derived import derive
 
     data = [*node([0.9, 0.7, 0.85]), const(U, gpu(3), 0.1, end=NOW - 30)]  # GPU 3 stopped
 

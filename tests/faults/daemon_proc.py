@@ -46,7 +46,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
 
 
 class DaemonProc:
-    """One ``python -m gpuwarden.cli run --config FILE`` process."""
+    """One ``python -m gpuwarden.cli.main run --config FILE`` process."""
 
     def __init__(self, config: Path, port: int, log: Path) -> None:
         self.config = config
@@ -55,7 +55,7 @@ class DaemonProc:
         self._log = log.open("ab")
         env = {**os.environ, "GPUWARDEN_LOG_LEVEL": "info"}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "gpuwarden.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "gpuwarden.cli.main", "run", "--config", str(config)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         self.pid = self.popen.pid

@@ -36,10 +36,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gpuwarden.config import ARRAYS, SECTIONS, TOP, Config, load_config, parse_config
-from gpuwarden.daemon import Daemon
+from gpuwarden.daemon.core import Daemon
 from gpuwarden.errors import ConfigError
 from gpuwarden.storage import open_store
-from tests.test_daemon import Proc, free_port
+from tests.daemon.test_daemon import Proc, free_port
 
 NODE = "fault-node"
 MS, S, M, H, D = 0.001, 1.0, 60.0, 3600.0, 86400.0
@@ -338,7 +338,7 @@ CRASH_CASES: dict[str, Callable[[Path, int], str]] = {
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gpuwarden.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gpuwarden.cli.main", *args], capture_output=True,
                           text=True, timeout=60, check=False)
 
 

@@ -23,11 +23,11 @@ import pytest
 import requests
 from sqlalchemy import create_engine, select
 
-from gpuwarden.alerts.actions import Dispatcher
-from gpuwarden.alerts.commands import add_actions_command
-from gpuwarden.alerts.model import Alert, AlertState
-from gpuwarden.alerts.receivers import NEVER_SEEN, RESOLVED_FIRST, RetryPolicy
+from gpuwarden.alerts.alert import Alert, AlertState
+from gpuwarden.alerts.dispatch import Dispatcher
+from gpuwarden.alerts.receivers.base import NEVER_SEEN, RESOLVED_FIRST, RetryPolicy
 from gpuwarden.alerts.state import AlertStateStore
+from gpuwarden.cli.alerts import add_actions_command
 from gpuwarden.storage import Store, open_store, schema
 from tests.alerts.conftest import (
     FakeTime,

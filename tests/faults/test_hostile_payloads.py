@@ -31,7 +31,7 @@ from bench.bench_parser import (
     valid_reference,
 )
 from gpuwarden.collector.promtext import Exposition, parse
-from gpuwarden.collector.servers import read_names
+from gpuwarden.collector.servers.base import read_names
 from gpuwarden.errors import ExpositionParseError
 
 FIXTURE = (Path(__file__).resolve().parent.parent / "fixtures" / "metrics"

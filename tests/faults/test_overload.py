@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from gpuwarden.config import parse_config
-from gpuwarden.daemon import Daemon
+from gpuwarden.daemon.core import Daemon
 
 INTERVAL = 0.1
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpuwarden.alerts.alert import AlertEvent, EventKind
 from gpuwarden.alerts.engine import DetectorFactory, RuleEngine
-from gpuwarden.alerts.model import AlertEvent, EventKind
 from gpuwarden.config import RuleConfig
 from gpuwarden.detectors import Detector, Finding, Status, Window
 from gpuwarden.storage import Store

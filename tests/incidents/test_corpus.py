@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gpuwarden.backtest import replay
+from gpuwarden.tools.backtest import replay
 from tests.incidents.corpus import T0, load, names
 from tests.incidents.harness import (
     STUB_RULES,

@@ -26,7 +26,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.config import parse_config
-from gpuwarden.daemon import DERIVE_EVERY_S, Daemon
+from gpuwarden.daemon.core import DERIVE_EVERY_S, Daemon
 from tests.integration.vllm_server import (
     SERVED_MODEL,
     VllmCpu,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from gpuwarden.demo import SimulatedVllmState
+from gpuwarden.tools.demo import SimulatedVllmState
 
 
 class FakeOpenAI:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpuwarden.collector.quality import Canary, QualityCollector, canary_id
+from gpuwarden.collector.quality.canary import Canary, QualityCollector, canary_id
 from gpuwarden.model import Sample
 
 PROMPTS = {

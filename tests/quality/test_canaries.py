@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.collector.quality import (
+from gpuwarden.collector.quality.canary import (
     SEED,
     QualityCollector,
     load_canaries,

@@ -21,16 +21,16 @@ from typing import Any
 
 import requests
 
-from gpuwarden.alerts.actions import Dispatcher
-from gpuwarden.alerts.models_history import ModelHistory
+from gpuwarden.alerts.dispatch import Dispatcher
+from gpuwarden.alerts.served_models import ModelHistory
 from gpuwarden.collector import Collector
-from gpuwarden.collector.quality import quality_collector
+from gpuwarden.collector.quality.canary import quality_collector
 from gpuwarden.config import parse_config
-from gpuwarden.daemon import Daemon, build_collectors
+from gpuwarden.daemon.core import Daemon, build_collectors
 from gpuwarden.model import Sample
+from tests.daemon.test_daemon import free_port
 from tests.quality.fake_openai import FakeOpenAI
 from tests.quality.helpers import PROMPTS
-from tests.test_daemon import free_port
 
 
 class Recorder:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.collector.quality import Canary, QualityCollector, canary_id
+from gpuwarden.collector.quality.canary import Canary, QualityCollector, canary_id
 from gpuwarden.storage import open_store
 from tests.quality.fake_openai import FakeOpenAI
 from tests.quality.helpers import Clock, drive

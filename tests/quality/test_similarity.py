@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.collector.similarity import breakdown, calibrate, embed, similarity
+from gpuwarden.collector.quality.similarity import breakdown, calibrate, embed, similarity
 
 PAIRS = Path(__file__).resolve().parents[1] / "fixtures" / "quality" / "similarity-pairs.jsonl"
 ROWS = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines()]
@@ -66,7 +66,7 @@ def test_edge_cases() -> None:
 def test_deterministic_across_processes() -> None:
     """crc32, not Python's salted hash: another interpreter gets the same vector."""
     text = "The capital of France is Paris."
-    code = ("from gpuwarden.collector.similarity import embed; "
+    code = ("from gpuwarden.collector.quality.similarity import embed; "
             f"v = embed({text!r}); print(sorted(v)[:5])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PYTHONHASHSEED": "123"}).stdout.strip()

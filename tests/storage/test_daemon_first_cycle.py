@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from gpuwarden import early_store
 from gpuwarden.collector import Collector
 from gpuwarden.config import parse_config
-from gpuwarden.daemon import Daemon
+from gpuwarden.daemon.core import Daemon
 from gpuwarden.model import Sample, make_labels
+from gpuwarden.storage import early as early_store
 from gpuwarden.storage import open_store, schema
 from tests.storage.conftest import Backend, _free_port
 
@@ -151,7 +151,7 @@ def test_locked_early_write_leaves_it_to_the_store(
     monkeypatch.setattr(early_store, "store_first_cycle", under_lock)
     daemon = make_daemon(url)
     running.append(daemon)
-    with caplog.at_level(logging.INFO, logger="gpuwarden.early_store"):
+    with caplog.at_level(logging.INFO, logger="gpuwarden.storage.early"):
         daemon.start()
     assert calls == ["early:None", "open_store"]
     assert "first cycle not stored early" in caplog.text

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from gpuwarden.alerts.payload import json_bytes, postable_alert
-from gpuwarden.alerts.receivers import Delivery, HttpReceiver
+from gpuwarden.alerts.receivers.base import Delivery, HttpReceiver
 
 RESOLVED_RESEND_SECONDS = 300.0
 

@@ -22,7 +22,7 @@ import subprocess
 from typing import Any
 
 from gpuwarden.alerts.payload import json_bytes, webhook_body
-from gpuwarden.alerts.receivers import Delivery, Outcome, Receiver
+from gpuwarden.alerts.receivers.base import Delivery, Outcome, Receiver
 
 log = logging.getLogger(__name__)
 

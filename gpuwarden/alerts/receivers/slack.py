@@ -8,7 +8,7 @@ ever logged. Slack answers 200 ``ok`` on success and 4xx with a short reason
 from __future__ import annotations
 
 from gpuwarden.alerts.payload import AlertEntry, json_bytes
-from gpuwarden.alerts.receivers import Delivery, HttpReceiver
+from gpuwarden.alerts.receivers.base import Delivery, HttpReceiver
 
 ICON = {"firing": ":rotating_light:", "resolved": ":white_check_mark:"}
 

@@ -18,7 +18,7 @@ Absent for llama.cpp: TTFT/ITL/e2e histograms and preemptions.
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers import ServerMapping, rule
+from gpuwarden.collector.servers.base import ServerMapping, rule
 
 _PROMPT = ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total")
 

@@ -24,7 +24,7 @@ Sources: sglang 0.5.23 ``observability/metrics_collector.py``,
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers import ServerMapping, rule
+from gpuwarden.collector.servers.base import ServerMapping, rule
 
 MAPPING = ServerMapping(
     kind="sglang",

@@ -18,7 +18,7 @@ token counter); they advance when a request finishes.
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers import ServerMapping, rule
+from gpuwarden.collector.servers.base import ServerMapping, rule
 
 MAPPING = ServerMapping(
     kind="tgi",

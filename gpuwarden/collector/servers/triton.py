@@ -23,7 +23,7 @@ counters), preemptions, and a prefix-cache hit count (only a ``reused`` block ga
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers import ServerMapping, rule, src
+from gpuwarden.collector.servers.base import ServerMapping, rule, src
 
 MAPPING = ServerMapping(
     kind="triton",

@@ -22,7 +22,7 @@ it cannot feed the window hit ratio), and the removed throughput gauges.
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers import ServerMapping, rule
+from gpuwarden.collector.servers.base import ServerMapping, rule
 
 MAPPING = ServerMapping(
     kind="vllm",

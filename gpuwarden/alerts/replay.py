@@ -1,0 +1,270 @@
+"""``gpuwarden actions replay`` and ``gpuwarden actions dead-letters``.
+
+A delivery that ran out of its retry window (or met a 4xx, or a 410) is kept in
+``dead_letters`` with the alert data, the action's name and the last error. Once the
+endpoint is fixed, an operator replays it: the action is looked up by name in the
+*current* config (so a corrected URL or secret is used), the same delivery id is sent
+(``webhook-id`` stays the idempotency key: a receiver that did get the first copy can
+drop the replay), and the outcome is audited ``replayed`` or ``failed``. Replays skip
+cooldowns and budgets: a person asked for them.
+
+Replay sends the current state, never a stale one. For each alert of a letter it
+looks for a later notice of the same alert to the same action in the audit trail (any
+row of another delivery after the letter's ``dead_letter`` row, replays aside): a
+resolved notice, or a newer firing, makes the letter's entry stale. A firing entry is
+also stale when the ``alerts`` table shows the alert no longer in that activation
+(resolved, or fired again since). Stale entries are not sent; they are audited
+``superseded`` and a letter left with nothing to send is marked done (``dead-letters
+--all`` shows it as superseded). So a firing whose alert resolved since is never
+replayed: the receiver either got the resolved notice already (it was sent after the
+dead letter, even to a receiver that never saw the firing) or gets it from its own
+dead letter, replayed after the firing's in id order.
+
+A letter of an endpoint that answered 410 Gone (the daemon disabled the action until
+restart) is skipped by ``--all``, and so are the other letters of that action, unless
+``--include-disabled`` is given (after fixing the endpoint); ``--id N`` names a letter
+and is always tried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from gpuwarden.alerts.alert import rfc3339
+from gpuwarden.alerts.audit import AuditLog, AuditRow, DeadLetter, open_engine
+from gpuwarden.alerts.receivers.base import (
+    Delivery,
+    Outcome,
+    ReceiverContext,
+    RetryPolicy,
+    build_receiver,
+    without,
+)
+from gpuwarden.config import ActionConfig
+from gpuwarden.storage import schema
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+REPLAY_WINDOW = 60.0  # an operator is waiting: retries within a minute at most
+
+
+def gone(letter: DeadLetter) -> bool:
+    """Whether the letter's endpoint answered 410 Gone (it disabled itself)."""
+    try:
+        meta = json.loads(letter.payload)
+    except ValueError:
+        meta = {}
+    status = meta.get("http_status") if isinstance(meta, dict) else None
+    return status == 410 or (letter.last_error or "").startswith("HTTP 410")
+
+
+def _own_row(rows: list[AuditRow], delivery: Delivery) -> int | None:
+    for r in rows:
+        if r.result == "dead_letter" and r.detail.get("delivery") == delivery.id:
+            return r.id
+    return None
+
+
+def _later_notice(audit: AuditLog, letter: DeadLetter, delivery: Delivery,
+                  fp: str) -> AuditRow | None:
+    """The first audit row of a later notice of alert ``fp`` to the letter's action."""
+    rows = audit.query(since=letter.ts, action=letter.action, fingerprint=fp)
+    own = _own_row(rows, delivery)
+    for r in rows:
+        other = r.detail.get("delivery")
+        if not other or other == delivery.id or r.detail.get("replay"):
+            continue
+        if (r.id > own) if own is not None else (r.ts > letter.ts):
+            return r
+    return None
+
+
+def _state(engine: Engine, fp: str) -> tuple[str, float | None] | None:
+    """The alert's row in the ``alerts`` table (state, fired_at); None if unknown."""
+    t = schema.alerts
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(select(t.c.state, t.c.fired_at)
+                               .where(t.c.fingerprint == fp)).first()
+    except SQLAlchemyError:  # no alerts table (a store the daemon never ran on)
+        return None
+    return None if row is None else (str(row.state), row.fired_at)
+
+
+def stale(letter: DeadLetter, delivery: Delivery, audit: AuditLog,
+          engine: Engine) -> dict[str, str]:
+    """Fingerprint -> why, for the letter's entries that are no longer current."""
+    out: dict[str, str] = {}
+    for entry in delivery.alerts:
+        fp = str(entry["fingerprint"])
+        later = _later_notice(audit, letter, delivery, fp)
+        if later is not None:
+            status = later.detail.get("status", "a notice")
+            out[fp] = (f"superseded: a later {status} notice of this alert "
+                       f"({later.result} {time.strftime('%H:%M:%S', time.localtime(later.ts))})")
+            continue
+        if delivery.status != "firing":
+            continue
+        state = _state(engine, fp)
+        if state is None:
+            continue
+        current, fired_at = state
+        if current != "firing":
+            out[fp] = f"superseded: the alert is {current} now"
+        elif fired_at is None or rfc3339(fired_at) != entry.get("startsAt"):
+            out[fp] = "superseded: the alert fired again since (a newer activation)"
+    return out
+
+
+def _record(audit: AuditLog, action: str, d: Delivery, result: str, letter: DeadLetter, *,
+            http_status: int | None = None, attempt: int | None = None,
+            reason: str | None = None) -> None:
+    for entry in d.alerts:
+        audit.record(action=action, result=result, labels=entry["labels"],
+                     fingerprint=entry["fingerprint"], http_status=http_status,
+                     attempt=attempt, reason=reason,
+                     detail={"status": d.status, "delivery": d.id,
+                             "dead_letter": letter.id, "replay": True})
+
+
+def replay_letter(letter: DeadLetter, action: ActionConfig, ctx: ReceiverContext,
+                  audit: AuditLog, retry: RetryPolicy, *,
+                  engine: Engine | None = None) -> tuple[Outcome | None, list[str]]:
+    """Send one dead letter again (with retries), audit and mark it.
+
+    Returns the outcome (None when every entry was stale, nothing sent) and why the
+    entries left out were stale.
+    """
+    delivery: Delivery | None = Delivery.from_json(letter.payload)
+    assert delivery is not None
+    reasons = stale(letter, delivery, audit, engine) if engine is not None else {}
+    for fp, why in sorted(reasons.items()):
+        cut, delivery = without(delivery, (fp,)) if delivery is not None else (None, None)
+        if cut is not None:
+            _record(audit, action.name, cut, "superseded", letter, reason=f"replay: {why}")
+    if delivery is None:
+        audit.mark_replayed(letter.id, attempts=0, ok=True,
+                            last_error="superseded by a later notice; not sent")
+        return None, sorted(set(reasons.values()))
+    receiver = build_receiver(action, ctx)
+    attempt, started = 0, time.monotonic()
+    while True:
+        attempt += 1
+        out = receiver.send(delivery)
+        delay = None if out.ok or not out.retryable else retry.next_delay(
+            attempt, time.monotonic() - started, REPLAY_WINDOW, out.retry_after)
+        if delay is None:
+            break
+        time.sleep(delay)
+    _record(audit, action.name, delivery, "replayed" if out.ok else "failed", letter,
+            http_status=out.http_status, attempt=attempt,
+            reason=None if out.ok else f"replay: {out.error}")
+    audit.mark_replayed(letter.id, attempts=attempt, ok=out.ok,
+                        last_error=letter.last_error if out.ok else out.error)
+    return out, sorted(set(reasons.values()))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import requests
+
+    from gpuwarden import __version__
+    from gpuwarden.alerts.dispatch import external_url
+    from gpuwarden.config import load_config
+    from gpuwarden.errors import ConfigError, StoreError
+
+    if args.id is None and not args.all:
+        print("give --id N or --all", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        engine = open_engine(config.storage.url)
+    except StoreError as exc:
+        print(f"storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    audit = AuditLog(engine)
+    session = requests.Session()
+    session.headers["User-Agent"] = f"gpuwarden/{__version__}"
+    ctx = ReceiverContext(session=session, node=config.node,
+                          external_url=external_url(config.listen, config.node),
+                          interval=config.interval)
+    actions = {a.name: a for a in config.actions}
+    failed = 0
+    try:
+        letters = audit.dead_letters([args.id] if args.id is not None else None)
+        if args.id is not None and not letters:
+            print(f"no dead letter with id {args.id}", file=sys.stderr)
+            return EXIT_FAILED
+        disabled = set() if args.include_disabled or args.id is not None else {
+            dl.action for dl in audit.dead_letters() if gone(dl)}
+        for letter in letters:
+            if letter.replayed_at is not None and not args.force:
+                print(f"#{letter.id}: already replayed (use --force to send it again)")
+                continue
+            action = actions.get(letter.action)
+            if action is None:
+                print(f"#{letter.id}: no action named {letter.action!r} in the config; skipped")
+                failed += 1
+                continue
+            if letter.action in disabled:
+                print(f"#{letter.id}: skipped: {letter.action}'s endpoint answered 410 Gone "
+                      "and was disabled; fix it, then use --include-disabled")
+                continue
+            out, why = replay_letter(letter, action, ctx, audit,
+                                     RetryPolicy(attempts=args.attempts), engine=engine)
+            note = f" ({'; '.join(why)}: left out)" if why and out is not None else ""
+            if out is None:
+                print(f"#{letter.id}: not sent, no longer current ({'; '.join(why)})")
+            elif out.ok:
+                print(f"#{letter.id}: replayed to {letter.action}{note}")
+            else:
+                failed += 1
+                print(f"#{letter.id}: replay to {letter.action} failed: {out.error}{note}")
+    finally:
+        session.close()
+        engine.dispose()
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _letter_state(dl: DeadLetter) -> str:
+    if dl.replayed_at is None:
+        return "gone" if gone(dl) else "pending"
+    return "superseded" if (dl.last_error or "").startswith("superseded") else "replayed"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from gpuwarden.config import load_config
+    from gpuwarden.errors import ConfigError, StoreError
+
+    try:
+        config = load_config(args.config)
+        engine = open_engine(config.storage.url)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"storage: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        letters = AuditLog(engine).dead_letters(pending_only=not args.all)
+    finally:
+        engine.dispose()
+    if not letters:
+        print("no dead letters")
+    for dl in letters:
+        d = Delivery.from_json(dl.payload)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dl.ts))
+        print(f"#{dl.id}  {when}  {_letter_state(dl):<10} {dl.action:<20} {d.rule or '-'} "
+              f"{d.status} x{len(d.alerts)} attempts={dl.attempts} last_error={dl.last_error}")
+    return EXIT_OK
+

@@ -1,0 +1,154 @@
+"""The HTTP endpoints: ``/metrics``, ``/healthz`` and ``/api/v1/*``.
+
+A stdlib ``ThreadingHTTPServer``: the handlers only copy cached bytes or serialise a
+small list, so a framework would add start-up time and memory for nothing. It binds
+to loopback unless the config says otherwise; nothing here writes state except the
+routes later issues add behind a token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from gpuwarden.api.exposition import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+
+class DaemonView(Protocol):
+    """What the HTTP layer needs from the daemon (kept narrow for tests)."""
+
+    def metrics_body(self) -> bytes: ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def alerts_json(self) -> list[dict[str, Any]]: ...
+
+    def push_quality(self, body: bytes, headers: Any) -> tuple[int, dict[str, Any]]: ...
+
+
+Route = Callable[["_Handler"], None]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    # Buffer headers and body into one write (flushed by the base class after each
+    # request) and disable Nagle: otherwise keep-alive scrapes stall ~40 ms on the
+    # delayed-ACK / Nagle interaction.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:
+        self._dispatch(self.server.get_routes, "GET")
+
+    def do_POST(self) -> None:
+        self._dispatch(self.server.post_routes, "POST")
+
+    def _dispatch(self, routes: dict[str, Route], method: str) -> None:
+        path = self.path.split("?", 1)[0]
+        route = routes.get(path)
+        if route is None:
+            self.send_json(404, {"error": f"no such endpoint: {path}"})
+            return
+        try:
+            route(self)
+        except Exception:  # one bad request must never take the server down
+            log.exception("error serving %s %s", method, path)
+            self.send_json(500, {"error": "internal error"})
+
+    def read_body(self, limit: int) -> bytes | None:
+        """The request body, or None (413 sent) when it is over ``limit`` bytes."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > limit:
+            self.close_connection = True  # the unread body must not be parsed as a request
+            self.send_json(413, {"error": f"body must be 0..{limit} bytes"})
+            return None
+        return self.rfile.read(length)
+
+    def send_body(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, status: int, payload: Any) -> None:
+        self.send_body(status, json.dumps(payload).encode(), "application/json")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s " + format, self.client_address[0], *args)
+
+
+def _metrics(handler: _Handler) -> None:
+    handler.send_body(200, handler.server.view.metrics_body(), CONTENT_TYPE)
+
+
+def _healthz(handler: _Handler) -> None:
+    ok, detail = handler.server.view.health()
+    handler.send_json(200 if ok else 503, {"status": "ok" if ok else "unhealthy", **detail})
+
+
+def _alerts(handler: _Handler) -> None:
+    handler.send_json(200, handler.server.view.alerts_json())
+
+
+def _quality(handler: _Handler) -> None:
+    from gpuwarden.api.quality_push import MAX_BODY_BYTES
+
+    body = handler.read_body(MAX_BODY_BYTES)
+    if body is None:
+        return
+    status, payload = handler.server.view.push_quality(body, handler.headers)
+    handler.send_json(status, payload)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], view: DaemonView) -> None:
+        self.view = view
+        self.get_routes: dict[str, Route] = {
+            "/metrics": _metrics,
+            "/healthz": _healthz,
+            "/api/v1/alerts": _alerts,
+        }
+        self.post_routes: dict[str, Route] = {"/api/v1/quality": _quality}
+        if ":" in address[0]:
+            import socket
+
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+class HttpServer:
+    """Runs the endpoints on a background thread; ``port`` is the bound port (0 → real)."""
+
+    def __init__(self, host: str, port: int, view: DaemonView) -> None:
+        self._server = _Server((host, port), view)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+            name="gpuwarden-http", daemon=True,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

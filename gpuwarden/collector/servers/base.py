@@ -1,0 +1,467 @@
+"""Mapping tables from each inference server's ``/metrics`` onto the canonical signals.
+
+Server-specific metric names live only here (ARCHITECTURE.md, convention 4). Each
+``servers/<kind>.py`` holds *data* — a :class:`ServerMapping` listing, per canonical
+signal, the wire names to read — and this module holds the one piece of machinery
+that applies any table to a parsed exposition. Keeping the logic in one place means a
+vLLM rename, or a new server, is a table edit and never a new code path.
+
+What the machinery does, and why:
+
+* **Aliases.** A rule lists alternatives in order of preference. The first one present
+  in the payload wins and the rest are ignored. Servers rename metrics between releases
+  and, during deprecation windows, export both spellings (vLLM 0.9.2-0.11 export
+  ``vllm:kv_cache_usage_perc`` *and* ``vllm:gpu_cache_usage_perc``); taking the first
+  present never double-counts and keeps working on old and new builds.
+* **Parts.** An alternative may be several metrics whose values add up (llama.cpp counts
+  cached and computed prompt tokens separately; the canonical prompt-token counter is
+  their sum, as vLLM's is). Every part must be present, else the alternative is skipped,
+  so a half-known quantity is never emitted as if it were whole.
+* **Units.** ``Source.divisor`` converts to base units (Triton's milliseconds to seconds,
+  applied to histogram bounds and sums alike). Division, not multiplication by 0.001,
+  so that ``le="100"`` ms becomes exactly ``0.1``.
+* **Aggregation.** Output series are keyed only by ``model`` (plus ``le`` for buckets):
+  every other server label (vLLM's data-parallel ``engine``, SGLang's ``is_streaming``
+  and ``dp_rank``, Triton's ``version``) is aggregated away — summed for counts, maxed
+  for occupancy (one full DP engine is what rejects requests, a mean would hide it).
+  Labels named in ``replica_labels`` identify copies of the same number (SGLang's
+  ``tp_rank`` with ``--enable-metrics-for-all-schedulers``); those are collapsed with
+  ``max`` first so that the sum does not count one batch once per tensor-parallel rank.
+* **Absence.** A signal whose metrics are not in the payload is not emitted — never
+  zero-filled: "server has no TTFT metric" and "TTFT is zero" must stay different.
+* **Histograms** are read from the cumulative ``<family>_bucket`` / ``_count`` / ``_sum``
+  series, bucket edges taken from the scrape (servers let users override them), ``le``
+  parsed as a float (servers print ``"1.0"`` or ``"100"``) and re-rendered the way
+  prometheus-client renders it (``"0.001"``, ``"1.0"``, ``"+Inf"``), which is also how
+  gpuwarden's own exposition prints it. A family whose ``+Inf`` bucket is missing gets
+  one from ``_count`` (the two are equal by definition); with neither, the buckets
+  are dropped because no quantile can be computed from them.
+
+The ``model`` label comes from the server label named by ``ServerMapping.model_label``
+(``model_name`` for vLLM/SGLang, ``model`` for Triton). Servers that serve one
+unlabelled model (TGI, llama.cpp) get ``model=""``: the config's server *name* is
+already the ``server`` label, and repeating it as a model name would be invented data.
+``_created`` series and exposition timestamps are ignored; every sample is stamped with
+the scrape time ``ts``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from gpuwarden.collector.promtext import Exposition, parse_label_set
+from gpuwarden.model import Labels, Sample, make_labels
+from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
+
+Agg = Literal["sum", "max"]
+
+def _format_le(le: float) -> str:
+    """prometheus-client's own rendering of a bound ("0.001", "1.0", "+Inf"), so that
+    stored ``le`` values read exactly as gpuwarden's exposition prints them.
+
+    Imported on first use (each label tuple is built once and cached): prometheus_client
+    costs ~20 ms of the daemon's start-up, before its first sample is stored.
+    """
+    from prometheus_client.utils import floatToGoString
+
+    return str(floatToGoString(le))  # type: ignore[no-untyped-call]
+
+__all__ = [
+    "SERVER_KINDS",
+    "Rule",
+    "ServerMapping",
+    "Source",
+    "map_exposition",
+    "read_names",
+    "rule",
+    "served_models",
+    "src",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One metric on the wire, optionally narrowed to series with given label values.
+
+    For a histogram rule ``metric`` is the family name (without ``_bucket``); otherwise
+    it is the exact sample name (``vllm:prompt_tokens_total``, or a histogram's
+    ``..._sum`` when a server only counts tokens that way).
+    """
+
+    metric: str
+    match: tuple[tuple[str, str], ...] = ()
+    divisor: float = 1.0
+
+
+Alternative = tuple[Source, ...]  # parts whose values add up
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How one canonical signal is read: alternatives in order of preference."""
+
+    signal: str
+    alternatives: tuple[Alternative, ...]
+    agg: Agg = "sum"
+    requires: tuple[str, ...] = ()  # sample names that must be present for the rule to apply
+
+    @property
+    def kind(self) -> Kind:
+        return SIGNALS[self.signal].kind
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMapping:
+    """The table for one server kind."""
+
+    kind: str
+    rules: tuple[Rule, ...]
+    model_label: str | None = None
+    replica_labels: tuple[str, ...] = ()
+    metrics_hint: str = ""  # what to tell an operator whose /metrics answers 404/501
+
+    def __post_init__(self) -> None:
+        # Catch table typos at import time, not as a silently missing signal in production.
+        seen: set[str] = set()
+        for r in self.rules:
+            sig = SIGNALS.get(r.signal)
+            if sig is None or sig.labels != SERVER_LABELS:
+                raise ValueError(f"{self.kind}: {r.signal!r} is not a per-server signal")
+            if r.signal in seen:
+                raise ValueError(f"{self.kind}: {r.signal!r} mapped twice")
+            if not r.alternatives or any(not alt for alt in r.alternatives):
+                raise ValueError(f"{self.kind}: {r.signal!r} has an empty alternative")
+            if sig.kind is Kind.HISTOGRAM and any(len(alt) > 1 for alt in r.alternatives):
+                raise ValueError(f"{self.kind}: histogram {r.signal!r} cannot add families")
+            seen.add(r.signal)
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return tuple(r.signal for r in self.rules)
+
+
+def src(metric: str, *, divisor: float = 1.0, **match: str) -> Source:
+    """A :class:`Source`; keyword arguments select series by label value."""
+    return Source(metric, tuple(sorted(match.items())), divisor)
+
+
+def rule(
+    signal: str,
+    *alternatives: str | Source | tuple[str | Source, ...],
+    agg: Agg = "sum",
+    requires: tuple[str, ...] = (),
+) -> Rule:
+    """A :class:`Rule`; each alternative is a name, a :class:`Source`, or a tuple of parts."""
+
+    def one(part: str | Source) -> Source:
+        return Source(part) if isinstance(part, str) else part
+
+    alts = tuple(
+        tuple(one(p) for p in alt) if isinstance(alt, tuple) else (one(alt),)
+        for alt in alternatives
+    )
+    return Rule(signal, alts, agg, requires)
+
+
+# --------------------------------------------------------------------------- machinery
+
+_OutKey = tuple[str, float | None]  # (model, le) — le only for histogram buckets
+# Bound on each per-string cache below. A node's servers repeat the same few thousand
+# label strings every scrape; a server minting new label values without end (a request
+# id as a label) only ever costs a cache refill, never unbounded memory.
+_CACHE_MAX = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """What the machinery needs from one raw label string, worked out once per string.
+
+    Parsing labels, picking the model and building the aggregation identity was most of
+    the mapping's cost at large payloads (a 270 KB vLLM scrape has ~3,000 series), and
+    the same strings come back on every scrape, so it is memoised per mapping.
+    """
+
+    labels: Mapping[str, str]  # shared between scrapes: read, never mutated
+    model: str
+    ident: Labels  # the labels without replica labels and ``le``
+    le: float | None
+
+
+# kind -> raw label string -> its _Series (None: a malformed label set, skipped).
+_SERIES_CACHE: dict[str, dict[str, _Series | None]] = defaultdict(dict)
+
+
+def _describe(mapping: ServerMapping, raw: str) -> _Series | None:
+    cache = _SERIES_CACHE[mapping.kind]
+    try:
+        return cache[raw]
+    except KeyError:
+        pass
+    try:
+        labels = parse_label_set(raw)
+    except ValueError:
+        info = None  # a duplicated label name: skip the series, not the scrape
+    else:
+        model = labels.get(mapping.model_label, "") if mapping.model_label else ""
+        ident = tuple(sorted(
+            (k, v) for k, v in labels.items() if k not in mapping.replica_labels and k != "le"
+        ))
+        info = _Series(labels, model, ident, _le(labels))
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[raw] = info
+    return info
+
+
+def _series(
+    mapping: ServerMapping, exp: Exposition, name: str, source: Source, *, scale: bool = True
+) -> Iterator[tuple[_Series, float]]:
+    """Samples of ``name`` matching ``source.match``, NaN dropped, in base units."""
+    divisor = source.divisor if scale else 1.0
+    match = source.match
+    isnan = math.isnan
+    for raw, value, _ts in exp.samples.get(name, ()):
+        if isnan(value):
+            continue  # NaN would poison every sum it joins; treat it as "no value"
+        info = _describe(mapping, raw)
+        if info is None:
+            continue
+        if match and not all(info.labels.get(k) == v for k, v in match):
+            continue
+        yield info, (value / divisor if divisor != 1.0 else value)
+
+
+class _Aggregator:
+    """Collapse server series to one value per output key (model, and ``le`` for buckets).
+
+    Two stages: series that differ only in a replica label are copies (max), what is
+    left is summed or maxed as the rule says.
+    """
+
+    def __init__(self, agg: Agg) -> None:
+        self._agg = agg
+        self._groups: dict[_OutKey, dict[Labels, float]] = defaultdict(dict)
+
+    def add(self, info: _Series, value: float, le: float | None = None) -> None:
+        group = self._groups[(info.model, le)]
+        prev = group.get(info.ident)
+        group[info.ident] = value if prev is None or value > prev else prev
+
+    def result(self) -> dict[_OutKey, float]:
+        fold = math.fsum if self._agg == "sum" else max
+        return {k: float(fold(g.values())) for k, g in self._groups.items()}
+
+    def by_model(self) -> dict[str, float]:
+        return {model: v for (model, _), v in self.result().items()}
+
+
+def _present(mapping: ServerMapping, exp: Exposition, name: str, source: Source) -> bool:
+    return next(_series(mapping, exp, name, source), None) is not None
+
+
+def _pick(
+    mapping: ServerMapping, exp: Exposition, r: Rule, suffixes: tuple[str, ...]
+) -> Alternative | None:
+    """First alternative whose every part is present (histograms: under any suffix)."""
+    if any(not exp.samples.get(name) for name in r.requires):
+        return None
+    for alt in r.alternatives:
+        if all(any(_present(mapping, exp, s.metric + sfx, s) for sfx in suffixes) for s in alt):
+            return alt
+    return None
+
+
+class _OutputLabels:
+    """The canonical label tuples of one server's output series, built once each."""
+
+    def __init__(self, node: str, server: str) -> None:
+        self._base = {"node": node, "server": server}
+        self._series: dict[str, Labels] = {}
+        self._buckets: dict[tuple[str, float], Labels] = {}
+
+    def series(self, model: str) -> Labels:
+        got = self._series.get(model)
+        if got is None:
+            if len(self._series) >= _CACHE_MAX:
+                self._series.clear()
+            got = self._series[model] = make_labels(self._base, model=model)
+        return got
+
+    def bucket(self, model: str, le: float) -> Labels:
+        got = self._buckets.get((model, le))
+        if got is None:
+            if len(self._buckets) >= _CACHE_MAX:
+                self._buckets.clear()
+            got = make_labels(self._base, model=model, le=_format_le(le))
+            self._buckets[(model, le)] = got
+        return got
+
+
+# (node, server) -> its output labels; a handful of entries per daemon.
+_OUTPUT_LABELS: dict[tuple[str, str], _OutputLabels] = {}
+
+
+def _output_labels(node: str, server: str) -> _OutputLabels:
+    got = _OUTPUT_LABELS.get((node, server))
+    if got is None:
+        if len(_OUTPUT_LABELS) >= _CACHE_MAX:
+            _OUTPUT_LABELS.clear()
+        got = _OUTPUT_LABELS[(node, server)] = _OutputLabels(node, server)
+    return got
+
+
+def _map_scalar(
+    mapping: ServerMapping, r: Rule, exp: Exposition, out_labels: _OutputLabels, ts: float
+) -> list[Sample]:
+    alt = _pick(mapping, exp, r, ("",))
+    if alt is None:
+        return []
+    per_part = []
+    for source in alt:
+        acc = _Aggregator(r.agg)
+        for info, value in _series(mapping, exp, source.metric, source):
+            acc.add(info, value)
+        per_part.append(acc.by_model())
+    # Parts add up per model; a model must be present in every part to be emitted.
+    models = set.intersection(*(set(p) for p in per_part))
+    return [
+        Sample(r.signal, out_labels.series(m), math.fsum(p[m] for p in per_part), ts)
+        for m in sorted(models)
+    ]
+
+
+def _le(labels: Mapping[str, str]) -> float | None:
+    try:
+        return float(labels["le"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _bucket_totals(
+    mapping: ServerMapping, exp: Exposition, source: Source
+) -> dict[str, dict[float, float]]:
+    """Per model, per bound: bucket counts summed over series (replica copies maxed).
+
+    :class:`_Aggregator` inlined for the bulk of every scrape (a bucket per bound per
+    model per histogram), where nearly every group holds one series.
+    """
+    groups: dict[tuple[str, float], dict[Labels, float]] = {}
+    divisor = source.divisor
+    for info, value in _series(mapping, exp, source.metric + "_bucket", source, scale=False):
+        le = info.le
+        if le is None:
+            continue
+        key = (info.model, le if divisor == 1.0 else le / divisor)  # only the bound scales
+        group = groups.get(key)
+        if group is None:
+            groups[key] = {info.ident: value}
+        else:
+            prev = group.get(info.ident)
+            if prev is None or value > prev:
+                group[info.ident] = value
+    out: dict[str, dict[float, float]] = defaultdict(dict)
+    for (model, le), group in groups.items():
+        out[model][le] = next(iter(group.values())) if len(group) == 1 else math.fsum(
+            group.values())
+    return out
+
+
+def _map_histogram(
+    mapping: ServerMapping, r: Rule, exp: Exposition, out_labels: _OutputLabels, ts: float
+) -> list[Sample]:
+    alt = _pick(mapping, exp, r, ("_bucket", "_count"))
+    if alt is None:
+        return []
+    source = alt[0]  # one family per alternative (checked when the table is built)
+    edges_by_model = _bucket_totals(mapping, exp, source)
+    counts, sums = _Aggregator("sum"), _Aggregator("sum")
+    for info, value in _series(mapping, exp, source.metric + "_count", source, scale=False):
+        counts.add(info, value)
+    for info, value in _series(mapping, exp, source.metric + "_sum", source):
+        sums.add(info, value)
+    count_by_model, sum_by_model = counts.by_model(), sums.by_model()
+
+    out: list[Sample] = []
+    bucket_signal, count_signal, sum_signal = (
+        f"{r.signal}_bucket", f"{r.signal}_count", f"{r.signal}_sum")
+    for model in sorted(set(edges_by_model) | set(count_by_model)):
+        edges = edges_by_model.get(model, {})
+        count = count_by_model.get(model)
+        if math.inf not in edges:
+            if count is None:
+                continue  # no +Inf and no _count: nothing a quantile could use
+            edges[math.inf] = count
+        out.extend(
+            Sample(bucket_signal, out_labels.bucket(model, le), n, ts)
+            for le, n in sorted(edges.items())
+        )
+        series = out_labels.series(model)
+        out.append(Sample(count_signal, series, edges[math.inf] if count is None
+                          else count, ts))
+        if model in sum_by_model:
+            out.append(Sample(sum_signal, series, sum_by_model[model], ts))
+    return out
+
+
+def map_exposition(
+    kind: str, exp: Exposition, *, node: str, server: str, ts: float
+) -> list[Sample]:
+    """Canonical samples for one scrape of a ``kind`` server (KeyError on unknown kind).
+
+    Pure (the memos of label strings only change its speed) and cheap, so the collector
+    can call it on every 1 s cycle and tests can call it on a recorded payload.
+    """
+    mapping = SERVER_KINDS[kind]
+    out_labels = _output_labels(node, server)
+    out: list[Sample] = []
+    for r in mapping.rules:
+        fn = _map_histogram if r.kind is Kind.HISTOGRAM else _map_scalar
+        out.extend(fn(mapping, r, exp, out_labels, ts))
+    return out
+
+
+def read_names(kind: str) -> frozenset[str]:
+    """Every sample name the ``kind`` table can read, for ``promtext.parse(only=...)``.
+
+    A superset (each source with every histogram suffix) is fine: it only decides which
+    families the parser may leave unparsed.
+    """
+    return _READ_NAMES[kind]
+
+
+def _read_names(mapping: ServerMapping) -> frozenset[str]:
+    names: set[str] = set()
+    for r in mapping.rules:
+        names.update(r.requires)
+        for alt in r.alternatives:
+            names.update(s.metric + sfx for s in alt for sfx in ("", "_bucket", "_count", "_sum"))
+    return frozenset(names)
+
+
+def served_models(samples: Iterable[Sample]) -> tuple[str, ...]:
+    """The non-empty ``model`` label values among mapped samples, sorted."""
+    models = {dict(s.labels).get("model", "") for s in samples}
+    models.discard("")
+    return tuple(sorted(models))
+
+
+def _load_tables() -> dict[str, ServerMapping]:
+    # The tables import Source/rule from this module, so they are loaded once it is
+    # fully defined; importing them at the top would be circular.
+    from gpuwarden.collector.servers import (
+        llamacpp,
+        sglang,
+        tgi,
+        triton,
+        vllm,
+    )
+
+    return {m.MAPPING.kind: m.MAPPING for m in (vllm, sglang, tgi, triton, llamacpp)}
+
+
+SERVER_KINDS: dict[str, ServerMapping] = _load_tables()
+_READ_NAMES = {kind: _read_names(m) for kind, m in SERVER_KINDS.items()}

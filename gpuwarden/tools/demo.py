@@ -1,0 +1,274 @@
+"""``gpuwarden demo``: the whole loop on a simulated node, for a machine with no GPU.
+
+Simulated GPUs plus simulated vLLM servers on loopback that speak vLLM 0.32's real
+``/metrics`` vocabulary (names, labels and bucket edges as recorded from a real vLLM,
+see tests/fixtures/metrics/vllm-0.32-cpu-*.prom), playing a scripted incident: a calm
+start, then on ``vllm-0`` the KV cache fills at 1 %/s, preemptions start and token
+latency climbs, while one GPU turns into a straggler. The daemon scrapes them exactly
+as it would scrape a real server.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# vLLM 0.32's bucket edges (from the recorded real scrape).
+TTFT_EDGES = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+              7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_EDGES = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+             10.0, 20.0, 40.0, 80.0)
+
+
+@dataclass(slots=True)
+class _Histogram:
+    edges: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.edges) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.edges, value)] += 1
+        self.total += value
+        self.n += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        out, cumulative = [], 0
+        for edge, count in zip((*self.edges, float("inf")), self.counts, strict=True):
+            cumulative += count
+            le = "+Inf" if edge == float("inf") else repr(float(edge))
+            out.append(f'{name}_bucket{{{labels},le="{le}"}} {float(cumulative)}')
+        out.append(f"{name}_count{{{labels}}} {float(self.n)}")
+        out.append(f"{name}_sum{{{labels}}} {self.total}")
+        return out
+
+
+@dataclass(slots=True)
+class SimulatedVllmState:
+    """A vLLM engine's counters, driven by a load level and a KV-pressure knob."""
+
+    model: str
+    rng: random.Random
+    kv_usage: float = 0.35
+    kv_target: float = 0.35
+    kv_ramp_per_s: float = 0.0
+    itl_base: float = 0.035
+    ttft_base: float = 0.18
+    running: int = 12
+    waiting: int = 0
+    preemptions: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    ttft: _Histogram = field(default_factory=lambda: _Histogram(TTFT_EDGES))
+    itl: _Histogram = field(default_factory=lambda: _Histogram(ITL_EDGES))
+    e2e: _Histogram = field(default_factory=lambda: _Histogram(TTFT_EDGES))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def advance(self, dt: float) -> None:
+        rng = self.rng
+        with self.lock:
+            if self.kv_ramp_per_s:
+                self.kv_usage = min(1.0, self.kv_usage + self.kv_ramp_per_s * dt)
+            else:
+                self.kv_usage += 0.2 * (self.kv_target - self.kv_usage) + rng.gauss(0, 0.005)
+            self.kv_usage = min(max(self.kv_usage, 0.0), 1.0)
+            pressure = max(0.0, self.kv_usage - 0.85) / 0.15  # 0 below 85 %, 1 when full
+            self.waiting = round(pressure * 20 + rng.random())
+            self.running = 12 + rng.randint(-2, 2) - round(pressure * 4)
+            if pressure > 0.5 and rng.random() < pressure:
+                self.preemptions += 1
+            tokens = round(self.running * dt / (self.itl_base * (1 + 3 * pressure)))
+            self.generation_tokens += tokens
+            prompt = rng.randint(800, 1600)
+            self.prompt_tokens += prompt
+            self.prefix_queries += prompt
+            self.prefix_hits += round(prompt * (0.6 - 0.4 * pressure))
+            for _ in range(min(tokens, 400)):
+                self.itl.observe(rng.lognormvariate(0, 0.25) * self.itl_base * (1 + 3 * pressure))
+            for _ in range(rng.randint(1, 3)):
+                first = rng.lognormvariate(0, 0.3) * self.ttft_base * (1 + 12 * pressure)
+                self.ttft.observe(first)
+                self.e2e.observe(first + 200 * self.itl_base * (1 + 3 * pressure))
+
+    def render(self) -> bytes:
+        base = f'engine="0",model_name="{self.model}"'
+        with self.lock:
+            lines = [
+                "# TYPE vllm:num_requests_running gauge",
+                f"vllm:num_requests_running{{{base}}} {float(self.running)}",
+                "# TYPE vllm:num_requests_waiting gauge",
+                f"vllm:num_requests_waiting{{{base}}} {float(self.waiting)}",
+                "# TYPE vllm:kv_cache_usage_perc gauge",
+                f"vllm:kv_cache_usage_perc{{{base}}} {self.kv_usage}",
+            ]
+            for name, value in (("prefix_cache_queries", self.prefix_queries),
+                                ("prefix_cache_hits", self.prefix_hits),
+                                ("num_preemptions", self.preemptions),
+                                ("prompt_tokens", self.prompt_tokens),
+                                ("generation_tokens", self.generation_tokens)):
+                lines += [f"# TYPE vllm:{name}_total counter",
+                          f"vllm:{name}_total{{{base}}} {float(value)}"]
+            for name, hist in (("time_to_first_token_seconds", self.ttft),
+                               ("inter_token_latency_seconds", self.itl),
+                               ("e2e_request_latency_seconds", self.e2e)):
+                lines.append(f"# TYPE vllm:{name} histogram")
+                lines += hist.lines(f"vllm:{name}", base)
+        return ("\n".join(lines) + "\n").encode()
+
+
+class SimulatedVllmServer:
+    """Serves a :class:`SimulatedVllmState` as ``/metrics`` on a loopback port."""
+
+    def __init__(self, state: SimulatedVllmState, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.state = state
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    body, ctype = outer.state.render(), "text/plain; version=0.0.4"
+                elif self.path.startswith("/v1/models"):
+                    body = (f'{{"object":"list","data":[{{"id":"{outer.state.model}",'
+                            '"object":"model"}]}').encode()
+                    ctype = "application/json"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="sim-vllm", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass(slots=True)
+class Incident:
+    """The scripted story: (start second, description, what to change)."""
+
+    steps: list[tuple[float, str, Callable[[], None]]]
+    done: set[int] = field(default_factory=set)
+
+    def play(self, elapsed: float) -> None:
+        for i, (at, text, action) in enumerate(self.steps):
+            if i not in self.done and elapsed >= at:
+                self.done.add(i)
+                log.warning("demo incident t=%3.0fs: %s", at, text)
+                action()
+
+
+def build_incident(gpus: Any, servers: list[SimulatedVllmState], speed: float = 1.0) -> Incident:
+    s0 = servers[0]
+
+    def kv_ramp() -> None:
+        s0.kv_usage, s0.kv_ramp_per_s = 0.5, 0.01
+
+    def latency_regression() -> None:
+        s0.itl_base = 0.06
+
+    def straggler() -> None:
+        gpus.set_load(len(gpus.gpus) - 1, 0.25)
+
+    def recover() -> None:
+        s0.kv_ramp_per_s, s0.kv_target, s0.itl_base = 0.0, 0.4, 0.035
+        gpus.set_load(len(gpus.gpus) - 1, gpus.gpus[0].load)
+
+    return Incident([
+        (0 / speed, "calm: all GPUs ~60 % busy, KV cache ~35 %", lambda: None),
+        (30 / speed, "vllm-0: KV cache starts filling at 1 %/s from 50 %", kv_ramp),
+        (60 / speed, "vllm-0: per-token latency regresses (p95 above 130 ms)", latency_regression),
+        (75 / speed, f"gpu {len(gpus.gpus) - 1}: becomes a straggler (25 % busy)", straggler),
+        (150 / speed, "recovery: KV pressure relieved, straggler back", recover),
+    ])
+
+
+def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int = 2) -> int:
+    """Run the simulated node and the daemon for ``duration`` seconds (0: until Ctrl-C)."""
+    from gpuwarden.collector.sim import SimulatedGpuCollector
+    from gpuwarden.config import parse_config
+    from gpuwarden.daemon.core import Daemon
+
+    directory = Path(workdir or tempfile.mkdtemp(prefix="gpuwarden-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    states = [SimulatedVllmState(f"demo-llama-{i}", random.Random(rng.random()))
+              for i in range(n_servers)]
+    servers = [SimulatedVllmServer(state) for state in states]
+    for server in servers:
+        server.start()
+    server_tables = "".join(
+        f'[[servers]]\nname = "vllm-{i}"\nkind = "vllm"\nmetrics_url = "{s.url}/metrics"\n'
+        for i, s in enumerate(servers)
+    )
+    config = parse_config(
+        f'node = "demo-node"\nlisten = "{listen}"\n[storage]\n'
+        f'url = "sqlite:///{directory / "gpuwarden.db"}"\n[gpu]\nsource = "sim"\n'
+        + server_tables,
+        "<demo>",
+    )
+    import requests
+
+    from gpuwarden.collector import server_collector
+
+    session = requests.Session()
+    gpus = SimulatedGpuCollector(config.node, 8)
+    collectors = [gpus, *(server_collector(s, node=config.node, session=session)
+                          for s in config.servers)]
+    daemon = Daemon(config, collectors=collectors)
+    daemon.start()
+    daemon.install_signal_handlers()
+    incident = build_incident(gpus, states)
+    print(f"gpuwarden demo: metrics at http://{listen}/metrics, alerts at "
+          f"http://{listen}/api/v1/alerts, store in {directory}", flush=True)
+    started = time.monotonic()
+    try:
+        while duration <= 0 or time.monotonic() - started < duration:
+            elapsed = time.monotonic() - started
+            incident.play(elapsed)
+            for state in states:
+                state.advance(1.0)
+            if daemon.wait_stop(1.0):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        daemon.shutdown()
+        session.close()
+        for server in servers:
+            server.stop()
+    return 0

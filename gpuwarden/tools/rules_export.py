@@ -1,0 +1,263 @@
+"""gpuwarden's rules as Prometheus alerting rules, over gpuwarden's exported metrics.
+
+Why export at all: many sites already route every page through Prometheus and
+Alertmanager, and want the same conditions evaluated centrally (across nodes, with
+their silences and inhibitions) rather than, or as well as, on the node. Translating
+the configured rules (defaults included) keeps both in step with one source of truth.
+
+The translation is faithful where PromQL can say the same thing and says so where it
+cannot:
+
+* threshold rules -> ``gpuwarden_<signal> <op> <threshold>`` (``avg/max/min_over_time``
+  when the rule aggregates over its window), ``for`` and ``keep_firing_for`` kept;
+* quantile signals -> the exported window quantile, ``gpuwarden_itl_seconds{quantile=
+  "0.95"}`` (computed by gpuwarden over 60 s; raw buckets are not exported);
+* counters -> ``increase(gpuwarden_<signal>[window]) <op> <threshold>``;
+* trend rules -> ``predict_linear(gpuwarden_<signal>[window], horizon) >= limit``;
+* the utilisation spread -> max minus min of each GPU's ``avg_over_time`` by node;
+* ``clear`` (hysteresis) -> ``breach or (hold and ALERTS{alertstate="firing"})``: the
+  alert stays firing while the value is between ``clear`` and ``threshold``, and a
+  pending alert is dropped there, exactly as gpuwarden's engine does;
+* anything else (composite diagnostics, unknown detectors) is left out, with a YAML
+  comment saying why, rather than approximated into a rule that pages wrongly.
+
+No YAML library: the output is a small fixed structure. Every string value is written
+as a YAML single-quoted scalar (only ``'`` needs escaping there), which keeps PromQL
+and Go templates readable, and ``promtool check rules`` verifies the result in tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gpuwarden import __version__
+from gpuwarden.config import RuleConfig
+from gpuwarden.durations import format_duration
+from gpuwarden.promql.derived import DEFAULT_WINDOW, QUANTILES
+from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
+
+PREFIX = "gpuwarden_"
+GROUP = "gpuwarden"
+_AGG = {"mean": "avg_over_time", "max": "max_over_time", "min": "min_over_time"}
+SPREAD_DETECTORS = ("variance", "spread")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """One rule's translation: a Prometheus rule, or the reason there is none."""
+
+    name: str
+    expr: str | None
+    note: str | None = None  # a caveat (kept as a comment) or, with no expr, why omitted
+
+
+def load_rules(config_path: str | None) -> list[RuleConfig]:
+    """The rules gpuwarden would run: defaults merged with the config's ``[[rules]]``."""
+    from gpuwarden.config import load_config
+
+    rules: tuple[RuleConfig, ...] = ()
+    if config_path is not None:
+        rules = load_config(config_path).rules
+    try:
+        defaults = importlib.import_module("gpuwarden.detectors.defaults")
+    except ImportError:  # no default rules in this build: only the config's
+        return [r for r in rules if r.enabled]
+    merged: list[RuleConfig] = list(defaults.effective_rules(rules))
+    return [r for r in merged if r.enabled]
+
+
+def _num(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if value != int(value) else str(int(value))
+
+
+def signal_expr(rule: RuleConfig) -> tuple[str, str | None] | None:
+    """The PromQL vector the rule compares, with a caveat; None if not expressible."""
+    resolved = resolve_rule_signal(rule.signal)
+    if resolved is None:
+        return None
+    signal, quantile = resolved
+    spec = SIGNALS[signal]
+    window = format_duration(rule.window)
+    if quantile is not None:
+        if quantile not in QUANTILES:
+            return None
+        note = None
+        if rule.window != DEFAULT_WINDOW:
+            note = (f"window {window} approximated by gpuwarden's exported "
+                    f"{format_duration(DEFAULT_WINDOW)} window quantile")
+        base = f'{PREFIX}{signal}{{quantile="{quantile:g}"}}'
+        return _aggregate(base, rule, window), note
+    if signal == "gpu_utilization_spread_ratio" or (
+            rule.detector in SPREAD_DETECTORS and signal == "gpu_utilization_ratio"):
+        means = f"avg_over_time({PREFIX}gpu_utilization_ratio[{window}])"
+        return f"(max by (node) ({means}) - min by (node) ({means}))", None
+    if spec.kind is Kind.COUNTER:
+        return f"increase({PREFIX}{signal}[{window}])", None
+    if spec.kind is Kind.HISTOGRAM:
+        return None
+    return _aggregate(PREFIX + signal, rule, window), None
+
+
+def _aggregate(base: str, rule: RuleConfig, window: str) -> str:
+    func = _AGG.get(rule.aggregation)
+    return f"{func}({base}[{window}])" if func else base
+
+
+def translate(rule: RuleConfig) -> Exported:
+    """Translate one rule (see the module docstring for the mapping)."""
+    vector = signal_expr(rule)
+    if vector is None:
+        return Exported(rule.name, None, f"signal {rule.signal!r} has no exported metric "
+                                         "PromQL can compare")
+    expr, note = vector
+    if rule.detector == "trend":
+        limit = rule.limit if rule.limit is not None else rule.threshold
+        if limit is None:
+            return Exported(rule.name, None, "trend rule without a limit")
+        base = expr if expr.startswith(PREFIX) else None
+        if base is None:
+            return Exported(rule.name, None, "trend over a derived signal")
+        op = ">=" if rule.op in (">", ">=") else "<="
+        horizon = _num(rule.horizon)
+        window = format_duration(rule.window)
+        expr = f"predict_linear({base}[{window}], {horizon}) {op} {_num(limit)}"
+        if rule.min_points > 2:  # as the detector: a forecast from a handful of points lies
+            expr += f" and count_over_time({base}[{window}]) >= {rule.min_points}"
+        return Exported(rule.name, expr, note)
+    if rule.detector in SPREAD_DETECTORS and not expr.startswith("(max by (node)"):
+        return Exported(rule.name, None, f"spread over {rule.signal!r}: only GPU "
+                                         "utilisation spread is translated")
+    if rule.detector not in ("threshold", "latency", "drift", "increase", *SPREAD_DETECTORS):
+        return Exported(rule.name, None, f"detector {rule.detector!r} (a composite or custom "
+                                         "diagnostic) has no faithful PromQL equivalent")
+    if rule.threshold is None:
+        return Exported(rule.name, None, "no threshold")
+    breach = f"{expr} {rule.op} {_num(rule.threshold)}"
+    if rule.clear is None or rule.op in ("==", "!="):
+        return Exported(rule.name, breach, note)
+    hold = f"{expr} {rule.op} {_num(rule.clear)}"
+    ignored = ", ".join(["alertname", "alertstate", *(k for k, _ in _labels(rule))])
+    firing = f"ALERTS{{alertname={_q(rule.name, double=True)}, alertstate=\"firing\"}}"
+    return Exported(rule.name, f"{breach} or ({hold} and ignoring ({ignored}) {firing})", note)
+
+
+_FIELD = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
+_RULE_FIELDS = ("threshold", "clear", "limit", "horizon", "window")
+
+
+def _go_template(summary: str, rule: RuleConfig) -> str:
+    """The rule's Python summary (``str.format_map`` over labels and value, see
+    detectors/defaults.py) as a Prometheus annotation template: ``{server}`` becomes
+    ``{{ $labels.server }}``, ``{value:.0%}`` ``{{ $value | humanizePercentage }}``,
+    rule constants their number, so Alertmanager shows the same sentence."""
+
+    def field(m: re.Match[str]) -> str:
+        name, spec = m[1], m[2] or ""
+        if name == "value":
+            return ("{{ $value | humanizePercentage }}" if spec.endswith("%")
+                    else "{{ $value | humanize }}")
+        if name in _RULE_FIELDS:
+            value = getattr(rule, name)
+            if value is None:
+                return ""
+            try:
+                return format(value, spec) if spec else _num(value)
+            except (TypeError, ValueError):
+                return _num(value)
+        if name == "rule":
+            return rule.name
+        return "{{ $labels." + name + " }}"
+
+    return _FIELD.sub(field, summary)
+
+
+def _labels(rule: RuleConfig) -> list[tuple[str, str]]:
+    out = {"severity": rule.severity}
+    out.update(dict(rule.labels))
+    return sorted(out.items())
+
+
+def _annotations(rule: RuleConfig) -> list[tuple[str, str]]:
+    what = rule.signal
+    if rule.detector == "trend":
+        limit = rule.limit if rule.limit is not None else rule.threshold
+        cond = f"{what} forecast to reach {_num(limit or 0)} within {format_duration(rule.horizon)}"
+    else:
+        cond = f"{what} {rule.op} {_num(rule.threshold or 0)}"
+    if rule.for_:
+        cond += f" for {format_duration(rule.for_)}"
+    where = "{{ $labels.node }}{{ with $labels.server }}/{{ . }}{{ end }}" \
+            "{{ with $labels.gpu }} gpu {{ . }}{{ end }}"
+    out = {
+        # A trend's PromQL value is the predicted level, not the detector's seconds-to-
+        # limit, so its Python summary would mislabel it.
+        "summary": (_go_template(rule.summary, rule)
+                    if rule.summary and rule.detector != "trend"
+                    else f"{rule.name} on {where}: {cond}"),
+        "description": f"{cond} (value {{{{ $value | humanize }}}}). gpuwarden rule "
+                       f"{rule.name}" + (f"; gpuwarden actions: {', '.join(rule.actions)}"
+                                        if rule.actions else "") + ".",
+    }
+    out.update(dict(rule.annotations))
+    return list(out.items())
+
+
+def _q(text: str, *, double: bool = False) -> str:
+    """A YAML single-quoted scalar (or a PromQL/JSON double-quoted string)."""
+    if double or "\n" in text:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _key(name: str) -> str:
+    return name if _LABEL_NAME.match(name) else _q(name)
+
+
+def render(rules: Sequence[RuleConfig], *, source: str = "defaults") -> str:
+    """The whole rule file as text (header comment, one group)."""
+    lines = [
+        f"# Prometheus alerting rules exported by gpuwarden {__version__} "
+        "(`gpuwarden rules export`).",
+        f"# Source: {source}. They read gpuwarden's /metrics, so scrape it first (see",
+        "# dashboards/prometheus/scrape-config.example.yml). Check: promtool check rules FILE",
+        "groups:",
+        f"  - name: {GROUP}",
+        "    rules:",
+    ]
+    exported = [(rule, translate(rule)) for rule in rules]
+    if not any(e.expr for _, e in exported):
+        lines[-1] = "    rules: []"
+    for rule, e in exported:
+        if e.expr is None:
+            lines.append(f"      # {rule.name}: omitted: {e.note}.")
+            continue
+        if e.note:
+            lines.append(f"      # {rule.name}: {e.note}.")
+        lines += [f"      - alert: {_key(rule.name)}", f"        expr: {_q(e.expr)}"]
+        if rule.for_:
+            lines.append(f"        for: {format_duration(rule.for_)}")
+        if rule.keep_firing_for:
+            lines.append(f"        keep_firing_for: {format_duration(rule.keep_firing_for)}")
+        lines.append("        labels:")
+        lines += [f"          {_key(k)}: {_q(v)}" for k, v in _labels(rule)]
+        lines.append("        annotations:")
+        lines += [f"          {_key(k)}: {_q(v)}" for k, v in _annotations(rule)]
+    return "\n".join(lines) + "\n"
+
+
+def export(config_path: str | None = None) -> str:
+    rules = load_rules(config_path)
+    source = f"defaults merged with {config_path}" if config_path else "built-in defaults"
+    return render(rules, source=source)
+
+
+def omitted(rules: Iterable[RuleConfig]) -> list[Exported]:
+    """The rules that have no Prometheus translation (for a warning on stderr)."""
+    return [e for e in map(translate, rules) if e.expr is None]

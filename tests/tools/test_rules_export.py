@@ -1,0 +1,180 @@
+"""The Prometheus rules export: translation unit tests, then promtool on the real output.
+
+The promtool unit tests (``*.promtest.yml``) run against the export of gpuwarden's
+effective default rules. Where ``gpuwarden.detectors.defaults`` is not installed yet,
+they run against :data:`DESIGN_DEFAULTS`, the README's default-rules table transcribed,
+so the translation is still proven end to end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gpuwarden.cli.dashboards import add_subcommands
+from gpuwarden.config import RuleConfig
+from gpuwarden.tools.rules_export import load_rules, render, translate
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed "
+                                    "(Debian package prometheus)")
+
+DESIGN_DEFAULTS = (
+    RuleConfig("KVCacheNearFull", "kv_cache_usage_ratio", ">", 0.90, clear=0.85, for_=30.0,
+               actions=("notify",)),
+    RuleConfig("KVCacheSaturationSoon", "kv_cache_usage_ratio", detector="trend", limit=1.0,
+               window=300.0, horizon=300.0, actions=("notify",)),
+    RuleConfig("TokenLatencyP95High", "itl_p95_seconds", ">", 0.130, for_=30.0,
+               actions=("warm-restart",)),
+    RuleConfig("TTFTP95High", "ttft_p95_seconds", ">", 2.0, for_=60.0, actions=("notify",)),
+    RuleConfig("GPUUtilizationSpread", "gpu_utilization_spread_ratio", ">", 0.15, for_=120.0,
+               window=120.0, detector="variance", actions=("notify",)),
+    RuleConfig("QualityDrift", "quality_similarity", "<", 0.92,
+               actions=("checkpoint-rollback",)),
+    RuleConfig("GPULost", "gpu_up", "==", 0.0, actions=("notify",)),
+    RuleConfig("XIDError", "gpu_xid_errors_total", ">", 0.0, window=300.0, actions=("notify",)),
+    RuleConfig("ServerDown", "server_up", "==", 0.0, for_=30.0, actions=("notify",)),
+)
+
+
+def default_rules() -> list[RuleConfig]:
+    return load_rules(None) or list(DESIGN_DEFAULTS)
+
+
+def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+# --- translation ------------------------------------------------------------------------
+
+
+def by_name() -> dict[str, str | None]:
+    return {r.name: translate(r).expr for r in DESIGN_DEFAULTS}
+
+
+def test_threshold_with_hysteresis_keeps_only_a_firing_alert() -> None:
+    expr = by_name()["KVCacheNearFull"]
+    assert expr == (
+        "gpuwarden_kv_cache_usage_ratio > 0.9 or (gpuwarden_kv_cache_usage_ratio > 0.85 and "
+        'ignoring (alertname, alertstate, severity) ALERTS{alertname="KVCacheNearFull", '
+        'alertstate="firing"})')
+
+
+def test_quantile_trend_spread_and_counter_rules() -> None:
+    exprs = by_name()
+    assert exprs["TokenLatencyP95High"] == 'gpuwarden_itl_seconds{quantile="0.95"} > 0.13'
+    assert exprs["TTFTP95High"] == 'gpuwarden_ttft_seconds{quantile="0.95"} > 2'
+    assert exprs["KVCacheSaturationSoon"] == (
+        "predict_linear(gpuwarden_kv_cache_usage_ratio[5m], 300) >= 1 and "
+        "count_over_time(gpuwarden_kv_cache_usage_ratio[5m]) >= 10")
+    assert exprs["GPUUtilizationSpread"] == (
+        "(max by (node) (avg_over_time(gpuwarden_gpu_utilization_ratio[2m])) - "
+        "min by (node) (avg_over_time(gpuwarden_gpu_utilization_ratio[2m]))) > 0.15")
+    assert exprs["XIDError"] == "increase(gpuwarden_gpu_xid_errors_total[5m]) > 0"
+    assert exprs["ServerDown"] == "gpuwarden_server_up == 0"
+
+
+def test_aggregation_and_unexportable_rules() -> None:
+    mean = RuleConfig("Hot", "gpu_temperature_celsius", ">", 85.0, aggregation="mean",
+                      window=120.0)
+    assert translate(mean).expr == "avg_over_time(gpuwarden_gpu_temperature_celsius[2m]) > 85"
+    p90 = translate(RuleConfig("P90", "itl_p90_seconds", ">", 0.1))
+    assert p90.expr is None and "itl_p90_seconds" in (p90.note or "")
+    composite = translate(RuleConfig("KVBottleneck", "gpu_utilization_ratio",
+                                     detector="composite"))
+    assert composite.expr is None and "composite" in (composite.note or "")
+    other_window = translate(RuleConfig("Slow", "itl_p95_seconds", ">", 0.2, window=300.0))
+    assert other_window.expr is not None and "1m window quantile" in (other_window.note or "")
+
+
+def test_render_comments_omitted_rules_and_quotes_templates() -> None:
+    rules = [*DESIGN_DEFAULTS, RuleConfig("KVBottleneck", "gpu_utilization_ratio",
+                                          detector="composite"),
+             RuleConfig("Quote's", "server_up", "==", 0.0, labels=(("team", "it's"),))]
+    text = render(rules)
+    assert "      # KVBottleneck: omitted: detector 'composite'" in text
+    assert "      - alert: 'Quote''s'" in text and "team: 'it''s'" in text
+    assert "{{ $value | humanize }}" in text and "for: 2m" in text
+    assert "gpuwarden actions: warm-restart" in text
+    assert render([]).rstrip().endswith("rules: []")
+
+
+def test_cli_rules_export_with_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    config = tmp_path / "gw.toml"
+    config.write_text(f'node = "n1"\n[storage]\nurl = "sqlite:///{tmp_path}/gw.db"\n'
+                      '[[rules]]\nname = "HotGPU"\nsignal = "gpu_temperature_celsius"\n'
+                      'threshold = 87\nfor = "1m"\nseverity = "critical"\n')
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["rules", "export", "--config", str(config)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "- alert: HotGPU" in out and "expr: 'gpuwarden_gpu_temperature_celsius > 87'" in out
+    assert "severity: 'critical'" in out
+
+    config.write_text('node = "n1"\n[[rules]]\nname = "X"\nsignal = "nope"\nthreshold = 1\n')
+    args = parser.parse_args(["rules", "export", "--config", str(config)])
+    assert args.func(args) == 2
+    assert "rules[0].signal" in capsys.readouterr().err
+
+
+# --- promtool -----------------------------------------------------------------------------
+
+
+@pytest.mark.prometheus
+@needs_promtool
+def test_export_of_defaults_passes_promtool_check(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yml"
+    path.write_text(render(default_rules()))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.prometheus
+@needs_promtool
+def test_promtool_unit_tests_of_default_rules(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(render(default_rules()))
+    tests = sorted(HERE.glob("*.promtest.yml"))
+    assert tests
+    for test in tests:
+        shutil.copy(test, tmp_path / test.name)
+    result = promtool("test", "rules", *(t.name for t in tests), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.prometheus
+@needs_promtool
+def test_recording_rules_and_scrape_config_pass_promtool() -> None:
+    prom = REPO / "dashboards" / "prometheus"
+    result = promtool("check", "rules", str(prom / "recording-rules.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = promtool("check", "config", str(prom / "scrape-config.example.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_spread_detector_over_utilisation_is_the_spread() -> None:
+    rule = RuleConfig("Spread", "gpu_utilization_ratio", ">", 0.15, window=120.0,
+                      detector="spread")
+    assert translate(rule).expr == by_name()["GPUUtilizationSpread"]
+    odd = translate(RuleConfig("S", "gpu_power_watts", ">", 50.0, detector="variance"))
+    assert odd.expr is None and "only GPU utilisation spread" in (odd.note or "")
+
+
+def test_summaries_become_prometheus_templates() -> None:
+    from gpuwarden.detectors.defaults import DEFAULT_RULES
+
+    rules = {r.name: r for r in DEFAULT_RULES}
+    text = render([rules["KVCacheNearFull"], rules["XIDError"]])
+    assert ("KV cache {{ $value | humanizePercentage }} on {{ $labels.server }} "
+            "({{ $labels.model }}) > 90%") in text
+    assert "{server}" not in text and "{value" not in text
+    assert translate(rules["XIDError"]).expr == "increase(gpuwarden_gpu_xid_errors_total[5m]) > 0"
