@@ -203,7 +203,7 @@ def main() -> None:
 
     session = requests.Session()
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "gpuwarden.cli", "run", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwarden.cli.main", "run", "--config",
                              str(config)], stdout=subprocess.DEVNULL,
                             stderr=open(work / "daemon.log", "w"))  # noqa: SIM115
     first_sample = None

@@ -56,7 +56,7 @@ class Daemon:
         env = {**os.environ, "PYTHONPATH": str(tree), "GPUWARDEN_LOG_LEVEL": "info"}
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "gpuwarden.cli", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "gpuwarden.cli.main", "run", "--config", str(self.config)],
                 cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def metrics(self) -> dict[str, float]:

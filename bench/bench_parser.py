@@ -32,7 +32,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.collector.promtext import parse
-from gpuwarden.collector.servers import read_names
+from gpuwarden.collector.servers.base import read_names
 from gpuwarden.errors import ExpositionParseError
 
 ROOT = Path(__file__).resolve().parent.parent

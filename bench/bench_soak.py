@@ -145,7 +145,7 @@ def main() -> int:
 
     session = requests.Session()
     log_file = open(work / "daemon.log", "w")  # noqa: SIM115 (closed in finally)
-    proc = subprocess.Popen([sys.executable, "-m", "gpuwarden.cli", "run", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "gpuwarden.cli.main", "run", "--config",
                              str(config)], stdout=subprocess.DEVNULL, stderr=log_file)
     rows: list[tuple[int, float, float, int, float, float, float, float]] = []
     try:
