@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpuwarden.address import DEFAULT_LISTEN, split_host_port
+from gpuwarden.alerts.action import ActionConfig
+from gpuwarden.detectors.rule import AGGREGATIONS, RULE_OPS, SEVERITIES, RuleConfig
 from gpuwarden.durations import format_duration, parse_duration
 from gpuwarden.errors import ConfigError
 from gpuwarden.signals import resolve_rule_signal
@@ -31,11 +34,6 @@ from gpuwarden.signals import resolve_rule_signal
 GPU_SOURCES = ("auto", "nvml", "dcgm", "sim", "off")
 SERVER_KINDS = ("vllm", "sglang", "tgi", "triton", "llamacpp")
 ACTION_TYPES = ("webhook", "alertmanager", "pagerduty", "slack", "exec")
-RULE_OPS = (">", ">=", "<", "<=", "==", "!=")
-AGGREGATIONS = ("last", "mean", "max", "min")
-SEVERITIES = ("info", "warning", "critical", "page")
-DEFAULT_ACTION_NAMES = ("notify", "warm-restart", "checkpoint-rollback")
-DEFAULT_LISTEN = "127.0.0.1:9842"
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 
 
@@ -67,51 +65,6 @@ class QualityConfig:
     every: float = 60.0
     canaries: str | None = None
     timeout: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class RuleConfig:
-    name: str
-    signal: str
-    op: str = ">"
-    threshold: float | None = None
-    clear: float | None = None
-    for_: float = 0.0
-    keep_firing_for: float = 0.0
-    window: float = 60.0
-    aggregation: str = "last"
-    severity: str = "warning"
-    actions: tuple[str, ...] = ()
-    enabled: bool = True
-    detector: str = "threshold"
-    labels: tuple[tuple[str, str], ...] = ()
-    annotations: tuple[tuple[str, str], ...] = ()
-    summary: str | None = None
-    limit: float | None = None  # trend: the level whose crossing is forecast
-    horizon: float = 300.0  # trend: fire when the limit is forecast within this time
-    min_points: int = 10  # trend: fewer samples in the window never fire
-    every: float = 0.0  # evaluate at most this often (0: every cycle), for costly windows
-
-
-@dataclass(frozen=True, slots=True)
-class ActionConfig:
-    name: str
-    type: str
-    url: str | None = None
-    secret_env: str | None = None
-    secret_file: str | None = None
-    bearer_token_env: str | None = None
-    routing_key_env: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    command: tuple[str, ...] = ()
-    timeout: float = 10.0
-    cooldown: float = 0.0
-    max_per_hour: int = 0
-    dry_run: bool = False
-    verify: float = 0.0
-    escalate_to: str | None = None
-    group_wait: float = 0.0
-    retry_for: float = 900.0  # keep retrying a failed delivery this long (first try to last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,20 +248,6 @@ def _shown(value: Any, limit: int = 40) -> str:
     """``repr`` of what the user wrote, cut short: a 4,000-digit typo fits in one line."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """Split ``host:port`` / ``[::1]:port``; raise ValueError naming what is wrong."""
-    m = re.match(
-        r"^\[(?P<h6>[^\]]+)\]:(?P<p6>\d{1,5})$|^(?P<h>[^:\[\]]+):(?P<p>\d{1,5})$", text
-    )
-    if not m:
-        raise ValueError(f"expected HOST:PORT (or [IPv6]:PORT), got {_shown(text)}")
-    host = m["h6"] or m["h"]
-    port = int(m["p6"] or m["p"])
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
-    return host, port
 
 
 def _tname(value: Any) -> str:

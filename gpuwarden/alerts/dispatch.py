@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
+from gpuwarden.address import DEFAULT_LISTEN, split_host_port
+from gpuwarden.alerts.action import DEFAULT_ACTION_NAMES, ActionConfig
 from gpuwarden.alerts.alert import Alert, AlertEvent, EventKind, rfc3339
 from gpuwarden.alerts.audit import AuditLog, AuditRow
 from gpuwarden.alerts.payload import AlertEntry, alert_entry, delivery_id
@@ -67,7 +69,6 @@ from gpuwarden.alerts.receivers.base import (
     build_receiver,
 )
 from gpuwarden.api.exposition import SelfMetric
-from gpuwarden.config import DEFAULT_ACTION_NAMES, ActionConfig, split_host_port
 from gpuwarden.durations import format_duration
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Dispatcher:
         store: Any,
         session: requests.Session,
         node: str,
-        listen: str = "127.0.0.1:9842",
+        listen: str = DEFAULT_LISTEN,
         clock: Any = time.time,
         interval: float = 1.0,
         retry: RetryPolicy | None = None,

@@ -39,7 +39,7 @@ from gpuwarden.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     from gpuwarden.api.exposition import SelfMetric
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
 log = logging.getLogger(__name__)
 # One line a minute per unreadable signal, not one per cycle of a database outage.

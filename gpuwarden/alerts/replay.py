@@ -36,6 +36,7 @@ import time
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from gpuwarden.alerts.action import ActionConfig
 from gpuwarden.alerts.alert import rfc3339
 from gpuwarden.alerts.audit import AuditLog, AuditRow, DeadLetter, open_engine
 from gpuwarden.alerts.receivers.base import (
@@ -46,7 +47,6 @@ from gpuwarden.alerts.receivers.base import (
     build_receiver,
     without,
 )
-from gpuwarden.config import ActionConfig
 from gpuwarden.storage import schema
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpuwarden import __version__
+from gpuwarden.address import DEFAULT_LISTEN, DEFAULT_URL
 from gpuwarden.errors import ConfigError, InstanceLocked, StoreError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
-DEFAULT_URL = "http://127.0.0.1:9842"
 
 
 def setup_logging(level: str) -> None:
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole loop on a simulated node (no GPU needed)")
     demo.add_argument("--duration", type=float, default=0.0,
                       help="seconds to run (default: until Ctrl-C)")
-    demo.add_argument("--listen", default="127.0.0.1:9842", help="HTTP address")
+    demo.add_argument("--listen", default=DEFAULT_LISTEN, help="HTTP address")
     demo.add_argument("--dir", help="where the demo's SQLite store goes (default: a temp dir)")
     demo.set_defaults(func=cmd_demo)
 

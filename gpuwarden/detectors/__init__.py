@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from gpuwarden.model import Labels, SeriesData
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
 
 class Status(StrEnum):

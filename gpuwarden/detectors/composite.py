@@ -47,7 +47,7 @@ from gpuwarden.model import SeriesData
 from gpuwarden.promql.windows import counter_rate, increase, ratio_of_increases
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
 GPU_BUSY = 0.9
 KV_FULL = 0.9

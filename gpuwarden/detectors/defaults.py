@@ -29,9 +29,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from gpuwarden.config import AGGREGATIONS, RULE_OPS, RuleConfig
 from gpuwarden.detectors import Finding, build_detector
 from gpuwarden.detectors.drift_rules import default_drift_rules
+from gpuwarden.detectors.rule import AGGREGATIONS, RULE_OPS, RuleConfig
 from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
 
 NOTIFY = ("notify",)

@@ -72,8 +72,8 @@ from gpuwarden.detectors.trend import median
 from gpuwarden.model import Labels, SeriesData
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
     from gpuwarden.detectors import Detector
+    from gpuwarden.detectors.rule import RuleConfig
 
 MIN_LOOKBACK = 3600.0  # a shorter rule window (the 60 s default) is taken as unset
 SIGMA_FLOOR = 0.01

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
 SIMILARITY_SIGNAL = "quality_canary_similarity"
 LENGTH_SIGNAL = "quality_answer_length"
@@ -23,7 +23,7 @@ DEFAULT_P = 0.01
 def default_drift_rules() -> tuple[RuleConfig, ...]:
     """Suggested default rules for ``detectors/defaults.py`` (notify, not rollback:
     a small sustained drift is worth a look, not an automatic checkpoint change)."""
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
     return (
         RuleConfig(name="QualityDriftCUSUM", signal=SIMILARITY_SIGNAL, detector="cusum",

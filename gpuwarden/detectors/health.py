@@ -25,7 +25,7 @@ from gpuwarden.detectors.threshold import MIN_LOOKBACK, OPS, classify, live_seri
 from gpuwarden.promql.windows import increase
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
 
 class IncreaseDetector:

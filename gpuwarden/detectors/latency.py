@@ -30,7 +30,7 @@ from gpuwarden.promql.windows import window_quantile
 from gpuwarden.signals import resolve_rule_signal
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
 
 def _le(labels: Labels) -> float | None:

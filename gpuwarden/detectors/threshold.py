@@ -40,8 +40,8 @@ from gpuwarden.promql.windows import counter_rate, ratio_of_increases
 from gpuwarden.signals import resolve_rule_signal
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
     from gpuwarden.detectors import Detector
+    from gpuwarden.detectors.rule import RuleConfig
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,

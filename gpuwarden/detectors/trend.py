@@ -52,7 +52,7 @@ from gpuwarden.detectors import Finding, Window, register
 from gpuwarden.detectors.threshold import live_series
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -33,7 +33,7 @@ from gpuwarden.detectors.trend import median
 from gpuwarden.model import SeriesData
 
 if TYPE_CHECKING:
-    from gpuwarden.config import RuleConfig
+    from gpuwarden.detectors.rule import RuleConfig
 
 DEFAULT_SIGNAL = "gpu_utilization_ratio"
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from gpuwarden.alerts.alert import AlertEvent, AlertState, EventKind, rfc3339
 from gpuwarden.alerts.engine import RuleEngine, SeriesSource, effective_rules
-from gpuwarden.config import Config, RuleConfig
+from gpuwarden.config import Config
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.durations import format_duration
 from gpuwarden.model import SeriesData
 

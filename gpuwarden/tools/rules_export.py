@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gpuwarden import __version__
-from gpuwarden.config import RuleConfig
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.durations import format_duration
 from gpuwarden.promql.derived import DEFAULT_WINDOW, QUANTILES
 from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal

@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 import requests
 
+from gpuwarden.alerts.action import ActionConfig
 from gpuwarden.alerts.alert import Alert, AlertEvent, AlertState, EventKind
 from gpuwarden.alerts.audit import AuditRow
 from gpuwarden.alerts.dispatch import Dispatcher
 from gpuwarden.alerts.receivers.base import RetryPolicy
-from gpuwarden.config import ActionConfig
 from gpuwarden.model import make_labels
 from gpuwarden.storage import Store, open_store
 

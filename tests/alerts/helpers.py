@@ -10,8 +10,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gpuwarden.config import RuleConfig
 from gpuwarden.detectors import Detector, Finding, Status, Window
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.model import Labels, SeriesData, make_labels
 
 GPU0 = make_labels(node="n1", gpu="0")

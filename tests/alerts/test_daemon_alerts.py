@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 import gpuwarden.alerts.engine as engine_mod
 from gpuwarden.alerts.alert import AlertEvent
 from gpuwarden.collector import Collector
-from gpuwarden.config import RuleConfig, parse_config
+from gpuwarden.config import parse_config
 from gpuwarden.daemon.core import Daemon
 from gpuwarden.detectors import Detector, Finding, Window
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.model import Sample, make_labels
 from tests.alerts.helpers import Threshold
 from tests.daemon.test_daemon import free_port

@@ -12,8 +12,8 @@ import pytest
 
 from gpuwarden.alerts.alert import AlertState, EventKind, fingerprint
 from gpuwarden.alerts.engine import RuleEngine, plain_summary
-from gpuwarden.config import RuleConfig
 from gpuwarden.detectors import Finding
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.model import make_labels
 from tests.alerts.helpers import GPU0, GPU1, EmptySource, Factory, breach, hold, rule
 

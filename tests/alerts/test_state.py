@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from gpuwarden.alerts.alert import AlertState
 from gpuwarden.alerts.engine import RuleEngine
 from gpuwarden.alerts.state import AlertStatePersister, AlertStateStore
-from gpuwarden.config import RuleConfig
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.storage import Store, schema
 from tests.alerts.helpers import GPU0, GPU1, EmptySource, Factory, breach, rule
 from tests.storage.conftest import Backend, backend

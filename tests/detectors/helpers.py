@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from gpuwarden.config import RuleConfig
 from gpuwarden.detectors import Detector, Finding, Window, build_detector
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.model import Labels, SeriesData, make_labels
 
 NOW = 1_000_000.0

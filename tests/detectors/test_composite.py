@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpuwarden.config import RuleConfig
 from gpuwarden.detectors import build_detector
 from gpuwarden.detectors.defaults import DEFAULT_RULES
+from gpuwarden.detectors.rule import RuleConfig
 
 from .helpers import NOW, SRV, const, detect, gpu, sampled
 

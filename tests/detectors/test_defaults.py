@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from gpuwarden.config import DEFAULT_ACTION_NAMES, RuleConfig, parse_config
+from gpuwarden.alerts.action import DEFAULT_ACTION_NAMES
+from gpuwarden.config import parse_config
 from gpuwarden.detectors import Finding, build_detector
 from gpuwarden.detectors.defaults import (
     DEFAULT_RULES,
@@ -14,6 +15,7 @@ from gpuwarden.detectors.defaults import (
     render_summary,
     validate_rules,
 )
+from gpuwarden.detectors.rule import RuleConfig
 
 from .helpers import SRV
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from gpuwarden.alerts.alert import AlertEvent, EventKind
 from gpuwarden.alerts.engine import DetectorFactory, RuleEngine
-from gpuwarden.config import RuleConfig
 from gpuwarden.detectors import Detector, Finding, Status, Window
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.storage import Store
 from tests.incidents.corpus import T0, Trace
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from gpuwarden.config import RuleConfig
 from gpuwarden.detectors import DETECTORS, Window
 from gpuwarden.detectors.drift import (
     DEFAULT_H,
@@ -22,6 +21,7 @@ from gpuwarden.detectors.drift import (
     lower_cusum,
 )
 from gpuwarden.detectors.drift_rules import default_drift_rules
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.model import SeriesData, make_labels
 
 ROUND = 60.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.cli.dashboards import add_subcommands
-from gpuwarden.config import RuleConfig
+from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.tools.rules_export import load_rules, render, translate
 
 HERE = Path(__file__).parent

@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     import requests
 
-    from gpuwarden.config import ActionConfig
+    from gpuwarden.alerts.action import ActionConfig
 
 
 @dataclass(frozen=True, slots=True)
