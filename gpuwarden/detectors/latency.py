@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from gpuwarden.detectors import Finding, Window, register
 from gpuwarden.detectors.threshold import OPS, classify, is_live
 from gpuwarden.model import Labels, SeriesData
+from gpuwarden.promql.buckets import le_of, without_le
 from gpuwarden.promql.windows import window_quantile
 from gpuwarden.signals import resolve_rule_signal
 
@@ -33,21 +34,11 @@ if TYPE_CHECKING:
     from gpuwarden.detectors.rule import RuleConfig
 
 
-def _le(labels: Labels) -> float | None:
-    for k, v in labels:
-        if k == "le":
-            try:
-                return float(v)
-            except ValueError:
-                return None
-    return None
-
-
 def group_buckets(series: Sequence[SeriesData]) -> dict[Labels, list[SeriesData]]:
     """Bucket series per histogram identity: all labels except ``le``."""
     groups: dict[Labels, list[SeriesData]] = defaultdict(list)
     for s in series:
-        groups[tuple(kv for kv in s.labels if kv[0] != "le")].append(s)
+        groups[without_le(s.labels)].append(s)
     return groups
 
 
@@ -110,7 +101,7 @@ class QuantileDetector:
             if status is None:
                 continue
             edges = sorted(
-                le for b in buckets if (le := _le(b.labels)) is not None and math.isfinite(le)
+                le for b in buckets if (le := le_of(b.labels)) is not None and math.isfinite(le)
             )
             note = bucket_note(value, edges, self.threshold)
             q = f"p{round(self.q * 100):d}"

@@ -19,6 +19,7 @@ from typing import Protocol
 from gpuwarden.detectors.threshold import stale_after
 from gpuwarden.detectors.variance import utilization_spread
 from gpuwarden.model import Labels, Sample, SeriesData
+from gpuwarden.promql.buckets import without_le
 from gpuwarden.promql.windows import counter_rate, ratio_of_increases, window_quantiles
 
 QUANTILES = (0.5, 0.95, 0.99)
@@ -31,10 +32,6 @@ class SeriesSource(Protocol):
               end: float = ...) -> list[SeriesData]: ...
 
 
-def _without(labels: Labels, name: str) -> Labels:
-    return tuple(pair for pair in labels if pair[0] != name)
-
-
 def _by_labels(series: Sequence[SeriesData]) -> dict[Labels, SeriesData]:
     return {s.labels: s for s in series}
 
@@ -45,7 +42,7 @@ def latency_quantiles(source: SeriesSource, hist: str, now: float,
     start = now - window
     groups: dict[Labels, list[SeriesData]] = defaultdict(list)
     for series in source.query(f"{hist}_bucket", None, start, now):
-        groups[_without(series.labels, "le")].append(series)
+        groups[without_le(series.labels)].append(series)
     out = []
     for labels, buckets in groups.items():
         for q, value in zip(QUANTILES, window_quantiles(QUANTILES, buckets, start, now),

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpuwarden.model import FloatArray, Labels, SeriesData
+from gpuwarden.promql.buckets import le_of, without_le
 
 __all__ = [
     "counter_rate",
@@ -223,17 +224,6 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     return bucket_start + (bucket_end - bucket_start) * _div(rank, count)
 
 
-def _parse_le(labels: Labels) -> float | None:
-    """The ``le`` bound as PromQL reads it; None (bucket ignored, as PromQL does) if absent/bad."""
-    for k, val in labels:
-        if k == "le":
-            try:
-                return float(val)
-            except ValueError:
-                return None
-    return None
-
-
 def window_quantile(
     q: float, bucket_series: Sequence[SeriesData], start: float, end: float
 ) -> float | None:
@@ -259,14 +249,14 @@ def window_quantiles(
     identity: tuple[str, Labels] | None = None
     usable: list[tuple[float, SeriesData]] = []
     for s in bucket_series:
-        rest = tuple(kv for kv in s.labels if kv[0] != "le")
+        rest = without_le(s.labels)
         if identity is None:
             identity = (s.signal, rest)
         elif identity != (s.signal, rest):
             raise ValueError(
                 f"bucket series of different histograms: {identity!r} vs {(s.signal, rest)!r}"
             )
-        le = _parse_le(s.labels)
+        le = le_of(s.labels)
         if le is not None:
             usable.append((le, s))
     increases = _bucket_increases([s for _, s in usable], start, end)

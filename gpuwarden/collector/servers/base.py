@@ -55,6 +55,7 @@ from typing import Literal
 
 from gpuwarden.collector.promtext import Exposition, parse_label_set
 from gpuwarden.model import Labels, Sample, make_labels
+from gpuwarden.promql.buckets import parse_le
 from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
 
 Agg = Literal["sum", "max"]
@@ -335,10 +336,7 @@ def _map_scalar(
 
 
 def _le(labels: Mapping[str, str]) -> float | None:
-    try:
-        return float(labels["le"])
-    except (KeyError, ValueError):
-        return None
+    return parse_le(labels.get("le"))
 
 
 def _bucket_totals(

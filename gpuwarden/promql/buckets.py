@@ -1,0 +1,37 @@
+"""Histogram buckets as PromQL reads them: the ``le`` bound of a bucket series, and the
+identity of the histogram it belongs to (every label but ``le``).
+
+One reading for the collectors (which sum buckets across replicas), the window
+functions (``histogram_quantile``) and the detectors (which group buckets per
+histogram), so that a bucket PromQL ignores (no ``le``, or one that is not a number) is
+ignored everywhere alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gpuwarden.model import Labels
+
+
+def parse_le(text: str | None) -> float | None:
+    """The bound of ``le="text"`` (``+Inf`` included); None when absent or not a number."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def le_of(labels: Iterable[tuple[str, str]]) -> float | None:
+    """The ``le`` bound of a bucket series' labels; see :func:`parse_le`."""
+    for key, value in labels:
+        if key == "le":
+            return parse_le(value)
+    return None
+
+
+def without_le(labels: Labels) -> Labels:
+    """The histogram a bucket series belongs to: its labels without ``le``."""
+    return tuple(pair for pair in labels if pair[0] != "le")
