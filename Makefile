@@ -27,6 +27,7 @@ test: $(BIN)/gpuwarden
 lint: $(BIN)/gpuwarden
 	$(BIN)/ruff check gpuwarden tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/gpuwarden
 	$(BIN)/python -m bench
