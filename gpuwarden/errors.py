@@ -29,6 +29,14 @@ class StoreUnavailable(StoreError):
     """The store cannot be written right now; the caller should buffer and retry."""
 
 
+class CodecError(StoreError, ValueError):
+    """A stored blob is truncated, of an unknown version, or otherwise not decodable."""
+
+
+class NewerSchema(StoreError):
+    """The database was created by a newer gpuwarden (its schema version is higher)."""
+
+
 class CollectorError(GpuwardenError):
     """A collector could not produce samples this cycle."""
 
@@ -37,12 +45,52 @@ class ScrapeError(CollectorError):
     """An HTTP scrape failed: refused, timed out, bad status, oversized or garbage."""
 
 
+class ScrapeFailure(ScrapeError):
+    """A failed scrape with the ``reason`` it is counted under (``refused``, ``timeout``,
+    ``http_status``, ``oversize``, ``parse``...) and a one-line ``detail``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class GpuLost(CollectorError):
+    """The GPU being read fell off the bus; its partial samples are abandoned."""
+
+
+class GpuHidden(CollectorError):
+    """NVML counts the GPU but will not hand out its handle (typically ``NoPermission``:
+    the GPU is outside this container's device cgroup). Not lost: such a GPU is skipped,
+    so that it never raises a false GPULost alert."""
+
+
 class ExpositionParseError(CollectorError):
     """A Prometheus text payload could not be parsed at all."""
 
 
 class NvmlUnavailable(CollectorError):
     """No NVIDIA driver / NVML library on this node."""
+
+
+class AlertError(GpuwardenError):
+    """Evaluating a rule or delivering an alert failed in a way the rule or action explains."""
+
+
+class DuplicateLabelSetError(AlertError, ValueError):
+    """Two findings of one rule map to the same alert (Prometheus' ErrDuplicateAlertLabelSet)."""
+
+
+class SecretError(AlertError, ValueError):
+    """A configured secret cannot be read; the message names the variable or file only."""
+
+
+class ReceiverError(AlertError):
+    """A receiver cannot build its request (missing secret, bad config); not retried."""
+
+
+class BadRequest(GpuwardenError, ValueError):
+    """An HTTP request body the API refuses (answered 400, naming the field)."""
 
 
 class InstanceLocked(GpuwardenError):

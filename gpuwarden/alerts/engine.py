@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from gpuwarden.alerts.alert import Alert, AlertEvent, AlertState, EventKind, fingerprint
 from gpuwarden.detectors import Detector, Finding, Status, Window
+from gpuwarden.errors import DuplicateLabelSetError
 from gpuwarden.model import Labels, SeriesData
 from gpuwarden.ratelog import RateLimitedLog
 
@@ -62,10 +63,6 @@ class SeriesSource(Protocol):
         start: float = ...,
         end: float = ...,
     ) -> list[SeriesData]: ...
-
-
-class DuplicateLabelSetError(ValueError):
-    """Two findings of one rule map to the same alert (Prometheus' ErrDuplicateAlertLabelSet)."""
 
 
 @dataclass(slots=True)

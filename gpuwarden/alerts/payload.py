@@ -26,16 +26,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpuwarden.alerts.alert import Alert, rfc3339
+from gpuwarden.errors import SecretError
 
 #: Alertmanager's zero time for "no end yet" in webhook bodies (Go's time.Time{}).
 ZERO_TIME = "0001-01-01T00:00:00Z"
 SECRET_PREFIX = "whsec_"
 
 AlertEntry = dict[str, Any]
-
-
-class SecretError(ValueError):
-    """A configured secret cannot be read; the message names the variable or file only."""
 
 
 def json_bytes(obj: Any) -> bytes:

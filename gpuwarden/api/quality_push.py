@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gpuwarden.errors import BadRequest
 from gpuwarden.model import Sample, make_labels
 
 MAX_BODY_BYTES = 64 * 1024
@@ -38,10 +39,6 @@ EXTERNAL_CANARY = "external"
 _KEYS = frozenset({"server", "model", "score"})
 
 Headers = Mapping[str, str] | Any  # a dict, or http.client.HTTPMessage (case-insensitive)
-
-
-class _Bad(ValueError):
-    pass
 
 
 def api_token(config: Any) -> str | None:
@@ -71,9 +68,9 @@ def authorized(headers: Headers, token: str) -> bool:
 def _name(item: Mapping[str, Any], key: str, where: str) -> str:
     value = item.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"{where}.{key}: must be a non-empty string")
+        raise BadRequest(f"{where}.{key}: must be a non-empty string")
     if len(value) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise _Bad(f"{where}.{key}: at most {MAX_NAME} printable characters")
+        raise BadRequest(f"{where}.{key}: at most {MAX_NAME} printable characters")
     return value
 
 
@@ -82,27 +79,27 @@ def parse_scores(body: bytes) -> list[tuple[str, str, float]]:
     try:
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise _Bad("body is not valid UTF-8 JSON") from None
+        raise BadRequest("body is not valid UTF-8 JSON") from None
     items = doc if isinstance(doc, list) else [doc]
     if not items:
-        raise _Bad("empty list: send at least one score")
+        raise BadRequest("empty list: send at least one score")
     if len(items) > MAX_SCORES:
-        raise _Bad(f"{len(items)} scores in one request; at most {MAX_SCORES}")
+        raise BadRequest(f"{len(items)} scores in one request; at most {MAX_SCORES}")
     out = []
     for i, item in enumerate(items):
         where = f"[{i}]" if isinstance(doc, list) else "body"
         if not isinstance(item, dict):
-            raise _Bad(f"{where}: expected an object with server, model and score")
+            raise BadRequest(f"{where}: expected an object with server, model and score")
         unknown = sorted(set(item) - _KEYS)
         if unknown:
-            raise _Bad(f"{where}: unknown keys {', '.join(unknown)[:200]} (only server, model "
-                       "and score are accepted; prompts and answers are never taken)")
+            raise BadRequest(f"{where}: unknown keys {', '.join(unknown)[:200]} (only server, "
+                             "model and score are accepted; prompts and answers are never taken)")
         server, model = _name(item, "server", where), _name(item, "model", where)
         score = item.get("score")
         if isinstance(score, bool) or not isinstance(score, int | float):
-            raise _Bad(f"{where}.score: must be a number in [0, 1]")
+            raise BadRequest(f"{where}.score: must be a number in [0, 1]")
         if not math.isfinite(score) or not 0.0 <= score <= 1.0:
-            raise _Bad(f"{where}.score: must be a number in [0, 1]")
+            raise BadRequest(f"{where}.score: must be a number in [0, 1]")
         out.append((server, model, float(score)))
     return out
 
@@ -131,7 +128,7 @@ def handle_quality_post(
         return 413, {"error": f"body over {MAX_BODY_BYTES} bytes"}
     try:
         scores = parse_scores(body)
-    except _Bad as exc:
+    except BadRequest as exc:
         return 400, {"error": str(exc)}
     ts = time.time() if now is None else now
     grouped: dict[tuple[str, str], list[float]] = {}

@@ -47,9 +47,9 @@ from collections.abc import Iterable
 import requests
 
 from gpuwarden.collector import Collector
-from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, BodyError, read_body
+from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_body
 from gpuwarden.collector.promtext import parse
-from gpuwarden.errors import ExpositionParseError, ScrapeError
+from gpuwarden.errors import ExpositionParseError, ScrapeError, ScrapeFailure
 from gpuwarden.model import Labels, Sample, make_labels
 from gpuwarden.native_memory import release_freed_memory
 
@@ -157,7 +157,7 @@ class DcgmCollector(Collector):
                 raise self._fail("http_status", f"HTTP {resp.status_code} {resp.reason}")
             try:
                 return read_body(resp, self.max_bytes, self.timeout)
-            except BodyError as exc:
+            except ScrapeFailure as exc:
                 raise self._fail(exc.reason, exc.detail) from exc
             except (requests.RequestException, OSError) as exc:
                 raise self._fail("connection", str(exc)) from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from gpuwarden.errors import ScrapeError
+from gpuwarden.errors import ScrapeFailure
 from gpuwarden.native_memory import release_freed_memory
 
 if TYPE_CHECKING:
@@ -22,15 +22,6 @@ if TYPE_CHECKING:
 # the decoded text, per scrape running in parallel) compared with the 16 MiB used before.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 _CHUNK = 64 * 1024
-
-
-class BodyError(ScrapeError):
-    """The body was refused: ``reason`` is ``oversize`` or ``timeout``."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def read_body(resp: requests.Response, limit: int, timeout: float) -> bytes:
@@ -66,7 +57,7 @@ def read_body(resp: requests.Response, limit: int, timeout: float) -> bytes:
         if size > limit:
             chunks.clear()  # before the exception keeps this frame alive
             release_freed_memory(size)
-            raise BodyError("oversize", f"body over {limit} bytes")
+            raise ScrapeFailure("oversize", f"body over {limit} bytes")
         chunks.append(chunk)
         if time.monotonic() > deadline:
-            raise BodyError("timeout", f"body not read within {timeout}s")
+            raise ScrapeFailure("timeout", f"body not read within {timeout}s")

@@ -52,6 +52,7 @@ from types import ModuleType
 from typing import Any, cast
 
 from gpuwarden.collector import Collector
+from gpuwarden.errors import GpuHidden, GpuLost
 from gpuwarden.model import Labels, Sample, make_labels
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,6 @@ _CODES = {
     "NVML_ERROR_RESET_REQUIRED": 16,
     "NVML_ERROR_ARGUMENT_VERSION_MISMATCH": 25,
 }
-
-
-class _GpuLost(Exception):
-    """Internal: the GPU being read fell off the bus; abandon its partial samples."""
-
-
-class _GpuHidden(Exception):
-    """Internal: NVML counts the GPU but will not hand out its handle (typically
-    ``NoPermission``: the GPU is outside this container's device cgroup). Not lost: such
-    a GPU is skipped, so that it never raises a false GPULost alert."""
 
 
 @dataclass(slots=True)
@@ -279,7 +270,7 @@ class NvmlCollector(Collector):
     def _field(self, gpu: _Gpu, key: str, fname: str, *args: Any, **kwargs: Any) -> Any:
         """Read one field of ``gpu``; None when it is unsupported or failed this cycle.
 
-        ``key`` names the field (several fields share a function). Raises ``_GpuLost``.
+        ``key`` names the field (several fields share a function). Raises ``GpuLost``.
         """
         if key in gpu.unsupported:
             return None
@@ -299,7 +290,7 @@ class NvmlCollector(Collector):
             exc_name = type(exc).__name__
         self._note_error(fname, code, exc_name)
         if code in (self._code("NVML_ERROR_GPU_IS_LOST"), self._code("NVML_ERROR_RESET_REQUIRED")):
-            raise _GpuLost(fname)
+            raise GpuLost(fname)
         permanent = (
             self._code("NVML_ERROR_NOT_SUPPORTED"),
             self._code("NVML_ERROR_NO_PERMISSION"),
@@ -345,8 +336,8 @@ class NvmlCollector(Collector):
                 raise
             if getattr(exc, "value", None) in (self._code("NVML_ERROR_GPU_IS_LOST"),
                                                self._code("NVML_ERROR_RESET_REQUIRED")):
-                raise _GpuLost("nvmlDeviceGetHandleByIndex") from exc
-            raise _GpuHidden(type(exc).__name__.removeprefix("NVMLError_")) from exc
+                raise GpuLost("nvmlDeviceGetHandleByIndex") from exc
+            raise GpuHidden(type(exc).__name__.removeprefix("NVMLError_")) from exc
         gpu.handle = handle
         gpu.labels = self._labels(str(gpu.index), gpu.uuid, gpu.name)
         self._by_uuid[gpu.uuid] = gpu
@@ -377,14 +368,14 @@ class NvmlCollector(Collector):
                 self._ensure_handle(gpu)
                 state.update(uuid=gpu.uuid, name=gpu.name)
                 gpu_samples = self._read_gpu(gpu, ts, state)
-            except _GpuHidden as hidden:
+            except GpuHidden as hidden:
                 if (gpu.index, "handle", 0) not in self._warned:
                     self._warned.add((gpu.index, "handle", 0))
                     log.info("GPU %d is not accessible (%s); skipped", gpu.index, hidden)
                 state["errors"] = {"nvmlDeviceGetHandleByIndex": str(hidden)}
                 self.last_states.append(state)
                 continue
-            except _GpuLost:
+            except GpuLost:
                 if not gpu.lost:
                     log.warning("GPU %d (%s) is lost (fallen off the bus or needs a reset)",
                                 gpu.index, gpu.uuid or "uuid unknown")
@@ -550,7 +541,7 @@ class NvmlCollector(Collector):
                 code = getattr(exc, "value", None)
                 if code in (self._code("NVML_ERROR_GPU_IS_LOST"),
                             self._code("NVML_ERROR_RESET_REQUIRED")):
-                    raise _GpuLost("nvmlDeviceGetMigDeviceHandleByIndex") from exc
+                    raise GpuLost("nvmlDeviceGetMigDeviceHandleByIndex") from exc
                 continue  # NotFound: an empty slot
             devices.append({"index": i, "uuid": uuid, "name": name, "gpu_instance_id": gi,
                             "memory": {"total": int(mem.total), "used": int(mem.used),

@@ -44,10 +44,10 @@ import requests
 import urllib3.exceptions
 
 from gpuwarden.collector import Collector
-from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, BodyError, read_body
+from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_body
 from gpuwarden.collector.promtext import Exposition, parse
 from gpuwarden.collector.servers.base import SERVER_KINDS, map_exposition, read_names, served_models
-from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeError, one_line
+from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeFailure, one_line
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.native_memory import release_freed_memory
 
@@ -56,15 +56,6 @@ log = logging.getLogger(__name__)
 # Ask for the classic text format: prometheus_client would otherwise negotiate OpenMetrics
 # on a matching Accept header, and some servers (Triton) only speak 0.0.4 anyway.
 _ACCEPT = "text/plain;version=0.0.4;q=1.0, */*;q=0.1"
-
-
-class _Failure(ScrapeError):
-    """A scrape failure with the reason label it is counted under."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def redact_url(url: str) -> str:
@@ -166,7 +157,7 @@ class ServerCollector(Collector):
     def collect(self) -> list[Sample]:
         try:
             exp, ts = self._scrape()
-        except _Failure as f:
+        except ScrapeFailure as f:
             return self._failed(f.reason, f.detail)
         except ExpositionParseError as e:
             return self._failed("parse", str(e))
@@ -210,7 +201,7 @@ class ServerCollector(Collector):
         release_freed_memory(size)
         # An empty 200 is an answer (up, nothing to say yet); only rejected lines is not.
         if not exp.samples and not exp.skipped_lines and exp.invalid_lines:
-            raise _Failure("parse", f"no valid sample in {exp.invalid_lines} lines")
+            raise ScrapeFailure("parse", f"no valid sample in {exp.invalid_lines} lines")
         return exp, ts
 
     def _fetch(self) -> bytes:
@@ -222,25 +213,25 @@ class ServerCollector(Collector):
                 headers={"Accept": _ACCEPT},
             )
         except requests.RequestException as e:
-            raise _Failure(_classify(e), one_line(e)) from e
+            raise ScrapeFailure(_classify(e), one_line(e)) from e
         with resp:
             if not 200 <= resp.status_code < 300:
                 detail = f"HTTP {resp.status_code} {resp.reason}"
                 hint = SERVER_KINDS[self.kind].metrics_hint
                 if resp.status_code in (404, 501) and hint:
                     detail += f" ({hint})"  # the usual cause: metrics not switched on
-                raise _Failure("http_status", detail)
+                raise ScrapeFailure("http_status", detail)
             declared = resp.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_bytes and not resp.headers.get(
                 "Content-Encoding"
             ):
-                raise _Failure("oversize", f"Content-Length {declared} > {self.max_bytes}")
+                raise ScrapeFailure("oversize", f"Content-Length {declared} > {self.max_bytes}")
             try:
                 return read_body(resp, self.max_bytes, self.timeout)
-            except BodyError as e:
-                raise _Failure(e.reason, e.detail) from e
+            except ScrapeFailure:
+                raise
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-                raise _Failure(_classify(e), one_line(e)) from e
+                raise ScrapeFailure(_classify(e), one_line(e)) from e
 
     # ------------------------------------------------------------------- bookkeeping
 

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from gpuwarden.errors import CodecError
+
 I64Array = npt.NDArray[np.int64]
 U64Array = npt.NDArray[np.uint64]
 F64Array = npt.NDArray[np.float64]
@@ -49,10 +51,6 @@ _CHUNK_HEADER = struct.Struct("<BIBBBBqq")
 _CYCLE_HEADER = struct.Struct("<BIBBqq")
 _DECIMAL_LIMIT = float(2**53)
 _POW10 = [10.0**s for s in range(MAX_DECIMAL_SCALE + 1)]
-
-
-class CodecError(ValueError):
-    """A blob is truncated, of an unknown version, or otherwise not decodable."""
 
 
 def zigzag(x: I64Array) -> U64Array:

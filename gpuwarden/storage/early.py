@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 from urllib.parse import unquote
 
+from gpuwarden.errors import NewerSchema
 from gpuwarden.model import Sample, labels_json
 
 log = logging.getLogger(__name__)
@@ -216,10 +217,6 @@ def store_first_cycle(
         return None
 
 
-class _NewerSchema(Exception):
-    pass
-
-
 def _write(path: str, node: str, samples: Sequence[Sample], busy_timeout_ms: int) -> int:
     ts_ms = [_millis(s.ts) for s in samples]
     values = [float(s.value) for s in samples]
@@ -272,7 +269,7 @@ def _ensure_schema(conn: sqlite3.Connection) -> None:
     ).fetchone():
         version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if version is not None and version > SCHEMA_VERSION:
-        raise _NewerSchema(f"database schema version {version} is newer than {SCHEMA_VERSION}")
+        raise NewerSchema(f"database schema version {version} is newer than {SCHEMA_VERSION}")
     for statement in SQLITE_DDL:
         conn.execute(statement)
     if version is None:

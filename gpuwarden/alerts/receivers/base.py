@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gpuwarden.alerts.payload import AlertEntry, origin
+from gpuwarden.errors import ReceiverError
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +248,6 @@ def _connect_failed(exc: BaseException) -> bool:
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return isinstance(reason, NewConnectionError) or isinstance(
         exc.args[0] if exc.args else None, NewConnectionError)
-
-
-class ReceiverError(Exception):
-    """A receiver cannot build its request (missing secret, bad config); not retried."""
 
 
 class Receiver(abc.ABC):

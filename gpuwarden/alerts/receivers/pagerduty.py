@@ -16,7 +16,8 @@ import os
 from typing import Any
 
 from gpuwarden.alerts.payload import json_bytes
-from gpuwarden.alerts.receivers.base import Delivery, HttpReceiver, ReceiverError
+from gpuwarden.alerts.receivers.base import Delivery, HttpReceiver
+from gpuwarden.errors import ReceiverError
 
 DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
 SEVERITY = {"page": "critical", "critical": "error", "error": "error",

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 from gpuwarden.alerts.payload import json_bytes, load_secret, signature_headers, webhook_body
-from gpuwarden.alerts.receivers.base import Delivery, HttpReceiver, ReceiverError
+from gpuwarden.alerts.receivers.base import Delivery, HttpReceiver
+from gpuwarden.errors import ReceiverError
 
 
 class WebhookReceiver(HttpReceiver):
