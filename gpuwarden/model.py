@@ -83,3 +83,15 @@ class SeriesData:
     @property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class SelfMetric:
+    """One family of gpuwarden's own health metrics (name without the ``gpuwarden_``
+    prefix): what a part (collector runner, rule engine, dispatcher, store) reports about
+    itself for ``/metrics``."""
+
+    name: str
+    kind: str  # "gauge" | "counter"
+    help: str
+    samples: tuple[tuple[Mapping[str, str], float], ...]

@@ -68,8 +68,8 @@ from gpuwarden.alerts.receivers.base import (
     RetryPolicy,
     build_receiver,
 )
-from gpuwarden.api.exposition import SelfMetric
 from gpuwarden.durations import format_duration
+from gpuwarden.model import SelfMetric
 
 if TYPE_CHECKING:
     import requests

@@ -39,8 +39,8 @@ from gpuwarden.model import Labels, SeriesData
 from gpuwarden.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
-    from gpuwarden.api.exposition import SelfMetric
     from gpuwarden.detectors.rule import RuleConfig
+    from gpuwarden.model import SelfMetric
 
 log = logging.getLogger(__name__)
 # One line a minute per unreadable signal, not one per cycle of a database outage.
@@ -438,7 +438,7 @@ def alert_self_metrics(
     engine: RuleEngine, *, state_errors: int = 0, delivery_errors: int = 0
 ) -> list[SelfMetric]:
     """The engine's share of gpuwarden's own ``/metrics``."""
-    from gpuwarden.api.exposition import SelfMetric
+    from gpuwarden.model import SelfMetric
 
     stats = engine.stats
     counts = tuple(({"alertname": name, "state": st}, float(n))

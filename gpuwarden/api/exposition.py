@@ -21,21 +21,11 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector as PromCollector
 
 from gpuwarden import __version__
-from gpuwarden.model import Sample
+from gpuwarden.model import Sample, SelfMetric
 from gpuwarden.signals import SIGNALS, Kind
 
 PREFIX = "gpuwarden_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-@dataclass(frozen=True, slots=True)
-class SelfMetric:
-    """One family of gpuwarden's own health metrics (name without the prefix)."""
-
-    name: str
-    kind: str  # "gauge" | "counter"
-    help: str
-    samples: tuple[tuple[Mapping[str, str], float], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -753,7 +753,8 @@ class Daemon:
         return self._alerts_api
 
     def _snapshot(self, samples: list[Sample]) -> Snapshot:
-        from gpuwarden.api.exposition import SelfMetric, Snapshot
+        from gpuwarden.api.exposition import Snapshot
+        from gpuwarden.model import SelfMetric
 
         store = self._store
         success = tuple(({"collector": n}, v) for n, v in sorted(self._collector_success.items()))
