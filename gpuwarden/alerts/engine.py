@@ -424,16 +424,6 @@ class RuleEngine:
         return adopted
 
 
-def effective_rules(rules: Sequence[RuleConfig]) -> list[RuleConfig]:
-    """Default rules merged with the config's (``detectors.defaults``, once present)."""
-    try:
-        defaults = importlib.import_module("gpuwarden.detectors.defaults")
-    except ImportError:
-        return list(rules)
-    merged: list[RuleConfig] = list(defaults.effective_rules(tuple(rules)))
-    return merged
-
-
 def alert_self_metrics(
     engine: RuleEngine, *, state_errors: int = 0, delivery_errors: int = 0
 ) -> list[SelfMetric]:

@@ -445,7 +445,7 @@ class Daemon:
         new = _keep(new, self.config, "listen", "storage")
         old = self.config
         try:  # everything that can fail, before anything of the running config changes
-            from gpuwarden.alerts.engine import effective_rules
+            from gpuwarden.detectors.defaults import effective_rules
 
             collectors = build_collectors(new, lambda: self.session)
             rules = effective_rules(new.rules)
@@ -577,7 +577,8 @@ class Daemon:
 
     def _start_rules(self) -> None:
         """Build the engine from defaults + config and restore persisted alert state."""
-        from gpuwarden.alerts.engine import RuleEngine, effective_rules
+        from gpuwarden.alerts.engine import RuleEngine
+        from gpuwarden.detectors.defaults import effective_rules
 
         self.rule_engine = RuleEngine(effective_rules(self.config.rules), node=self.config.node,
                                       interval=self.config.interval)

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gpuwarden.alerts.alert import AlertEvent, AlertState, EventKind, rfc3339
-from gpuwarden.alerts.engine import RuleEngine, SeriesSource, effective_rules
+from gpuwarden.alerts.engine import RuleEngine, SeriesSource
 from gpuwarden.config import Config
+from gpuwarden.detectors.defaults import effective_rules
 from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.durations import format_duration
 from gpuwarden.model import SeriesData
@@ -152,12 +153,11 @@ def run_backtest(
     source: SeriesSource | None = None,
 ) -> BacktestResult:
     """The CLI's backtest: the config's effective rules over its store (or ``source``)."""
-    rules = effective_rules(config.rules)
-    if rule is not None:
-        rules = [r for r in rules if r.name == rule]
-        if not rules:
-            raise LookupError(f"no rule named {rule!r} (known: "
-                              f"{', '.join(r.name for r in effective_rules(config.rules))})")
+    active = effective_rules(config.rules)
+    rules = [r for r in active if rule is None or r.name == rule]
+    if rule is not None and not rules:
+        raise LookupError(f"no rule named {rule!r} (known: "
+                          f"{', '.join(r.name for r in active)})")
     start = now - since
     if source is not None:
         return replay(rules, source, node=config.node, start=start, end=now,
