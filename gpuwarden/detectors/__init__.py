@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from gpuwarden.detectors.registry import DETECTORS
 from gpuwarden.model import Labels, SeriesData
 
 if TYPE_CHECKING:
@@ -66,34 +67,14 @@ class Detector(Protocol):
 
 
 DetectorFactory = Callable[["RuleConfig"], Detector]
-DETECTORS: dict[str, DetectorFactory] = {}
-
-
-def register(name: str) -> Callable[[DetectorFactory], DetectorFactory]:
-    """Class decorator: make a detector available as ``detector = "<name>"`` in rules."""
-
-    def wrap(factory: DetectorFactory) -> DetectorFactory:
-        DETECTORS[name] = factory
-        return factory
-
-    return wrap
-
-
-_MODULES = ("threshold", "latency", "variance", "trend", "composite", "health", "drift")
 
 
 def build_detector(rule: RuleConfig) -> Detector:
     """The detector for ``rule``; ``ValueError`` naming the rule when it cannot be built.
 
-    Imports the detector modules on first use so their ``@register`` runs; importing
-    them here at package import would be circular (they import this module).
+    The detector's module is imported here, on the first rule that names it
+    (``detectors/registry.py``).
     """
-    import importlib
-
-    for module in _MODULES:
-        importlib.import_module(f"{__name__}.{module}")
-    factory = DETECTORS.get(rule.detector)
-    if factory is None:
-        known = ", ".join(sorted(DETECTORS))
-        raise ValueError(f"rule {rule.name}: unknown detector {rule.detector!r} (known: {known})")
-    return factory(rule)
+    if rule.detector not in DETECTORS:
+        raise ValueError(f"rule {rule.name}: {DETECTORS.unknown(rule.detector)}")
+    return DETECTORS.load(rule.detector)(rule)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.threshold import (
     OPS,
     aggregate,
@@ -236,11 +236,3 @@ def _fitted_change(ts: FloatArray, vs: FloatArray, start: float,
 COMPOSITES: dict[str, Callable[[RuleConfig], Composite]] = {
     c.name: c for c in (KVCacheBottleneck, PreemptionsRising, PrefixCacheHitFalling, QueueGrowing)
 }
-
-
-def _register(name: str, cls: Callable[[RuleConfig], Composite]) -> None:
-    register(f"composite:{name}")(cls)
-
-
-for _name, _cls in COMPOSITES.items():
-    _register(_name, _cls)

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.drift_rules import (
     DEFAULT_H,
     DEFAULT_LOOKBACK,
@@ -72,7 +72,6 @@ from gpuwarden.detectors.trend import median
 from gpuwarden.model import Labels, SeriesData
 
 if TYPE_CHECKING:
-    from gpuwarden.detectors import Detector
     from gpuwarden.detectors.rule import RuleConfig
 
 MIN_LOOKBACK = 3600.0  # a shorter rule window (the 60 s default) is taken as unset
@@ -242,13 +241,3 @@ def ks_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     res = ks_2samp(a, b)
     d, p = float(res.statistic), float(res.pvalue)
     return (0.0, 1.0) if math.isnan(p) else (d, p)
-
-
-@register("cusum")
-def make_cusum(rule: RuleConfig) -> Detector:
-    return CusumDetector(rule)
-
-
-@register("ks")
-def make_ks(rule: RuleConfig) -> Detector:
-    return KsLengthDetector(rule)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.threshold import MIN_LOOKBACK, OPS, classify, live_series
 from gpuwarden.promql.windows import increase
 
@@ -50,8 +50,3 @@ class IncreaseDetector:
                 text = f"{self.rule.signal} increased by {inc:.3g} over {self.rule.window:g} s"
                 out.append(Finding(s.labels, inc, status, (("description", text),)))
         return out
-
-
-@register("increase")
-def make_increase(rule: RuleConfig) -> IncreaseDetector:
-    return IncreaseDetector(rule)

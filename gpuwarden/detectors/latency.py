@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.threshold import OPS, classify, is_live
 from gpuwarden.model import Labels, SeriesData
 from gpuwarden.promql.buckets import le_of, without_le
@@ -112,8 +112,3 @@ class QuantileDetector:
             )
             out.append(Finding(labels, value, status, annotations))
         return out
-
-
-@register("quantile")
-def make_quantile(rule: RuleConfig) -> QuantileDetector:
-    return QuantileDetector(rule)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpuwarden.detectors import Finding, Status, Window, register
+from gpuwarden.detectors import Finding, Status, Window
 from gpuwarden.model import Labels, SeriesData
 from gpuwarden.promql.windows import counter_rate, ratio_of_increases
 from gpuwarden.signals import resolve_rule_signal
@@ -202,8 +202,7 @@ class ThresholdDetector:
         return out
 
 
-@register("threshold")
-def make_threshold(rule: RuleConfig) -> Detector:
+def threshold_or_quantile(rule: RuleConfig) -> Detector:
     """The default detector; a quantile signal (``itl_p95_seconds``) goes to ``quantile``."""
     resolved = resolve_rule_signal(rule.signal)
     if resolved is not None and resolved[1] is not None:

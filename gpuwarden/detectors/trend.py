@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.threshold import live_series
 
 if TYPE_CHECKING:
@@ -226,8 +226,3 @@ class TrendDetector:
             )
             out.append(Finding(s.labels, fc.seconds, annotations=annotations))
         return out
-
-
-@register("trend")
-def make_trend(rule: RuleConfig) -> TrendDetector:
-    return TrendDetector(rule)

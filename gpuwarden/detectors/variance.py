@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from gpuwarden.detectors import Finding, Window, register
+from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.threshold import OPS, classify, stale_after, values_in
 from gpuwarden.detectors.trend import median
 from gpuwarden.model import SeriesData
@@ -131,8 +131,3 @@ class SpreadDetector:
             )
             out.append(Finding((("node", node),), spread.spread, status, annotations))
         return out
-
-
-@register("spread")
-def make_spread(rule: RuleConfig) -> SpreadDetector:
-    return SpreadDetector(rule)

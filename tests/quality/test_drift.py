@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from gpuwarden.detectors import DETECTORS, Window
+from gpuwarden.detectors import Window
 from gpuwarden.detectors.drift import (
     DEFAULT_H,
     CusumDetector,
@@ -21,6 +21,7 @@ from gpuwarden.detectors.drift import (
     lower_cusum,
 )
 from gpuwarden.detectors.drift_rules import default_drift_rules
+from gpuwarden.detectors.registry import DETECTORS
 from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.model import SeriesData, make_labels
 
@@ -73,7 +74,7 @@ def at(r: int) -> float:
 def test_registered_and_defaults_build() -> None:
     assert "cusum" in DETECTORS and "ks" in DETECTORS
     for rule in default_drift_rules():
-        det = DETECTORS[rule.detector](rule)
+        det = DETECTORS.load(rule.detector)(rule)
         assert det.inputs == {rule.signal: 6 * 3600.0}
     with pytest.raises(ValueError, match="cusum needs"):
         CusumDetector(cusum_rule(limit=0.0))
