@@ -43,10 +43,11 @@ import math
 import re
 import time
 from collections.abc import Iterable
+from typing import Self
 
 import requests
 
-from gpuwarden.collector import Collector
+from gpuwarden.collector.base import Collector, GpuSettings
 from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_body
 from gpuwarden.collector.promtext import parse
 from gpuwarden.errors import ExpositionParseError, ScrapeError, ScrapeFailure
@@ -135,6 +136,13 @@ class DcgmCollector(Collector):
         self.last_error: str | None = None
         self._last_xid: dict[str, float] = {}
         self._xid_total: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: GpuSettings) -> Self:
+        """``[gpu] source = "dcgm"``: scrape ``dcgm_url`` with the daemon's HTTP session."""
+        if settings.session is None:
+            raise ValueError("the dcgm GPU source needs an HTTP session")
+        return cls(settings.node, settings.dcgm_url, settings.session, timeout=settings.timeout)
 
     # --- scrape ------------------------------------------------------------------------
 

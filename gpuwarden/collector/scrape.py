@@ -43,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3.exceptions
 
-from gpuwarden.collector import Collector
+from gpuwarden.collector.base import Collector
 from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_body
 from gpuwarden.collector.promtext import Exposition, parse
 from gpuwarden.collector.servers.base import SERVER_KINDS, map_exposition, read_names, served_models

@@ -10,13 +10,17 @@ exports ``gpuwarden_gpu_source_info{source="sim"}``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Self
 
-from gpuwarden.collector import Collector
+from gpuwarden.collector.base import Collector, GpuSettings
 from gpuwarden.model import Sample, make_labels
+
+log = logging.getLogger(__name__)
 
 SIM_MODEL = "NVIDIA H100 80GB HBM3 (simulated)"
 MIB = 1024 * 1024
@@ -64,6 +68,13 @@ class SimulatedGpuCollector(Collector):
             make_labels(node=node, gpu=str(i), uuid=self._uuid(node, i), model=SIM_MODEL)
             for i in range(count)
         ]
+
+    @classmethod
+    def from_settings(cls, settings: GpuSettings) -> Self:
+        """``[gpu] source = "sim"``: ``sim_gpus`` fake GPUs, said loudly in the log."""
+        log.warning("GPU source is SIMULATED: %d fake GPUs, not real hardware",
+                    settings.sim_gpus)
+        return cls(settings.node, settings.sim_gpus)
 
     @staticmethod
     def _uuid(node: str, index: int) -> str:

@@ -50,7 +50,7 @@ from typing import Any
 
 import requests
 
-from gpuwarden.collector import Collector
+from gpuwarden.collector.base import Collector
 from gpuwarden.collector.quality.similarity import Scorer, similarity
 from gpuwarden.errors import CollectorError
 from gpuwarden.model import Sample, make_labels
