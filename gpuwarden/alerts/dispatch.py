@@ -61,13 +61,9 @@ from gpuwarden.alerts.alert import Alert, AlertEvent, EventKind, rfc3339
 from gpuwarden.alerts.audit import AuditLog, AuditRow
 from gpuwarden.alerts.payload import AlertEntry, alert_entry, delivery_id
 from gpuwarden.alerts.receivers.alertmanager import RESOLVED_RESEND_SECONDS
-from gpuwarden.alerts.receivers.base import (
-    Delivery,
-    DeliveryWorker,
-    ReceiverContext,
-    RetryPolicy,
-    build_receiver,
-)
+from gpuwarden.alerts.receivers.base import Delivery, ReceiverContext, RetryPolicy
+from gpuwarden.alerts.receivers.registry import build_receiver
+from gpuwarden.alerts.receivers.worker import DeliveryWorker
 from gpuwarden.durations import format_duration
 from gpuwarden.model import SelfMetric
 

@@ -39,14 +39,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from gpuwarden.alerts.action import ActionConfig
 from gpuwarden.alerts.alert import rfc3339
 from gpuwarden.alerts.audit import AuditLog, AuditRow, DeadLetter, open_engine
-from gpuwarden.alerts.receivers.base import (
-    Delivery,
-    Outcome,
-    ReceiverContext,
-    RetryPolicy,
-    build_receiver,
-    without,
-)
+from gpuwarden.alerts.receivers.base import Delivery, Outcome, ReceiverContext, RetryPolicy
+from gpuwarden.alerts.receivers.registry import build_receiver
+from gpuwarden.alerts.receivers.worker import without
 from gpuwarden.storage import schema
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -267,4 +262,3 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"#{dl.id}  {when}  {_letter_state(dl):<10} {dl.action:<20} {d.rule or '-'} "
               f"{d.status} x{len(d.alerts)} attempts={dl.attempts} last_error={dl.last_error}")
     return EXIT_OK
-

@@ -26,10 +26,10 @@ from gpuwarden.alerts.receivers.base import (
     Receiver,
     ReceiverContext,
     RetryPolicy,
-    build_receiver,
     classify_status,
     parse_retry_after,
 )
+from gpuwarden.alerts.receivers.registry import RECEIVERS, build_receiver
 
 from .conftest import Recorder, action, make_alert, resolved
 
@@ -275,6 +275,20 @@ def test_classification() -> None:
     assert parse_retry_after(formatdate(now + 30, usegmt=True), now) == pytest.approx(30)
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None, now) is None
+
+
+def test_registry_builds_every_type_and_names_what_each_requires(
+        session: requests.Session) -> None:
+    """Each action type loads its receiver class; the keys it cannot do without are what
+    the config asks for (``required for type ...``)."""
+    assert RECEIVERS.names() == ("webhook", "alertmanager", "pagerduty", "slack", "exec")
+    required = {name: RECEIVERS.load(name).required for name in RECEIVERS}
+    assert required == {"webhook": ("url",), "alertmanager": ("url",), "slack": ("url",),
+                        "pagerduty": ("routing_key_env",), "exec": ("command",)}
+    for name in RECEIVERS:
+        assert isinstance(receiver(session, type=name), RECEIVERS.load(name))
+    with pytest.raises(ValueError, match="unknown action type 'smoke-signal' \\(known: webhook"):
+        receiver(session, type="smoke-signal")
 
 
 def test_origin_redacts() -> None:

@@ -25,7 +25,8 @@ from sqlalchemy import create_engine, select
 
 from gpuwarden.alerts.alert import Alert, AlertState
 from gpuwarden.alerts.dispatch import Dispatcher
-from gpuwarden.alerts.receivers.base import NEVER_SEEN, RESOLVED_FIRST, RetryPolicy
+from gpuwarden.alerts.receivers.base import RetryPolicy
+from gpuwarden.alerts.receivers.worker import NEVER_SEEN, RESOLVED_FIRST
 from gpuwarden.alerts.state import AlertStateStore
 from gpuwarden.cli.alerts import add_actions_command
 from gpuwarden.storage import Store, open_store, schema

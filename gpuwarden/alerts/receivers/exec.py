@@ -49,6 +49,7 @@ def alert_env(entry: dict[str, Any], node: str) -> dict[str, str]:
 
 class ExecReceiver(Receiver):
     groups = False
+    required = ("command",)
 
     def env(self, delivery: Delivery) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}

@@ -36,6 +36,7 @@ def summary_of(entry: dict[str, Any], node: str) -> str:
 
 class PagerDutyReceiver(HttpReceiver):
     groups = False
+    required = ("routing_key_env",)  # the URL has a default: the Events API v2 endpoint
 
     def url_for(self, delivery: Delivery) -> str:
         return self.action.url or DEFAULT_URL
