@@ -32,7 +32,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.collector.promtext import parse
-from gpuwarden.collector.servers.base import read_names
+from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.errors import ExpositionParseError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,7 +230,7 @@ def main() -> int:
     print("| payload | size KB | samples | ours ms | ours MB/s | prometheus_client ms "
           "| prometheus_client MB/s | ratio | ours, vLLM families only (the collector) ms |")
     print("|---|---|---|---|---|---|---|---|---|")
-    wanted = read_names("vllm")
+    wanted = SERVER_KINDS.load("vllm").read_names
     for label, data in payloads:
         text = data.decode()
         exp = parse(data)

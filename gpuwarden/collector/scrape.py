@@ -46,7 +46,8 @@ import urllib3.exceptions
 from gpuwarden.collector.base import Collector
 from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_body
 from gpuwarden.collector.promtext import Exposition, parse
-from gpuwarden.collector.servers.base import SERVER_KINDS, map_exposition, read_names, served_models
+from gpuwarden.collector.registry import SERVER_KINDS
+from gpuwarden.collector.servers.base import map_exposition, served_models
 from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeFailure, one_line
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.native_memory import release_freed_memory
@@ -139,7 +140,7 @@ class ServerCollector(Collector):
         self.node = node
         self.server = server
         self.kind = kind
-        self._read = read_names(kind)
+        self._mapping = SERVER_KINDS.load(kind)
         self.metrics_url = metrics_url
         self.session = session
         self.timeout = timeout
@@ -162,7 +163,7 @@ class ServerCollector(Collector):
         except ExpositionParseError as e:
             return self._failed("parse", str(e))
 
-        samples = map_exposition(self.kind, exp, node=self.node, server=self.server, ts=ts)
+        samples = map_exposition(self._mapping, exp, node=self.node, server=self.server, ts=ts)
         models = served_models(samples)
         with self._lock:
             recovered, self.last_error = self.last_error, None
@@ -195,7 +196,7 @@ class ServerCollector(Collector):
             # Only the families the mapping reads are parsed (most of a vLLM scrape is
             # histograms gpuwarden never uses); see promtext's ``only``.
             exp = parse(body, max_bytes=self.max_bytes, max_seconds=self.parse_budget_s,
-                        only=self._read)
+                        only=self._mapping.read_names)
         finally:
             del body
         release_freed_memory(size)
@@ -217,7 +218,7 @@ class ServerCollector(Collector):
         with resp:
             if not 200 <= resp.status_code < 300:
                 detail = f"HTTP {resp.status_code} {resp.reason}"
-                hint = SERVER_KINDS[self.kind].metrics_hint
+                hint = self._mapping.metrics_hint
                 if resp.status_code in (404, 501) and hint:
                     detail += f" ({hint})"  # the usual cause: metrics not switched on
                 raise ScrapeFailure("http_status", detail)

@@ -8,7 +8,7 @@ counters with ``_total``, throughput gauges. Values are invented.
 
 from __future__ import annotations
 
-from tests.collector.test_servers_common import mapped, one, signals, value
+from tests.collector.test_servers_base import mapped, one, signals, value
 
 CURRENT = """\
 # HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.collector.test_servers_common import (
+from tests.collector.test_servers_base import (
     buckets,
     mapped,
     one,

@@ -9,7 +9,7 @@ label, ``method`` on batch metrics, 0.0001*1.5^k duration edges. Values are inve
 
 from __future__ import annotations
 
-from tests.collector.test_servers_common import buckets, mapped, one, signals, value
+from tests.collector.test_servers_base import buckets, mapped, one, signals, value
 
 CONSTRUCTED = """\
 # TYPE tgi_queue_size gauge

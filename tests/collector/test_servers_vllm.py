@@ -11,7 +11,7 @@ import re
 import pytest
 
 from gpuwarden.collector.servers.base import served_models
-from tests.collector.test_servers_common import (
+from tests.collector.test_servers_base import (
     buckets,
     mapped,
     one,

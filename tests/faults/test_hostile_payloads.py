@@ -31,7 +31,7 @@ from bench.bench_parser import (
     valid_reference,
 )
 from gpuwarden.collector.promtext import Exposition, parse
-from gpuwarden.collector.servers.base import read_names
+from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.errors import ExpositionParseError
 
 FIXTURE = (Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
@@ -108,7 +108,7 @@ def test_a_bad_line_costs_only_itself(name: str) -> None:
     assert exp.errors[0].startswith(f"line {at + 1}:")
     assert len(exp.errors[0]) < 300
     # As the collector parses it (only the families it maps): every wanted sample kept.
-    wanted = read_names("vllm")
+    wanted = SERVER_KINDS.load("vllm").read_names
     cut, full = parse(spliced, only=wanted), parse(FIXTURE, only=wanted)
     assert {n: cut.samples.get(n) for n in wanted} == {n: full.samples.get(n) for n in wanted}
 
@@ -151,7 +151,7 @@ def test_any_text_parses_or_raises_exposition_parse_error_quickly(text: str) -> 
 def test_any_text_spliced_into_a_real_scrape(text: str, at: int) -> None:
     spliced = FIXTURE[:at] + text + FIXTURE[at:]
     _check(spliced)
-    _check(spliced, only=read_names("vllm"))
+    _check(spliced, only=SERVER_KINDS.load("vllm").read_names)
     # Every sample of the scrape but the one on the line the text went into is kept
     # (unless the text ends the payload with an OpenMetrics ``# EOF`` line).
     if "# EOF" not in text:

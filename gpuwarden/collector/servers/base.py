@@ -2,13 +2,15 @@
 
 Server-specific metric names live only here (ARCHITECTURE.md, convention 4). Each
 ``servers/<kind>.py`` holds *data* — a :class:`ServerMapping` listing, per canonical
-signal, the wire names to read — and this module holds the one piece of machinery
-that applies any table to a parsed exposition. Keeping the logic in one place means a
-vLLM rename, or a new server, is a table edit and never a new code path.
+signal, the wire names to read (one :class:`SignalMap` each) — and this module holds the
+one piece of machinery that applies any table to a parsed exposition. Keeping the logic
+in one place means a vLLM rename, or a new server, is a table edit and never a new code
+path. The tables import this module, never the other way: they are found by kind through
+``gpuwarden.collector.registry.SERVER_KINDS`` and loaded on first use.
 
 What the machinery does, and why:
 
-* **Aliases.** A rule lists alternatives in order of preference. The first one present
+* **Aliases.** A signal map lists alternatives in order of preference. The first one present
   in the payload wins and the rest are ignored. Servers rename metrics between releases
   and, during deprecation windows, export both spellings (vLLM 0.9.2-0.11 export
   ``vllm:kv_cache_usage_perc`` *and* ``vllm:gpu_cache_usage_perc``); taking the first
@@ -50,7 +52,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from gpuwarden.collector.promtext import Exposition, parse_label_set
@@ -59,6 +61,17 @@ from gpuwarden.promql.buckets import parse_le
 from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
 
 Agg = Literal["sum", "max"]
+
+__all__ = [
+    "ServerMapping",
+    "SignalMap",
+    "Source",
+    "map_exposition",
+    "served_models",
+    "signal_map",
+    "src",
+]
+
 
 def _format_le(le: float) -> str:
     """prometheus-client's own rendering of a bound ("0.001", "1.0", "+Inf"), so that
@@ -71,24 +84,12 @@ def _format_le(le: float) -> str:
 
     return str(floatToGoString(le))  # type: ignore[no-untyped-call]
 
-__all__ = [
-    "SERVER_KINDS",
-    "Rule",
-    "ServerMapping",
-    "Source",
-    "map_exposition",
-    "read_names",
-    "rule",
-    "served_models",
-    "src",
-]
-
 
 @dataclass(frozen=True, slots=True)
 class Source:
     """One metric on the wire, optionally narrowed to series with given label values.
 
-    For a histogram rule ``metric`` is the family name (without ``_bucket``); otherwise
+    For a histogram signal ``metric`` is the family name (without ``_bucket``); otherwise
     it is the exact sample name (``vllm:prompt_tokens_total``, or a histogram's
     ``..._sum`` when a server only counts tokens that way).
     """
@@ -99,16 +100,21 @@ class Source:
 
 
 Alternative = tuple[Source, ...]  # parts whose values add up
+# Where a histogram source's samples may be: a superset of what a scalar source needs.
+_SUFFIXES = ("", "_bucket", "_count", "_sum")
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
-    """How one canonical signal is read: alternatives in order of preference."""
+class SignalMap:
+    """How one canonical signal is read off the wire: alternatives in order of preference.
+
+    (A metric mapping, not an alert rule: those are ``detectors.rule.RuleConfig``.)
+    """
 
     signal: str
     alternatives: tuple[Alternative, ...]
     agg: Agg = "sum"
-    requires: tuple[str, ...] = ()  # sample names that must be present for the rule to apply
+    requires: tuple[str, ...] = ()  # sample names that must be present for the map to apply
 
     @property
     def kind(self) -> Kind:
@@ -117,32 +123,43 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class ServerMapping:
-    """The table for one server kind."""
+    """The table for one server kind.
+
+    ``read_names`` is every sample name the table can read, worked out once, for
+    ``promtext.parse(only=...)``: a superset (each source with every histogram suffix)
+    is fine, it only decides which families the parser may leave unparsed.
+    """
 
     kind: str
-    rules: tuple[Rule, ...]
+    signal_maps: tuple[SignalMap, ...]
     model_label: str | None = None
     replica_labels: tuple[str, ...] = ()
     metrics_hint: str = ""  # what to tell an operator whose /metrics answers 404/501
+    read_names: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Catch table typos at import time, not as a silently missing signal in production.
         seen: set[str] = set()
-        for r in self.rules:
-            sig = SIGNALS.get(r.signal)
+        names: set[str] = set()
+        for smap in self.signal_maps:
+            sig = SIGNALS.get(smap.signal)
             if sig is None or sig.labels != SERVER_LABELS:
-                raise ValueError(f"{self.kind}: {r.signal!r} is not a per-server signal")
-            if r.signal in seen:
-                raise ValueError(f"{self.kind}: {r.signal!r} mapped twice")
-            if not r.alternatives or any(not alt for alt in r.alternatives):
-                raise ValueError(f"{self.kind}: {r.signal!r} has an empty alternative")
-            if sig.kind is Kind.HISTOGRAM and any(len(alt) > 1 for alt in r.alternatives):
-                raise ValueError(f"{self.kind}: histogram {r.signal!r} cannot add families")
-            seen.add(r.signal)
+                raise ValueError(f"{self.kind}: {smap.signal!r} is not a per-server signal")
+            if smap.signal in seen:
+                raise ValueError(f"{self.kind}: {smap.signal!r} mapped twice")
+            if not smap.alternatives or any(not alt for alt in smap.alternatives):
+                raise ValueError(f"{self.kind}: {smap.signal!r} has an empty alternative")
+            if sig.kind is Kind.HISTOGRAM and any(len(alt) > 1 for alt in smap.alternatives):
+                raise ValueError(f"{self.kind}: histogram {smap.signal!r} cannot add families")
+            seen.add(smap.signal)
+            names.update(smap.requires)
+            for alt in smap.alternatives:
+                names.update(s.metric + sfx for s in alt for sfx in _SUFFIXES)
+        object.__setattr__(self, "read_names", frozenset(names))  # frozen: set once, here
 
     @property
     def signals(self) -> tuple[str, ...]:
-        return tuple(r.signal for r in self.rules)
+        return tuple(smap.signal for smap in self.signal_maps)
 
 
 def src(metric: str, *, divisor: float = 1.0, **match: str) -> Source:
@@ -150,13 +167,13 @@ def src(metric: str, *, divisor: float = 1.0, **match: str) -> Source:
     return Source(metric, tuple(sorted(match.items())), divisor)
 
 
-def rule(
+def signal_map(
     signal: str,
     *alternatives: str | Source | tuple[str | Source, ...],
     agg: Agg = "sum",
     requires: tuple[str, ...] = (),
-) -> Rule:
-    """A :class:`Rule`; each alternative is a name, a :class:`Source`, or a tuple of parts."""
+) -> SignalMap:
+    """A :class:`SignalMap`; each alternative is a name, a :class:`Source`, or a tuple of parts."""
 
     def one(part: str | Source) -> Source:
         return Source(part) if isinstance(part, str) else part
@@ -165,7 +182,7 @@ def rule(
         tuple(one(p) for p in alt) if isinstance(alt, tuple) else (one(alt),)
         for alt in alternatives
     )
-    return Rule(signal, alts, agg, requires)
+    return SignalMap(signal, alts, agg, requires)
 
 
 # --------------------------------------------------------------------------- machinery
@@ -240,7 +257,7 @@ class _Aggregator:
     """Collapse server series to one value per output key (model, and ``le`` for buckets).
 
     Two stages: series that differ only in a replica label are copies (max), what is
-    left is summed or maxed as the rule says.
+    left is summed or maxed as the signal map says.
     """
 
     def __init__(self, agg: Agg) -> None:
@@ -265,12 +282,12 @@ def _present(mapping: ServerMapping, exp: Exposition, name: str, source: Source)
 
 
 def _pick(
-    mapping: ServerMapping, exp: Exposition, r: Rule, suffixes: tuple[str, ...]
+    mapping: ServerMapping, exp: Exposition, smap: SignalMap, suffixes: tuple[str, ...]
 ) -> Alternative | None:
     """First alternative whose every part is present (histograms: under any suffix)."""
-    if any(not exp.samples.get(name) for name in r.requires):
+    if any(not exp.samples.get(name) for name in smap.requires):
         return None
-    for alt in r.alternatives:
+    for alt in smap.alternatives:
         if all(any(_present(mapping, exp, s.metric + sfx, s) for sfx in suffixes) for s in alt):
             return alt
     return None
@@ -316,21 +333,25 @@ def _output_labels(node: str, server: str) -> _OutputLabels:
 
 
 def _map_scalar(
-    mapping: ServerMapping, r: Rule, exp: Exposition, out_labels: _OutputLabels, ts: float
+    mapping: ServerMapping,
+    smap: SignalMap,
+    exp: Exposition,
+    out_labels: _OutputLabels,
+    ts: float,
 ) -> list[Sample]:
-    alt = _pick(mapping, exp, r, ("",))
+    alt = _pick(mapping, exp, smap, ("",))
     if alt is None:
         return []
     per_part = []
     for source in alt:
-        acc = _Aggregator(r.agg)
+        acc = _Aggregator(smap.agg)
         for info, value in _series(mapping, exp, source.metric, source):
             acc.add(info, value)
         per_part.append(acc.by_model())
     # Parts add up per model; a model must be present in every part to be emitted.
     models = set.intersection(*(set(p) for p in per_part))
     return [
-        Sample(r.signal, out_labels.series(m), math.fsum(p[m] for p in per_part), ts)
+        Sample(smap.signal, out_labels.series(m), math.fsum(p[m] for p in per_part), ts)
         for m in sorted(models)
     ]
 
@@ -369,9 +390,13 @@ def _bucket_totals(
 
 
 def _map_histogram(
-    mapping: ServerMapping, r: Rule, exp: Exposition, out_labels: _OutputLabels, ts: float
+    mapping: ServerMapping,
+    smap: SignalMap,
+    exp: Exposition,
+    out_labels: _OutputLabels,
+    ts: float,
 ) -> list[Sample]:
-    alt = _pick(mapping, exp, r, ("_bucket", "_count"))
+    alt = _pick(mapping, exp, smap, ("_bucket", "_count"))
     if alt is None:
         return []
     source = alt[0]  # one family per alternative (checked when the table is built)
@@ -385,7 +410,7 @@ def _map_histogram(
 
     out: list[Sample] = []
     bucket_signal, count_signal, sum_signal = (
-        f"{r.signal}_bucket", f"{r.signal}_count", f"{r.signal}_sum")
+        f"{smap.signal}_bucket", f"{smap.signal}_count", f"{smap.signal}_sum")
     for model in sorted(set(edges_by_model) | set(count_by_model)):
         edges = edges_by_model.get(model, {})
         count = count_by_model.get(model)
@@ -406,38 +431,19 @@ def _map_histogram(
 
 
 def map_exposition(
-    kind: str, exp: Exposition, *, node: str, server: str, ts: float
+    mapping: ServerMapping, exp: Exposition, *, node: str, server: str, ts: float
 ) -> list[Sample]:
-    """Canonical samples for one scrape of a ``kind`` server (KeyError on unknown kind).
+    """Canonical samples for one scrape of a server whose table is ``mapping``.
 
     Pure (the memos of label strings only change its speed) and cheap, so the collector
     can call it on every 1 s cycle and tests can call it on a recorded payload.
     """
-    mapping = SERVER_KINDS[kind]
     out_labels = _output_labels(node, server)
     out: list[Sample] = []
-    for r in mapping.rules:
-        fn = _map_histogram if r.kind is Kind.HISTOGRAM else _map_scalar
-        out.extend(fn(mapping, r, exp, out_labels, ts))
+    for smap in mapping.signal_maps:
+        fn = _map_histogram if smap.kind is Kind.HISTOGRAM else _map_scalar
+        out.extend(fn(mapping, smap, exp, out_labels, ts))
     return out
-
-
-def read_names(kind: str) -> frozenset[str]:
-    """Every sample name the ``kind`` table can read, for ``promtext.parse(only=...)``.
-
-    A superset (each source with every histogram suffix) is fine: it only decides which
-    families the parser may leave unparsed.
-    """
-    return _READ_NAMES[kind]
-
-
-def _read_names(mapping: ServerMapping) -> frozenset[str]:
-    names: set[str] = set()
-    for r in mapping.rules:
-        names.update(r.requires)
-        for alt in r.alternatives:
-            names.update(s.metric + sfx for s in alt for sfx in ("", "_bucket", "_count", "_sum"))
-    return frozenset(names)
 
 
 def served_models(samples: Iterable[Sample]) -> tuple[str, ...]:
@@ -446,20 +452,3 @@ def served_models(samples: Iterable[Sample]) -> tuple[str, ...]:
     models.discard("")
     return tuple(sorted(models))
 
-
-def _load_tables() -> dict[str, ServerMapping]:
-    # The tables import Source/rule from this module, so they are loaded once it is
-    # fully defined; importing them at the top would be circular.
-    from gpuwarden.collector.servers import (
-        llamacpp,
-        sglang,
-        tgi,
-        triton,
-        vllm,
-    )
-
-    return {m.MAPPING.kind: m.MAPPING for m in (vllm, sglang, tgi, triton, llamacpp)}
-
-
-SERVER_KINDS: dict[str, ServerMapping] = _load_tables()
-_READ_NAMES = {kind: _read_names(m) for kind, m in SERVER_KINDS.items()}

@@ -18,7 +18,7 @@ Absent for llama.cpp: TTFT/ITL/e2e histograms and preemptions.
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers.base import ServerMapping, rule
+from gpuwarden.collector.servers.base import ServerMapping, signal_map
 
 _PROMPT = ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total")
 
@@ -26,13 +26,13 @@ MAPPING = ServerMapping(
     kind="llamacpp",
     metrics_hint="llama-server serves /metrics only when started with --metrics",
     model_label=None,
-    rules=(
-        rule("kv_cache_usage_ratio", "llamacpp:kv_cache_usage_ratio", agg="max"),
-        rule("requests_running", "llamacpp:requests_processing"),
-        rule("requests_waiting", "llamacpp:requests_deferred"),
-        rule("prompt_tokens_total", _PROMPT, "llamacpp:prompt_tokens_total"),
-        rule("generation_tokens_total", "llamacpp:tokens_predicted_total"),
-        rule("prefix_cache_queries_total", _PROMPT),
-        rule("prefix_cache_hits_total", "llamacpp:prompt_tokens_cached_total"),
+    signal_maps=(
+        signal_map("kv_cache_usage_ratio", "llamacpp:kv_cache_usage_ratio", agg="max"),
+        signal_map("requests_running", "llamacpp:requests_processing"),
+        signal_map("requests_waiting", "llamacpp:requests_deferred"),
+        signal_map("prompt_tokens_total", _PROMPT, "llamacpp:prompt_tokens_total"),
+        signal_map("generation_tokens_total", "llamacpp:tokens_predicted_total"),
+        signal_map("prefix_cache_queries_total", _PROMPT),
+        signal_map("prefix_cache_hits_total", "llamacpp:prompt_tokens_cached_total"),
     ),
 )

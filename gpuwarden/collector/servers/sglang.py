@@ -24,26 +24,26 @@ Sources: sglang 0.5.23 ``observability/metrics_collector.py``,
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers.base import ServerMapping, rule
+from gpuwarden.collector.servers.base import ServerMapping, signal_map
 
 MAPPING = ServerMapping(
     kind="sglang",
     metrics_hint="SGLang serves /metrics only when started with --enable-metrics",
     model_label="model_name",
     replica_labels=("tp_rank", "pp_rank", "moe_ep_rank"),
-    rules=(
-        rule("kv_cache_usage_ratio", "sglang:token_usage", agg="max"),
-        rule("requests_running", "sglang:num_running_reqs"),
-        rule("requests_waiting", "sglang:num_queue_reqs"),
-        rule("preemptions_total", "sglang:num_retracted_requests_total"),
-        rule("prompt_tokens_total", "sglang:prompt_tokens_total"),
-        rule("generation_tokens_total", "sglang:generation_tokens_total"),
-        rule("prefix_cache_queries_total", "sglang:prompt_tokens_total",
-             requires=("sglang:cached_tokens_total",)),
-        rule("prefix_cache_hits_total", "sglang:cached_tokens_total"),
-        rule("ttft_seconds", "sglang:time_to_first_token_seconds"),
-        rule("itl_seconds", "sglang:inter_token_latency_seconds",
-             "sglang:time_per_output_token_seconds"),
-        rule("e2e_latency_seconds", "sglang:e2e_request_latency_seconds"),
+    signal_maps=(
+        signal_map("kv_cache_usage_ratio", "sglang:token_usage", agg="max"),
+        signal_map("requests_running", "sglang:num_running_reqs"),
+        signal_map("requests_waiting", "sglang:num_queue_reqs"),
+        signal_map("preemptions_total", "sglang:num_retracted_requests_total"),
+        signal_map("prompt_tokens_total", "sglang:prompt_tokens_total"),
+        signal_map("generation_tokens_total", "sglang:generation_tokens_total"),
+        signal_map("prefix_cache_queries_total", "sglang:prompt_tokens_total",
+                   requires=("sglang:cached_tokens_total",)),
+        signal_map("prefix_cache_hits_total", "sglang:cached_tokens_total"),
+        signal_map("ttft_seconds", "sglang:time_to_first_token_seconds"),
+        signal_map("itl_seconds", "sglang:inter_token_latency_seconds",
+                   "sglang:time_per_output_token_seconds"),
+        signal_map("e2e_latency_seconds", "sglang:e2e_request_latency_seconds"),
     ),
 )

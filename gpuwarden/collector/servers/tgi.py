@@ -18,17 +18,17 @@ token counter); they advance when a request finishes.
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers.base import ServerMapping, rule
+from gpuwarden.collector.servers.base import ServerMapping, signal_map
 
 MAPPING = ServerMapping(
     kind="tgi",
     metrics_hint="TGI serves /metrics on its HTTP port and on --prometheus-port (9000)",
     model_label=None,
-    rules=(
-        rule("requests_running", "tgi_batch_current_size"),
-        rule("requests_waiting", "tgi_queue_size"),
-        rule("prompt_tokens_total", "tgi_request_input_length_sum"),
-        rule("generation_tokens_total", "tgi_request_generated_tokens_sum"),
-        rule("e2e_latency_seconds", "tgi_request_duration"),
+    signal_maps=(
+        signal_map("requests_running", "tgi_batch_current_size"),
+        signal_map("requests_waiting", "tgi_queue_size"),
+        signal_map("prompt_tokens_total", "tgi_request_input_length_sum"),
+        signal_map("generation_tokens_total", "tgi_request_generated_tokens_sum"),
+        signal_map("e2e_latency_seconds", "tgi_request_duration"),
     ),
 )

@@ -23,21 +23,21 @@ counters), preemptions, and a prefix-cache hit count (only a ``reused`` block ga
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers.base import ServerMapping, rule, src
+from gpuwarden.collector.servers.base import ServerMapping, signal_map, src
 
 MAPPING = ServerMapping(
     kind="triton",
     metrics_hint="Triton serves metrics on port 8002 by default, unless --allow-metrics=false",
     model_label="model",
-    rules=(
-        rule("kv_cache_usage_ratio",
-             src("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="fraction"),
-             agg="max"),
-        rule("requests_running", src("nv_trt_llm_request_metrics", request_type="active")),
-        rule("requests_waiting", src("nv_trt_llm_request_metrics", request_type="waiting"),
-             "nv_inference_pending_request_count"),
-        rule("prompt_tokens_total", "nv_llm_input_token_len_sum"),
-        rule("generation_tokens_total", "nv_llm_output_token_len_sum"),
-        rule("ttft_seconds", src("nv_inference_first_response_histogram_ms", divisor=1000.0)),
+    signal_maps=(
+        signal_map("kv_cache_usage_ratio",
+                   src("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="fraction"),
+                   agg="max"),
+        signal_map("requests_running", src("nv_trt_llm_request_metrics", request_type="active")),
+        signal_map("requests_waiting", src("nv_trt_llm_request_metrics", request_type="waiting"),
+                   "nv_inference_pending_request_count"),
+        signal_map("prompt_tokens_total", "nv_llm_input_token_len_sum"),
+        signal_map("generation_tokens_total", "nv_llm_output_token_len_sum"),
+        signal_map("ttft_seconds", src("nv_inference_first_response_histogram_ms", divisor=1000.0)),
     ),
 )

@@ -5,7 +5,7 @@ diffed back to 0.9. Every V1 engine metric carries ``model_name`` and ``engine``
 (the data-parallel engine index); the machinery sums over ``engine`` and takes the
 max for KV usage, as the catalogue recommends (vllm#18053, vllm#21257).
 
-Renames, newest first in each rule (the first spelling present wins, so 0.9.2-0.11,
+Renames, newest first in each signal map (the first spelling present wins, so 0.9.2-0.11,
 which export both, are not double-counted):
 
 * ``kv_cache_usage_perc`` ← ``gpu_cache_usage_perc`` (≤0.11). Despite "perc", both are
@@ -22,27 +22,27 @@ it cannot feed the window hit ratio), and the removed throughput gauges.
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers.base import ServerMapping, rule
+from gpuwarden.collector.servers.base import ServerMapping, signal_map
 
 MAPPING = ServerMapping(
     kind="vllm",
     metrics_hint="vLLM serves /metrics on its OpenAI API port",
     model_label="model_name",
-    rules=(
-        rule("kv_cache_usage_ratio", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
-             agg="max"),
-        rule("requests_running", "vllm:num_requests_running"),
-        rule("requests_waiting", "vllm:num_requests_waiting"),
-        rule("preemptions_total", "vllm:num_preemptions_total"),
-        rule("prompt_tokens_total", "vllm:prompt_tokens_total"),
-        rule("generation_tokens_total", "vllm:generation_tokens_total"),
-        rule("prefix_cache_queries_total", "vllm:prefix_cache_queries_total",
-             "vllm:gpu_prefix_cache_queries_total"),
-        rule("prefix_cache_hits_total", "vllm:prefix_cache_hits_total",
-             "vllm:gpu_prefix_cache_hits_total"),
-        rule("ttft_seconds", "vllm:time_to_first_token_seconds"),
-        rule("itl_seconds", "vllm:inter_token_latency_seconds",
-             "vllm:time_per_output_token_seconds"),
-        rule("e2e_latency_seconds", "vllm:e2e_request_latency_seconds"),
+    signal_maps=(
+        signal_map("kv_cache_usage_ratio", "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
+                   agg="max"),
+        signal_map("requests_running", "vllm:num_requests_running"),
+        signal_map("requests_waiting", "vllm:num_requests_waiting"),
+        signal_map("preemptions_total", "vllm:num_preemptions_total"),
+        signal_map("prompt_tokens_total", "vllm:prompt_tokens_total"),
+        signal_map("generation_tokens_total", "vllm:generation_tokens_total"),
+        signal_map("prefix_cache_queries_total", "vllm:prefix_cache_queries_total",
+                   "vllm:gpu_prefix_cache_queries_total"),
+        signal_map("prefix_cache_hits_total", "vllm:prefix_cache_hits_total",
+                   "vllm:gpu_prefix_cache_hits_total"),
+        signal_map("ttft_seconds", "vllm:time_to_first_token_seconds"),
+        signal_map("itl_seconds", "vllm:inter_token_latency_seconds",
+                   "vllm:time_per_output_token_seconds"),
+        signal_map("e2e_latency_seconds", "vllm:e2e_request_latency_seconds"),
     ),
 )

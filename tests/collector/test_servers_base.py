@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.collector.promtext import parse
+from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.collector.servers.base import (
-    SERVER_KINDS,
     ServerMapping,
     map_exposition,
-    read_names,
-    rule,
     served_models,
+    signal_map,
 )
 from gpuwarden.model import Sample
 from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
@@ -34,7 +33,8 @@ def payload(name: str) -> str:
 
 
 def mapped(kind: str, text: str) -> list[Sample]:
-    return map_exposition(kind, parse(text), node=NODE, server=SERVER, ts=TS)
+    return map_exposition(SERVER_KINDS.load(kind), parse(text), node=NODE, server=SERVER,
+                          ts=TS)
 
 
 def wire(text: str, name: str, **labels: str) -> list[float]:
@@ -77,34 +77,28 @@ def le_key(le: str) -> float:
 # ------------------------------------------------------------------------ machinery
 
 
-def test_registry_covers_the_config_kinds() -> None:
-    assert set(SERVER_KINDS) == {"vllm", "sglang", "tgi", "triton", "llamacpp"}
-    for kind, m in SERVER_KINDS.items():
-        assert m.kind == kind
-        for r in m.rules:
+def test_every_table_maps_per_server_signals() -> None:
+    for kind in SERVER_KINDS:
+        for r in SERVER_KINDS.load(kind).signal_maps:
             assert SIGNALS[r.signal].labels == SERVER_LABELS
 
 
 def test_tables_never_map_derived_window_signals() -> None:
     derived = {"prefix_cache_hit_ratio", "generation_tokens_per_second", "quality_similarity"}
-    for m in SERVER_KINDS.values():
-        assert not derived & set(m.signals)
+    for kind in SERVER_KINDS:
+        assert not derived & set(SERVER_KINDS.load(kind).signals)
 
 
 def test_table_typos_fail_at_import_time() -> None:
     with pytest.raises(ValueError, match="not a per-server signal"):
-        ServerMapping("x", (rule("kv_cache_usage_percent", "a"),))
+        ServerMapping("x", (signal_map("kv_cache_usage_percent", "a"),))
     with pytest.raises(ValueError, match="mapped twice"):
-        ServerMapping("x", (rule("requests_running", "a"), rule("requests_running", "b")))
+        ServerMapping("x", (signal_map("requests_running", "a"),
+                            signal_map("requests_running", "b")))
     with pytest.raises(ValueError, match="not a per-server signal"):
-        ServerMapping("x", (rule("gpu_up", "a"),))
+        ServerMapping("x", (signal_map("gpu_up", "a"),))
     with pytest.raises(ValueError, match="cannot add families"):
-        ServerMapping("x", (rule("ttft_seconds", ("a", "b")),))
-
-
-def test_unknown_kind_is_a_key_error() -> None:
-    with pytest.raises(KeyError):
-        map_exposition("ollama", parse("x 1\n"), node=NODE, server=SERVER, ts=TS)
+        ServerMapping("x", (signal_map("ttft_seconds", ("a", "b")),))
 
 
 def test_output_labels_are_exactly_the_design_names() -> None:
@@ -160,9 +154,9 @@ def test_series_without_the_model_label_get_an_empty_model() -> None:
     assert served_models(out) == ()
 
 
-def test_every_histogram_rule_targets_a_histogram_signal() -> None:
-    for m in SERVER_KINDS.values():
-        for r in m.rules:
+def test_every_histogram_signal_map_reads_one_family_per_alternative() -> None:
+    for kind in SERVER_KINDS:
+        for r in SERVER_KINDS.load(kind).signal_maps:
             if r.kind is Kind.HISTOGRAM:
                 assert all(len(alt) == 1 for alt in r.alternatives)
             assert not math.isnan(r.alternatives[0][0].divisor)
@@ -174,7 +168,8 @@ def test_reading_only_the_mapped_families_maps_the_same(kind: str, path: Path) -
     """The collector parses only what the table reads; the mapping must not notice,
     whichever payload a server of any kind answers with (a wrong kind included)."""
     text = path.read_text(encoding="utf-8")
-    full = map_exposition(kind, parse(text), node=NODE, server=SERVER, ts=TS)
-    only = map_exposition(kind, parse(text, only=read_names(kind)), node=NODE, server=SERVER,
-                          ts=TS)
+    mapping = SERVER_KINDS.load(kind)
+    full = map_exposition(mapping, parse(text), node=NODE, server=SERVER, ts=TS)
+    only = map_exposition(mapping, parse(text, only=mapping.read_names), node=NODE,
+                          server=SERVER, ts=TS)
     assert only == full
