@@ -47,110 +47,34 @@ be configured to emit e.g. ``test-uuid``), which is more lenient than Prometheus
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from gpuwarden.collector.promtext_lexer import (
+    INVALID_IN_RUN_RE,
+    LINE_RE,
+    MAX_LINE_CHARS,
+    META_RE,
+    METRIC_NAME_RE,
+    SECTION_RE,
+    SLOW_RE,
+    diagnose,
+    parse_labels,
+    snippet,
+    timestamp_seconds,
+    unescape_help,
+)
 from gpuwarden.errors import ExpositionParseError
 
-__all__ = ["DEFAULT_MAX_BYTES", "Exposition", "parse", "parse_label_set", "parse_labels"]
+__all__ = ["DEFAULT_MAX_BYTES", "Exposition", "parse"]
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
-# A line longer than this is rejected by its length, before any regex runs over it.
-# Prometheus has no line limit, but a 64 KiB sample line is garbage in practice (the
-# longest line of a real vLLM scrape is ~300 characters); without a cap a single line
-# could hold the parser past its time budget. It is also the most text handed to one
-# ``findall`` call: the clock is checked between such chunks of whole lines, so the
-# work between two checks is bounded (~1 ms of valid lines; see bench/bench_parser.py).
-_MAX_LINE_CHARS = 64 * 1024
 # ``Exposition.errors`` keeps this many messages; every rejected line is still counted
 # in ``Exposition.invalid_lines``. Formatting a message per line of a junk payload
 # would cost more than parsing the valid lines around it.
 _MAX_ERRORS = 100
-_LABEL_CACHE_SIZE = 8192
-# Longer label strings are parsed uncached: 8192 cached 64 KiB keys would pin 512 MiB.
-_MAX_CACHED_LABELS_CHARS = 1024
-_MAX_ERROR_SNIPPET = 80
-
-# Every regex below runs on text from the network, so each is linear: repetitions are
-# possessive (``*+``, ``++``, ``?+``), so sre never re-scans a run of characters, and no
-# two adjacent repetitions can match the same character (``[ \t]*`` next to ``[ \t]+``
-# made "name" + 20,000 tabs take seconds: each split of the run was tried).
-_WS = r"[^\S\n]"  # whitespace within a line: what str.strip() removes, minus the newline
-_METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*+"
-_LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_:.\-]*+"
-# Unrolled-loop form of "quoted string with backslash escapes".
-_QUOTED_BODY = r'[^"\\\n]*+(?:\\.[^"\\\n]*+)*+'
-# Fast path label set: pairs without blanks around ``=``, blanks only after commas (what
-# every exporter writes: ``a="x",b="y"`` or dcgm-exporter's ``a="x", b="y"``), optional
-# trailing comma. Measured ~2x faster in sre than allowing blanks everywhere.
-_FAST_LABELS = (rf'(?:{_LABEL_NAME}="{_QUOTED_BODY}"'
-                rf'(?:,[ \t]*+{_LABEL_NAME}="{_QUOTED_BODY}")*+,?+)?+')
-# Lenient form / parse_labels: blanks allowed around every token.
-_PAIR = rf'[ \t]*+{_LABEL_NAME}[ \t]*+=[ \t]*+"{_QUOTED_BODY}"[ \t]*+'
-_LABELS = rf"(?:{_PAIR}(?:,{_PAIR})*+,?+)?+[ \t]*+"
-# Exactly the ASCII spellings float() accepts (no ``_``, no hex): a value that is not a
-# number fails the line regex instead of raising in the per-sample loop.
-_NUMBER = r"(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)(?:[eE][-+]?+[0-9]++)?+"
-_VALUE = rf"[-+]?+(?:{_NUMBER}|(?i:inf(?:inity)?+|nan))"
-_TIMESTAMP = rf"[-+]?+{_NUMBER}"
-# The lenient sample line (leading blanks, blanks around ``{``/``=``/``,``, trailing
-# blanks, a ``#`` comment/exemplar after the value), without groups: ``(?:[ \t]*+\{``
-# and ``[ \t]++`` as alternatives, never ``[ \t]*`` followed by ``[ \t]+``.
-_SAMPLE_LINE = (rf"[ \t]*+{_METRIC_NAME}(?:[ \t]*+\{{{_LABELS}\}}[ \t]*+|[ \t]++){_VALUE}"
-                rf"(?:[ \t]++{_TIMESTAMP})?+[ \t]*+(?:#[^\n]*+)?+\n")
-# A ``# HELP``/``# TYPE`` line in any spelling (the name is validated in Python).
-_META_LINE = rf"{_WS}*+#[ \t]++(?:HELP|TYPE)(?:[ \t]++\S++(?:[ \t]++[^\n]*+)?+)?+{_WS}*+\n"
-_EOF_LINE = rf"{_WS}*+# EOF{_WS}*+\n"
-
-# One match per line, or per run of lines that are neither samples nor HELP/TYPE, run
-# with findall over a chunk of whole lines. Groups:
-#  1-4  name, raw labels, value, timestamp: a sample line. The label set is tried in
-#       the strict spelling first (the common case, ~2x faster in sre), then lenient;
-#  5-7  kind, family, rest: a ``# HELP``/``# TYPE`` line in any spelling (the family as
-#       any non-blank text: Python validates it);
-#  8    a run of other lines: blank lines, comments, and lines that cannot be a sample
-#       (each an invalid line unless blank or a comment; counted in Python). Blank lines
-#       and lines without a blank or ``}`` (which no sample lacks) skip the lookahead;
-#  9    anything else: only ``# EOF``.
-# A run is matched by C code in one go, so a payload of a million junk or blank lines
-# costs no more than one of as many samples. Every alternative ends with the line's
-# newline, so every line of the chunk is in exactly one match, and the number of
-# groups is kept low: findall builds one tuple of them per match.
-_LINE_RE = re.compile(
-    rf"^(?:[ \t]*+({_METRIC_NAME})"
-    rf"(?:[ \t]*+\{{((?:{_FAST_LABELS}(?=\}})|{_LABELS}))\}}[ \t]*+|[ \t]++)"
-    rf"({_VALUE})(?:[ \t]++({_TIMESTAMP}))?+[ \t]*+(?:#[^\n]*+)?+\n"
-    rf"|{_WS}*+#[ \t]++(HELP|TYPE)(?:[ \t]++(\S++)(?:[ \t]++([^\n]*+))?+)?+{_WS}*+\n"
-    rf"|((?:{_WS}*+\n|[^\s#}}][^\s}}]*+\n"
-    rf"|(?!{_SAMPLE_LINE}|{_META_LINE}|{_EOF_LINE})[^\n]*+\n)++)"
-    r"|([^\n]*+)\n)",
-    re.MULTILINE,
-)
-# In a run (group 8): the lines that are neither blank nor a comment, i.e. invalid.
-_INVALID_IN_RUN_RE = re.compile(rf"^{_WS}*+[^\s#][^\n]*+\n", re.MULTILINE)
-# Lenient single-line form for the slow path (a last line without its newline).
-_SLOW_RE = re.compile(
-    rf"[ \t]*+({_METRIC_NAME})(?:[ \t]*+\{{({_LABELS})\}}[ \t]*+|[ \t]++)({_VALUE})"
-    rf"(?:[ \t]++({_TIMESTAMP}))?+[ \t]*+(?:#.*+)?+"
-)
-_LABELS_RE = re.compile(_LABELS)
-_PAIR_RE = re.compile(rf'[ \t]*+({_LABEL_NAME})[ \t]*+=[ \t]*+"({_QUOTED_BODY})"')
-_META_RE = re.compile(r"#[ \t]++(HELP|TYPE)(?:[ \t]++(\S++)(?:[ \t]++(.*+))?+)?+")
-_METRIC_NAME_RE = re.compile(_METRIC_NAME)
-_NAME_PREFIX_RE = re.compile(rf"[ \t]*+{_METRIC_NAME}")
-_VALUE_ESCAPE_RE = re.compile(r"\\(.)")
-_HELP_ESCAPE_RE = re.compile(r"\\([\\n])")
-_HELP_ESCAPE_OM_RE = re.compile(r'\\([\\n"])')
-_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
-
-
-def _unescape(match: re.Match[str]) -> str:
-    """Map one escape; unknown escapes stay verbatim, as prometheus_client keeps them."""
-    ch = match.group(1)
-    return _ESCAPES.get(ch, "\\" + ch)
 
 
 @dataclass(slots=True)
@@ -198,90 +122,6 @@ class Exposition:
         return out
 
 
-def parse_label_set(raw: str) -> dict[str, str]:
-    """Parse a raw label string into a new dict, uncached (for callers with their own memo).
-
-    Raises ``ValueError`` on a malformed label set or a duplicated label name.
-    """
-    if _LABELS_RE.fullmatch(raw) is None:
-        raise ValueError(f"malformed label set: {raw[:_MAX_ERROR_SNIPPET]!r}")
-    labels: dict[str, str] = {}
-    for name, escaped in _PAIR_RE.findall(raw):
-        if name in labels:
-            raise ValueError(f"duplicate label name {name!r}")
-        labels[name] = _VALUE_ESCAPE_RE.sub(_unescape, escaped) if "\\" in escaped else escaped
-    return labels
-
-
-# Parse once per distinct label string; the same strings come back every scrape.
-_parse_labels_cached = lru_cache(maxsize=_LABEL_CACHE_SIZE)(parse_label_set)
-
-
-def parse_labels(raw: str) -> dict[str, str]:
-    """Parse a raw label string (``a="x",b="y\\"z"``) into a dict, unescaping values.
-
-    Results are cached (bounded LRU) because label strings repeat on every scrape; the
-    caller gets a fresh copy so that mutating it cannot corrupt the cache.
-    Raises ``ValueError`` on a malformed label set or a duplicated label name.
-    """
-    if len(raw) > _MAX_CACHED_LABELS_CHARS:
-        return parse_label_set(raw)
-    return dict(_parse_labels_cached(raw))
-
-
-def _snippet(line: str) -> str:
-    return repr(line[:_MAX_ERROR_SNIPPET] + ("..." if len(line) > _MAX_ERROR_SNIPPET else ""))
-
-
-def _diagnose(line: str) -> str:
-    """Explain why a non-comment line was rejected.
-
-    Runs for the first ``_MAX_ERRORS`` bad lines of a payload only, on lines of at most
-    ``_MAX_LINE_CHARS``; every step is linear in the line's length.
-    """
-    s = line.strip()
-    if s[:1] in ("<", "{", "[", '"'):
-        return f"not a sample line (HTML/JSON?): {_snippet(s)}"
-    m = _NAME_PREFIX_RE.match(line)
-    if m is None:
-        return f"invalid metric name: {_snippet(s)}"
-    name = m.group().lstrip(" \t")
-    rest = line[m.end():]
-    labels = rest.lstrip(" \t")
-    if labels.startswith("{"):
-        lm = _LABELS_RE.match(labels, 1)
-        end = lm.end() if lm is not None else 1
-        if not labels.startswith("}", end):
-            return f"malformed or unterminated label set: {_snippet(s)}"
-        rest = labels[end + 1:]
-    elif rest[:1] not in (" ", "\t", ""):
-        return f"invalid metric name: {_snippet(s)}"
-    tokens = rest.split(maxsplit=2)
-    if not tokens:
-        return f"missing value: {_snippet(s)}"
-    if len(tokens) > 2:
-        return f"unexpected text after value: {_snippet(s)}"
-    if len(tokens) == 2:
-        return f"invalid value or timestamp: {_snippet(s)}"
-    return f"{name}: invalid value {_snippet(tokens[0])}"
-
-
-def _timestamp(ts: str, openmetrics: bool) -> float:
-    """A timestamp in seconds (``ts`` already matched ``_TIMESTAMP``).
-
-    Text-format timestamps are milliseconds: ``int(ts) / 1000`` first, like
-    prometheus_client, so huge or negative integers convert identically; the int() is
-    only tried on digits (and under int()'s 4300-digit limit), so that a float-shaped
-    timestamp costs no exception per line.
-    """
-    if openmetrics:
-        return float(ts)
-    digits = ts[1:] if ts[0] in "+-" else ts
-    if digits.isdigit() and len(digits) < 4300:  # int()'s default digit limit
-        return int(ts) / 1000
-    return float(ts) / 1000
-
-
 def _add_meta(
     exp: Exposition, line_no: int, kind: str, name: str, rest: str, *, om: bool
 ) -> None:
@@ -294,7 +134,7 @@ def _add_meta(
             exp.reject(line_no, f"# TYPE without a type: {name!r}")
     else:
         if "\\" in rest:
-            rest = (_HELP_ESCAPE_OM_RE if om else _HELP_ESCAPE_RE).sub(_unescape, rest)
+            rest = unescape_help(rest, openmetrics=om)
         exp.helps[name] = rest
 
 
@@ -304,11 +144,11 @@ def _slow_line(line: str, line_no: int, exp: Exposition, om: bool) -> bool:
     In a chunk that is only ``# EOF``; it also handles a last line without its newline
     (a comment), so it covers every spelling: comments with tabs or several blanks,
     samples with blanks around ``{``/``=``/``,``, and records why anything else was
-    rejected. Lines longer than ``_MAX_LINE_CHARS`` are rejected by length alone.
+    rejected. Lines longer than ``MAX_LINE_CHARS`` are rejected by length alone.
     """
-    if len(line) > _MAX_LINE_CHARS:
-        exp.reject(line_no, f"line longer than {_MAX_LINE_CHARS} characters, not parsed: "
-                            f"{_snippet(line)}")
+    if len(line) > MAX_LINE_CHARS:
+        exp.reject(line_no, f"line longer than {MAX_LINE_CHARS} characters, not parsed: "
+                            f"{snippet(line)}")
         return False
     s = line.strip()
     if not s:
@@ -316,24 +156,24 @@ def _slow_line(line: str, line_no: int, exp: Exposition, om: bool) -> bool:
     if s[0] == "#":
         if s == "# EOF":
             return True
-        m = _META_RE.fullmatch(s)
+        m = META_RE.fullmatch(s)
         if m is not None:
             kind, name, rest = m.groups()
-            if name is None or _METRIC_NAME_RE.fullmatch(name) is None:
-                exp.reject(line_no, f"invalid metric name in # {kind}: {_snippet(s)}")
+            if name is None or METRIC_NAME_RE.fullmatch(name) is None:
+                exp.reject(line_no, f"invalid metric name in # {kind}: {snippet(s)}")
             else:
                 _add_meta(exp, line_no, kind, name, rest or "", om=om)
         return False
-    sm = _SLOW_RE.fullmatch(line)
+    sm = SLOW_RE.fullmatch(line)
     if sm is None:
-        exp.reject(line_no, _diagnose(line))
+        exp.reject(line_no, diagnose(line))
         return False
     name, raw, value, ts = sm.groups()
     try:
         v = float(value)
-        t = None if ts is None else _timestamp(ts, om)
+        t = None if ts is None else timestamp_seconds(ts, om)
     except ValueError:  # not expected after the regex; a bad line all the same
-        exp.reject(line_no, f"invalid value or timestamp: {_snippet(s)}")
+        exp.reject(line_no, f"invalid value or timestamp: {snippet(s)}")
         return False
     exp.samples.setdefault(name, []).append((raw or "", v, t))
     return False
@@ -363,11 +203,6 @@ def _decode(data: bytes | str, max_bytes: int) -> str:
     return text
 
 
-# A ``# HELP``/``# TYPE`` line (group 1: the family name) or ``# EOF``, found by the
-# literal "\n# " prefix, which sre searches for at memchr speed.
-_SECTION_RE = re.compile(rf"\n# (?:(?:HELP|TYPE) ({_METRIC_NAME})[ \n]|EOF\n)")
-
-
 @lru_cache(maxsize=4096)
 def _family_unread(only: frozenset[str], family: str) -> bool:
     """True when no wanted sample name starts with ``family``: its lines can go unparsed."""
@@ -387,7 +222,7 @@ def _plan(text: str, only: frozenset[str]) -> list[tuple[int, int, int]]:
     starts: list[int] = []  # where each section's first line starts
     families: list[str | None] = []  # None: the ``# EOF`` line
     metas: list[int] = []  # its HELP/TYPE lines
-    for m in _SECTION_RE.finditer("\n" + text if at_start else text):
+    for m in SECTION_RE.finditer("\n" + text if at_start else text):
         family = m.group(1)
         if family is not None and families and families[-1] == family:
             metas[-1] += 1  # HELP and TYPE of one family open one section
@@ -457,7 +292,7 @@ def parse(
     samples = exp.samples
     errors = exp.errors
     samples_get = samples.get
-    findall = _LINE_RE.findall
+    findall = LINE_RE.findall
     values: dict[str, float] = {}
     values_get = values.get
 
@@ -488,11 +323,11 @@ def parse(
                     f"spent; the remaining {n - pos} characters were not parsed")
                 break
             end = _chunk_end(text, pos, last)
-            if end <= pos:  # a line longer than _MAX_LINE_CHARS starts at pos
+            if end <= pos:  # a line longer than MAX_LINE_CHARS starts at pos
                 end = text.find("\n", pos, last) + 1 or last
                 line_no += 1
-                exp.reject(line_no, f"line longer than {_MAX_LINE_CHARS} characters "
-                                    f"({end - pos - 1}), not parsed: {_snippet(text[pos:end])}")
+                exp.reject(line_no, f"line longer than {MAX_LINE_CHARS} characters "
+                                    f"({end - pos - 1}), not parsed: {snippet(text[pos:end])}")
                 pos = end
                 continue
             chunk = text if (pos == 0 and end == n) else text[pos:end]
@@ -502,11 +337,11 @@ def parse(
             ):
                 if not name:
                     if kind:
-                        if _METRIC_NAME_RE.fullmatch(fam) is None:
+                        if METRIC_NAME_RE.fullmatch(fam) is None:
                             exp.invalid_lines += 1  # no message past the cap: no f-string
                             if len(errors) < _MAX_ERRORS:
                                 errors.append(f"line {i + extra}: invalid metric name in "
-                                              f"# {kind}: {_snippet(f'# {kind} {fam} {rest}')}")
+                                              f"# {kind}: {snippet(f'# {kind} {fam} {rest}')}")
                         else:
                             _add_meta(exp, i + extra, kind, fam, rest, om=openmetrics)
                     elif run:
@@ -528,9 +363,9 @@ def parse(
                     try:
                         v = values[value] = float(value)
                     except ValueError:  # pragma: no cover - excluded by _VALUE
-                        exp.reject(i + extra, f"{name}: invalid value {_snippet(value)}")
+                        exp.reject(i + extra, f"{name}: invalid value {snippet(value)}")
                         continue
-                t = None if not ts else _timestamp(ts, openmetrics)
+                t = None if not ts else timestamp_seconds(ts, openmetrics)
                 lst = samples_get(name)
                 if lst is None:
                     lst = samples[name] = []
@@ -544,7 +379,7 @@ def parse(
             _slow_line(s, line_no + 1, exp, openmetrics)
         elif s:
             exp.reject(line_no + 1, f"no terminating newline, payload looks truncated: "
-                                    f"{_snippet(s)}")
+                                    f"{snippet(s)}")
 
     if not samples and not exp.skipped_lines and (exp.invalid_lines or exp.truncated):
         if exp.truncated:
@@ -559,15 +394,15 @@ def parse(
 
 
 def _chunk_end(text: str, pos: int, last: int) -> int:
-    """End of the next chunk: the whole lines from ``pos`` within ``_MAX_LINE_CHARS``.
+    """End of the next chunk: the whole lines from ``pos`` within ``MAX_LINE_CHARS``.
 
     Returns ``pos`` when the line starting at ``pos`` is longer than that (the caller
     rejects it without running a regex over it). The window is the line limit itself,
     so every line of a returned chunk is within the limit.
     """
-    if last - pos <= _MAX_LINE_CHARS:
+    if last - pos <= MAX_LINE_CHARS:
         return last
-    return text.rfind("\n", pos, pos + _MAX_LINE_CHARS) + 1 or pos
+    return text.rfind("\n", pos, pos + MAX_LINE_CHARS) + 1 or pos
 
 
 def _run(exp: Exposition, run: str, first_line: int) -> None:
@@ -577,10 +412,10 @@ def _run(exp: Exposition, run: str, first_line: int) -> None:
     are visited, and only until ``_MAX_ERRORS`` messages are kept; the rest are counted.
     """
     at, line = 0, first_line
-    for m in _INVALID_IN_RUN_RE.finditer(run):
+    for m in INVALID_IN_RUN_RE.finditer(run):
         if len(exp.errors) >= _MAX_ERRORS:
-            exp.invalid_lines += len(_INVALID_IN_RUN_RE.findall(run, m.start()))
+            exp.invalid_lines += len(INVALID_IN_RUN_RE.findall(run, m.start()))
             return
         line += run.count("\n", at, m.start())
         at = m.start()
-        exp.reject(line, _diagnose(m.group()[:-1]))
+        exp.reject(line, diagnose(m.group()[:-1]))

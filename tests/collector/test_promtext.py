@@ -25,12 +25,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuwarden.collector.promtext import (
-    DEFAULT_MAX_BYTES,
-    Exposition,
-    parse,
-    parse_labels,
-)
+from gpuwarden.collector.promtext import DEFAULT_MAX_BYTES, Exposition, parse
+from gpuwarden.collector.promtext_lexer import parse_labels
 from gpuwarden.errors import ExpositionParseError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
@@ -278,19 +274,6 @@ def test_labels_and_values() -> None:
     assert exp.samples["m:x"][6] == ("", -3.0, None)
     assert exp.samples["m:x"][7][0] == ""
     assert ours(exp) == pc(text)
-
-
-def test_parse_labels() -> None:
-    assert parse_labels("") == {}
-    assert parse_labels('a="1", b="2",') == {"a": "1", "b": "2"}
-    assert parse_labels(' a = "1" ') == {"a": "1"}
-    assert parse_labels('a="\\t"') == {"a": "\\t"}  # unknown escape kept, as prometheus_client
-    first = parse_labels('k="v"')
-    first["k"] = "mutated"
-    assert parse_labels('k="v"') == {"k": "v"}  # cached, but callers get copies
-    for bad in ('a="1",a="2"', 'a=1', 'a="x', '="x"', 'a="1",,b="2"', "garbage"):
-        with pytest.raises(ValueError):
-            parse_labels(bad)
 
 
 def test_get_skips_duplicate_label_series() -> None:

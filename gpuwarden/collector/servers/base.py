@@ -55,7 +55,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gpuwarden.collector.promtext import Exposition, parse_label_set
+from gpuwarden.collector.promtext import Exposition
+from gpuwarden.collector.promtext_lexer import parse_label_set
 from gpuwarden.model import Labels, Sample, make_labels
 from gpuwarden.promql.buckets import parse_le
 from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
