@@ -1,0 +1,188 @@
+"""One cycle's collection: every collector at once, a deadline, each one timed.
+
+node_exporter's ``execute``, for gpuwarden: every collector runs on a worker of a small
+pool, and each one's outcome is kept as ``gpuwarden_collector_success``,
+``gpuwarden_collector_duration_seconds`` and ``gpuwarden_collector_errors_total``
+(``{collector}``). A collector that raises is logged (rate-limited) and counted; the
+others' samples are used (ARCHITECTURE.md, convention 1).
+
+A collector that hangs (a scrape of a server that accepts and never answers) is not
+waited for past the deadline: it reads as failed for that cycle and is left to finish
+in its worker, and it is not started again until it has, so a dead inference server can
+never stall GPU sampling or pile up threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from gpuwarden.collector.base import Collector
+from gpuwarden.errors import GpuwardenError
+from gpuwarden.model import Sample, SelfMetric
+from gpuwarden.ratelog import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+MAX_WORKERS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorRun:
+    """One finished run of one collector."""
+
+    samples: list[Sample]
+    duration: float  # seconds of wall time
+    error: str | None  # what it raised
+    reported_error: str | None = None  # ``Collector.last_error`` after a normal return
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None and self.reported_error is None
+
+
+@runtime_checkable
+class CountsScrapeErrors(Protocol):
+    """A collector that counts its failed scrapes by reason (``scrape_errors_total``)."""
+
+    @property
+    def scrape_errors_total(self) -> Mapping[str, int]: ...
+
+
+@runtime_checkable
+class CountsInvalidLines(Protocol):
+    """A collector that counts lines rejected inside payloads it still used."""
+
+    @property
+    def parse_errors_total(self) -> int: ...
+
+
+def run_collector(collector: Collector) -> CollectorRun:
+    """Run ``collector`` once, timed; whatever it raises becomes the run's error."""
+    started = time.perf_counter()
+    try:
+        samples = list(collector.collect())
+    except GpuwardenError as exc:
+        return CollectorRun([], time.perf_counter() - started, str(exc) or type(exc).__name__)
+    except Exception as exc:  # a bug in one collector must not stop the others
+        log.exception("collector %s raised", collector.name)
+        return CollectorRun([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+    return CollectorRun(samples, time.perf_counter() - started, None, collector.last_error)
+
+
+def close_collectors(collectors: Iterable[Collector]) -> None:
+    """Close each collector; one that raises is logged and the others are still closed."""
+    for collector in collectors:
+        try:
+            collector.close()
+        except Exception:
+            log.exception("closing collector %s failed", collector.name)
+
+
+class CollectorRunner:
+    """Runs a set of collectors once per call of :meth:`run` and keeps how each one did.
+
+    Not thread-safe: one caller (the daemon's cycle, under its lock) runs, replaces and
+    reads it.
+    """
+
+    def __init__(self, collectors: Sequence[Collector] = (), *,
+                 max_workers: int = MAX_WORKERS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="gpuwarden-collect")
+        self._in_flight: dict[str, Future[CollectorRun]] = {}
+        self._log = RateLimitedLog(log)
+        self._success: dict[str, float] = {}
+        self._duration: dict[str, float] = {}
+        self._errors: dict[str, int] = defaultdict(int)
+        self._collectors: tuple[Collector, ...] = ()
+        self._scrape_counters: tuple[tuple[str, CountsScrapeErrors], ...] = ()
+        self._line_counters: tuple[tuple[str, CountsInvalidLines], ...] = ()
+        self.replace(collectors)
+
+    @property
+    def collectors(self) -> tuple[Collector, ...]:
+        return self._collectors
+
+    def replace(self, collectors: Sequence[Collector]) -> tuple[Collector, ...]:
+        """Run ``collectors`` from the next :meth:`run` on; returns the ones they replace,
+        for the caller to close. Runs still in flight are forgotten; the per-collector
+        figures of collectors that are gone stay, as counters do."""
+        old, self._collectors = self._collectors, tuple(collectors)
+        self._in_flight.clear()
+        self._scrape_counters = tuple((c.name, c) for c in self._collectors
+                                      if isinstance(c, CountsScrapeErrors))
+        self._line_counters = tuple((c.name, c) for c in self._collectors
+                                    if isinstance(c, CountsInvalidLines))
+        return old
+
+    def run(self, timeout: float) -> list[Sample]:
+        """Run every collector (those still running are not started again) and return
+        the samples of those that finished within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for collector in self._collectors:
+            if collector.name not in self._in_flight:
+                self._in_flight[collector.name] = self._pool.submit(run_collector, collector)
+        wait_futures(list(self._in_flight.values()),
+                     timeout=max(0.0, deadline - time.monotonic()))
+        samples: list[Sample] = []
+        for name, future in list(self._in_flight.items()):
+            if not future.done():
+                # Still running (a hung scrape): count it once per cycle, keep waiting.
+                self._success[name] = 0.0
+                self._errors[name] += 1
+                self._log.warning(f"slow:{name}", "collector %s is still running past the "
+                                  "cycle deadline; not starting it again until it returns", name)
+                continue
+            del self._in_flight[name]
+            result = future.result()
+            self._record(name, result)
+            samples.extend(result.samples)
+        return samples
+
+    def _record(self, name: str, result: CollectorRun) -> None:
+        self._duration[name] = result.duration
+        if result.succeeded:
+            self._success[name] = 1.0
+            self._log.recovered(f"fail:{name}", "collector %s recovered", name)
+            return
+        self._success[name] = 0.0
+        self._errors[name] += 1
+        if result.error is not None:  # a failure reported as data was logged by the collector
+            self._log.warning(f"fail:{name}", "collector %s failed: %s", name, result.error)
+
+    def close(self) -> None:
+        """Stop the workers (a hung run is not waited for) and close every collector."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        close_collectors(self._collectors)
+
+    def metrics(self) -> tuple[SelfMetric, ...]:
+        """Each collector's last outcome, and the scrape counters of those that keep them."""
+        def per_collector(values: Mapping[str, float]) -> tuple[tuple[dict[str, str], float], ...]:
+            return tuple(({"collector": n}, float(v)) for n, v in sorted(values.items()))
+
+        scrape_errors = tuple(
+            ({"collector": name, "reason": reason}, float(count))
+            for name, c in self._scrape_counters
+            for reason, count in sorted(c.scrape_errors_total.items())
+        )
+        invalid_lines = tuple(({"collector": name}, float(c.parse_errors_total))
+                              for name, c in self._line_counters)
+        return (
+            SelfMetric("collector_success", "gauge",
+                       "1 if the collector's last run succeeded, 0 if it failed or hung",
+                       per_collector(self._success)),
+            SelfMetric("collector_duration_seconds", "gauge",
+                       "Wall time of the collector's last completed run",
+                       per_collector(self._duration)),
+            SelfMetric("collector_errors", "counter", "Failed or overrunning collector runs",
+                       per_collector(self._errors)),
+            SelfMetric("scrape_errors", "counter", "Failed scrapes by reason", scrape_errors),
+            SelfMetric("scrape_invalid_lines", "counter",
+                       "Lines rejected inside payloads that were still used", invalid_lines),
+        )
