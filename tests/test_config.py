@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,15 @@ def test_wrong_types_name_key_path_of_array_item() -> None:
          "no action named 'pager'"),
         ('[[actions]]\nname = "x"\ntype = "exec"\n', "actions[0].command: required for type"),
         ('[[actions]]\nname = "x"\ntype = "webhook"\n', "actions[0].url: required"),
+        ('[[actions]]\nname = "x"\ntype = "slack"\n', "actions[0].url: required for type 'slack'"),
+        ('[[actions]]\nname = "x"\ntype = "pagerduty"\n',
+         "actions[0].routing_key_env: required for type 'pagerduty'"),
+        ('[[actions]]\nname = "x"\ntype = "exec"\ncommand = []\n',
+         "actions[0].command: required for type 'exec' (an argv list)"),
+        ('[[actions]]\nname = "x"\ntype = "sms"\n', "actions[0].type: must be one of webhook, "
+                                                     "alertmanager, pagerduty, slack, exec; got"),
+        ('[[servers]]\nname = "a"\nkind = "ollama"\nmetrics_url = "http://h/metrics"\n',
+         "servers[0].kind: must be one of vllm, sglang, tgi, triton, llamacpp; got 'ollama'"),
         ('interval = "1s"\ninterval = "2s"\n', "not valid TOML"),
     ],
 )
@@ -387,7 +397,8 @@ def test_broken_summary_template_is_a_config_error(rule: str, template: str,
 )
 def test_good_summary_templates_pass_and_render_alike(rule: str, template: str) -> None:
     from gpuwarden.detectors import Finding
-    from gpuwarden.detectors.defaults import alert_label_names, render_summary
+    from gpuwarden.detectors.defaults import render_summary
+    from gpuwarden.detectors.validate import alert_label_names
 
     config = parse_config(f"{rule}summary = '{template}'\n", "cfg.toml")
     parsed = config.rules[0]
@@ -400,6 +411,41 @@ def test_good_summary_templates_pass_and_render_alike(rule: str, template: str) 
 
 
 def test_default_rules_summaries_pass_the_check() -> None:
-    from gpuwarden.detectors.defaults import DEFAULT_RULES, summary_problem
+    from gpuwarden.detectors.defaults import DEFAULT_RULES
+    from gpuwarden.detectors.validate import summary_problem
 
     assert {r.name: summary_problem(r) for r in DEFAULT_RULES if summary_problem(r)} == {}
+
+
+def test_a_detector_name_is_checked_at_its_key() -> None:
+    """Against the detector table, without importing a detector (as a server kind is)."""
+    found = problems_of('[[rules]]\nname = "X"\nsignal = "gpu_up"\nthreshold = 0\n'
+                        'detector = "composite:Nope"\n')
+    assert found == ["cfg.toml:5: rules[0].detector: unknown composite 'Nope' (known: "
+                     "KVCacheBottleneck, PreemptionsRising, PrefixCacheHitFalling, QueueGrowing)"]
+
+
+def test_the_readme_reference_names_every_key_and_the_registries_choices() -> None:
+    """The README's Configuration reference: every key the parser takes, and the GPU
+    sources, server kinds, action types and detectors the registries hold."""
+    from gpuwarden.alerts.receivers.registry import RECEIVERS
+    from gpuwarden.collector.registry import GPU_SOURCES, SERVER_KINDS
+    from gpuwarden.config import ARRAYS, SECTIONS, TOP
+    from gpuwarden.detectors.registry import DETECTORS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    reference = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    keys = set(TOP) | {key for schema in (*SECTIONS.values(), *ARRAYS.values()) for key in schema}
+    assert {key for key in keys if not re.search(rf"`{key}`|^{key} =", reference, re.M)} == set()
+
+    def choices(key: str) -> list[str]:
+        line = re.search(rf"^{key} = .*# (?:required: )?(.*)$", reference, re.M)
+        assert line is not None, key
+        return [word.split()[0] for word in line[1].split(" | ")]
+
+    assert choices("source") == ["auto", *GPU_SOURCES.names(), "off"]
+    assert choices("kind") == list(SERVER_KINDS.names())
+    assert choices("type") == list(RECEIVERS.names())
+    listed = re.findall(r"`([a-z]+)`", reference.split("`detector` (", 1)[1].split(")", 1)[0])
+    assert listed and set(listed) <= set(DETECTORS.names())
+    assert any(name.startswith("composite:") for name in DETECTORS.names())

@@ -1,4 +1,4 @@
-"""Default rules table, effective_rules merging, summaries, validate_rules."""
+"""Default rules table, effective_rules merging, summaries."""
 
 from __future__ import annotations
 
@@ -9,13 +9,9 @@ import pytest
 from gpuwarden.alerts.action import DEFAULT_ACTION_NAMES
 from gpuwarden.config import parse_config
 from gpuwarden.detectors import Finding, build_detector
-from gpuwarden.detectors.defaults import (
-    DEFAULT_RULES,
-    effective_rules,
-    render_summary,
-    validate_rules,
-)
+from gpuwarden.detectors.defaults import DEFAULT_RULES, effective_rules, render_summary
 from gpuwarden.detectors.rule import RuleConfig
+from gpuwarden.detectors.validate import validate_rules
 
 from .helpers import SRV
 
@@ -100,33 +96,3 @@ def test_bad_template_falls_back(template: str) -> None:
     assert render_summary(r, finding(0.0), dict(SRV)) == "R: value 0"
     r2 = dataclasses.replace(r, threshold=1.0, summary="{nope}")
     assert render_summary(r2, finding(0.5), {}) == "R: value 0.5 == 1"
-
-
-def problems(**kw: object) -> list[str]:
-    kw.setdefault("signal", "kv_cache_usage_ratio")
-    kw.setdefault("threshold", 0.9)
-    return validate_rules([RuleConfig(name="X", **kw)])  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(("kw", "expected"), [
-    ({"detector": "magic"}, "unknown detector 'magic'"),
-    ({"detector": "composite:Nope"}, "unknown composite 'Nope'"),
-    ({"detector": "trend", "threshold": None}, "needs `limit`"),
-    ({"signal": "itl_p95_seconds", "aggregation": "max"}, "aggregation does not apply"),
-    ({"signal": "itl_p95_seconds", "detector": "trend", "limit": 1.0}, "quantile signal needs"),
-    ({"signal": "ttft_seconds"}, "is a histogram"),
-    ({"signal": "nope"}, "unknown signal"),
-    ({"threshold": None}, "threshold is required"),
-    ({"clear": 0.95}, "clear 0.95 must not be above threshold 0.9"),
-    ({"op": "<", "clear": 0.8}, "must not be below"),
-    ({"op": "==", "clear": 0.8}, "no meaning"),
-    ({"signal": "prefix_cache_hit_ratio", "aggregation": "mean"}, "already a window figure"),
-])
-def test_validate_rules(kw: dict[str, object], expected: str) -> None:
-    got = problems(**kw)
-    assert any(expected in p for p in got), got
-    assert all(p.startswith("rule 'X': ") for p in got)
-
-
-def test_validate_skips_disabled() -> None:
-    assert validate_rules([RuleConfig(name="X", signal="", enabled=False)]) == []
