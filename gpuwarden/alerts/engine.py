@@ -24,7 +24,6 @@ corpus replay exactly what the live daemon would have done.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
 import time
@@ -33,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from gpuwarden.alerts.alert import Alert, AlertEvent, AlertState, EventKind, fingerprint
-from gpuwarden.detectors import Detector, Finding, Status, Window
+from gpuwarden.detectors import Detector, Finding, Status, Window, build_detector
+from gpuwarden.detectors.defaults import render_summary
 from gpuwarden.errors import DuplicateLabelSetError
 from gpuwarden.model import Labels, SeriesData
 from gpuwarden.ratelog import RateLimitedLog
@@ -82,39 +82,11 @@ class RuleStats:
     events_total: dict[str, int] = field(default_factory=dict)
 
 
-def default_factory(rule: RuleConfig) -> Detector:
-    """``build_detector`` from the detector registry (imported late: it is optional)."""
-    from gpuwarden import detectors
-
-    build = getattr(detectors, "build_detector", None)
-    if build is None:
-        raise LookupError("no detector registry: gpuwarden.detectors.build_detector is missing")
-    detector: Detector = build(rule)
-    return detector
-
-
-def _default_summary() -> SummaryRenderer | None:
-    """The detectors' templating (``detectors/defaults.py``), when it exists."""
-    try:
-        defaults = importlib.import_module("gpuwarden.detectors.defaults")
-    except ImportError:
-        return None
-    render = getattr(defaults, "render_summary", None)
-    return render if callable(render) else None
-
-
 def format_value(value: float) -> str:
     """Compact human value for annotations: 0.931, 2.41, 1.2e+09, NaN."""
     if math.isnan(value):
         return "NaN"
     return f"{value:.4g}"
-
-
-def plain_summary(rule: RuleConfig, finding: Finding, _labels: Mapping[str, str]) -> str:
-    """The fallback summary: ``KVCacheNearFull: value 0.93 > 0.9``."""
-    if rule.threshold is None:
-        return f"{rule.name}: value {format_value(finding.value)}"
-    return f"{rule.name}: value {format_value(finding.value)} {rule.op} {rule.threshold:g}"
 
 
 class RuleEngine:
@@ -137,8 +109,8 @@ class RuleEngine:
         self.node = node
         self.interval = interval
         self.resolved_retention = resolved_retention
-        self._factory = factory or default_factory
-        self._summary = summary or _default_summary() or plain_summary
+        self._factory = factory or build_detector
+        self._summary = summary or render_summary
         self._rules: dict[str, _CompiledRule] = {}
         self._needed: dict[str, float] = {}
         self._last_evaluated: dict[str, float] = {}

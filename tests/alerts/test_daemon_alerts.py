@@ -16,7 +16,7 @@ import gpuwarden.alerts.engine as engine_mod
 from gpuwarden.alerts.alert import AlertEvent
 from gpuwarden.collector import Collector
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import Daemon
+from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.detectors import Detector, Finding, Window
 from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.model import Sample, make_labels
@@ -53,7 +53,7 @@ def factory(rule: RuleConfig) -> Detector:
 
 @pytest.fixture(autouse=True)
 def stub_detectors(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_mod, "default_factory", factory)
+    monkeypatch.setattr(engine_mod, "build_detector", factory)
 
 
 def make_config(tmp_path: Path) -> Any:

@@ -11,7 +11,7 @@ import logging
 import pytest
 
 from gpuwarden.alerts.alert import AlertState, EventKind, fingerprint
-from gpuwarden.alerts.engine import RuleEngine, plain_summary
+from gpuwarden.alerts.engine import RuleEngine
 from gpuwarden.detectors import Finding
 from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.model import make_labels
@@ -291,9 +291,11 @@ def test_counts_and_events_are_deterministic() -> None:
                              ("Hot", "resolved"): 1}
 
 
-def test_plain_summary_without_threshold() -> None:
-    r = rule(threshold=None)
-    assert plain_summary(r, breach(value=0.5), {}) == "Hot: value 0.5"
+def test_default_summary_without_threshold_or_template() -> None:
+    eng, det = engine(rule(threshold=None))
+    det["Hot"].findings = [breach(value=0.5)]
+    (event,) = eng.evaluate(T0, EmptySource())
+    assert event.alert.annotations["summary"] == "Hot: value 0.5"
 
 
 def test_every_evaluates_a_rule_and_reads_its_inputs_at_most_that_often() -> None:
