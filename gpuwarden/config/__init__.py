@@ -8,14 +8,15 @@ are errors: a typo like ``treshold`` must not silently fall back to a default.
 What ``check-config`` accepts, ``run`` and a SIGHUP reload must accept too: every
 number and duration has a range (the schemas below, over the parsers of ``values.py``;
 the README lists them), numbers are finite, and a rule's ``summary`` template is
-rendered once here with sample values, so a value that would only fail deep inside a
-scheduler, an allocation or an alert at 3 a.m. is a one-line config error instead.
+rendered once at check time with sample values, so a value that would only fail deep
+inside a scheduler, an allocation or an alert at 3 a.m. is a one-line config error
+instead.
 
 The config builds the specs the parts below it define (``RuleConfig``,
 ``ActionConfig``) and checks names against their registries (GPU sources, server kinds,
-detectors, action types) without importing the implementations; whether a rule can run
-is the detectors' to say (``detectors/validate.py``), which keys an action type needs is
-its receiver's (``Receiver.required``).
+detectors, action types) without importing the implementations. Whether a rule can run
+is the detectors' to say (``detectors/validate.py``); which keys an action type needs is
+its receiver class's (``Receiver.required``, loaded only for the types a config uses).
 """
 
 from __future__ import annotations
@@ -398,6 +399,9 @@ def _check_actions(actions: list[dict[str, Any]], problems: _Problems) -> None:
 
 
 def _check_rules(rules: list[dict[str, Any]], actions: set[Any], problems: _Problems) -> None:
+    """The keys a rule's table must hold and the names it refers to, each reported at
+    its key (with its line); the rest of what makes a rule runnable needs the rule built
+    (``_check_rule_semantics``)."""
     for i, rule in enumerate(rules):
         if rule.get("enabled", True) is False and set(rule) <= {"name", "enabled"}:
             continue  # `enabled = false` alone switches a default rule off
