@@ -89,6 +89,14 @@ class AlertEvent:
     at: float
 
 
+#: What delivery did with an alert, as one audit row's ``result`` says it (the audit
+#: trail, ``alerts/audit.py``, writes only these). Kept here, with the other light
+#: alert types, for ``gpuwarden audit --result``: the command line's parser must not
+#: load SQLAlchemy.
+AUDIT_RESULTS = ("sent", "failed", "suppressed", "dry_run", "disabled", "dead_letter",
+                 "escalated", "replayed", "no_action", "superseded")
+
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"

@@ -1,4 +1,4 @@
-"""The audit trail of alert actions, the dead-letter table, and ``gpuwarden audit``.
+"""The audit trail of alert actions and the dead-letter table.
 
 Why a table and not a log file: "what did gpuwarden do to vllm-0 last night, and why
 did it not page me?" must be answerable after a restart and from another machine when
@@ -24,15 +24,14 @@ retries it with backoff (0.5 s doubling to 30 s), so rows reach the table in the
 they were made once the database answers; a permanent one (a constraint, a bad
 statement) drops the rows it concerns. Rows that do not fit in a full queue are
 dropped: counted (``dropped_total``, ``errors_total``) and logged at most once a
-minute. The CLI's log writes synchronously (retried once, then logged and counted).
+minute. The command line's log (``gpuwarden audit``, ``actions replay``) writes
+synchronously (retried once, then logged and counted).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -49,13 +48,11 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from gpuwarden.cli.alerts import AUDIT_RESULTS
 from gpuwarden.storage import schema
-from gpuwarden.storage.store import write_transaction as write_tx
+from gpuwarden.storage.engine import write_transaction as write_tx
 
 log = logging.getLogger(__name__)
 
-RESULTS = AUDIT_RESULTS
 # Errors that say "not now" (connection lost or refused, statement timeout, locked
 # SQLite, pool exhausted): the rows are kept and retried. Anything else is about the
 # rows themselves and retrying cannot help.
@@ -382,81 +379,3 @@ class AuditLog:
             n = conn.scalar(select(func.count()).select_from(dl)
                             .where(dl.c.replayed_at.is_(None)))
         return int(n or 0)
-
-
-# --- CLI --------------------------------------------------------------------------------
-
-
-def open_engine(url: str) -> Engine:
-    """An engine for the configured store, set up like the daemon's, tables ensured.
-
-    The CLI does not open a full :class:`Store` (that replays the head log); it only
-    needs the audit tables, and SQLite's WAL lets it read while the daemon writes.
-    """
-    from sqlalchemy.engine import make_url
-
-    from gpuwarden.errors import StoreError
-    from gpuwarden.storage.engine import postgres_engine, sqlite_engine
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = sqlite_engine(url, parsed.database, 2000)
-    elif parsed.get_backend_name() == "postgresql":
-        if parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = postgres_engine(parsed, 2000)
-    else:
-        raise StoreError(f"unsupported storage URL scheme {parsed.drivername!r}")
-    try:
-        with write_tx(engine) as conn:
-            schema.audit.create(conn, checkfirst=True)
-            schema.dead_letters.create(conn, checkfirst=True)
-    except SQLAlchemyError as exc:
-        engine.dispose()
-        raise StoreError(f"cannot open store {parsed.render_as_string(hide_password=True)}: "
-                         f"{type(exc).__name__}") from exc
-    return engine
-
-
-def _fmt_ts(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from gpuwarden.config import load_config
-    from gpuwarden.durations import parse_duration
-    from gpuwarden.errors import ConfigError, StoreError
-
-    try:
-        config = load_config(args.config)
-        since = time.time() - parse_duration(args.since)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"--since: {exc}", file=sys.stderr)
-        return 2
-    try:
-        engine = open_engine(config.storage.url)
-    except StoreError as exc:
-        print(f"storage: {exc}", file=sys.stderr)
-        return 2
-    try:
-        rows = AuditLog(engine).query(since=since, action=args.action, result=args.result,
-                                      limit=args.limit)
-    finally:
-        engine.dispose()
-    if args.json:
-        print(json.dumps([r.to_json() for r in rows], indent=2))
-        return 0
-    if not rows:
-        print(f"no audit rows since {_fmt_ts(since)}")
-        return 0
-    for r in rows:
-        status = f" http={r.http_status}" if r.http_status is not None else ""
-        attempt = f" attempt={r.attempt}" if r.attempt is not None else ""
-        reason = f"  ({r.reason})" if r.reason else ""
-        print(f"{_fmt_ts(r.ts)}  {r.result:<11} {r.action:<20} {r.target or '-'}"
-              f"{status}{attempt}{reason}")
-    return 0

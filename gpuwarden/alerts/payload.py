@@ -1,4 +1,5 @@
-"""Wire formats shared by the receivers: the Alertmanager webhook body and its signature.
+"""Wire formats shared by the receivers: the Alertmanager webhook body, its signature and
+the daemon's external URL the bodies link back to.
 
 Why the Alertmanager webhook JSON (version "4") and not a format of our own: every
 receiver already written for Alertmanager (chat bridges, ticketing glue, remediation
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gpuwarden.address import split_host_port
 from gpuwarden.alerts.alert import Alert, rfc3339
 from gpuwarden.errors import SecretError
 
@@ -214,3 +216,16 @@ def origin(url: str | None) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{parts.scheme}://{host}{port}"
+
+
+def external_url(listen: str, node: str) -> str:
+    """This daemon's base URL as receivers should see it (the node name for 0.0.0.0)."""
+    try:
+        host, port = split_host_port(listen)
+    except ValueError:
+        return f"http://{node}"
+    if host in ("0.0.0.0", "::", ""):
+        host = node
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

@@ -1,4 +1,4 @@
-"""``gpuwarden actions replay`` and ``gpuwarden actions dead-letters``.
+"""Replaying dead letters (``gpuwarden actions replay``): only what is still current.
 
 A delivery that ran out of its retry window (or met a 4xx, or a 410) is kept in
 ``dead_letters`` with the alert data, the action's name and the last error. Once the
@@ -20,17 +20,14 @@ replayed: the receiver either got the resolved notice already (it was sent after
 dead letter, even to a receiver that never saw the firing) or gets it from its own
 dead letter, replayed after the firing's in id order.
 
-A letter of an endpoint that answered 410 Gone (the daemon disabled the action until
-restart) is skipped by ``--all``, and so are the other letters of that action, unless
-``--include-disabled`` is given (after fixing the endpoint); ``--id N`` names a letter
-and is always tried.
+Which letters a command replays (all pending ones, one by id, or also those of an
+endpoint that answered 410 Gone, see :func:`gone`) is the command's choice
+(``cli/actions.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 
 from sqlalchemy import Engine, select
@@ -38,13 +35,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gpuwarden.alerts.action import ActionConfig
 from gpuwarden.alerts.alert import rfc3339
-from gpuwarden.alerts.audit import AuditLog, AuditRow, DeadLetter, open_engine
+from gpuwarden.alerts.audit import AuditLog, AuditRow, DeadLetter
 from gpuwarden.alerts.receivers.base import Delivery, Outcome, ReceiverContext, RetryPolicy
 from gpuwarden.alerts.receivers.registry import build_receiver
 from gpuwarden.alerts.receivers.worker import without
 from gpuwarden.storage import schema
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 REPLAY_WINDOW = 60.0  # an operator is waiting: retries within a minute at most
 
 
@@ -164,101 +160,8 @@ def replay_letter(letter: DeadLetter, action: ActionConfig, ctx: ReceiverContext
     return out, sorted(set(reasons.values()))
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    import requests
-
-    from gpuwarden import __version__
-    from gpuwarden.alerts.dispatch import external_url
-    from gpuwarden.config import load_config
-    from gpuwarden.errors import ConfigError, StoreError
-
-    if args.id is None and not args.all:
-        print("give --id N or --all", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        engine = open_engine(config.storage.url)
-    except StoreError as exc:
-        print(f"storage: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    audit = AuditLog(engine)
-    session = requests.Session()
-    session.headers["User-Agent"] = f"gpuwarden/{__version__}"
-    ctx = ReceiverContext(session=session, node=config.node,
-                          external_url=external_url(config.listen, config.node),
-                          interval=config.interval)
-    actions = {a.name: a for a in config.actions}
-    failed = 0
-    try:
-        letters = audit.dead_letters([args.id] if args.id is not None else None)
-        if args.id is not None and not letters:
-            print(f"no dead letter with id {args.id}", file=sys.stderr)
-            return EXIT_FAILED
-        disabled = set() if args.include_disabled or args.id is not None else {
-            dl.action for dl in audit.dead_letters() if gone(dl)}
-        for letter in letters:
-            if letter.replayed_at is not None and not args.force:
-                print(f"#{letter.id}: already replayed (use --force to send it again)")
-                continue
-            action = actions.get(letter.action)
-            if action is None:
-                print(f"#{letter.id}: no action named {letter.action!r} in the config; skipped")
-                failed += 1
-                continue
-            if letter.action in disabled:
-                print(f"#{letter.id}: skipped: {letter.action}'s endpoint answered 410 Gone "
-                      "and was disabled; fix it, then use --include-disabled")
-                continue
-            out, why = replay_letter(letter, action, ctx, audit,
-                                     RetryPolicy(attempts=args.attempts), engine=engine)
-            note = f" ({'; '.join(why)}: left out)" if why and out is not None else ""
-            if out is None:
-                print(f"#{letter.id}: not sent, no longer current ({'; '.join(why)})")
-            elif out.ok:
-                print(f"#{letter.id}: replayed to {letter.action}{note}")
-            else:
-                failed += 1
-                print(f"#{letter.id}: replay to {letter.action} failed: {out.error}{note}")
-    finally:
-        session.close()
-        engine.dispose()
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _letter_state(dl: DeadLetter) -> str:
+def letter_state(dl: DeadLetter) -> str:
+    """pending, gone (its endpoint answered 410), superseded or replayed."""
     if dl.replayed_at is None:
         return "gone" if gone(dl) else "pending"
     return "superseded" if (dl.last_error or "").startswith("superseded") else "replayed"
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from gpuwarden.config import load_config
-    from gpuwarden.errors import ConfigError, StoreError
-
-    try:
-        config = load_config(args.config)
-        engine = open_engine(config.storage.url)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_USAGE
-    except StoreError as exc:
-        print(f"storage: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        letters = AuditLog(engine).dead_letters(pending_only=not args.all)
-    finally:
-        engine.dispose()
-    if not letters:
-        print("no dead letters")
-    for dl in letters:
-        d = Delivery.from_json(dl.payload)
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dl.ts))
-        print(f"#{dl.id}  {when}  {_letter_state(dl):<10} {dl.action:<20} {d.rule or '-'} "
-              f"{d.status} x{len(d.alerts)} attempts={dl.attempts} last_error={dl.last_error}")
-    return EXIT_OK

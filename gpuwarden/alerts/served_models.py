@@ -3,7 +3,7 @@
 Why: a checkpoint-rollback hook needs to know what to roll back *to*. An alert such as
 QualityDrift fires minutes after a deploy; by then the only trace of the previous
 checkpoint is what the server reported before. So every cycle the daemon hands its
-samples to :meth:`ModelHistory.observe`, which reads the ``model`` label of the
+samples to :meth:`ServedModels.observe`, which reads the ``model`` label of the
 per-server gauges (KV cache, running/waiting requests), and the dispatcher adds
 ``current_model`` / ``previous_model`` annotations to alerts carrying a ``server``
 label (and exec hooks get them as ``GPUWARDEN_ALERT_CURRENT_MODEL`` / ``_PREVIOUS_MODEL``).
@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gpuwarden.model import Sample
 from gpuwarden.storage import schema
-from gpuwarden.storage.store import write_transaction as write_tx
+from gpuwarden.storage.engine import write_transaction as write_tx
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ class _Current:
     previous: str | None
 
 
-class ModelHistory:
-    """The served model per server of one node, with the one before it."""
+class ServedModels:
+    """Which model each server of one node serves, and the one it served before."""
 
     def __init__(self, engine: Engine | None, *, node: str, touch_every: float = 60.0) -> None:
         self.engine = engine
@@ -177,4 +177,4 @@ class ModelHistory:
         now = time.monotonic()
         if now - self._last_error_log >= 60:
             self._last_error_log = now
-            log.warning("model history %s failed: %s", what, type(exc).__name__)
+            log.warning("served models: %s failed: %s", what, type(exc).__name__)

@@ -200,7 +200,8 @@ class Harness:
     def __call__(self, *actions: ActionConfig, **kw: Any) -> Dispatcher:
         kw.setdefault("retry", FAST)
         kw.setdefault("poll", 0.02)
-        d = Dispatcher(list(actions), store=self.store, session=self.session, node="n1",
+        d = Dispatcher(list(actions), engine=self.store.engine, session=self.session,
+                       node="n1",
                        listen="127.0.0.1:9842", **kw)
         d.start()
         self.dispatchers.append(d)

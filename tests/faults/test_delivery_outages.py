@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import requests
@@ -28,7 +27,7 @@ from gpuwarden.alerts.dispatch import Dispatcher
 from gpuwarden.alerts.receivers.base import RetryPolicy
 from gpuwarden.alerts.receivers.worker import NEVER_SEEN, RESOLVED_FIRST
 from gpuwarden.alerts.state import AlertStateStore
-from gpuwarden.cli.alerts import add_actions_command
+from gpuwarden.cli.actions import add_commands as add_actions_commands
 from gpuwarden.storage import Store, open_store, schema
 from tests.alerts.conftest import (
     FakeTime,
@@ -81,7 +80,7 @@ def failures(d: Dispatcher) -> float:
 
 def replay(config: Path, *extra: str) -> int:
     parser = argparse.ArgumentParser()
-    add_actions_command(parser.add_subparsers())
+    add_actions_commands(parser.add_subparsers())
     args = parser.parse_args(["actions", "replay", "--config", str(config), *extra])
     return int(args.func(args))
 
@@ -351,7 +350,7 @@ def test_delivery_goes_on_while_the_database_hangs(recorder: Recorder,
     routing and sending go on; the audit rows wait in their bounded queue."""
     engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{blackhole}/test")
     session = requests.Session()
-    d = Dispatcher([action(url=recorder.url)], store=SimpleNamespace(engine=engine),
+    d = Dispatcher([action(url=recorder.url)], engine=engine,
                    session=session, node="n1", retry=RetryPolicy(), poll=0.02,
                    restore_timeout=0.5)
     started = time.monotonic()

@@ -5,7 +5,7 @@ canaries well under ``good-ckpt``; then it switches to ``bad-ckpt`` and answers 
 loop. The real daemon (scrape + canary collectors, SQLite store, rule engine with the
 default rules) computes ``quality_similarity``; the default ``QualityDrift`` rule fires
 and its ``checkpoint-rollback`` action -- a webhook to a loopback recorder -- receives
-``previous_model = good-ckpt``. Delivery's ModelHistory is fed the cycle's samples by
+``previous_model = good-ckpt``. Delivery's ServedModels is fed the cycle's samples by
 wrapping the scrape collector, which is what the daemon's own wiring does each cycle.
 """
 
@@ -22,11 +22,12 @@ from typing import Any
 import requests
 
 from gpuwarden.alerts.dispatch import Dispatcher
-from gpuwarden.alerts.served_models import ModelHistory
+from gpuwarden.alerts.served_models import ServedModels
 from gpuwarden.collector import Collector
 from gpuwarden.collector.quality.canary import quality_collector
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import Daemon, build_collectors
+from gpuwarden.daemon.lifecycle import Daemon
+from gpuwarden.daemon.wiring import build_collectors
 from gpuwarden.model import Sample
 from tests.daemon.test_daemon import free_port
 from tests.quality.fake_openai import FakeOpenAI
@@ -65,9 +66,9 @@ class Recorder:
 
 
 class Observed(Collector):
-    """Passes a collector's samples to the model history, as the daemon's wiring does."""
+    """Passes a collector's samples to the served models, as the daemon's wiring does."""
 
-    def __init__(self, inner: Collector, models: ModelHistory) -> None:
+    def __init__(self, inner: Collector, models: ServedModels) -> None:
         self.inner, self.models, self.name = inner, models, inner.name
 
     def collect(self) -> Iterable[Sample]:
@@ -106,14 +107,16 @@ def test_bad_checkpoint_fires_quality_drift_and_rollback_gets_previous_model(
             f'[[actions]]\nname = "checkpoint-rollback"\ntype = "webhook"\n'
             f'url = "{recorder.url}"\n', "<e2e>")
         session = requests.Session()
-        models = ModelHistory(None, node="n1")
+        models = ServedModels(None, node="n1")
         collectors: list[Collector] = [Observed(c, models)
                                        for c in build_collectors(config, lambda: session)]
         quality = quality_collector(config, session=requests.Session())
         assert quality is not None
         collectors.append(quality)
         daemon = Daemon(config, collectors=collectors)
-        dispatcher = Dispatcher.from_config(config, store=None, session=session, models=models)
+        dispatcher = Dispatcher(config.actions, engine=None, session=session, node=config.node,
+                                listen=config.listen, interval=config.interval,
+                                served_models=models)
         dispatcher.start()
         daemon.on_alert_events.append(dispatcher.submit)
         daemon.start()

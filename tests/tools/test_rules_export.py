@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from gpuwarden.cli.dashboards import add_subcommands
 from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.tools.rules_export import load_rules, render, translate
 
@@ -104,27 +103,6 @@ def test_render_comments_omitted_rules_and_quotes_templates() -> None:
     assert "{{ $value | humanize }}" in text and "for: 2m" in text
     assert "gpuwarden actions: warm-restart" in text
     assert render([]).rstrip().endswith("rules: []")
-
-
-def test_cli_rules_export_with_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-
-    config = tmp_path / "gw.toml"
-    config.write_text(f'node = "n1"\n[storage]\nurl = "sqlite:///{tmp_path}/gw.db"\n'
-                      '[[rules]]\nname = "HotGPU"\nsignal = "gpu_temperature_celsius"\n'
-                      'threshold = 87\nfor = "1m"\nseverity = "critical"\n')
-    parser = argparse.ArgumentParser()
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["rules", "export", "--config", str(config)])
-    assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert "- alert: HotGPU" in out and "expr: 'gpuwarden_gpu_temperature_celsius > 87'" in out
-    assert "severity: 'critical'" in out
-
-    config.write_text('node = "n1"\n[[rules]]\nname = "X"\nsignal = "nope"\nthreshold = 1\n')
-    args = parser.parse_args(["rules", "export", "--config", str(config)])
-    assert args.func(args) == 2
-    assert "rules[0].signal" in capsys.readouterr().err
 
 
 # --- promtool -----------------------------------------------------------------------------

@@ -1,17 +1,15 @@
 """Dispatcher delivery against real loopback receivers: retries, 429, 410, dead letters,
-replay, dry-run, non-blocking submit, Alertmanager resends, metrics."""
+dry-run, non-blocking submit, Alertmanager resends, metrics."""
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import pytest
 
 from gpuwarden.alerts.dispatch import Dispatcher
 from gpuwarden.alerts.receivers.base import RetryPolicy
-from gpuwarden.cli.alerts import add_actions_command
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.storage import Store
 
@@ -92,41 +90,6 @@ def test_other_4xx_fails_at_once_into_dead_letters(harness: Harness,
     assert d.audit is not None and len(d.audit.dead_letters()) == 1
 
 
-def test_dead_letter_then_replay(harness: Harness, recorder: Recorder, dstore: Store,
-                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-
-
-    recorder.default = Reply(500)
-    d = harness(action(url=recorder.url + "/hook"))
-    d.submit([firing(make_alert())])
-    assert d.wait_idle()
-    assert len(recorder.requests) == 3  # FAST policy: 3 attempts
-    assert d.audit is not None
-    (letter,) = d.audit.dead_letters()
-    assert letter.attempts == 3 and letter.last_error == "HTTP 500"
-    assert d.metrics()[2].samples[0][1] == 1.0  # gpuwarden_dead_letters
-
-    recorder.default = Reply(200)
-    config = tmp_path / "gw.toml"
-    config.write_text(f'node = "n1"\n[storage]\nurl = "{dstore.engine.url}"\n'
-                      f'[[actions]]\nname = "hook"\ntype = "webhook"\n'
-                      f'url = "{recorder.url}/hook"\n')
-    parser = argparse.ArgumentParser()
-    add_actions_command(parser.add_subparsers())
-    args = parser.parse_args(["actions", "replay", "--config", str(config), "--all"])
-    assert args.func(args) == 0
-    assert "#1: replayed to hook" in capsys.readouterr().out
-    reqs = recorder.wait(4)
-    assert reqs[3].json() == reqs[0].json()  # the same delivery, byte for byte
-    (after,) = d.audit.dead_letters(pending_only=False)
-    assert after.replayed_at is not None and after.attempts == 4
-    assert d.audit.dead_letters() == []
-    assert harness.audit(result="replayed")[0].detail["dead_letter"] == 1
-    # Already replayed: a second --all sends nothing.
-    assert args.func(args) == 0 and len(recorder.requests) == 4
-
-
 def test_dry_run_sends_nothing(harness: Harness, recorder: Recorder) -> None:
     d = harness(action(url=recorder.url + "/secret/path", dry_run=True))
     a = make_alert()
@@ -174,7 +137,7 @@ def test_submit_never_blocks_the_cycle(harness: Harness, recorder: Recorder,
 def test_full_queue_drops_oldest(dstore: Store, caplog: pytest.LogCaptureFixture) -> None:
     import requests
 
-    d = Dispatcher([action(url="http://127.0.0.1:9")], store=dstore,
+    d = Dispatcher([action(url="http://127.0.0.1:9")], engine=dstore.engine,
                    session=requests.Session(), node="n1", queue_size=3)  # not started
     with caplog.at_level(logging.ERROR, logger="gpuwarden"):
         d.submit([firing(make_alert(server=f"s{i}")) for i in range(5)])

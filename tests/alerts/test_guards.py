@@ -1,5 +1,5 @@
 """Guard rails of the dispatcher: cooldown, hourly budget, resolved notices, inhibition,
-grouping, escalation, restart memory, default action names, model annotations, and
+grouping, escalation, restart memory, default action names, and
 secrets kept out of logs, the audit trail and dead letters."""
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import time
 import pytest
 from sqlalchemy import select
 
-from gpuwarden.alerts.served_models import ModelHistory
-from gpuwarden.model import Sample, make_labels
 from gpuwarden.storage import Store, schema
 
 from .conftest import Harness, Recorder, Reply, action, firing, make_alert, resolved
@@ -181,26 +179,6 @@ def test_restart_keeps_cooldown_and_sends_resolve(dstore: Store, recorder: Recor
         assert (second.audit(result="suppressed")[0].reason or "").startswith("cooldown")
     finally:
         second.close()
-
-
-def test_model_annotations(harness: Harness, recorder: Recorder, dstore: Store) -> None:
-    models = ModelHistory(dstore.engine, node="n1")
-
-    def cycle(model: str, t: float) -> None:
-        models.observe([Sample("kv_cache_usage_ratio",
-                               make_labels(node="n1", server="vllm-0", model=model), 0.5, t),
-                        Sample("gpu_up", make_labels(node="n1", gpu="0", model="H100"), 1, t)],
-                       t)
-
-    cycle("llama-v1", T0)
-    cycle("llama-v2", T0 + 60)
-    d = harness(action(url=recorder.url), models=models)
-    d.submit([firing(make_alert("QualityDrift")), firing(make_alert("GPULost", server=""))])
-    reqs = recorder.wait(2)
-    by_name = {r.json()["alerts"][0]["labels"]["alertname"]: r.json() for r in reqs}
-    ann = by_name["QualityDrift"]["alerts"][0]["annotations"]
-    assert ann["current_model"] == "llama-v2" and ann["previous_model"] == "llama-v1"
-    assert "current_model" not in by_name["GPULost"]["alerts"][0]["annotations"]
 
 
 SECRETS = {

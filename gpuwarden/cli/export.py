@@ -3,8 +3,8 @@
 Why these live in the CLI and not only in the repository: an SRE installing gpuwarden
 from a wheel has no checkout, yet needs the dashboards that match *the installed
 version's* metric names, and the Prometheus rules that match *their* config (defaults
-plus overrides). Both are generated from code, so the installed package can always
-write them. ``cli.py`` wires them in with :func:`add_subcommands`.
+plus overrides). Both are generated from code (``tools/dashboards.py``,
+``tools/rules_export.py``), so the installed package can always write them.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_RUNTIME = 1
+from gpuwarden.cli.common import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, Subcommands
 
 
 def cmd_dashboards_export(args: argparse.Namespace) -> int:
@@ -59,7 +57,7 @@ def cmd_rules_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: Subcommands) -> None:
     """Add ``dashboards export`` and ``rules export`` to gpuwarden's parser."""
     dash = subparsers.add_parser("dashboards", help="Grafana dashboards for gpuwarden")
     dash_sub = dash.add_subparsers(dest="dashboards_command", required=True, metavar="COMMAND")

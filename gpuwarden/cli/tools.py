@@ -1,0 +1,82 @@
+"""``gpuwarden demo`` and ``gpuwarden backtest``: the rule loop away from production.
+
+``demo`` runs the whole daemon on a simulated node (``tools/demo.py``); ``backtest``
+replays a store's samples through the configured rules (``tools/backtest.py``) to tune a
+threshold before shipping it. The tools are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from gpuwarden.address import DEFAULT_LISTEN
+from gpuwarden.cli.common import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    Subcommands,
+    config_problems,
+    setup_logging,
+)
+from gpuwarden.errors import ConfigError, StoreError
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from gpuwarden.config import load_config
+    from gpuwarden.durations import parse_duration
+    from gpuwarden.tools.backtest import dumps, format_table, run_backtest
+
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        print(f"--since: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return config_problems(exc)
+    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or "warning")
+    try:
+        result = run_backtest(config, since, now=time.time(), rule=args.rule)
+    except StoreError as exc:
+        print(f"storage: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LookupError as exc:
+        print(f"--rule: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(dumps(result) if args.json else format_table(result))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gpuwarden.tools.demo import run_demo
+
+    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or "info")
+    try:
+        return run_demo(args.duration, args.listen, args.dir)
+    except OSError as exc:
+        print(f"demo: cannot start: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def add_commands(subparsers: Subcommands) -> None:
+    """``gpuwarden demo`` and ``gpuwarden backtest``."""
+    demo = subparsers.add_parser("demo", help="the whole loop on a simulated node (no GPU "
+                                 "needed)")
+    demo.add_argument("--duration", type=float, default=0.0,
+                      help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--listen", default=DEFAULT_LISTEN, help="HTTP address")
+    demo.add_argument("--dir", help="where the demo's SQLite store goes (default: a temp dir)")
+    demo.set_defaults(func=cmd_demo)
+
+    backtest = subparsers.add_parser("backtest", help="replay stored samples through the "
+                                     "rules: what would have fired, when, for how long")
+    backtest.add_argument("--config", metavar="FILE", help="TOML config (its store, node, "
+                          "interval and rules; default rules included)")
+    backtest.add_argument("--since", default="24h", help="how far back (default 24h)")
+    backtest.add_argument("--rule", metavar="NAME", help="only this rule")
+    backtest.add_argument("--json", action="store_true", help="machine-readable output")
+    backtest.set_defaults(func=cmd_backtest)
