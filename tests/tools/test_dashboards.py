@@ -7,7 +7,6 @@ signal without regenerating, this is the test that says so (regenerate with
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from gpuwarden.cli.dashboards import add_subcommands
 from gpuwarden.signals import SIGNALS
 from gpuwarden.tools import dashboards as d
+from gpuwarden.tools import grafana
 
 REPO = Path(__file__).resolve().parent.parent.parent
 COMMITTED = REPO / "dashboards"
@@ -28,7 +27,7 @@ def panels(model: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_committed_files_are_the_generated_ones() -> None:
-    generated = {name: d.to_json(dash) for name, dash in d.all_dashboards().items()}
+    generated = {name: grafana.to_json(dash) for name, dash in d.all_dashboards().items()}
     committed = {p.name: p.read_text(encoding="utf-8") for p in COMMITTED.glob("*.json")}
     assert set(committed) == set(generated), "regenerate: gpuwarden dashboards export"
     for name, text in generated.items():
@@ -36,36 +35,26 @@ def test_committed_files_are_the_generated_ones() -> None:
 
 
 def test_generation_is_deterministic() -> None:
-    assert [d.to_json(x) for x in d.all_dashboards().values()] == \
-           [d.to_json(x) for x in d.all_dashboards().values()]
-
-
-def test_cli_export_writes_every_dashboard(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser()
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["dashboards", "export", "--out", str(tmp_path / "out")])
-    assert args.func(args) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(d.DASHBOARDS)
-    assert capsys.readouterr().out.count(".json") == len(d.DASHBOARDS)
+    assert [grafana.to_json(x) for x in d.all_dashboards().values()] == \
+           [grafana.to_json(x) for x in d.all_dashboards().values()]
 
 
 @pytest.mark.parametrize("name", sorted(d.DASHBOARDS))
 def test_dashboard_model(name: str) -> None:
     model = json.loads((COMMITTED / name).read_text())
     assert model["uid"] == name.removesuffix(".json") and len(model["uid"]) <= 40
-    assert model["schemaVersion"] == d.SCHEMA_VERSION and model["id"] is None
+    assert model["schemaVersion"] == grafana.SCHEMA_VERSION and model["id"] is None
     variables = {v["name"]: v for v in model["templating"]["list"]}
     assert variables["DS_PROMETHEUS"]["type"] == "datasource"
     assert variables["node"]["query"]["query"].startswith("label_values(")
     ids = [p["id"] for p in model["panels"]]
     assert len(ids) == len(set(ids))
     for panel in panels(model):
-        assert panel["datasource"] == d.DS and panel["targets"], panel["title"]
+        assert panel["datasource"] == grafana.DS and panel["targets"], panel["title"]
         pos = panel["gridPos"]
         assert pos["x"] + pos["w"] <= 24
         for target in panel["targets"]:
-            assert target["datasource"] == d.DS
+            assert target["datasource"] == grafana.DS
             used = set(re.findall(r"\$(\w+)", target["expr"])) - {"__rate_interval"}
             assert used <= set(variables), (panel["title"], used)
 

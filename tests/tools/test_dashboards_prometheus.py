@@ -24,8 +24,9 @@ import pytest
 import requests
 
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import Daemon
+from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.tools import dashboards as d
+from gpuwarden.tools import grafana
 from gpuwarden.tools.demo import SimulatedVllmServer, SimulatedVllmState
 from gpuwarden.tools.rules_export import render
 from tests.daemon.test_daemon import free_port
@@ -163,7 +164,7 @@ def label_values(prom: PromServer, query: str, values: dict[str, str]) -> list[s
     return sorted(r["metric"][m["label"]] for r in result if m["label"] in r["metric"])
 
 
-def resolve(prom: PromServer, variables: tuple[d.Variable, ...],
+def resolve(prom: PromServer, variables: tuple[grafana.Variable, ...],
             values: dict[str, str]) -> dict[str, str]:
     """Pick, in order, the first value of each variable under which the later ones have
     values too (as a user would: the dead server has no model to choose)."""
