@@ -25,7 +25,7 @@ import sys
 from gpuwarden.cli.main import build_parser
 args = build_parser().parse_args(["run", "--config", {str(config)!r}])
 from gpuwarden.config import load_config
-from gpuwarden.daemon.core import build_collectors
+from gpuwarden.daemon.wiring import build_collectors
 import gpuwarden.storage.early, requests
 config = load_config(args.config)
 session = requests.Session()

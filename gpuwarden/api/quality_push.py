@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 from gpuwarden.errors import BadRequest
 from gpuwarden.model import Sample, make_labels
@@ -38,15 +38,20 @@ MAX_NAME = 200
 EXTERNAL_CANARY = "external"
 _KEYS = frozenset({"server", "model", "score"})
 
-Headers = Mapping[str, str] | Any  # a dict, or http.client.HTTPMessage (case-insensitive)
+if TYPE_CHECKING:
+    from email.message import Message
+
+#: A request's headers: a dict (tests), or the HTTP server's ``http.client.HTTPMessage``
+#: (case-insensitive).
+Headers: TypeAlias = "Mapping[str, str] | Message[str, str]"
 
 
-def api_token(config: Any) -> str | None:
-    """The token for ``config.api_token_env``: None when unset, "" when set but empty."""
-    name = getattr(config, "api_token_env", None)
-    if not name:
+def api_token(env_name: str | None) -> str | None:
+    """The token in the variable ``env_name`` (the config's ``api_token_env``): None
+    when no variable is configured, "" when it is set but empty."""
+    if not env_name:
         return None
-    return os.environ.get(name, "").strip()
+    return os.environ.get(env_name, "").strip()
 
 
 def _header(headers: Headers, name: str) -> str | None:
@@ -65,7 +70,7 @@ def authorized(headers: Headers, token: str) -> bool:
     return hmac.compare_digest(credential.strip().encode(), token.encode())
 
 
-def _name(item: Mapping[str, Any], key: str, where: str) -> str:
+def _name(item: Mapping[str, object], key: str, where: str) -> str:
     value = item.get(key)
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{where}.{key}: must be a non-empty string")
@@ -112,7 +117,7 @@ def handle_quality_post(
     sink: Callable[[list[Sample]], None],
     node: str,
     now: float | None = None,
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, dict[str, object]]:
     """Validate, authorise and hand the scores to ``sink``; returns (HTTP status, JSON).
 
     202 accepted, 400 bad input, 401 missing or wrong token, 413 body over 64 KiB,

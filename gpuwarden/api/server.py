@@ -13,23 +13,27 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gpuwarden.api.exposition import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from gpuwarden.api.quality_push import Headers
 
 log = logging.getLogger(__name__)
 
 
 class DaemonView(Protocol):
-    """What the HTTP layer needs from the daemon (kept narrow for tests)."""
+    """What the HTTP layer needs from the daemon (kept narrow for tests); this package
+    sits below the daemon and never imports it."""
 
     def metrics_body(self) -> bytes: ...
 
-    def health(self) -> tuple[bool, dict[str, Any]]: ...
+    def health(self) -> tuple[bool, dict[str, object]]: ...
 
-    def alerts_json(self) -> list[dict[str, Any]]: ...
+    def alerts_json(self) -> list[dict[str, object]]: ...
 
-    def push_quality(self, body: bytes, headers: Any) -> tuple[int, dict[str, Any]]: ...
+    def push_quality(self, body: bytes, headers: Headers) -> tuple[int, dict[str, object]]: ...
 
 
 Route = Callable[["_Handler"], None]
@@ -82,10 +86,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def send_json(self, status: int, payload: Any) -> None:
+    def send_json(self, status: int, payload: object) -> None:
         self.send_body(status, json.dumps(payload).encode(), "application/json")
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("http %s " + format, self.client_address[0], *args)
 
 

@@ -221,7 +221,7 @@ def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int =
     """Run the simulated node and the daemon for ``duration`` seconds (0: until Ctrl-C)."""
     from gpuwarden.collector.sim import SimulatedGpuCollector
     from gpuwarden.config import parse_config
-    from gpuwarden.daemon.core import Daemon
+    from gpuwarden.daemon.lifecycle import Daemon
 
     directory = Path(workdir or tempfile.mkdtemp(prefix="gpuwarden-demo-"))
     directory.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from gpuwarden.collector.sim import SimulatedGpuCollector
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import Daemon
+from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.storage import schema
 from tests.alerts.conftest import Recorder
 from tests.daemon.test_daemon import free_port

@@ -105,13 +105,8 @@ def test_sink_failure_is_503() -> None:
 
 
 def test_api_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Cfg:
-        api_token_env: str | None = None
-
-    cfg = Cfg()
-    assert api_token(cfg) is None
-    cfg.api_token_env = "GW_TEST_TOKEN"
+    assert api_token(None) is None
     monkeypatch.delenv("GW_TEST_TOKEN", raising=False)
-    assert api_token(cfg) == ""
+    assert api_token("GW_TEST_TOKEN") == ""
     monkeypatch.setenv("GW_TEST_TOKEN", "abc\n")
-    assert api_token(cfg) == "abc"
+    assert api_token("GW_TEST_TOKEN") == "abc"

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpuwarden.api.exposition import Exposition, Snapshot
 from gpuwarden.collector import Collector
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import Daemon
+from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.errors import CollectorError
 from gpuwarden.model import Sample, make_labels
 from tests.daemon.test_daemon import free_port

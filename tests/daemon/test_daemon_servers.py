@@ -13,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import Daemon
+from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.tools.demo import SimulatedVllmServer, SimulatedVllmState
 from tests.daemon.test_daemon import free_port
 

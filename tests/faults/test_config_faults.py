@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gpuwarden.config import ARRAYS, SECTIONS, TOP, Config, load_config, parse_config
-from gpuwarden.daemon.core import Daemon
+from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.errors import ConfigError
 from gpuwarden.storage import open_store
 from tests.daemon.test_daemon import Proc, free_port

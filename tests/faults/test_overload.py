@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import Daemon
+from gpuwarden.daemon.lifecycle import Daemon
 
 INTERVAL = 0.1
 
@@ -49,13 +49,13 @@ def test_overrunning_cycles_are_counted_and_logged_once(
     caplog.set_level(logging.INFO)
     daemon = start_daemon(tmp_path)
     try:
-        evaluate = daemon._evaluate_rules
+        evaluate = daemon.cycle.evaluate_rules
 
         def slow_rules() -> Any:
             time.sleep(3.5 * INTERVAL)  # each cycle overruns the next ~3 scheduled runs
             return evaluate()
 
-        monkeypatch.setattr(daemon, "_evaluate_rules", slow_rules)
+        monkeypatch.setattr(daemon.cycle, "evaluate_rules", slow_rules)
         time.sleep(3.0)
         skipped = daemon.cycles_skipped_total
         assert skipped >= 5

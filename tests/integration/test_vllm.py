@@ -26,7 +26,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import DERIVE_EVERY_S, Daemon
+from gpuwarden.daemon.cycle import DERIVE_EVERY_S
+from gpuwarden.daemon.lifecycle import Daemon
 from tests.integration.vllm_server import (
     SERVED_MODEL,
     VllmCpu,

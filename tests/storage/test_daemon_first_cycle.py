@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from gpuwarden.collector import Collector
 from gpuwarden.config import parse_config
-from gpuwarden.daemon.core import Daemon
+from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.storage import early as early_store
 from gpuwarden.storage import open_store, schema

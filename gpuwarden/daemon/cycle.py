@@ -1,0 +1,259 @@
+"""One collection cycle: collect, store, derive, evaluate the rules, publish, ping.
+
+Run every collector (``collector/run.py``: concurrently, with a deadline), put what they
+returned -- and what was pushed over HTTP since -- in the store's memory and wake the
+store's writer thread, record which model each server serves, evaluate the alert rules
+over the store and hand the transitions to delivery (``alerting.py``), refresh the
+window signals, make the cycle's snapshot what ``/metrics`` shows next, ping the
+systemd watchdog.
+
+The cycle never waits on the database: writes run on the store's writer thread
+(``storage/writer.py``) and reads have a deadline (``Store.read_timeout``), so a database
+that hangs without answering costs the writes' latency, not collection, alerting or the
+watchdog. A store that cannot be written keeps the samples buffered (bounded) and writes
+them once it is back.
+
+The first cycle runs before the store is opened (see ``Daemon.start``): on a SQLite file
+it is written by ``storage/early.py`` with the standard library, and the store replays
+it on open; :meth:`Cycle.run` then goes on from there, so it is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gpuwarden.collector.run import CollectorRunner
+from gpuwarden.config import Config
+from gpuwarden.daemon.alerting import Alerting
+from gpuwarden.daemon.pushed import PushedSamples
+from gpuwarden.daemon.sdnotify import SystemdNotifier
+from gpuwarden.daemon.self_metrics import CycleStats, self_metrics
+from gpuwarden.errors import StoreError
+from gpuwarden.model import Sample
+from gpuwarden.ratelog import RateLimitedLog
+
+if TYPE_CHECKING:
+    from gpuwarden.alerts.served_models import ServedModels
+    from gpuwarden.api.exposition import Exposition, Snapshot
+    from gpuwarden.storage.store import Store
+    from gpuwarden.storage.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+#: Window signals are recomputed at most this often (seconds); see Cycle._derive.
+DERIVE_EVERY_S = 5.0
+#: /healthz: the last cycle may be this old at least, whatever the interval.
+HEALTH_MIN_S = 2.0
+
+
+@dataclass(slots=True)
+class FirstCycle:
+    """The first cycle, collected before the store is opened (see ``Daemon.start``)."""
+
+    samples: list[Sample]  # what the collectors returned
+    pushed: list[Sample]  # pushed over HTTP meanwhile (none yet, HTTP is not up)
+    seconds: float  # spent collecting and storing it, before the store was opened
+    stored: bool  # written by storage/early.py; else Store.write must write it
+
+
+def stores_first_cycle_early(url: str) -> bool:
+    """Whether the first cycle can be written before the store opens: a SQLite file
+    (importing SQLAlchemy takes most of the start-up budget)."""
+    from gpuwarden.storage import early as early_store
+
+    return early_store.sqlite_file(url) is not None
+
+
+class Cycle:
+    """The cycle and what it keeps from one to the next.
+
+    ``store``, ``writer`` and ``served_models`` are set by ``Daemon.start`` as they come up;
+    until the store is open, a cycle only collects. ``lock`` is held for a whole cycle:
+    a reload swaps parts under it, and stopping waits on it.
+    """
+
+    def __init__(self, config: Config, *, runner: CollectorRunner, notifier: SystemdNotifier,
+                 clock: Callable[[], float], stopping: threading.Event,
+                 gpu_source: str) -> None:
+        self.config = config
+        self.runner = runner
+        self.notifier = notifier
+        self.clock = clock
+        self.stopping = stopping  # set: a cycle handed out by the scheduler returns at once
+        self.gpu_source = gpu_source  # for gpuwarden_build_info
+        self.alerting = Alerting()
+        self.pushed = PushedSamples()
+        self.stats = CycleStats()
+        self.lock = threading.Lock()
+        self.store: Store | None = None
+        self.writer: StoreWriter | None = None
+        self.served_models: ServedModels | None = None
+        self._exposition: Exposition | None = None
+        self._derived: list[Sample] = []
+        self._derived_at: float | None = None
+        self._started_mono = time.monotonic()
+        self._log = RateLimitedLog(log)
+
+    @property
+    def exposition(self) -> Exposition:
+        if self._exposition is None:
+            from gpuwarden.api.exposition import Exposition
+
+            self._exposition = Exposition()
+        return self._exposition
+
+    def collect(self) -> list[Sample]:
+        """Run the collectors, waiting at most 80 % of the interval for them."""
+        samples = self.runner.run(max(0.05, 0.8 * self.config.interval))
+        self.stats.samples_collected_total += len(samples)
+        return samples
+
+    def run_early(self) -> FirstCycle | None:
+        """Collect the first cycle and store it before SQLAlchemy is imported.
+
+        Only for a SQLite file (:func:`stores_first_cycle_early`): the cycle goes to the
+        database with ``sqlite3`` first and the store, opened after, replays it into its
+        head. An early write that steps aside (None from ``store_first_cycle``) leaves
+        the cycle to ``Store.write`` in :meth:`run`; either way it is stored once.
+        """
+        from gpuwarden.storage import early as early_store
+
+        try:
+            started = time.perf_counter()
+            samples, pushed = self.collect(), self.pushed.take()
+            written = early_store.store_first_cycle(self.config.storage.url, self.config.node,
+                                                    samples + pushed)
+        except Exception:  # a bug here must not cost the first cycle: run it normally
+            log.exception("early first cycle failed; running it the usual way")
+            return None
+        return FirstCycle(samples, pushed, time.perf_counter() - started,
+                          stored=written is not None)
+
+    def guarded(self, first: FirstCycle | None = None) -> None:
+        """:meth:`run`, inside the catch-all of ARCHITECTURE.md's convention 9: log,
+        count, carry on. What the scheduler runs."""
+        if self.stopping.is_set():
+            return
+        try:
+            self.run(first)
+        except Exception:
+            self.stats.cycle_errors_total += 1
+            log.exception("collection cycle failed")
+
+    def run(self, first: FirstCycle | None = None) -> list[Sample]:
+        """Collect, store, render. Returns what was collected (for tests and the demo).
+
+        ``first``: the first cycle, collected by ``Daemon.start`` before the store was
+        open (and maybe stored already); this cycle goes on from there.
+        """
+        with self.lock:
+            if first is None:
+                started = time.perf_counter()
+                samples = self.collect()
+                self._write(samples + self.pushed.take())
+            else:  # its time before the store was opened counts, the opening does not
+                started, samples = time.perf_counter() - first.seconds, first.samples
+                if not first.stored:
+                    self._write(samples + first.pushed)
+            self._observe_models(samples)
+            self.evaluate_rules()
+            derived = self._derive()
+            stats = self.stats
+            stats.cycles_total += 1
+            stats.last_cycle_seconds = time.perf_counter() - started
+            stats.last_cycle_end = time.monotonic()
+            if samples and stats.first_sample_at is None:
+                stats.first_sample_at = stats.last_cycle_end - self._started_mono
+            recent = self.pushed.recent(self.clock())
+            self.exposition.update(self._snapshot(samples + derived + recent))
+            self.notifier.watchdog()
+            return samples
+
+    def _write(self, samples: list[Sample]) -> None:
+        store = self.store
+        if store is None:
+            return
+        writer = self.writer
+        if writer is not None and writer.running:
+            try:
+                store.append(samples)
+            except (StoreError, ValueError) as exc:
+                self.stats.cycle_errors_total += 1
+                self._log.warning("append", "cannot keep this cycle's samples: %s", exc)
+            writer.kick()
+            writer.check()
+            return
+        try:
+            store.write(samples)
+        except StoreError as exc:
+            self._log.warning("store", "store write failed (%d samples pending, kept in memory "
+                              "and retried every cycle): %s", store.pending_samples, exc)
+        else:
+            self._log.recovered("store", "store writable again; buffered samples written")
+
+    def _observe_models(self, samples: list[Sample]) -> None:
+        """Which model each server serves, for rollback annotations; never fatal."""
+        if self.served_models is None:
+            return
+        try:
+            self.served_models.observe(samples, self.clock())
+        except Exception as exc:
+            self._log.warning("models", "recording served models failed: %s", exc)
+
+    def evaluate_rules(self) -> None:
+        """Evaluate the alert rules over the store as of now (``alerting.py``)."""
+        if self.store is not None:
+            self.alerting.evaluate(self.clock(), self.store, self.writer)
+
+    def _derive(self) -> list[Sample]:
+        """Window signals (quantiles, rates, GPU spread) from the store; a failure costs
+        only them.
+
+        They summarise 60 s windows, so recomputing them every second adds nothing a
+        15 s Prometheus scrape could see: they are refreshed every DERIVE_EVERY_S and
+        the last values exported in between (at most that much older).
+        """
+        if self.store is None:
+            return []
+        from gpuwarden.promql.derived import derive
+
+        now = self.clock()
+        if self._derived_at is not None and now - self._derived_at < DERIVE_EVERY_S:
+            return self._derived
+        try:
+            self._derived = derive(self.store, now, interval=self.config.interval)
+            self._derived_at = now
+            return self._derived
+        except Exception as exc:
+            self.stats.cycle_errors_total += 1
+            self._log.warning("derive", "computing window signals failed: %s", exc)
+            return []
+
+    def _snapshot(self, samples: list[Sample]) -> Snapshot:
+        from gpuwarden.api.exposition import Snapshot
+
+        families = self_metrics(self.runner, self.stats, self.store, self.alerting)
+        info = {"node": self.config.node, "gpu_source": self.gpu_source}
+        return Snapshot(samples=tuple(samples), self_metrics=families, info=info)
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """``/healthz``: alive when a cycle ended within three intervals, and never less
+        than HEALTH_MIN_S, so that one slow cycle at a 100 ms interval does not read as a
+        dead loop. The store's state is told, but a degraded store is still healthy: the
+        loop is what this is about."""
+        limit = max(3 * self.config.interval, HEALTH_MIN_S)
+        if self.stats.last_cycle_end is None:
+            # Starting up: healthy for the first few intervals, then not.
+            age = time.monotonic() - self._started_mono
+            return age < limit + 2.0, {"last_cycle_age_seconds": None}
+        age = time.monotonic() - self.stats.last_cycle_end
+        detail: dict[str, object] = {"last_cycle_age_seconds": round(age, 3),
+                                     "cycles": self.stats.cycles_total}
+        if self.writer is not None:
+            detail.update(self.writer.status().to_json())
+        return age <= limit, detail

@@ -1,0 +1,394 @@
+"""The daemon's life: start, the schedule, signals, SIGHUP reload, stop.
+
+``Daemon.start`` takes the instance lock (one daemon per store and node,
+``storage/instance_lock.py``; a second instance exits naming the first one's PID), runs
+the first cycle before the heavy libraries are imported (``cycle.py``), opens the store,
+starts the rules, the store's writer thread, delivery and the HTTP endpoints, then the
+schedule (``schedule.py``). The parts are built by ``wiring.py``; the cycle is
+``cycle.py``.
+
+Failure policy (ARCHITECTURE.md, convention 9): every scheduled job sits in a catch-all
+that logs, counts and carries on; a reload that fails keeps the running config; stopping
+never waits on a database that does not answer for longer than ``SHUTDOWN_FLUSH_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from gpuwarden import __version__
+from gpuwarden.collector.base import Collector
+from gpuwarden.collector.run import CollectorRunner, close_collectors
+from gpuwarden.config import Config, load_config
+from gpuwarden.daemon import wiring
+from gpuwarden.daemon.alerting import AlertCallback
+from gpuwarden.daemon.cycle import Cycle, FirstCycle, stores_first_cycle_early
+from gpuwarden.daemon.schedule import (
+    CYCLE_JOB,
+    JobEvent,
+    Scheduler,
+    reschedule_cycle,
+    start_scheduler,
+)
+from gpuwarden.daemon.sdnotify import SystemdNotifier
+from gpuwarden.errors import ConfigError, GpuwardenError, InstanceLocked
+from gpuwarden.model import Sample
+from gpuwarden.ratelog import RateLimitedLog
+
+if TYPE_CHECKING:
+    from gpuwarden.api.quality_push import Headers
+    from gpuwarden.api.server import HttpServer
+    from gpuwarden.storage.instance_lock import InstanceLock
+    from gpuwarden.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Seconds given to the writer to write what is pending when stopping.
+SHUTDOWN_FLUSH_S = 5.0
+#: Seconds given to delivery to send what is queued, when stopping or replacing it.
+DELIVERY_STOP_S = 3.0
+#: glibc malloc arenas for the whole process (default: 8 per core), see native_memory.
+MALLOC_ARENAS = 2
+
+
+class Daemon:
+    """Owns the parts -- store, collectors, cycle, schedule, HTTP -- and runs them.
+
+    ``collectors``: run these instead of the config's (tests, the demo); ``store``: an
+    open store to use (no instance lock, no early first cycle).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        collectors: list[Collector] | None = None,
+        clock: Callable[[], float] = time.time,
+        store: Store | None = None,
+    ) -> None:
+        self.clock = clock
+        self.notifier = SystemdNotifier()
+        self.exit_code = 0  # what run_forever returns (1: another instance took the store)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._session = wiring.LazySession()
+        self._collectors_built = collectors is not None
+        self.cycle = Cycle(config, runner=CollectorRunner(collectors or ()),
+                           notifier=self.notifier, clock=clock, stopping=self._stop,
+                           gpu_source="custom" if collectors is not None else config.gpu.source)
+        self.cycle.store = store
+        self._lock: InstanceLock | None = None
+        self._scheduler: Scheduler | None = None
+        self._http: HttpServer | None = None
+        self._log = RateLimitedLog(log)
+
+    # --- what callers read ---------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self.cycle.config
+
+    @property
+    def store(self) -> Store | None:
+        return self.cycle.store
+
+    @property
+    def http_port(self) -> int:
+        return self._http.port if self._http is not None else 0
+
+    @property
+    def on_alert_events(self) -> list[AlertCallback]:
+        """Callbacks given every cycle's AlertEvents (FIRING/RESOLVED), in order; one
+        that raises is logged and counted, and the others still get them."""
+        return self.cycle.alerting.on_alert_events
+
+    @property
+    def cycles_total(self) -> int:
+        return self.cycle.stats.cycles_total
+
+    @property
+    def cycle_errors_total(self) -> int:
+        return self.cycle.stats.cycle_errors_total
+
+    @property
+    def cycles_skipped_total(self) -> int:
+        return self.cycle.stats.cycles_skipped_total
+
+    @property
+    def last_cycle_seconds(self) -> float:
+        return self.cycle.stats.last_cycle_seconds
+
+    # --- start -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store, run the first cycle, bind HTTP, start the schedule.
+
+        The first cycle runs before the HTTP server and scheduler are even imported,
+        so the first sample is stored as early as the store's own imports allow. On a
+        SQLite file it is stored before that: collected, written by ``storage/early.py``
+        with the standard library, then loaded by the store's replay on open (see
+        ``Cycle.run_early``). Before any of that, the instance lock: a second daemon on
+        the same store and node raises :class:`InstanceLocked` having written nothing.
+        """
+        from gpuwarden.native_memory import limit_arenas
+
+        limit_arenas(MALLOC_ARENAS)  # before the threads: see native_memory
+        cycle = self.cycle
+        first: FirstCycle | None = None
+        store = cycle.store
+        if store is None:
+            self._lock = wiring.acquire_lock(self.config)
+            if stores_first_cycle_early(self.config.storage.url):
+                self._build_collectors()
+                first = cycle.run_early()
+            store = wiring.open_store(self.config)
+            if first is not None and first.stored:
+                # Written by this process, if not through Store.write: count them.
+                store.samples_written_total += len(first.samples) + len(first.pushed)
+            cycle.store = store
+        self._build_collectors()
+        try:
+            cycle.alerting.rule_engine = wiring.build_rule_engine(self.config)
+            cycle.alerting.restore(wiring.build_alert_state(store, self.config), self.clock())
+        except Exception:  # alerting is down, collection and /metrics are not
+            cycle.alerting.rule_failures_total += 1
+            log.exception("cannot start the alert rule engine")
+        cycle.served_models = wiring.build_served_models(store, self.config)
+        cycle.guarded(first)
+        self._start_writer(store)
+        self._start_delivery(store)
+
+        self._http = wiring.build_http_server(self.config, self)
+        self._http.start()
+        self._scheduler = start_scheduler(interval=self.config.interval, cycle=cycle.guarded,
+                                          retention=self._guarded_retention,
+                                          on_skipped=self._on_cycle_skipped)
+        self.notifier.ready(f"collecting every {self.config.interval:g}s")
+        host, _ = self.config.listen_host_port
+        collectors = cycle.runner.collectors
+        log.info(
+            "gpuwarden %s on node %s: %d collectors (%s), store %s, http://%s:%d/metrics",
+            __version__, self.config.node, len(collectors),
+            ", ".join(c.name for c in collectors) or "none",
+            wiring.redact_url(self.config.storage.url), host, self._http.port,
+        )
+
+    def _build_collectors(self) -> None:
+        """The config's collectors, unless given or built already."""
+        if not self._collectors_built:
+            collectors = wiring.build_collectors(self.config, self._session)
+            self.cycle.runner.replace(collectors)
+            self.cycle.gpu_source = wiring.effective_source(collectors, self.config)
+            self._collectors_built = True
+
+    def _start_writer(self, store: Store) -> None:
+        """From now on every database write of the loop goes through the writer thread."""
+        jobs: list[tuple[str, Callable[[], object]]] = []
+        alert_state = self.cycle.alerting.state
+        if alert_state is not None:
+            jobs.append(("alert state", alert_state.flush))
+        served_models = self.cycle.served_models
+        if served_models is not None:
+            served_models.defer_writes = True
+            jobs.append(("served models", served_models.flush))
+        if self._lock is not None and self._lock.kind == "postgres":
+            jobs.append(("instance lock", self._hold_lock))
+        writer = wiring.build_writer(store, self.config.interval, jobs)
+        writer.start()
+        self.cycle.writer = writer
+
+    def _hold_lock(self) -> None:
+        """Take the advisory lock again after a PostgreSQL restart ended its session.
+
+        Runs on the writer thread (it may wait on the server). Losing it to another
+        instance means the store is that one's now: stop, exit 1.
+        """
+        assert self._lock is not None
+        try:
+            self._lock.ensure()
+        except InstanceLocked as exc:
+            log.error("lost the instance lock while the database was away: %s; stopping", exc)
+            self.exit_code = 1
+            self._stop.set()
+
+    def _start_delivery(self, store: Store) -> None:
+        """The dispatcher (guard rails, retries, audit) on its own threads."""
+        served_models = self.cycle.served_models
+        self.cycle.alerting.start_delivery(
+            lambda: wiring.build_dispatcher(self.config, store, self._session(), served_models))
+
+    # --- scheduled jobs ------------------------------------------------------------------
+
+    def run_cycle(self, first: FirstCycle | None = None) -> list[Sample]:
+        """One cycle now (``Cycle.run``); returns what was collected."""
+        return self.cycle.run(first)
+
+    def _on_cycle_skipped(self, event: JobEvent) -> None:
+        if event.job_id != CYCLE_JOB:
+            return
+        stats = self.cycle.stats
+        stats.cycles_skipped_total += 1
+        self._log.warning("skipped", "collection cycle skipped: the previous one is still "
+                          "running (%d skipped so far; see gpuwarden_cycles_skipped_total)",
+                          stats.cycles_skipped_total)
+
+    def _guarded_retention(self) -> None:
+        store = self.cycle.store
+        if store is None:
+            return
+        try:
+            deleted = store.apply_retention(self.clock(), self.config.storage.retention)
+            if deleted:
+                log.info("retention: deleted %d rows older than %gs", deleted,
+                         self.config.storage.retention)
+        except Exception:
+            log.exception("retention job failed")
+
+    # --- signals -------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; handled on the main thread's next wait."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def wait_stop(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a stop request, doing any pending reload first."""
+        if self._reload.is_set():
+            self._reload.clear()
+            try:
+                self.reload()
+            except Exception:  # the running config stays; the daemon must not die here
+                log.exception("config reload failed; keeping the running config")
+                self.notifier.ready()
+        return self._stop.wait(timeout)
+
+    def run_forever(self) -> int:
+        """Block until SIGTERM/SIGINT; handle SIGHUP reloads. Returns the exit code."""
+        self.install_signal_handlers()
+        while not self.wait_stop(0.5):
+            pass
+        self.shutdown()
+        return self.exit_code
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: flushing and stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # --- stop ----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self._stop.set()  # a cycle the scheduler has already handed out returns at once
+        cycle = self.cycle
+        if self._scheduler is not None:
+            # Not wait=True: a retention job stuck on a database that does not answer
+            # would hold SIGTERM forever. A running cycle never waits on the database,
+            # so waiting for it (the cycle lock) is bounded.
+            self._scheduler.shutdown(wait=False)
+            if cycle.lock.acquire(timeout=SHUTDOWN_FLUSH_S):
+                cycle.lock.release()
+        cycle.runner.close()
+        cycle.alerting.stop_delivery(DELIVERY_STOP_S)  # the rest is dead-lettered
+        store = cycle.store
+        if cycle.writer is not None:
+            # The writer's last pass writes what is pending and cuts the head; a database
+            # that does not answer in time is given up on (and not closed: that waits too).
+            if cycle.writer.stop(SHUTDOWN_FLUSH_S) and store is not None:
+                store.close()
+        elif store is not None:
+            try:
+                store.flush()
+            except GpuwardenError as exc:
+                log.error("final flush failed; unsaved samples stay in the head log: %s", exc)
+            store.close()
+        if self._lock is not None:
+            self._lock.release()
+        if self._http is not None:
+            self._http.stop()
+        self._session.close()
+        self.notifier.close()
+        log.info("stopped")
+
+    # --- reload --------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file; a bad one is rejected and the old one stays."""
+        path = self.config.source_path
+        if path is None:
+            log.warning("SIGHUP: running on built-in defaults, nothing to reload")
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            self.notifier.ready()
+            return False
+        old = self.config
+        if new.listen != old.listen:
+            log.warning("config reload: listen changed; that takes effect on restart only")
+        if new.storage != old.storage:
+            log.warning("config reload: storage changed; that takes effect on restart only")
+        new = wiring.keep_on_reload(new, old)
+        try:  # everything that can fail, before anything of the running config changes
+            from gpuwarden.detectors.defaults import effective_rules
+
+            collectors = wiring.build_collectors(new, self._session)
+            rules = effective_rules(new.rules)
+        except Exception as exc:
+            log.error("config reload rejected, keeping the running config: %s: %s",
+                      type(exc).__name__, exc)
+            self.notifier.ready()
+            return False
+        cycle = self.cycle
+        with cycle.lock:
+            old_collectors = cycle.runner.replace(collectors)
+            cycle.gpu_source = wiring.effective_source(collectors, new)
+            cycle.config = new
+            cycle.alerting.reconfigure(rules, new.interval)  # alerts of kept rules live on
+        close_collectors(old_collectors)
+        if cycle.alerting.dispatcher is not None and old.actions != new.actions:
+            # New actions, new guard rails: the new dispatcher reloads cooldowns, budgets
+            # and who saw which firing from the audit trail, so nothing is sent twice.
+            cycle.alerting.stop_delivery(DELIVERY_STOP_S)
+            assert cycle.store is not None
+            self._start_delivery(cycle.store)
+        if self._scheduler is not None:
+            reschedule_cycle(self._scheduler, new.interval)
+        if cycle.writer is not None:
+            cycle.writer.stall_after = wiring.stall_after(new.interval)
+        log.info("config reloaded from %s: %d collectors", path, len(collectors))
+        self.notifier.ready()
+        return True
+
+    # --- what the HTTP endpoints read (api.server.DaemonView) --------------------------------
+
+    def metrics_body(self) -> bytes:
+        return self.cycle.exposition.body
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        return self.cycle.health()
+
+    def alerts_json(self) -> list[dict[str, object]]:
+        """Pending and firing alerts as of the last evaluation (``/api/v1/alerts``)."""
+        return self.cycle.alerting.alerts_json()
+
+    def push_quality(self, body: bytes, headers: Headers) -> tuple[int, dict[str, object]]:
+        """``POST /api/v1/quality``: the scores wait for the next cycle (``pushed.py``)."""
+        from gpuwarden.api.quality_push import api_token, handle_quality_post
+
+        return handle_quality_post(body, headers, token=api_token(self.config.api_token_env),
+                                   sink=self.cycle.pushed.push, node=self.config.node)
