@@ -22,7 +22,7 @@ Each one names a mechanism an SRE would otherwise piece together from three grap
   it is not scaling its batch, typically because the KV cache is full.
 
 All four are per server (``node, server, model``), use counters exactly as PromQL
-would (``windows.py``), and skip series that went stale.
+would (``promql/windows.py``), and skip series that went stale.
 """
 
 from __future__ import annotations
@@ -33,17 +33,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpuwarden.detectors import Finding, Window
-from gpuwarden.detectors.threshold import (
-    OPS,
-    aggregate,
-    by_labels,
-    classify,
-    is_live,
-    live_series,
-    values_in,
-)
-from gpuwarden.detectors.trend import FloatArray, theil_sen
-from gpuwarden.model import SeriesData
+from gpuwarden.detectors.condition import classify, live_pairs, live_series, require_op
+from gpuwarden.detectors.trend import theil_sen
+from gpuwarden.model import FloatArray, SeriesData
+from gpuwarden.promql.aggregation import aggregate, values_in
 from gpuwarden.promql.windows import counter_rate, increase, ratio_of_increases
 
 if TYPE_CHECKING:
@@ -69,8 +62,7 @@ class Composite:
     name = ""
 
     def __init__(self, rule: RuleConfig) -> None:
-        if rule.op not in OPS:
-            raise ValueError(f"rule {rule.name}: unknown op {rule.op!r}")
+        require_op(rule)
         self.rule = rule
         default = DEFAULT_THRESHOLDS[self.name]
         self.threshold = default if rule.threshold is None else float(rule.threshold)
@@ -153,12 +145,9 @@ class PrefixCacheHitFalling(Composite):
 
     def evaluate(self, window: Window) -> list[Finding]:
         now, w = window.now, self.rule.window
-        queries = by_labels(window.series("prefix_cache_queries_total"))
         out = []
-        for hits in live_series(window, "prefix_cache_hits_total"):
-            q = queries.get(hits.labels)
-            if q is None or not is_live(q, window):
-                continue
+        for hits, q in live_pairs(window, "prefix_cache_hits_total",
+                                  "prefix_cache_queries_total"):
             if not (_increase_at_least(q, now - w, now, MIN_PREFIX_QUERIES)
                     and _increase_at_least(q, now - 2 * w, now - w, MIN_PREFIX_QUERIES)):
                 continue
@@ -190,12 +179,8 @@ class QueueGrowing(Composite):
 
     def evaluate(self, window: Window) -> list[Finding]:
         now, w = window.now, self.rule.window
-        running = by_labels(window.series("requests_running"))
         out = []
-        for s in live_series(window, "requests_waiting"):
-            run = running.get(s.labels)
-            if run is None or not is_live(run, window):
-                continue
+        for s, run in live_pairs(window, "requests_waiting", "requests_running"):
             # Cheap exit first: a queue whose range in the window is within N requests
             # did not grow by N, whatever a fit says (most cycles: an empty queue).
             waiting = values_in(s, now - w, now)

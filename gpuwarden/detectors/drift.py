@@ -68,8 +68,9 @@ from gpuwarden.detectors.drift_rules import (
     LENGTH_SIGNAL,
     SIMILARITY_SIGNAL,
 )
-from gpuwarden.detectors.trend import median
 from gpuwarden.model import Labels, SeriesData
+from gpuwarden.promql.aggregation import median, values_in
+from gpuwarden.promql.staleness import is_live, median_spacing
 
 if TYPE_CHECKING:
     from gpuwarden.detectors.rule import RuleConfig
@@ -89,19 +90,17 @@ def target_labels(labels: Labels) -> Labels:
     return tuple((k, v) for k, v in labels if k != "canary")
 
 
-def is_live(series: SeriesData, now: float, interval: float) -> bool:
-    """Newest sample within 3 typical gaps: canaries arrive per round, not per cycle."""
-    n = len(series)
-    if n == 0:
-        return False
-    ts = series.timestamps
-    gap = median(np.diff(ts)) if n >= 3 else 0.0
-    return float(ts[-1]) >= now - max(3.0 * gap, 3.0 * interval, 5.0)
+def is_live_canary(series: SeriesData, window: Window) -> bool:
+    """Newest sample within 3 typical gaps: canaries arrive per round, not per cycle.
+
+    The typical gap is the median one, so one late round does not widen the limit.
+    """
+    return is_live(series, window.now, window.interval, spacing=median_spacing)
 
 
-def _finite(series: SeriesData, now: float) -> tuple[np.ndarray, np.ndarray]:
-    keep = ~np.isnan(series.values) & (series.timestamps <= now)
-    return series.timestamps[keep], series.values[keep]
+def _values_until(series: SeriesData, now: float) -> np.ndarray:
+    """Every non-NaN value up to ``now``, oldest first: the baseline starts at the first."""
+    return values_in(series, -math.inf, now)
 
 
 def baseline_stats(values: np.ndarray, n: int) -> tuple[float, float]:
@@ -146,7 +145,7 @@ class CusumDetector:
 
     def canary_state(self, series: SeriesData, now: float) -> _CanaryState | None:
         """S at ``now`` for one canary series; None while the baseline is incomplete."""
-        _, values = _finite(series, now)
+        values = _values_until(series, now)
         if values.size <= self.baseline_n:
             return None
         mu0, sigma = baseline_stats(values, self.baseline_n)
@@ -158,7 +157,7 @@ class CusumDetector:
     def evaluate(self, window: Window) -> list[Finding]:
         groups: dict[Labels, list[_CanaryState]] = defaultdict(list)
         for series in window.series(self.signal):
-            if not is_live(series, window.now, window.interval):
+            if not is_live_canary(series, window):
                 continue
             state = self.canary_state(series, window.now)
             if state is not None:
@@ -199,7 +198,7 @@ class KsLengthDetector:
         base: list[np.ndarray] = []
         recent: list[np.ndarray] = []
         for series in series_list:
-            _, values = _finite(series, now)
+            values = _values_until(series, now)
             if values.size <= self.baseline_n:
                 continue
             mid = median(values[:self.baseline_n])
@@ -213,7 +212,7 @@ class KsLengthDetector:
     def evaluate(self, window: Window) -> list[Finding]:
         groups: dict[Labels, list[SeriesData]] = defaultdict(list)
         for series in window.series(self.signal):
-            if is_live(series, window.now, window.interval):
+            if is_live_canary(series, window):
                 groups[target_labels(series.labels)].append(series)
         out = []
         for labels, series_list in sorted(groups.items()):

@@ -10,7 +10,7 @@ way of comparing numbers.
 events since the collector started, so a daemon restart resets it to zero and a plain
 "last - first > 0" would miss errors that straddle the restart and a plain
 "value > 0" would fire forever after the first error. ``increase()`` as PromQL computes
-it (``windows.increase``: counter-reset correction, extrapolation to the window edges)
+it (``promql/windows.py``: counter-reset correction, extrapolation to the window edges)
 answers "were there new errors in the window". With the default ``> 0`` the alert
 stays active for one window after the last error, then resolves by itself.
 """
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gpuwarden.detectors import Finding, Window
-from gpuwarden.detectors.threshold import MIN_LOOKBACK, OPS, classify, live_series
+from gpuwarden.detectors.condition import MIN_LOOKBACK, classify, live_series, require_op
 from gpuwarden.promql.windows import increase
 
 if TYPE_CHECKING:
@@ -32,8 +32,7 @@ class IncreaseDetector:
     """``increase(signal[window]) op threshold`` per series (default ``> 0``)."""
 
     def __init__(self, rule: RuleConfig) -> None:
-        if rule.op not in OPS:
-            raise ValueError(f"rule {rule.name}: unknown op {rule.op!r}")
+        require_op(rule)
         self.rule = rule
         self.threshold = 0.0 if rule.threshold is None else float(rule.threshold)
         self.inputs: Mapping[str, float] = {rule.signal: max(rule.window, MIN_LOOKBACK)}

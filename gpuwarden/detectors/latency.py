@@ -1,7 +1,7 @@
 """Quantile detector: p95 TTFT / inter-token latency against an SLO.
 
 The value compared is exactly Prometheus' ``histogram_quantile(q,
-increase(<hist>_bucket[window]))`` per server and model (``windows.window_quantile``),
+increase(<hist>_bucket[window]))`` per server and model (``promql/quantile.py``),
 so it is the number the operator's Grafana shows for the same vLLM ``/metrics``.
 
 Why the "interpolated" annotation: a classic histogram only knows how many requests
@@ -19,27 +19,17 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from gpuwarden.detectors import Finding, Window
-from gpuwarden.detectors.threshold import OPS, classify, is_live
-from gpuwarden.model import Labels, SeriesData
-from gpuwarden.promql.buckets import le_of, without_le
-from gpuwarden.promql.windows import window_quantile
+from gpuwarden.detectors.condition import classify, is_live_in, require_op
+from gpuwarden.promql.buckets import by_histogram, finite_bounds
+from gpuwarden.promql.quantile import window_quantile
 from gpuwarden.signals import resolve_rule_signal
 
 if TYPE_CHECKING:
     from gpuwarden.detectors.rule import RuleConfig
-
-
-def group_buckets(series: Sequence[SeriesData]) -> dict[Labels, list[SeriesData]]:
-    """Bucket series per histogram identity: all labels except ``le``."""
-    groups: dict[Labels, list[SeriesData]] = defaultdict(list)
-    for s in series:
-        groups[without_le(s.labels)].append(s)
-    return groups
 
 
 def _fmt(x: float) -> str:
@@ -79,8 +69,7 @@ class QuantileDetector:
             raise ValueError(f"rule {rule.name}: {rule.signal!r} does not name a quantile")
         if rule.threshold is None:
             raise ValueError(f"rule {rule.name}: a quantile rule needs a threshold")
-        if rule.op not in OPS:
-            raise ValueError(f"rule {rule.name}: unknown op {rule.op!r}")
+        require_op(rule)
         self.rule = rule
         self.histogram, self.q = resolved[0], float(resolved[1])
         self.threshold = float(rule.threshold)
@@ -90,9 +79,9 @@ class QuantileDetector:
     def evaluate(self, window: Window) -> list[Finding]:
         start = window.now - self.rule.window
         out = []
-        for labels, buckets in group_buckets(window.series(self.bucket_signal)).items():
+        for labels, buckets in by_histogram(window.series(self.bucket_signal)).items():
             # A server whose scrapes stopped must not keep its last window's p95 alive.
-            if not any(is_live(b, window) for b in buckets):
+            if not any(is_live_in(window, b) for b in buckets):
                 continue
             value = window_quantile(self.q, buckets, start, window.now)
             if value is None or math.isnan(value):
@@ -100,10 +89,7 @@ class QuantileDetector:
             status = classify(value, self.rule.op, self.threshold, self.rule.clear)
             if status is None:
                 continue
-            edges = sorted(
-                le for b in buckets if (le := le_of(b.labels)) is not None and math.isfinite(le)
-            )
-            note = bucket_note(value, edges, self.threshold)
+            note = bucket_note(value, finite_bounds(buckets), self.threshold)
             q = f"p{round(self.q * 100):d}"
             annotations = (
                 ("interpolation", note),

@@ -49,12 +49,12 @@ import numpy as np
 import numpy.typing as npt
 
 from gpuwarden.detectors import Finding, Window
-from gpuwarden.detectors.threshold import live_series
+from gpuwarden.detectors.condition import live_series
+from gpuwarden.model import FloatArray
+from gpuwarden.promql.aggregation import median
 
 if TYPE_CHECKING:
     from gpuwarden.detectors.rule import RuleConfig
-
-FloatArray = npt.NDArray[np.float64]
 
 #: Two-sided 99 % normal quantile: the confidence of "the slope is really positive".
 Z_99 = 2.5758293035489004
@@ -81,21 +81,6 @@ def _median_sorted(s: FloatArray) -> float:
     n = len(s)
     h = n // 2
     return float(s[h]) if n % 2 else float((s[h - 1] + s[h]) / 2.0)
-
-
-def median(values: npt.ArrayLike) -> float:
-    """``np.median`` of 1-D data (NaN if any value is NaN or there is none), bit for bit.
-
-    Not ``np.median`` itself: numpy 2 imports ``numpy.ma`` on its first call (to check
-    for a masked array), ~1.3 MiB the daemon would then hold for its whole life.
-    """
-    a = np.asarray(values, dtype=np.float64).ravel()
-    n = a.size
-    if n == 0 or bool(np.isnan(a).any()):
-        return math.nan
-    h = n // 2
-    part = np.partition(a, [h - 1, h] if n % 2 == 0 else h)
-    return float(part[h]) if n % 2 else float((part[h - 1] + part[h]) / 2.0)
 
 
 def _tie_term(sorted_values: FloatArray) -> float:

@@ -2,16 +2,18 @@
 identity of the histogram it belongs to (every label but ``le``).
 
 One reading for the collectors (which sum buckets across replicas), the window
-functions (``histogram_quantile``) and the detectors (which group buckets per
-histogram), so that a bucket PromQL ignores (no ``le``, or one that is not a number) is
-ignored everywhere alike.
+functions (``histogram_quantile``), the exposition's quantiles and the quantile detector
+(which group buckets per histogram), so that a bucket PromQL ignores (no ``le``, or one
+that is not a number) is ignored everywhere alike.
 """
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Iterable
 
-from gpuwarden.model import Labels
+from gpuwarden.model import Labels, SeriesData
 
 
 def parse_le(text: str | None) -> float | None:
@@ -35,3 +37,17 @@ def le_of(labels: Iterable[tuple[str, str]]) -> float | None:
 def without_le(labels: Labels) -> Labels:
     """The histogram a bucket series belongs to: its labels without ``le``."""
     return tuple(pair for pair in labels if pair[0] != "le")
+
+
+def by_histogram(bucket_series: Iterable[SeriesData]) -> dict[Labels, list[SeriesData]]:
+    """Bucket series grouped per histogram (labels without ``le``), as ``by (le)`` keeps."""
+    groups: dict[Labels, list[SeriesData]] = defaultdict(list)
+    for series in bucket_series:
+        groups[without_le(series.labels)].append(series)
+    return groups
+
+
+def finite_bounds(bucket_series: Iterable[SeriesData]) -> list[float]:
+    """The finite ``le`` bounds of one histogram's buckets, sorted (``+Inf`` left out)."""
+    return sorted(le for s in bucket_series
+                  if (le := le_of(s.labels)) is not None and math.isfinite(le))

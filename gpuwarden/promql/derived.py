@@ -1,30 +1,144 @@
-"""Window signals derived from stored counters and histogram buckets.
+"""Window signals derived from stored counters, gauges and histogram buckets.
 
 Inference servers export cumulative counters and histograms; what an SRE reads (and
 what rules compare) are window figures: p95 TTFT over the last minute, tokens per
-second, prefix-cache hit ratio. They are computed from the store exactly as
-Prometheus would compute ``histogram_quantile(q, increase(x_bucket[60s]))``,
-``rate(x[60s])`` and ``increase(hits[60s]) / increase(queries[60s])`` (see
-``windows.py``), once per cycle, for the exposition. They are not stored: the raw
-counters are, and any window can be recomputed from them.
+second, prefix-cache hit ratio, how far apart a node's GPUs run. They are computed
+exactly as Prometheus would compute ``histogram_quantile(q, increase(x_bucket[60s]))``,
+``rate(x[60s])`` and ``increase(hits[60s]) / increase(queries[60s])`` (``windows.py``,
+``quantile.py``). They are not stored: the raw series are, and any window can be
+recomputed from them.
+
+One implementation for two readers: :func:`derive` computes every derived signal once
+per cycle for ``/metrics``, and a threshold rule on a derived signal
+(``detectors/threshold.py``) calls the same functions over the rule's window, so the
+alert and the dashboard agree. Which series are still alive is the reader's choice
+(``staleness.py``): the detector passes only live ones, the exposition every series that
+has samples in the window.
+
+``gpu_utilization_spread_ratio{node}`` is max minus min of the node's per-GPU mean
+utilisation over the window; ``detectors/variance.py`` says why means, and reads the
+per-GPU means and the straggler from :func:`gpu_means` and :func:`spread_of`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple, Protocol
 
-from gpuwarden.detectors.threshold import stale_after
-from gpuwarden.detectors.variance import utilization_spread
+import numpy as np
+
 from gpuwarden.model import Labels, Sample, SeriesData
-from gpuwarden.promql.buckets import without_le
-from gpuwarden.promql.windows import counter_rate, ratio_of_increases, window_quantiles
+from gpuwarden.promql.aggregation import by_labels, median, values_in
+from gpuwarden.promql.buckets import by_histogram
+from gpuwarden.promql.quantile import window_quantiles
+from gpuwarden.promql.staleness import is_live, no_spacing
+from gpuwarden.promql.windows import counter_rate, ratio_of_increases
 
 QUANTILES = (0.5, 0.95, 0.99)
 LATENCY_HISTOGRAMS = ("ttft_seconds", "itl_seconds", "e2e_latency_seconds")
 DEFAULT_WINDOW = 60.0
+#: Derived signals a rule may name, and the stored signals each is computed from.
+DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
+    "generation_tokens_per_second": ("generation_tokens_total",),
+    "prefix_cache_hit_ratio": ("prefix_cache_hits_total", "prefix_cache_queries_total"),
+    "gpu_utilization_spread_ratio": ("gpu_utilization_ratio",),
+}
+
+LabelledValue = tuple[Labels, float]
+
+
+def tokens_per_second(tokens: Iterable[SeriesData], start: float,
+                      end: float) -> list[LabelledValue]:
+    """``rate(generation_tokens_total[w])`` per series that has one."""
+    out = []
+    for series in tokens:
+        rate = counter_rate(series, start, end)
+        if rate is not None:
+            out.append((series.labels, rate))
+    return out
+
+
+def prefix_cache_hit_ratio(hits: Iterable[SeriesData], queries: Iterable[SeriesData],
+                           start: float, end: float) -> list[LabelledValue]:
+    """``increase(hits[w]) / increase(queries[w])`` per label set that has both."""
+    queries_by_labels = by_labels(queries)
+    out = []
+    for series in hits:
+        den = queries_by_labels.get(series.labels)
+        if den is not None:
+            ratio = ratio_of_increases(series, den, start, end)
+            if ratio is not None:
+                out.append((series.labels, ratio))
+    return out
+
+
+class Spread(NamedTuple):
+    node: str
+    spread: float  # max - min of the per-GPU means
+    stdev: float  # population standard deviation of the per-GPU means
+    straggler: str  # the GPU whose mean is furthest from the median of the means
+
+
+def _gpu_name(labels: Mapping[str, str]) -> str:
+    return labels.get("gpu") or labels.get("uuid") or ",".join(f"{k}={v}" for k, v in
+                                                              sorted(labels.items()))
+
+
+def gpu_means(series: Iterable[SeriesData], start: float, end: float, *,
+              interval: float | None = None) -> dict[str, dict[str, float]]:
+    """node -> GPU -> mean utilisation over ``[start, end]``.
+
+    With ``interval`` (the collection interval), GPUs whose newest sample is stale at
+    ``end`` are left out: a GPU that stopped reporting is GPULost's business, not a
+    straggler.
+    """
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for s in series:
+        if not len(s):
+            continue
+        if interval is not None and not is_live(s, end, interval, spacing=no_spacing):
+            continue
+        vs = values_in(s, start, end)
+        if not vs.size:
+            continue
+        labels = s.label_map
+        out[labels.get("node", "")][_gpu_name(labels)] = float(vs.mean())
+    return dict(out)
+
+
+def spread_of(node: str, means: Mapping[str, float]) -> Spread | None:
+    """The spread record for one node's per-GPU means; None with fewer than two GPUs."""
+    if len(means) < 2:
+        return None
+    names = sorted(means)
+    arr = np.array([means[n] for n in names], dtype=np.float64)
+    mid = median(arr)
+    straggler = names[int(np.argmax(np.abs(arr - mid)))]
+    return Spread(node, float(arr.max() - arr.min()), float(arr.std()), straggler)
+
+
+def utilization_spread(series: Iterable[SeriesData], start: float, end: float, *,
+                       interval: float | None = None) -> list[Spread]:
+    """Per node, by node name: the spread of its GPUs' mean utilisation over the window.
+
+    Nodes with fewer than two GPUs reporting in the window have no spread and are left
+    out; ``interval`` leaves stale GPUs out (see :func:`gpu_means`).
+    """
+    out = []
+    for node, means in sorted(gpu_means(series, start, end, interval=interval).items()):
+        spread = spread_of(node, means)
+        if spread is not None:
+            out.append(spread)
+    return out
+
+
+def utilization_spread_ratio(utilization: Iterable[SeriesData], start: float, end: float, *,
+                             interval: float) -> list[LabelledValue]:
+    """``gpu_utilization_spread_ratio{node}`` from ``gpu_utilization_ratio``, stale GPUs out."""
+    return [((("node", s.node),), s.spread)
+            for s in utilization_spread(utilization, start, end, interval=interval)]
 
 
 class SeriesSource(Protocol):
@@ -32,19 +146,13 @@ class SeriesSource(Protocol):
               end: float = ...) -> list[SeriesData]: ...
 
 
-def _by_labels(series: Sequence[SeriesData]) -> dict[Labels, SeriesData]:
-    return {s.labels: s for s in series}
-
-
 def latency_quantiles(source: SeriesSource, hist: str, now: float,
                       window: float = DEFAULT_WINDOW) -> list[Sample]:
     """p50/p95/p99 of one histogram per server and model, labelled ``quantile``."""
     start = now - window
-    groups: dict[Labels, list[SeriesData]] = defaultdict(list)
-    for series in source.query(f"{hist}_bucket", None, start, now):
-        groups[without_le(series.labels)].append(series)
     out = []
-    for labels, buckets in groups.items():
+    for labels, buckets in by_histogram(source.query(f"{hist}_bucket", None, start,
+                                                     now)).items():
         for q, value in zip(QUANTILES, window_quantiles(QUANTILES, buckets, start, now),
                             strict=True):
             if value is not None and not math.isnan(value):  # NaN: no requests in window
@@ -52,44 +160,24 @@ def latency_quantiles(source: SeriesSource, hist: str, now: float,
     return out
 
 
-def throughput_and_hit_ratio(source: SeriesSource, now: float,
-                             window: float = DEFAULT_WINDOW) -> list[Sample]:
-    start = now - window
-    out = []
-    for series in source.query("generation_tokens_total", None, start, now):
-        rate = counter_rate(series, start, now)
-        if rate is not None:
-            out.append(Sample("generation_tokens_per_second", series.labels, rate, now))
-    queries = _by_labels(source.query("prefix_cache_queries_total", None, start, now))
-    for labels, hits in _by_labels(source.query("prefix_cache_hits_total", None, start,
-                                                now)).items():
-        if labels in queries:
-            ratio = ratio_of_increases(hits, queries[labels], start, now)
-            if ratio is not None:
-                out.append(Sample("prefix_cache_hit_ratio", labels, ratio, now))
-    return out
-
-
-def gpu_spread(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
-               interval: float = 1.0) -> list[Sample]:
-    """``gpu_utilization_spread_ratio{node}``: what the GPUUtilizationSpread rule compares.
-
-    GPUs that stopped reporting (``max(3 * interval, 5 s)``) are left out, as the rule
-    leaves them out; nodes with fewer than two GPUs have no spread.
-    """
-    series = source.query("gpu_utilization_ratio", None, now - window, now)
-    return [
-        Sample("gpu_utilization_spread_ratio", (("node", s.node),), s.spread, now)
-        for s in utilization_spread(series, now - window, now,
-                                    stale_after=stale_after(interval))
-    ]
+def _samples(signal: str, values: Sequence[LabelledValue], now: float) -> list[Sample]:
+    return [Sample(signal, labels, value, now) for labels, value in values]
 
 
 def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
            interval: float = 1.0) -> list[Sample]:
     """Every derived window signal, as of ``now`` (``interval``: the collection interval)."""
-    out = throughput_and_hit_ratio(source, now, window)
-    out.extend(gpu_spread(source, now, window, interval=interval))
+    start = now - window
+
+    def query(signal: str) -> list[SeriesData]:
+        return source.query(signal, None, start, now)
+
+    out = _samples("generation_tokens_per_second",
+                   tokens_per_second(query("generation_tokens_total"), start, now), now)
+    out += _samples("prefix_cache_hit_ratio", prefix_cache_hit_ratio(
+        query("prefix_cache_hits_total"), query("prefix_cache_queries_total"), start, now), now)
+    out += _samples("gpu_utilization_spread_ratio", utilization_spread_ratio(
+        query("gpu_utilization_ratio"), start, now, interval=interval), now)
     for hist in LATENCY_HISTOGRAMS:
         out.extend(latency_quantiles(source, hist, now, window))
     return out

@@ -1,62 +1,41 @@
-"""Window functions over stored series, computed exactly as Prometheus 2.42 computes them.
+"""Range-vector functions over stored series, computed exactly as Prometheus 2.42 does.
 
 Why exactly Prometheus: operators compare gpuwarden's p95 TTFT or token rate with what
 their Grafana shows from the same vLLM ``/metrics``. If the daemon used its own
 definition (a plain ``last - first``, another quantile interpolation), an alert would
-fire on a number nobody can reproduce. So this module ports, line for line:
-
-* ``extrapolatedRate`` (``promql/functions.go``) for ``increase()`` and ``rate()``:
-  counter-reset correction, extrapolation towards the window edges (fully when the gap
-  is under 1.1 x the average sample spacing, else by half a spacing) and the counter
-  zero-point clamp, in the 2.x order (clamp *before* the threshold test; 3.x applies it
-  after, which can give a smaller result when a series starts inside the window);
-* ``bucketQuantile`` (``promql/quantile.go``) for ``histogram_quantile()``, with the 2.42
-  ``ensureMonotonic`` (the ``1e-12`` small-delta tolerance of later releases does not
-  exist in 2.42; checked against the installed binary).
+fire on a number nobody can reproduce. So this module ports, line for line,
+``extrapolatedRate`` (``promql/functions.go``) for ``increase()`` and ``rate()``:
+counter-reset correction, extrapolation towards the window edges (fully when the gap
+is under 1.1 x the average sample spacing, else by half a spacing) and the counter
+zero-point clamp, in the 2.x order (clamp *before* the threshold test; 3.x applies it
+after, which can give a smaller result when a series starts inside the window).
+``quantile.py`` ports ``histogram_quantile`` on top of :func:`bucket_increases`.
 
 The version pinned is the one CI runs (Debian ``prometheus`` 2.42.0), and
-``tests/test_windows_prometheus.py`` compares these functions with it on real scrapes.
+``tests/promql/test_windows_prometheus.py`` compares these functions with it on real
+scrapes.
 
 Timestamps are Unix seconds (floats) as in :class:`~gpuwarden.model.SeriesData`. They
 are rounded to whole milliseconds first, because Prometheus stores and selects at
 millisecond resolution; computing on integer milliseconds also makes the window-edge
 test exact (a float ``end - 10.0`` may miss a sample lying exactly on the edge).
 """
-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from gpuwarden.model import FloatArray, Labels, SeriesData
-from gpuwarden.promql.buckets import le_of, without_le
+from gpuwarden.model import FloatArray, SeriesData
 
-__all__ = [
-    "counter_rate",
-    "histogram_quantile",
-    "increase",
-    "rate",
-    "ratio_of_increases",
-    "window_quantile",
-    "window_quantiles",
-]
-
-_NAN = math.nan
-_INF = math.inf
+__all__ = ["bucket_increases", "counter_rate", "increase", "rate", "ratio_of_increases"]
 
 
 def _ms(t: float) -> int:
     """Seconds to integer milliseconds, rounding halves up (Go's ``math.Round`` for t > 0)."""
     return math.floor(t * 1000.0 + 0.5)
-
-
-def _div(a: float, b: float) -> float:
-    """IEEE division (x/0 = ±Inf, 0/0 = NaN) as Go does it; Python's ``/`` raises instead."""
-    with np.errstate(all="ignore"):
-        return float(np.float64(a) / np.float64(b))
 
 
 def _window(
@@ -148,127 +127,8 @@ def rate(timestamps: FloatArray, values: FloatArray, start: float, end: float) -
     return _extrapolated_rate(timestamps, values, start, end, is_counter=True, is_rate=True)
 
 
-def _go_search(n: int, pred: Callable[[int], bool]) -> int:
-    """Go's ``sort.Search``: the binary search itself, so NaN counts land where Go's do."""
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if not pred(mid):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
-
-def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
-    """PromQL ``histogram_quantile`` over classic buckets ``(upper bound le, cumulative count)``.
-
-    Port of Prometheus 2.42 ``bucketQuantile``. Returns NaN where PromQL returns NaN: no
-    ``+Inf`` bucket, fewer than two distinct bounds, or zero observations (no traffic in
-    the window). An empty bucket list (PromQL would output nothing) and a NaN bound
-    (PromQL's answer then depends on Go's sort order) also give NaN.
-    """
-    if math.isnan(q):
-        return _NAN
-    if q < 0:
-        return -_INF
-    if q > 1:
-        return _INF
-    if not buckets or any(math.isnan(le) for le, _ in buckets):
-        return _NAN
-    ordered = sorted(((float(le), float(c)) for le, c in buckets), key=lambda b: b[0])
-    if ordered[-1][0] != _INF:
-        return _NAN
-
-    # coalesceBuckets: the same bound spelled twice ("1" and "1.0") is one bucket.
-    bounds: list[float] = []
-    counts: list[float] = []
-    for le, c in ordered:
-        if bounds and bounds[-1] == le:
-            counts[-1] += c
-        else:
-            bounds.append(le)
-            counts.append(c)
-
-    # ensureMonotonic (2.42): buckets are not scraped atomically, and increase() scales
-    # each bucket by its own factor, so a higher bucket can come out smaller; take the
-    # running maximum ("envelope") so the binary search below stays meaningful.
-    top = counts[0]
-    for i in range(1, len(counts)):
-        if counts[i] > top:
-            top = counts[i]
-        elif counts[i] < top:
-            counts[i] = top
-
-    if len(counts) < 2:
-        return _NAN
-    observations = counts[-1]
-    if observations == 0:
-        return _NAN
-    rank = q * observations
-    b = _go_search(len(counts) - 1, lambda i: counts[i] >= rank)
-
-    if b == len(counts) - 1:
-        # In the +Inf bucket nothing is known about the value except that it exceeds the
-        # largest finite bound; Prometheus answers with that bound (a floor, not a guess).
-        return bounds[-2]
-    if b == 0 and bounds[0] <= 0:
-        return bounds[0]
-    bucket_start = 0.0  # natural lower bound of the first bucket (latencies are >= 0)
-    bucket_end = bounds[b]
-    count = counts[b]
-    if b > 0:
-        bucket_start = bounds[b - 1]
-        count -= counts[b - 1]
-        rank -= counts[b - 1]
-    return bucket_start + (bucket_end - bucket_start) * _div(rank, count)
-
-
-def window_quantile(
-    q: float, bucket_series: Sequence[SeriesData], start: float, end: float
-) -> float | None:
-    """One quantile; see :func:`window_quantiles` (which computes several at once)."""
-    return window_quantiles((q,), bucket_series, start, end)[0]
-
-
-def window_quantiles(
-    qs: Sequence[float], bucket_series: Sequence[SeriesData], start: float, end: float
-) -> list[float | None]:
-    """``histogram_quantile(q, increase(x_bucket[end-start]))`` for each q, ONE histogram.
-
-    ``bucket_series`` are the ``_bucket`` series of one histogram: the same signal and
-    labels apart from ``le`` (grouping a multi-model scrape is the caller's job; a mix
-    raises ValueError rather than silently blending two models).
-
-    Returns None when PromQL would output nothing (no bucket has two samples in the
-    window: not enough data yet). Returns NaN when the window saw no observations (the
-    ``+Inf`` bucket did not increase), as PromQL does. Detectors must treat NaN as "no
-    traffic", never as a breach; ``nan > slo`` is False, so a plain comparison already
-    does not fire.
-    """
-    identity: tuple[str, Labels] | None = None
-    usable: list[tuple[float, SeriesData]] = []
-    for s in bucket_series:
-        rest = without_le(s.labels)
-        if identity is None:
-            identity = (s.signal, rest)
-        elif identity != (s.signal, rest):
-            raise ValueError(
-                f"bucket series of different histograms: {identity!r} vs {(s.signal, rest)!r}"
-            )
-        le = le_of(s.labels)
-        if le is not None:
-            usable.append((le, s))
-    increases = _bucket_increases([s for _, s in usable], start, end)
-    buckets = [(le, inc) for (le, _), inc in zip(usable, increases, strict=True)
-               if inc is not None]
-    if not buckets:
-        return [None] * len(qs)
-    # The bucket increases are the expensive part: compute them once for every q.
-    return [histogram_quantile(q, buckets) for q in qs]
-
-
-def _bucket_increases(
+def bucket_increases(
     series: Sequence[SeriesData], start: float, end: float
 ) -> list[float | None]:
     """``increase()`` of every bucket, vectorised when they share timestamps.

@@ -8,8 +8,8 @@ import pytest
 
 from gpuwarden.detectors import Status, build_detector
 from gpuwarden.detectors.latency import QuantileDetector
-from gpuwarden.detectors.threshold import ThresholdDetector, classify
-from gpuwarden.model import make_labels
+from gpuwarden.detectors.threshold import ThresholdDetector
+from gpuwarden.model import SeriesData, make_labels
 
 from .helpers import NOW, SRV, SRV2, const, detect, gpu, rule, sampled, series
 
@@ -50,12 +50,6 @@ def test_hysteresis_band_less(value: float, expected: Status | None) -> None:
     r = rule(signal="quality_similarity", op="<", threshold=0.92, clear=0.94)
     found = detect(r, const("quality_similarity", SRV, value))
     assert [f.status for f in found] == ([] if expected is None else [expected])
-
-
-def test_without_clear_no_hold() -> None:
-    assert classify(0.89, ">", 0.90, None) is None
-    assert classify(math.nan, ">", 0.90, 0.5) is None
-    assert classify(0.5, "==", 0.0, -1.0) is None  # no direction: clear ignored
 
 
 def test_aggregations() -> None:
@@ -129,6 +123,29 @@ def test_derived_spread_signal() -> None:
     found = detect(rule(signal="gpu_utilization_spread_ratio", threshold=0.05), *gpus)
     assert found[0].labels == make_labels(node="n1")
     assert found[0].value == pytest.approx(0.1)
+
+
+def test_derived_signals_agree_with_the_exposition() -> None:
+    """A rule on a derived signal compares the number /metrics shows for the same data."""
+    from gpuwarden.promql.derived import derive
+
+    data = [
+        sampled("generation_tokens_total", SRV, lambda t: 1000.0 + 47.0 * t, start=NOW - 120),
+        sampled("prefix_cache_queries_total", SRV, lambda t: 1e5 + 90 * t, start=NOW - 120),
+        sampled("prefix_cache_hits_total", SRV, lambda t: 1e4 + 31 * t, start=NOW - 120),
+        *(const("gpu_utilization_ratio", gpu(i), 0.9 - 0.07 * i) for i in range(3)),
+    ]
+
+    class Source:
+        def query(self, signal: str, matchers: None = None, start: float = 0.0,
+                  end: float = 0.0) -> list[SeriesData]:
+            return [s for s in data if s.signal == signal]
+
+    exported = {(s.signal, s.labels): s.value for s in derive(Source(), NOW)}
+    for signal in ("generation_tokens_per_second", "prefix_cache_hit_ratio",
+                   "gpu_utilization_spread_ratio"):
+        (found,) = detect(rule(signal=signal, op=">", threshold=0.0), *data)
+        assert exported[(signal, found.labels)] == found.value, signal
 
 
 def test_quantile_signal_dispatches_to_quantile_detector() -> None:

@@ -1,4 +1,5 @@
-"""Spread detector and utilization_spread: means over the window, straggler, staleness."""
+"""Spread detector: means over the window, straggler, staleness (the spread itself:
+tests/promql/test_derived.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import pytest
 
 from gpuwarden.detectors import Status, build_detector
 from gpuwarden.detectors.defaults import DEFAULT_RULES
-from gpuwarden.detectors.variance import utilization_spread
 from gpuwarden.model import SeriesData, make_labels
 
 from .helpers import NOW, const, detect, gpu, rule, sampled, window
@@ -61,30 +61,3 @@ def test_op_and_threshold_from_rule() -> None:
     r = rule(signal=U, detector="spread", op="<", threshold=0.05)
     assert detect(r, *node([0.9, 0.88]))
     assert not detect(r, *node([0.9, 0.5]))
-
-
-def test_utilization_spread_function() -> None:
-    data = node([0.9, 0.5, 0.8]) + node([0.4, 0.4], "b") + node([0.7], "c")
-    out = utilization_spread(data, NOW - 60, NOW)
-    assert [s.node for s in out] == ["b", "n1"]
-    n1 = out[1]
-    assert n1.spread == pytest.approx(0.4)
-    assert n1.straggler == "1"
-    assert n1.stdev == pytest.approx(float(np.std([0.9, 0.5, 0.8])))
-    assert out[0].spread == 0.0
-    stale = utilization_spread(node([0.9, 0.5], end=NOW - 60), NOW - 120, NOW, stale_after=5.0)
-    assert stale == []
-
-
-def test_derive_exports_spread() -> None:
-    from gpuwarden.promql.derived import derive
-
-    data = [*node([0.9, 0.7, 0.85]), const(U, gpu(3), 0.1, end=NOW - 30)]  # GPU 3 stopped
-
-    class Source:
-        def query(self, signal: str, matchers: None = None, start: float = 0.0,
-                  end: float = 0.0) -> list[SeriesData]:
-            return data if signal == U else []
-
-    out = [s for s in derive(Source(), NOW) if s.signal == "gpu_utilization_spread_ratio"]
-    assert [(s.labels, round(s.value, 6)) for s in out] == [(make_labels(node="n1"), 0.2)]

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 
 from gpuwarden.model import SeriesData, make_labels
-from gpuwarden.promql.windows import increase, rate, window_quantile
+from gpuwarden.promql.quantile import window_quantile
+from gpuwarden.promql.windows import increase, rate
 from tests.promserver import PromServer, prometheus_binary, static_job
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]

@@ -110,8 +110,9 @@ def test_sqlite_daemon_path_leaves_heavy_modules_unimported(tmp_path: Path) -> N
         import sys
         import numpy as np
         from gpuwarden.alerts.state import AlertStateStore
-        from gpuwarden.detectors.trend import median, theil_sen
-        from gpuwarden.detectors.variance import spread_of
+        from gpuwarden.detectors.trend import theil_sen
+        from gpuwarden.promql.aggregation import median
+        from gpuwarden.promql.derived import spread_of
         from gpuwarden.model import Sample, SeriesData, make_labels
         from gpuwarden.storage import open_store
 

@@ -1,0 +1,111 @@
+"""Derived window signals: tokens/s, prefix-cache hit ratio, GPU utilisation spread, and
+``derive`` exporting them with the latency quantiles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pytest
+
+from gpuwarden.model import Labels, SeriesData, make_labels
+from gpuwarden.promql.derived import (
+    derive,
+    prefix_cache_hit_ratio,
+    tokens_per_second,
+    utilization_spread,
+    utilization_spread_ratio,
+)
+
+NOW = 1_000_000.0
+U = "gpu_utilization_ratio"
+SRV = make_labels(node="n1", server="vllm-0", model="m")
+SRV2 = make_labels(node="n1", server="vllm-1", model="m")
+
+
+def sampled(signal: str, labels: Labels, fn: Callable[[float], float], *, start: float,
+            end: float = NOW, step: float = 1.0) -> SeriesData:
+    """Samples fn(t - end) every ``step`` seconds over ``[start, end]``."""
+    ts = np.arange(start, end + step / 2, step)
+    return SeriesData(signal, labels, ts, np.array([fn(t - end) for t in ts]))
+
+
+def node(means: list[float], name: str = "n1", *, end: float = NOW) -> list[SeriesData]:
+    return [sampled(U, make_labels(node=name, gpu=str(i)), lambda _t, m=m: m,
+                    start=end - 300, end=end) for i, m in enumerate(means)]
+
+
+class Source:
+    def __init__(self, data: Sequence[SeriesData]) -> None:
+        self.data = data
+
+    def query(self, signal: str, matchers: None = None, start: float = 0.0,
+              end: float = 0.0) -> list[SeriesData]:
+        return [s for s in self.data if s.signal == signal]
+
+
+def test_tokens_per_second_is_the_counter_rate() -> None:
+    tokens = sampled("generation_tokens_total", SRV, lambda t: 1000.0 + 50.0 * t,
+                     start=NOW - 120)
+    one_sample = sampled("generation_tokens_total", SRV2, lambda t: 7.0, start=NOW)
+    ((labels, rate),) = tokens_per_second([tokens, one_sample], NOW - 60, NOW)
+    assert labels == SRV and rate == pytest.approx(50.0)
+
+
+def test_hit_ratio_matches_hits_and_queries_by_labels() -> None:
+    q = sampled("prefix_cache_queries_total", SRV, lambda t: 1e5 + 100 * t, start=NOW - 120)
+    h = sampled("prefix_cache_hits_total", SRV, lambda t: 1e4 + 30 * t, start=NOW - 120)
+    unmatched = sampled("prefix_cache_hits_total", SRV2, lambda t: 30 * t, start=NOW - 120)
+    ((labels, ratio),) = prefix_cache_hit_ratio([h, unmatched], [q], NOW - 60, NOW)
+    assert labels == SRV and ratio == pytest.approx(0.3)
+    idle = sampled("prefix_cache_queries_total", SRV, lambda t: 5.0, start=NOW - 120)
+    assert prefix_cache_hit_ratio([h], [idle], NOW - 60, NOW) == []  # no queries: no ratio
+
+
+def test_utilization_spread_function() -> None:
+    data = node([0.9, 0.5, 0.8]) + node([0.4, 0.4], "b") + node([0.7], "c")
+    out = utilization_spread(data, NOW - 60, NOW)
+    assert [s.node for s in out] == ["b", "n1"]
+    n1 = out[1]
+    assert n1.spread == pytest.approx(0.4)
+    assert n1.straggler == "1"
+    assert n1.stdev == pytest.approx(float(np.std([0.9, 0.5, 0.8])))
+    assert out[0].spread == 0.0
+    stale = utilization_spread(node([0.9, 0.5], end=NOW - 60), NOW - 120, NOW, interval=1.0)
+    assert stale == []
+
+
+def test_spread_ratio_is_per_node() -> None:
+    out = utilization_spread_ratio(node([0.9, 0.7]) + node([0.5, 0.5], "b"), NOW - 60, NOW,
+                                   interval=1.0)
+    assert [(labels, round(v, 6)) for labels, v in out] == [
+        (make_labels(node="b"), 0.0), (make_labels(node="n1"), 0.2)]
+
+
+def test_derive_exports_spread() -> None:
+    stopped = sampled(U, make_labels(node="n1", gpu="3"), lambda _t: 0.1, start=NOW - 330,
+                      end=NOW - 30)
+    out = [s for s in derive(Source([*node([0.9, 0.7, 0.85]), stopped]), NOW)
+           if s.signal == "gpu_utilization_spread_ratio"]
+    assert [(s.labels, round(s.value, 6)) for s in out] == [(make_labels(node="n1"), 0.2)]
+
+
+def test_derive_exports_rate_ratio_and_quantiles() -> None:
+    edges = ("0.1", "0.25", "+Inf")
+    per_second = (9.0, 0.7, 0.3)  # requests per second landing in each bucket
+    buckets = [sampled("ttft_seconds_bucket", (*SRV, ("le", le)),
+                       lambda t, k=k: 1000 + sum(per_second[:k + 1]) * (t + 120),
+                       start=NOW - 120) for k, le in enumerate(edges)]
+    data = [
+        sampled("generation_tokens_total", SRV, lambda t: 1000.0 + 50.0 * t, start=NOW - 120),
+        sampled("prefix_cache_queries_total", SRV, lambda t: 1e5 + 100 * t, start=NOW - 120),
+        sampled("prefix_cache_hits_total", SRV, lambda t: 1e4 + 30 * t, start=NOW - 120),
+        *buckets,
+    ]
+    got = {(s.signal, dict(s.labels).get("quantile")): s.value for s in derive(Source(data), NOW)}
+    assert got[("generation_tokens_per_second", None)] == pytest.approx(50.0)
+    assert got[("prefix_cache_hit_ratio", None)] == pytest.approx(0.3)
+    # 10 requests/s, 9 under 0.1 s: p50 = 0.1 * 5/9; p95 = 0.1 + 0.15 * 0.5/0.7
+    assert got[("ttft_seconds", "0.5")] == pytest.approx(0.1 * 5 / 9)
+    assert got[("ttft_seconds", "0.95")] == pytest.approx(0.1 + 0.15 * 0.5 / 0.7)
+    assert got[("ttft_seconds", "0.99")] == pytest.approx(0.25)  # in +Inf: the top edge
