@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gpuwarden.alerts.alert import Alert, AlertState
 from gpuwarden.storage import schema
-from gpuwarden.storage.store import dialect_insert
+from gpuwarden.storage.engine import dialect_insert
 
 if TYPE_CHECKING:
     from gpuwarden.alerts.engine import RuleEngine

@@ -12,15 +12,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gpuwarden.storage.engine import open_store
-    from gpuwarden.storage.store import Store
+    from gpuwarden.storage.store import Store, open_store
 
 __all__ = ["Store", "open_store"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "open_store":
-        from gpuwarden.storage.engine import open_store
+        from gpuwarden.storage.store import open_store
 
         return open_store
     if name == "Store":

@@ -12,10 +12,10 @@ What keeps the two writers in step:
 
 * the schema: :data:`SQLITE_DDL` is ``schema.sqlite_ddl()`` rendered in advance (a test
   keeps them equal, and :data:`SCHEMA_VERSION` equal to ``schema.SCHEMA_VERSION``);
-  the schema_version row is written as ``Store._setup_schema`` writes it;
+  the schema_version row is written as ``schema.create_tables`` writes it;
 * the connection: the pragmas of ``storage/engine.py`` (WAL, ``synchronous=NORMAL``,
   the same busy timeout) and a ``BEGIN IMMEDIATE`` write transaction;
-* the rows: ``series`` got-or-created as ``Store._create_series`` does, keyed by the
+* the rows: ``series`` got-or-created as ``series_registry.create_series`` does, keyed by the
   canonical :func:`~gpuwarden.model.labels_json`; one ``head_log`` row whose blob
   :func:`encode_cycle` makes byte-identical to ``codec.encode_cycle`` (tested with
   hypothesis) without numpy, which costs another 0.1-0.2 s to import.
@@ -175,8 +175,9 @@ _U64 = (1 << 64) - 1
 _I64_OFFSET = 1 << 63
 #: Prefixes of URLs that SQLAlchemy opens with pysqlite as a plain file.
 _PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
-#: SQLite's default limit on host parameters is 999 (before 3.32).
-_IN_BATCH = 500
+#: ``schema.IN_BATCH`` (a test keeps them equal): SQLite's default limit on host
+#: parameters is 999 (before 3.32).
+IN_BATCH = 500
 
 
 def sqlite_file(url: str) -> str | None:
@@ -262,7 +263,7 @@ def _millis(ts: float) -> int:
 
 
 def _ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create what is missing and the version row, as ``Store._setup_schema`` does."""
+    """Create what is missing and the version row, as ``schema.create_tables`` does."""
     version = None
     if conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
@@ -289,8 +290,8 @@ def _series_ids(conn: sqlite3.Connection, keys: list[SeriesKey]) -> dict[SeriesK
     )
     found: dict[SeriesKey, int] = {}
     signals = sorted({signal for signal, _ in wanted})
-    for k in range(0, len(signals), _IN_BATCH):
-        batch = signals[k : k + _IN_BATCH]
+    for k in range(0, len(signals), IN_BATCH):
+        batch = signals[k : k + IN_BATCH]
         marks = ", ".join("?" * len(batch))
         for row_id, signal, labels in conn.execute(
             f"SELECT id, signal, labels FROM series WHERE signal IN ({marks})", batch

@@ -1,4 +1,8 @@
-"""From a storage URL to a configured SQLAlchemy engine, and ``open_store``.
+"""From a storage URL to a configured SQLAlchemy engine, and how to write through it.
+
+Every writer of the store's database (samples, alert state, audit trail, model history)
+opens its transactions with :func:`write_transaction` and builds its upserts with
+:func:`dialect_insert`, so they all take the write lock the same way.
 
 SQLite: WAL journal (readers never block the writer), ``synchronous=NORMAL`` (a crash
 can lose the last commits only on power loss, never corrupt), and a busy_timeout of a
@@ -21,6 +25,8 @@ client: that case is handled by keeping every database call off the collection l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from gpuwarden.errors import StoreError
-from gpuwarden.storage.store import Store
 
 
 def sqlite_engine(url_str: str, database: str | None, busy_timeout_ms: int) -> Engine:
@@ -98,12 +103,12 @@ def postgres_engine(url: Any, busy_timeout_ms: int) -> Engine:
     return engine
 
 
-def open_store(url: str, *, node: str, busy_timeout_ms: int = 300, **options: Any) -> Store:
-    """Open (creating tables if needed) the store at a SQLAlchemy URL.
+def open_engine(url: str, *, busy_timeout_ms: int = 300) -> Engine:
+    """The configured engine of a SQLAlchemy URL (nothing is connected yet).
 
     ``sqlite:///PATH`` or ``postgresql+psycopg://...`` (``postgresql://`` is taken to
     mean psycopg). Raises :class:`StoreError` for a URL that cannot be used, with a
-    message naming the problem. ``options`` go to :class:`Store`.
+    message naming the problem.
     """
     try:
         parsed = make_url(url)
@@ -112,8 +117,8 @@ def open_store(url: str, *, node: str, busy_timeout_ms: int = 300, **options: An
     backend = parsed.get_backend_name()
     try:
         if backend == "sqlite":
-            engine = sqlite_engine(url, parsed.database, busy_timeout_ms)
-        elif backend == "postgresql":
+            return sqlite_engine(url, parsed.database, busy_timeout_ms)
+        if backend == "postgresql":
             if parsed.drivername in ("postgresql", "postgres"):
                 parsed = parsed.set(drivername="postgresql+psycopg")
             elif parsed.get_driver_name() != "psycopg":
@@ -121,18 +126,37 @@ def open_store(url: str, *, node: str, busy_timeout_ms: int = 300, **options: An
                     f"PostgreSQL driver {parsed.get_driver_name()!r} is not supported; "
                     "use postgresql+psycopg://"
                 )
-            engine = postgres_engine(parsed, busy_timeout_ms)
-        else:
-            raise StoreError(
-                f"unsupported storage URL scheme {parsed.drivername!r}; "
-                "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
-            )
+            return postgres_engine(parsed, busy_timeout_ms)
+        raise StoreError(
+            f"unsupported storage URL scheme {parsed.drivername!r}; "
+            "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        )
     except (NoSuchModuleError, ArgumentError) as exc:
         raise StoreError(
             f"unusable storage URL {parsed.render_as_string(hide_password=True)}: {exc}"
         ) from exc
-    try:
-        return Store(engine, node=node, **options)
-    except TypeError:
-        engine.dispose()
-        raise
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A write transaction; on SQLite ``BEGIN IMMEDIATE`` (see ``sqlite_engine``'s
+    ``_on_begin``) so that busy_timeout applies."""
+    with engine.connect() as conn:
+        conn.execution_options(gw_write=True)
+        with conn.begin():
+            yield conn
+
+
+def dialect_insert(dialect: str, table: Any) -> Any:
+    """An ``INSERT`` with ``on_conflict_do_*`` for the dialect (``engine.dialect.name``).
+
+    Imported on use: SQLAlchemy's PostgreSQL dialect package costs ~2 MiB of memory, which
+    a daemon on SQLite (the default) should not carry.
+    """
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)

@@ -65,7 +65,7 @@ def apply_retention(
 ) -> int:
     """Delete chunks and 1-minute rollups older than ``now - retention_seconds``.
 
-    ``begin`` opens one write transaction (``Store._begin_write``). Returns the number
+    ``begin`` opens one write transaction (``engine.write_transaction``). Returns the number
     of rows deleted. Each batch commits on its own, so an interruption (a locked
     database, a crash) leaves a consistent store with part of the work done; the next
     call carries on.

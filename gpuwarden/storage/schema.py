@@ -27,6 +27,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
+    Engine,
     Float,
     Index,
     Integer,
@@ -36,10 +37,19 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
+    insert,
+    inspect,
+    select,
 )
+
+from gpuwarden.errors import StoreError
+from gpuwarden.storage.engine import write_transaction
 
 #: Bump when a table changes; a store refuses a database with a newer version.
 SCHEMA_VERSION = 1
+#: Values per ``IN (...)`` list: SQLite's default limit on host parameters is 999.
+IN_BATCH = 500
 
 #: SQLite only turns ``INTEGER PRIMARY KEY`` into an auto-assigned rowid alias, not
 #: ``BIGINT``; PostgreSQL needs 64-bit ids (BIGSERIAL) for long-lived shared databases.
@@ -166,10 +176,12 @@ model_history = Table(
 )
 
 __all__ = [
+    "IN_BATCH",
     "SCHEMA_VERSION",
     "alerts",
     "audit",
     "chunks",
+    "create_tables",
     "dead_letters",
     "head_log",
     "metadata",
@@ -180,10 +192,31 @@ __all__ = [
 ]
 
 
+def create_tables(engine: Engine) -> None:
+    """Create the tables that are missing and the version row of a new database.
+
+    Raises :class:`StoreError` for a database of a newer schema version, before
+    touching it.
+    """
+    with engine.connect() as conn:
+        version = None
+        if inspect(conn).has_table("schema_version"):
+            version = conn.scalar(select(func.max(schema_version.c.version)))
+    if version is not None and version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {version} is newer than this gpuwarden supports "
+            f"({SCHEMA_VERSION}); upgrade gpuwarden or point it at another database"
+        )
+    with write_transaction(engine) as conn:
+        metadata.create_all(conn)
+        if version is None:
+            conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+
+
 def sqlite_ddl() -> tuple[str, ...]:
     """The whole schema as SQLite DDL, in ``create_all``'s table order (IF NOT EXISTS).
 
-    The early first-cycle writer (``gpuwarden/early_store.py``) creates the schema
+    The early first-cycle writer (``storage/early.py``) creates the schema
     without importing SQLAlchemy, from a pre-rendered copy of this; a test keeps that
     copy equal to this rendering, so this module stays the one definition of the tables.
     After changing a table, that test fails and prints the new text to paste there.

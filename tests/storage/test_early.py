@@ -6,6 +6,7 @@ import math
 import os
 import sqlite3
 import struct
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,9 +19,8 @@ from sqlalchemy.engine import make_url
 
 from gpuwarden.errors import StoreError
 from gpuwarden.model import Sample, labels_json, make_labels
-from gpuwarden.storage import codec, open_store, schema
+from gpuwarden.storage import Store, codec, open_store, schema
 from gpuwarden.storage import early as early_store
-from gpuwarden.storage import store as store_module
 
 NODE = "node-a"
 T0 = 1_700_000_000.0
@@ -55,7 +55,7 @@ def master(path: Path) -> list[tuple[str, str, str, str]]:
         ).fetchall()
 
 
-def everything(store: store_module.Store) -> dict[tuple[str, tuple[tuple[str, str], ...]],
+def everything(store: Store) -> dict[tuple[str, tuple[tuple[str, str], ...]],
                                                   list[tuple[float, float]]]:
     out = {}
     for signal, _ in store.series():
@@ -87,10 +87,11 @@ def ddl_source() -> str:
 
 def test_ddl_is_the_rendering_of_schema_py() -> None:
     assert schema.sqlite_ddl() == early_store.SQLITE_DDL, (
-        "storage/schema.py changed: replace SQLITE_DDL in gpuwarden/early_store.py with\n"
+        "storage/schema.py changed: replace SQLITE_DDL in gpuwarden/storage/early.py with\n"
         + ddl_source()
     )
     assert early_store.SCHEMA_VERSION == schema.SCHEMA_VERSION
+    assert early_store.IN_BATCH == schema.IN_BATCH
     assert early_store.CYCLE_VERSION == codec.CYCLE_VERSION
 
 
@@ -129,10 +130,22 @@ def test_blob_decodes_with_the_codec(rows: list[tuple[int, int]]) -> None:
 
 
 @given(st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=6))
-def test_labels_json_is_the_stores(labels: dict[str, str]) -> None:
+@settings(max_examples=40, deadline=None)
+def test_series_identity_is_the_stores(labels: dict[str, str]) -> None:
+    """Any label set, in any order: the early write and the store find one series row,
+    spelled ``labels_json``, and the store reads the same labels back."""
     key = make_labels(labels)
-    assert labels_json(key) == store_module.labels_json(key)
-    assert labels_json(tuple(reversed(key))) == store_module.labels_json(key)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = url_of(Path(tmp) / "gw.db")
+        early = Sample("gpu_up", tuple(reversed(key)), 1.0, T0)
+        assert early_store.store_first_cycle(url, NODE, [early]) == 1
+        with open_store(url, node=NODE) as store:
+            store.write([Sample("gpu_up", key, 0.0, T0 + 1)])
+            (got,) = store.query("gpu_up")
+            assert got.labels == key and got.values.tolist() == [1.0, 0.0]
+        with sqlite3.connect(Path(tmp) / "gw.db") as conn:
+            rows = conn.execute("SELECT signal, labels FROM series").fetchall()
+    assert rows == [("gpu_up", labels_json(key))]
 
 
 @given(st.floats(min_value=-1e12, max_value=1e12, allow_nan=False))

@@ -245,19 +245,6 @@ def test_unopenable_url_is_a_store_error(backend: Backend) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("mysql://root@localhost/db", "unsupported storage URL scheme"),
-        ("not a url", "invalid storage URL"),
-        ("postgresql+psycopg2://u@h/db", "not supported"),
-    ],
-)
-def test_bad_url_is_a_store_error(url: str, message: str) -> None:
-    with pytest.raises(StoreError, match=message):
-        open_store(url, node="n")
-
-
 def test_concurrent_queries_during_cuts_see_each_sample_once(backend: Backend) -> None:
     store = backend.open(chunk_span=5, memory_window=5)
     stop = threading.Event()
