@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpuwarden.errors import CodecError
 from gpuwarden.storage import codec
 
 finite_or_not = st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True)
@@ -88,13 +89,13 @@ def test_nvml_like_gauges_compress_to_about_a_byte_per_sample() -> None:
 
 @pytest.mark.parametrize("blob", [b"", b"\x01", b"\x09" + b"\x00" * 30])
 def test_garbage_is_a_codec_error(blob: bytes) -> None:
-    with pytest.raises(codec.CodecError):
+    with pytest.raises(CodecError):
         codec.decode_chunk(blob)
-    with pytest.raises(codec.CodecError):
+    with pytest.raises(CodecError):
         codec.decode_cycle(blob)
 
 
 def test_truncated_chunk_is_a_codec_error() -> None:
     blob = codec.encode_chunk(np.arange(10, dtype=np.int64), np.arange(10.0))
-    with pytest.raises(codec.CodecError):
+    with pytest.raises(CodecError):
         codec.decode_chunk(blob[:-3])

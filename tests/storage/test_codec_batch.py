@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpuwarden.errors import CodecError
 from gpuwarden.storage import codec
 
 chunk_st = st.tuples(
@@ -47,5 +48,5 @@ def test_batch_decode_is_bit_identical_in_input_order(
 def test_one_bad_chunk_in_a_batch_is_a_codec_error() -> None:
     good = _chunk(10, "decimal", 1)
     for bad in (b"", good[:-3], b"\x09" + good[1:]):
-        with pytest.raises(codec.CodecError):
+        with pytest.raises(CodecError):
             codec.decode_chunks([good, bad, good])
