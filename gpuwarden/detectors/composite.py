@@ -27,7 +27,7 @@ would (``promql/windows.py``), and skip series that went stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -217,7 +217,3 @@ def _fitted_change(ts: FloatArray, vs: FloatArray, start: float,
     fit = theil_sen(x - end, y)
     return fit.slope * float(x[-1] - x[0]), fit.low_slope
 
-
-COMPOSITES: dict[str, Callable[[RuleConfig], Composite]] = {
-    c.name: c for c in (KVCacheBottleneck, PreemptionsRising, PrefixCacheHitFalling, QueueGrowing)
-}
