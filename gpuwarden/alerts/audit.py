@@ -122,8 +122,8 @@ class AuditLog:
 
     BATCH = 500
 
-    def __init__(self, engine: Engine, *, clock: Any = time.time, background: bool = False,
-                 queue_size: int = 10_000) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time,
+                 background: bool = False, queue_size: int = 10_000) -> None:
         self.engine = engine
         self.clock = clock
         self.errors_total = 0

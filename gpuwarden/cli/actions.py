@@ -19,8 +19,8 @@ from gpuwarden.cli.common import (
     EXIT_OK,
     EXIT_RUNTIME,
     Subcommands,
+    audit_engine,
     config_problems,
-    open_engine,
 )
 from gpuwarden.errors import ConfigError, StoreError
 
@@ -43,7 +43,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return config_problems(exc)
     try:
-        engine = open_engine(config.storage.url)
+        engine = audit_engine(config.storage.url)
     except StoreError as exc:
         print(f"storage: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -99,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config)
-        engine = open_engine(config.storage.url)
+        engine = audit_engine(config.storage.url)
     except ConfigError as exc:
         return config_problems(exc)
     except StoreError as exc:

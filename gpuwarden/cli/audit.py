@@ -17,8 +17,8 @@ from gpuwarden.cli.common import (
     EXIT_CONFIG,
     EXIT_OK,
     Subcommands,
+    audit_engine,
     config_problems,
-    open_engine,
 )
 from gpuwarden.errors import ConfigError, StoreError
 
@@ -41,7 +41,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"--since: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        engine = open_engine(config.storage.url)
+        engine = audit_engine(config.storage.url)
     except StoreError as exc:
         print(f"storage: {exc}", file=sys.stderr)
         return EXIT_CONFIG

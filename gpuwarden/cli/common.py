@@ -6,7 +6,7 @@ that failed), 2 bad configuration or usage (the config file, the storage URL), a
 and shell scripts expect: a 2 means "fix the config", not "retry".
 
 Light to import: ``gpuwarden run`` builds the whole parser before its first cycle, so
-SQLAlchemy is imported only when a command opens the store (:func:`open_engine`).
+SQLAlchemy is imported only when a command opens the store (:func:`audit_engine`).
 """
 
 from __future__ import annotations
@@ -45,34 +45,26 @@ def config_problems(exc: ConfigError) -> int:
     return EXIT_CONFIG
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for the configured store, set up like the daemon's, tables ensured.
+def audit_engine(url: str) -> Engine:
+    """The configured store's engine (set up as the daemon's), with the audit tables.
 
     A command does not open a full ``Store`` (that replays the head log); it only
-    needs the audit tables, and SQLite's WAL lets it read while the daemon writes.
+    needs the audit trail and the dead letters, and SQLite's WAL lets it read while the
+    daemon writes. Raises ``StoreError`` for a URL or a database that cannot be used.
     """
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from gpuwarden.errors import StoreError
     from gpuwarden.storage import schema
-    from gpuwarden.storage.engine import postgres_engine, sqlite_engine, write_transaction
+    from gpuwarden.storage.engine import open_engine, write_transaction
 
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = sqlite_engine(url, parsed.database, 2000)
-    elif parsed.get_backend_name() == "postgresql":
-        if parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = postgres_engine(parsed, 2000)
-    else:
-        raise StoreError(f"unsupported storage URL scheme {parsed.drivername!r}")
+    engine = open_engine(url, busy_timeout_ms=2000)
     try:
         with write_transaction(engine) as conn:
             schema.audit.create(conn, checkfirst=True)
             schema.dead_letters.create(conn, checkfirst=True)
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise StoreError(f"cannot open store {parsed.render_as_string(hide_password=True)}: "
-                         f"{type(exc).__name__}") from exc
+        shown = engine.url.render_as_string(hide_password=True)
+        raise StoreError(f"cannot open store {shown}: {type(exc).__name__}") from exc
     return engine
