@@ -90,6 +90,14 @@ SIGNALS: dict[str, Signal] = {
     )
 }
 
+#: Derived signals (computed over a window, never stored), and the stored signals each is
+#: computed from (``promql/derived.py``); a rule may name them like stored ones.
+DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
+    "generation_tokens_per_second": ("generation_tokens_total",),
+    "prefix_cache_hit_ratio": ("prefix_cache_hits_total", "prefix_cache_queries_total"),
+    "gpu_utilization_spread_ratio": ("gpu_utilization_ratio",),
+}
+
 QUANTILE_SIGNAL = re.compile(r"^(?P<base>ttft|itl|e2e_latency)_p(?P<q>50|90|95|99)_seconds$")
 
 

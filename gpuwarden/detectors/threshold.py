@@ -24,13 +24,12 @@ from gpuwarden.detectors.condition import MIN_LOOKBACK, classify, live_series, r
 from gpuwarden.detectors.latency import QuantileDetector
 from gpuwarden.promql.aggregation import aggregate
 from gpuwarden.promql.derived import (
-    DERIVED_INPUTS,
     LabelledValue,
     prefix_cache_hit_ratio,
     tokens_per_second,
     utilization_spread_ratio,
 )
-from gpuwarden.signals import resolve_rule_signal
+from gpuwarden.signals import DERIVED_INPUTS, resolve_rule_signal
 
 if TYPE_CHECKING:
     from gpuwarden.detectors import Detector

@@ -26,13 +26,11 @@ from gpuwarden.detectors import build_detector
 from gpuwarden.detectors.defaults import summary_fields
 from gpuwarden.detectors.registry import DETECTORS
 from gpuwarden.detectors.rule import AGGREGATIONS, RULE_OPS, RuleConfig
-from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
+from gpuwarden.signals import DERIVED_INPUTS, SIGNALS, Kind, resolve_rule_signal
 
 # Detectors that compare against ``threshold`` (a rule for them cannot run without one).
 THRESHOLDED = ("threshold", "quantile")
 # Signals that are already a figure over a window: an aggregation over them means nothing.
-_DERIVED = ("generation_tokens_per_second", "prefix_cache_hit_ratio",
-            "gpu_utilization_spread_ratio")
 _COMPOSITE = "composite:"
 
 
@@ -67,7 +65,8 @@ def rule_problems(rule: RuleConfig) -> list[str]:
                         "computed over `window` from the histogram")
     if quantile and rule.detector not in THRESHOLDED:
         problems.append(f"a quantile signal needs the threshold detector, not {rule.detector!r}")
-    if rule.signal in _DERIVED and rule.detector == "threshold" and rule.aggregation != "last":
+    derived = rule.signal in DERIVED_INPUTS
+    if derived and rule.detector == "threshold" and rule.aggregation != "last":
         problems.append(f"{rule.signal} is already a window figure: aggregation does not apply")
     if rule.detector in THRESHOLDED and rule.threshold is None:
         problems.append("threshold is required")

@@ -39,12 +39,6 @@ from gpuwarden.promql.windows import counter_rate, ratio_of_increases
 QUANTILES = (0.5, 0.95, 0.99)
 LATENCY_HISTOGRAMS = ("ttft_seconds", "itl_seconds", "e2e_latency_seconds")
 DEFAULT_WINDOW = 60.0
-#: Derived signals a rule may name, and the stored signals each is computed from.
-DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
-    "generation_tokens_per_second": ("generation_tokens_total",),
-    "prefix_cache_hit_ratio": ("prefix_cache_hits_total", "prefix_cache_queries_total"),
-    "gpu_utilization_spread_ratio": ("gpu_utilization_ratio",),
-}
 
 LabelledValue = tuple[Labels, float]
 
