@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from gpuwarden.storage.store import Store
     from gpuwarden.storage.writer import StoreWriter
 
-#: A database read on the collection loop waits at most this long (see Store._db_read).
+#: A database read on the collection loop waits at most this long (storage/read_deadline.py).
 STORE_READ_TIMEOUT_S = 0.5
 
 
