@@ -53,7 +53,7 @@ def metric(signal: str, matchers: str = "") -> str:
     """The exported name of a catalogue signal, with optional matchers.
 
     Counters are exported under their full ``_total`` name, histograms as window
-    quantiles under their own name (see ``exposition.py``). A name that is not in the
+    quantiles under their own name (see ``api/exposition.py``). A name that is not in the
     catalogue raises ``KeyError``: that is the drift check.
     """
     if SIGNALS[signal].kind is Kind.HISTOGRAM and "quantile=" not in matchers:

@@ -292,7 +292,7 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
 
 
 def test_first_cycle_stored_once_and_counted(tmp_path: Path, daemon_factory: object) -> None:
-    """The first cycle goes to SQLite before the store opens (early_store); not twice."""
+    """The first cycle goes to SQLite before the store opens (storage/early.py); not twice."""
     port, db, cfg = free_port(), tmp_path / "gw.db", tmp_path / "gw.toml"
     write_config(cfg, port, db, gpus=1)
     proc = daemon_factory(cfg, port)  # type: ignore[operator]

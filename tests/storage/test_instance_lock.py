@@ -135,7 +135,7 @@ def test_sqlite_lock_in_a_missing_directory_is_a_store_error(tmp_path: Path) -> 
 
 def test_the_sqlite_path_imports_no_sqlalchemy(tmp_path: Path) -> None:
     # It runs before the first stored sample, whose time budget SQLAlchemy's import
-    # alone would spend (see early_store.py).
+    # alone would spend (see storage/early.py).
     code = ("import sys\nfrom gpuwarden.storage.instance_lock import acquire_instance_lock\n"
             f"acquire_instance_lock('sqlite:///{tmp_path}/gw.db', 'n')\n"
             "print([m for m in ('sqlalchemy', 'numpy', 'psycopg') if m in sys.modules])")
