@@ -46,6 +46,15 @@ def label_dict(labels: Labels) -> dict[str, str]:
     return dict(labels)
 
 
+def labels_match(labels: Labels, matchers: Mapping[str, str] | None) -> bool:
+    """Whether every matcher is an exact equality of the label set (no matchers: all do);
+    the store's queries and backtest's prefetched windows select series alike."""
+    if not matchers:
+        return True
+    have = dict(labels)
+    return all(have.get(k) == v for k, v in matchers.items())
+
+
 def labels_json(labels: Labels) -> str:
     """The canonical JSON spelling of a label set, as stored in ``series.labels``."""
     return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 
 from sqlalchemy import Connection, select
 
-from gpuwarden.model import Labels
+from gpuwarden.model import Labels, labels_match
 from gpuwarden.storage import schema
 from gpuwarden.storage.chunk_cut import MAX_CHUNK_SPAN_MS
-from gpuwarden.storage.series_registry import matches, stored_series
+from gpuwarden.storage.series_registry import stored_series
 
 _I64_MIN = -(2**63)
 
@@ -23,7 +23,7 @@ def matching_series(
 ) -> list[tuple[int, Labels]]:
     """Database id and labels of every stored series of ``signal`` whose labels match."""
     return [(db_id, labels) for db_id, (_, labels) in stored_series(conn, signal)
-            if matches(labels, matchers)]
+            if labels_match(labels, matchers)]
 
 
 def read_chunks(

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from sqlalchemy import Connection, select
 
-from gpuwarden.model import Labels, labels_json
+from gpuwarden.model import Labels, labels_json, labels_match
 from gpuwarden.storage import schema
 from gpuwarden.storage.codec import I64Array
 from gpuwarden.storage.engine import dialect_insert
@@ -31,14 +31,6 @@ SeriesKey = tuple[str, Labels]
 def labels_from_json(text: str) -> Labels:
     """The label set of a ``series.labels`` value (the inverse of ``labels_json``)."""
     return tuple(sorted(json.loads(text).items()))
-
-
-def matches(labels: Labels, matchers: Mapping[str, str] | None) -> bool:
-    """Whether every matcher is an exact equality of the label set."""
-    if not matchers:
-        return True
-    have = dict(labels)
-    return all(have.get(k) == v for k, v in matchers.items())
 
 
 def unique_ids(ids: I64Array) -> I64Array:
@@ -93,7 +85,8 @@ class SeriesRegistry:
     def matching(self, signal: str, matchers: Mapping[str, str] | None) -> list[int]:
         """Local ids of the series of ``signal`` whose labels match, in first-seen order."""
         keys = self.keys
-        return [lid for lid in self.by_signal.get(signal, ()) if matches(keys[lid][1], matchers)]
+        return [lid for lid in self.by_signal.get(signal, ())
+                if labels_match(keys[lid][1], matchers)]
 
     def unassigned(self, ids: Sequence[I64Array]) -> list[int]:
         """The distinct local ids among ``ids`` that have no database id yet."""

@@ -28,7 +28,7 @@ from gpuwarden.config import Config
 from gpuwarden.detectors.defaults import effective_rules
 from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.durations import format_duration
-from gpuwarden.model import SeriesData
+from gpuwarden.model import SeriesData, labels_match
 
 
 class PrefetchedSource:
@@ -54,7 +54,7 @@ class PrefetchedSource:
     ) -> list[SeriesData]:
         out = []
         for s in self._data.get(signal, ()):
-            if matchers and any(dict(s.labels).get(k) != v for k, v in matchers.items()):
+            if not labels_match(s.labels, matchers):
                 continue
             a = int(np.searchsorted(s.timestamps, start, side="left"))
             b = int(np.searchsorted(s.timestamps, end, side="right"))

@@ -19,7 +19,6 @@ from gpuwarden.storage.series_registry import (
     create_series,
     labels_from_json,
     load_series,
-    matches,
     stored_series,
     unique_ids,
 )
@@ -38,12 +37,6 @@ def test_labels_read_back_are_the_labels_written(labels: dict[str, str]) -> None
     key = make_labels(labels)
     assert labels_from_json(labels_json(key)) == key
     assert labels_json(tuple(reversed(key))) == labels_json(key)
-
-
-def test_matchers_are_exact_equalities() -> None:
-    labels = make_labels(gpu="0", node="a")
-    assert matches(labels, None) and matches(labels, {}) and matches(labels, {"gpu": "0"})
-    assert not matches(labels, {"gpu": "1"}) and not matches(labels, {"model": ""})
 
 
 @given(st.lists(st.integers(-(2**40), 2**40), max_size=50))
