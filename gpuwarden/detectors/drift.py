@@ -31,7 +31,7 @@ alarm), ``S_t = min(cap, max(0, S_{t-1} - z_t - k))``, breach while ``S > h``.
 ``limit`` is the drop to detect in similarity units (default 0.03, so k = limit / 2
 per the classical "half the shift"), ``threshold`` is ``h`` in sigmas (default 8:
 higher than the textbook 5 because every canary of every server runs its own chart,
-so false alarms add up; see tests/quality/test_drift.py for delay and ARL figures).
+so false alarms add up; see tests/detectors/test_drift.py for delay and ARL figures).
 ``S`` is capped at ``2 h`` so that a recovered model clears within a few rounds.
 One finding per (node, server, model), value = the largest ``S``, annotations naming
 the drifting canaries (ids only) and baseline vs recent mean.

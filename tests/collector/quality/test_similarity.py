@@ -17,7 +17,7 @@ import pytest
 
 from gpuwarden.collector.quality.similarity import breakdown, calibrate, embed, similarity
 
-PAIRS = Path(__file__).resolve().parents[1] / "fixtures" / "quality" / "similarity-pairs.jsonl"
+PAIRS = Path(__file__).resolve().parents[2] / "fixtures" / "quality" / "similarity-pairs.jsonl"
 ROWS = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines()]
 LABELS = {"paraphrase", "unrelated", "repetition", "gibberish", "truncation", "wrong_language"}
 

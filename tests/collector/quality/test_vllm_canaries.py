@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.collector.quality.canary import QualityCollector
+from tests.collector.quality.helpers import canaries
 from tests.integration.vllm_server import SERVED_MODEL, VllmServer, find_vllm_cpu
-from tests.quality.helpers import canaries
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -17,10 +17,10 @@ from gpuwarden.collector.quality.canary import (
 )
 from gpuwarden.config import parse_config
 from gpuwarden.errors import CollectorError
-from tests.quality.fake_openai import FakeOpenAI
-from tests.quality.helpers import PROMPTS, Clock, canaries, drive
+from tests.collector.quality.fake_openai import FakeOpenAI
+from tests.collector.quality.helpers import PROMPTS, Clock, canaries, drive
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "canaries.jsonl"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "canaries.jsonl"
 
 
 def test_parse_canaries_names_lines_and_never_quotes_them() -> None:

@@ -29,9 +29,9 @@ from gpuwarden.config import parse_config
 from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.daemon.wiring import build_collectors
 from gpuwarden.model import Sample
+from tests.collector.quality.fake_openai import FakeOpenAI
+from tests.collector.quality.helpers import PROMPTS
 from tests.daemon.test_daemon import free_port
-from tests.quality.fake_openai import FakeOpenAI
-from tests.quality.helpers import PROMPTS
 
 
 class Recorder:

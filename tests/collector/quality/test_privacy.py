@@ -16,8 +16,8 @@ import pytest
 
 from gpuwarden.collector.quality.canary import Canary, QualityCollector, canary_id
 from gpuwarden.storage import open_store
-from tests.quality.fake_openai import FakeOpenAI
-from tests.quality.helpers import Clock, drive
+from tests.collector.quality.fake_openai import FakeOpenAI
+from tests.collector.quality.helpers import Clock, drive
 
 SECRETS = {
     "ZQX7-PROMPT-alpha what is the capital of France":
