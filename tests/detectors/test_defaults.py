@@ -18,7 +18,7 @@ from .helpers import SRV
 RULES = {r.name: r for r in DEFAULT_RULES}
 
 # The README's default-rules table: (name, signal, op, threshold, for, action)
-DESIGN = [
+README_TABLE = [
     ("KVCacheNearFull", "kv_cache_usage_ratio", ">", 0.90, 30.0, "notify"),
     ("KVCacheSaturationSoon", "kv_cache_usage_ratio", None, None, 0.0, "notify"),
     ("TokenLatencyP95High", "itl_p95_seconds", ">", 0.130, 30.0, "warm-restart"),
@@ -32,7 +32,7 @@ DESIGN = [
 COMPOSITES = ["KVCacheBottleneck", "PreemptionsRising", "PrefixCacheHitFalling", "QueueGrowing"]
 
 
-@pytest.mark.parametrize("row", DESIGN, ids=[d[0] for d in DESIGN])
+@pytest.mark.parametrize("row", README_TABLE, ids=[d[0] for d in README_TABLE])
 def test_design_table(row: tuple[str, str, str | None, float | None, float, str]) -> None:
     name, signal, op, threshold, for_, action = row
     r = RULES[name]
@@ -45,7 +45,7 @@ def test_design_table(row: tuple[str, str, str | None, float | None, float, str]
 
 
 def test_every_rule_named_and_buildable() -> None:
-    assert [r.name for r in DEFAULT_RULES] == ([d[0] for d in DESIGN] + COMPOSITES
+    assert [r.name for r in DEFAULT_RULES] == ([d[0] for d in README_TABLE] + COMPOSITES
                                                + ["QualityDriftCUSUM", "AnswerLengthShift"])
     assert validate_rules(DEFAULT_RULES) == []
     assert RULES["QualityDriftCUSUM"].every == RULES["AnswerLengthShift"].every == 60.0

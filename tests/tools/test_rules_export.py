@@ -2,7 +2,7 @@
 
 The promtool unit tests (``*.promtest.yml``) run against the export of gpuwarden's
 effective default rules. Where ``gpuwarden.detectors.defaults`` is not installed yet,
-they run against :data:`DESIGN_DEFAULTS`, the README's default-rules table transcribed,
+they run against :data:`README_DEFAULTS`, the README's default-rules table transcribed,
 so the translation is still proven end to end.
 """
 
@@ -23,7 +23,7 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed "
                                     "(Debian package prometheus)")
 
-DESIGN_DEFAULTS = (
+README_DEFAULTS = (
     RuleConfig("KVCacheNearFull", "kv_cache_usage_ratio", ">", 0.90, clear=0.85, for_=30.0,
                actions=("notify",)),
     RuleConfig("KVCacheSaturationSoon", "kv_cache_usage_ratio", detector="trend", limit=1.0,
@@ -42,7 +42,7 @@ DESIGN_DEFAULTS = (
 
 
 def default_rules() -> list[RuleConfig]:
-    return load_rules(None) or list(DESIGN_DEFAULTS)
+    return load_rules(None) or list(README_DEFAULTS)
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,7 +55,7 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 
 def by_name() -> dict[str, str | None]:
-    return {r.name: translate(r).expr for r in DESIGN_DEFAULTS}
+    return {r.name: translate(r).expr for r in README_DEFAULTS}
 
 
 def test_threshold_with_hysteresis_keeps_only_a_firing_alert() -> None:
@@ -94,7 +94,7 @@ def test_aggregation_and_unexportable_rules() -> None:
 
 
 def test_render_comments_omitted_rules_and_quotes_templates() -> None:
-    rules = [*DESIGN_DEFAULTS, RuleConfig("KVBottleneck", "gpu_utilization_ratio",
+    rules = [*README_DEFAULTS, RuleConfig("KVBottleneck", "gpu_utilization_ratio",
                                           detector="composite"),
              RuleConfig("Quote's", "server_up", "==", 0.0, labels=(("team", "it's"),))]
     text = render(rules)
