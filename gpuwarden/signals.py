@@ -58,6 +58,11 @@ SIGNALS: dict[str, Signal] = {
         _gpu("gpu_ecc_errors_total", C, "", "ECC errors (label type: corrected/uncorrected)"),
         _gpu("gpu_throttle_reasons", G, "", "Bitmask of active clock-event (throttle) reasons"),
         _gpu("gpu_process_memory_used_bytes", G, "bytes", "Device memory used per compute process"),
+        _gpu("gpu_memory_headroom_ratio", G, "ratio", "Free over total device memory"),
+        _gpu("gpu_memory_bus_width_bits", G, "bits", "Width of the memory bus"),
+        _gpu("gpu_memory_clock_max_hertz", G, "hertz", "Maximum memory clock"),
+        _gpu("gpu_memory_bandwidth_peak_bytes_per_second", G, "bytes_per_second",
+             "Peak memory bandwidth: 2 transfers per clock x max memory clock x bus width / 8"),
         Signal(
             "gpu_utilization_spread_ratio",
             G,
@@ -80,6 +85,27 @@ SIGNALS: dict[str, Signal] = {
         _srv("prefix_cache_hits_total", C, "", "Tokens found in the prefix cache"),
         _srv("prefix_cache_hit_ratio", G, "ratio", "Prefix-cache hits over queries in the window"),
         _srv("generation_tokens_per_second", G, "", "Generated tokens per second over the window"),
+        _srv("kv_cache_capacity_tokens", G, "tokens", "Tokens the KV cache holds"),
+        _srv("kv_cache_memory_bytes", G, "bytes", "Device memory the server gave its KV cache"),
+        _srv("server_gpu_memory_utilization_config", G, "ratio",
+             "The server's configured fraction of device memory (vLLM gpu_memory_utilization)"),
+        _srv("queue_time_seconds", H, "seconds", "Time a request waited before it was scheduled"),
+        _srv("prefill_time_seconds", H, "seconds", "Time a request spent in prefill"),
+        _srv("decode_time_seconds", H, "seconds", "Time a request spent in decode"),
+        _srv("prompt_length_tokens", H, "tokens", "Prompt tokens per finished request"),
+        _srv("generation_length_tokens", H, "tokens", "Generated tokens per finished request"),
+        _srv("kv_offload_queries_total", C, "", "Tokens looked up in the offload (external) tier"),
+        _srv("kv_offload_hits_total", C, "", "Tokens found in the offload (external) KV tier"),
+        _srv("kv_offload_hit_ratio", G, "ratio", "Offload-tier hits over queries in the window"),
+        _srv("spec_decode_draft_tokens_total", C, "", "Tokens proposed by the speculative draft"),
+        _srv("spec_decode_accepted_tokens_total", C, "", "Draft tokens the target model accepted"),
+        _srv("spec_decode_acceptance_ratio", G, "ratio",
+             "Accepted over draft tokens of speculative decoding in the window"),
+        _srv("estimated_flops_total", C, "", "Floating-point operations the server estimates"),
+        _srv("estimated_memory_read_bytes_total", C, "bytes",
+             "Device-memory bytes the server estimates it read"),
+        _srv("estimated_memory_write_bytes_total", C, "bytes",
+             "Device-memory bytes the server estimates it wrote"),
         _srv("quality_similarity", G, "ratio", "Mean similarity of canary answers to references"),
         Signal("quality_canary_similarity", G, "ratio",
                "Similarity of one canary's answer to its reference (one sample per answer)",
@@ -96,9 +122,15 @@ DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
     "generation_tokens_per_second": ("generation_tokens_total",),
     "prefix_cache_hit_ratio": ("prefix_cache_hits_total", "prefix_cache_queries_total"),
     "gpu_utilization_spread_ratio": ("gpu_utilization_ratio",),
+    "kv_offload_hit_ratio": ("kv_offload_hits_total", "kv_offload_queries_total"),
+    "spec_decode_acceptance_ratio": (
+        "spec_decode_accepted_tokens_total", "spec_decode_draft_tokens_total"),
 }
 
-QUANTILE_SIGNAL = re.compile(r"^(?P<base>ttft|itl|e2e_latency)_p(?P<q>50|90|95|99)_seconds$")
+QUANTILE_SIGNAL = re.compile(
+    r"^(?P<base>ttft|itl|e2e_latency|queue_time|prefill_time|decode_time)"
+    r"_p(?P<q>50|90|95|99)_seconds$"
+)
 
 
 def resolve_rule_signal(name: str) -> tuple[str, float | None] | None:

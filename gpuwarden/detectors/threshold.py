@@ -6,10 +6,13 @@ The comparison, hysteresis and staleness are the rule semantics every detector s
 * a stored signal: its ``aggregation`` over ``[now - window, now]`` (``last``, the
   default, where the window only bounds staleness; ``mean``, ``max``, ``min``; NaN
   samples skipped: ``promql/aggregation.py``);
-* a derived signal (``generation_tokens_per_second``, ``prefix_cache_hit_ratio``,
-  ``gpu_utilization_spread_ratio``), which is not stored, only exported: computed from
-  the stored inputs over the rule's window by the same functions that compute it for
-  ``/metrics`` (``promql/derived.py``), so the alert and the dashboard agree;
+* a derived signal (``signals.DERIVED_INPUTS``: tokens per second, the hit and
+  acceptance ratios, the GPU utilisation spread), which is not stored, only exported:
+  computed from the stored inputs over the rule's window by the same function that
+  computes it for ``/metrics`` (``promql/derived.py``, ``derive_signal``), so the alert
+  and the dashboard agree. The first input's stale series are left out (a server that
+  stopped reporting has no tokens/s or hit ratio now); the other inputs are matched to
+  it by labels;
 * a quantile signal (``itl_p95_seconds``): not here, :func:`threshold_or_quantile`
   hands it to ``latency.QuantileDetector``.
 """
@@ -23,12 +26,7 @@ from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.condition import MIN_LOOKBACK, classify, live_series, require_op
 from gpuwarden.detectors.latency import QuantileDetector
 from gpuwarden.promql.aggregation import aggregate
-from gpuwarden.promql.derived import (
-    LabelledValue,
-    prefix_cache_hit_ratio,
-    tokens_per_second,
-    utilization_spread_ratio,
-)
+from gpuwarden.promql.derived import LabelledValue, derive_signal
 from gpuwarden.signals import DERIVED_INPUTS, resolve_rule_signal
 
 if TYPE_CHECKING:
@@ -47,21 +45,16 @@ class ThresholdDetector:
         self.threshold = float(rule.threshold)
         lookback = max(rule.window, MIN_LOOKBACK)
         self.derived = rule.signal in DERIVED_INPUTS
-        names = DERIVED_INPUTS.get(rule.signal, (rule.signal,))
-        self.inputs: Mapping[str, float] = dict.fromkeys(names, lookback)
+        self.names = DERIVED_INPUTS.get(rule.signal, (rule.signal,))
+        self.inputs: Mapping[str, float] = dict.fromkeys(self.names, lookback)
 
     def _values(self, window: Window) -> list[LabelledValue]:
         signal = self.rule.signal
         start, now = window.now - self.rule.window, window.now
-        if signal == "generation_tokens_per_second":
-            return tokens_per_second(live_series(window, "generation_tokens_total"), start, now)
-        if signal == "prefix_cache_hit_ratio":
-            return prefix_cache_hit_ratio(live_series(window, "prefix_cache_hits_total"),
-                                          window.series("prefix_cache_queries_total"),
-                                          start, now)
-        if signal == "gpu_utilization_spread_ratio":
-            return utilization_spread_ratio(window.series("gpu_utilization_ratio"), start,
-                                            now, interval=window.interval)
+        if self.derived:
+            first, *rest = self.names
+            inputs = [list(live_series(window, first)), *(window.series(n) for n in rest)]
+            return derive_signal(signal, inputs, start, now, interval=window.interval)
         values: list[LabelledValue] = []
         for s in live_series(window, signal):
             value = aggregate(s, self.rule.aggregation, start, now)

@@ -54,8 +54,14 @@ def rule_problems(rule: RuleConfig) -> list[str]:
     if unknown_signal is not None:
         problems.append(unknown_signal)
     elif not quantile and SIGNALS[rule.signal].kind is Kind.HISTOGRAM:
-        problems.append(f"signal {rule.signal!r} is a histogram: name a quantile, e.g. "
-                        f"{rule.signal.removesuffix('_seconds')}_p95_seconds")
+        hint = f"{rule.signal.removesuffix('_seconds')}_p95_seconds"
+        if resolve_rule_signal(hint) is not None:
+            problems.append(f"signal {rule.signal!r} is a histogram: name a quantile, e.g. "
+                            f"{hint}")
+        else:  # the token-count histograms: no quantile signal (yet) names them
+            problems.append(f"signal {rule.signal!r} is a histogram: rules name quantiles of "
+                            "the latency histograms only (e.g. ttft_p95_seconds, "
+                            "prefill_time_p95_seconds)")
     if rule.op not in RULE_OPS:
         problems.append(f"unknown op {rule.op!r}")
     if rule.aggregation not in AGGREGATIONS:

@@ -8,12 +8,18 @@ exactly as Prometheus would compute ``histogram_quantile(q, increase(x_bucket[60
 ``quantile.py``). They are not stored: the raw series are, and any window can be
 recomputed from them.
 
-One implementation for two readers: :func:`derive` computes every derived signal once
-per cycle for ``/metrics``, and a threshold rule on a derived signal
-(``detectors/threshold.py``) calls the same functions over the rule's window, so the
-alert and the dashboard agree. Which series are still alive is the reader's choice
+One implementation for two readers: :data:`DERIVATIONS` holds, per derived signal of
+the catalogue (``signals.DERIVED_INPUTS``, which also names its inputs, in the order the
+function takes them), the function that computes it. :func:`derive` runs every one of
+them once per cycle for ``/metrics``, and a threshold rule on a derived signal
+(``detectors/threshold.py``) runs the same one over the rule's window, so the alert and
+the dashboard agree. Which series are still alive is the reader's choice
 (``staleness.py``): the detector passes only live ones, the exposition every series that
 has samples in the window.
+
+The ratios (prefix-cache and offload-tier hit ratios, speculative-decoding acceptance)
+are one function, :func:`increase_ratio`: no sample where the denominator did not
+increase in the window (an idle server has no hit ratio, not 0 %).
 
 ``gpu_utilization_spread_ratio{node}`` is max minus min of the node's per-GPU mean
 utilisation over the window; ``detectors/variance.py`` says why means, and reads the
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -35,9 +41,11 @@ from gpuwarden.promql.buckets import by_histogram
 from gpuwarden.promql.quantile import window_quantiles
 from gpuwarden.promql.staleness import is_live, no_spacing
 from gpuwarden.promql.windows import counter_rate, ratio_of_increases
+from gpuwarden.signals import DERIVED_INPUTS
 
 QUANTILES = (0.5, 0.95, 0.99)
-LATENCY_HISTOGRAMS = ("ttft_seconds", "itl_seconds", "e2e_latency_seconds")
+LATENCY_HISTOGRAMS = ("ttft_seconds", "itl_seconds", "e2e_latency_seconds",
+                      "queue_time_seconds", "prefill_time_seconds", "decode_time_seconds")
 DEFAULT_WINDOW = 60.0
 
 LabelledValue = tuple[Labels, float]
@@ -54,15 +62,16 @@ def tokens_per_second(tokens: Iterable[SeriesData], start: float,
     return out
 
 
-def prefix_cache_hit_ratio(hits: Iterable[SeriesData], queries: Iterable[SeriesData],
-                           start: float, end: float) -> list[LabelledValue]:
-    """``increase(hits[w]) / increase(queries[w])`` per label set that has both."""
-    queries_by_labels = by_labels(queries)
+def increase_ratio(num: Iterable[SeriesData], den: Iterable[SeriesData], start: float,
+                   end: float) -> list[LabelledValue]:
+    """``increase(num[w]) / increase(den[w])`` per label set that has both, e.g. prefix-cache
+    hits / queries; none where ``den`` did not increase (``windows.ratio_of_increases``)."""
+    den_by_labels = by_labels(den)
     out = []
-    for series in hits:
-        den = queries_by_labels.get(series.labels)
-        if den is not None:
-            ratio = ratio_of_increases(series, den, start, end)
+    for series in num:
+        match = den_by_labels.get(series.labels)
+        if match is not None:
+            ratio = ratio_of_increases(series, match, start, end)
             if ratio is not None:
                 out.append((series.labels, ratio))
     return out
@@ -158,20 +167,53 @@ def _samples(signal: str, values: Sequence[LabelledValue], now: float) -> list[S
     return [Sample(signal, labels, value, now) for labels, value in values]
 
 
+#: How one derived signal is computed: its inputs' series (in ``DERIVED_INPUTS`` order),
+#: the window ``[start, end]`` and the collection interval -> one value per label set.
+Derivation = Callable[[Sequence[Iterable[SeriesData]], float, float, float],
+                      list[LabelledValue]]
+
+
+def _rate(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
+          interval: float) -> list[LabelledValue]:
+    return tokens_per_second(inputs[0], start, end)
+
+
+def _ratio(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
+           interval: float) -> list[LabelledValue]:
+    return increase_ratio(inputs[0], inputs[1], start, end)
+
+
+def _spread(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
+            interval: float) -> list[LabelledValue]:
+    return utilization_spread_ratio(inputs[0], start, end, interval=interval)
+
+
+DERIVATIONS: dict[str, Derivation] = {
+    "generation_tokens_per_second": _rate,
+    "prefix_cache_hit_ratio": _ratio,
+    "gpu_utilization_spread_ratio": _spread,
+    "kv_offload_hit_ratio": _ratio,
+    "spec_decode_acceptance_ratio": _ratio,
+}
+
+
+def derive_signal(signal: str, inputs: Sequence[Iterable[SeriesData]], start: float,
+                  end: float, *, interval: float) -> list[LabelledValue]:
+    """One derived signal over ``[start, end]`` from its inputs' series, in the order of
+    ``DERIVED_INPUTS[signal]``; ``interval`` is the collection interval (staleness)."""
+    return DERIVATIONS[signal](inputs, start, end, interval)
+
+
 def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
            interval: float = 1.0) -> list[Sample]:
-    """Every derived window signal, as of ``now`` (``interval``: the collection interval)."""
+    """Every derived window signal, as of ``now`` (``interval``: the collection interval),
+    then p50/p95/p99 of every latency histogram."""
     start = now - window
-
-    def query(signal: str) -> list[SeriesData]:
-        return source.query(signal, None, start, now)
-
-    out = _samples("generation_tokens_per_second",
-                   tokens_per_second(query("generation_tokens_total"), start, now), now)
-    out += _samples("prefix_cache_hit_ratio", prefix_cache_hit_ratio(
-        query("prefix_cache_hits_total"), query("prefix_cache_queries_total"), start, now), now)
-    out += _samples("gpu_utilization_spread_ratio", utilization_spread_ratio(
-        query("gpu_utilization_ratio"), start, now, interval=interval), now)
+    out: list[Sample] = []
+    for signal, names in DERIVED_INPUTS.items():
+        inputs = [source.query(name, None, start, now) for name in names]
+        out += _samples(signal, derive_signal(signal, inputs, start, now, interval=interval),
+                        now)
     for hist in LATENCY_HISTOGRAMS:
         out.extend(latency_quantiles(source, hist, now, window))
     return out

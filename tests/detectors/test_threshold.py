@@ -11,7 +11,7 @@ from gpuwarden.detectors.latency import QuantileDetector
 from gpuwarden.detectors.threshold import ThresholdDetector
 from gpuwarden.model import SeriesData, make_labels
 
-from .helpers import NOW, SRV, SRV2, const, detect, gpu, rule, sampled, series
+from .helpers import NOW, SRV, SRV2, const, detect, gpu, histogram, rule, sampled, series
 
 KV = "kv_cache_usage_ratio"
 
@@ -125,14 +125,42 @@ def test_derived_spread_signal() -> None:
     assert found[0].value == pytest.approx(0.1)
 
 
+def test_derived_spec_decode_acceptance_and_offload_hit_ratios() -> None:
+    draft = sampled("spec_decode_draft_tokens_total", SRV, lambda t: 5e5 + 300 * t,
+                    start=NOW - 120)
+    accepted = sampled("spec_decode_accepted_tokens_total", SRV, lambda t: 3e5 + 105 * t,
+                       start=NOW - 120)
+    r = rule(signal="spec_decode_acceptance_ratio", op="<", threshold=0.5)
+    assert set(build_detector(r).inputs) == {"spec_decode_accepted_tokens_total",
+                                             "spec_decode_draft_tokens_total"}
+    (found,) = detect(r, draft, accepted)
+    assert (found.labels, found.value) == (SRV, pytest.approx(0.35))
+    idle = sampled("spec_decode_draft_tokens_total", SRV, lambda t: 5e5, start=NOW - 120)
+    assert detect(r, idle, accepted) == []  # nothing drafted: no ratio, no alert
+    stopped = sampled("spec_decode_accepted_tokens_total", SRV, lambda t: 3e5 + 105 * t,
+                      start=NOW - 120, end=NOW - 30)
+    assert detect(r, draft, stopped) == []  # a server that stopped reporting
+    q = sampled("kv_offload_queries_total", SRV, lambda t: 1e6 + 400 * t, start=NOW - 120)
+    h = sampled("kv_offload_hits_total", SRV, lambda t: 1e5 + 100 * t, start=NOW - 120)
+    (offload,) = detect(rule(signal="kv_offload_hit_ratio", op="<", threshold=0.3), q, h)
+    assert offload.value == pytest.approx(0.25)
+
+
 def test_derived_signals_agree_with_the_exposition() -> None:
     """A rule on a derived signal compares the number /metrics shows for the same data."""
     from gpuwarden.promql.derived import derive
+    from gpuwarden.signals import DERIVED_INPUTS
 
     data = [
         sampled("generation_tokens_total", SRV, lambda t: 1000.0 + 47.0 * t, start=NOW - 120),
         sampled("prefix_cache_queries_total", SRV, lambda t: 1e5 + 90 * t, start=NOW - 120),
         sampled("prefix_cache_hits_total", SRV, lambda t: 1e4 + 31 * t, start=NOW - 120),
+        sampled("kv_offload_queries_total", SRV, lambda t: 1e5 + 70 * t, start=NOW - 120),
+        sampled("kv_offload_hits_total", SRV, lambda t: 1e4 + 13 * t, start=NOW - 120),
+        sampled("spec_decode_draft_tokens_total", SRV, lambda t: 1e5 + 300 * t,
+                start=NOW - 120),
+        sampled("spec_decode_accepted_tokens_total", SRV, lambda t: 1e4 + 211 * t,
+                start=NOW - 120),
         *(const("gpu_utilization_ratio", gpu(i), 0.9 - 0.07 * i) for i in range(3)),
     ]
 
@@ -142,10 +170,28 @@ def test_derived_signals_agree_with_the_exposition() -> None:
             return [s for s in data if s.signal == signal]
 
     exported = {(s.signal, s.labels): s.value for s in derive(Source(), NOW)}
-    for signal in ("generation_tokens_per_second", "prefix_cache_hit_ratio",
-                   "gpu_utilization_spread_ratio"):
+    for signal in DERIVED_INPUTS:
         (found,) = detect(rule(signal=signal, op=">", threshold=0.0), *data)
         assert exported[(signal, found.labels)] == found.value, signal
+
+
+def test_a_rule_on_the_prefill_p95() -> None:
+    """The latency decomposition's quantiles are rule signals like ``ttft_p95_seconds``."""
+    edges = (0.3, 0.5, 0.8, 1.0, 1.5)  # vLLM's request-latency buckets, the first five
+
+    def prefills(slow: float) -> list[SeriesData]:  # 10 prefills/s, `slow` of them in (1, 1.5]
+        return histogram("prefill_time_seconds", SRV, edges,
+                         lambda t: [(10 - slow) * (t + 120), 0, 0, 0, slow * (t + 120), 0],
+                         start=NOW - 120)
+
+    r = rule(signal="prefill_time_p95_seconds", op=">", threshold=1.0, window=60.0)
+    det = build_detector(r)
+    assert isinstance(det, QuantileDetector)
+    assert det.inputs == {"prefill_time_seconds_bucket": 60.0}
+    (found,) = detect(r, *prefills(2.0))  # rank 9.5 of 10: 1.5 into the 2 in (1, 1.5]
+    assert found.value == pytest.approx(1.0 + 0.5 * 1.5 / 2.0)
+    assert "(1, 1.5] s bucket" in dict(found.annotations)["interpolation"]
+    assert detect(r, *prefills(0.4)) == []  # p95 under 0.3 s
 
 
 def test_quantile_signal_dispatches_to_quantile_detector() -> None:

@@ -21,7 +21,9 @@ def problems(**kw: object) -> list[str]:
     ({"detector": "trend", "threshold": None}, "needs `limit`"),
     ({"signal": "itl_p95_seconds", "aggregation": "max"}, "aggregation does not apply"),
     ({"signal": "itl_p95_seconds", "detector": "trend", "limit": 1.0}, "quantile signal needs"),
-    ({"signal": "ttft_seconds"}, "is a histogram"),
+    ({"signal": "ttft_seconds"}, "is a histogram: name a quantile, e.g. ttft_p95_seconds"),
+    ({"signal": "decode_time_seconds"}, "e.g. decode_time_p95_seconds"),
+    ({"signal": "prompt_length_tokens"}, "quantiles of the latency histograms only"),
     ({"signal": "nope"}, "unknown signal"),
     ({"threshold": None}, "threshold is required"),
     ({"clear": 0.95}, "clear 0.95 must not be above threshold 0.9"),
@@ -55,6 +57,8 @@ def test_problems_are_listed_together_for_a_rule_with_an_unknown_detector() -> N
 def test_signal_problem() -> None:
     assert signal_problem("kv_cache_usage_ratio") is None
     assert signal_problem("itl_p99_seconds") is None  # a quantile of a histogram
+    assert signal_problem("queue_time_p95_seconds") is None  # the latency decomposition
+    assert signal_problem("spec_decode_acceptance_ratio") is None  # derived
     assert signal_problem("nope") == "unknown signal 'nope'"
 
 

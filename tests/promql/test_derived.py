@@ -1,5 +1,5 @@
-"""Derived window signals: tokens/s, prefix-cache hit ratio, GPU utilisation spread, and
-``derive`` exporting them with the latency quantiles."""
+"""Derived window signals: tokens/s, the hit and acceptance ratios, GPU utilisation spread,
+and ``derive`` exporting them with the latency quantiles."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import pytest
 
 from gpuwarden.model import Labels, SeriesData, make_labels
 from gpuwarden.promql.derived import (
+    DERIVATIONS,
+    LATENCY_HISTOGRAMS,
     derive,
-    prefix_cache_hit_ratio,
+    increase_ratio,
     tokens_per_second,
     utilization_spread,
     utilization_spread_ratio,
 )
+from gpuwarden.signals import DERIVED_INPUTS, SIGNALS, Kind, resolve_rule_signal
 
 NOW = 1_000_000.0
 U = "gpu_utilization_ratio"
@@ -56,10 +59,10 @@ def test_hit_ratio_matches_hits_and_queries_by_labels() -> None:
     q = sampled("prefix_cache_queries_total", SRV, lambda t: 1e5 + 100 * t, start=NOW - 120)
     h = sampled("prefix_cache_hits_total", SRV, lambda t: 1e4 + 30 * t, start=NOW - 120)
     unmatched = sampled("prefix_cache_hits_total", SRV2, lambda t: 30 * t, start=NOW - 120)
-    ((labels, ratio),) = prefix_cache_hit_ratio([h, unmatched], [q], NOW - 60, NOW)
+    ((labels, ratio),) = increase_ratio([h, unmatched], [q], NOW - 60, NOW)
     assert labels == SRV and ratio == pytest.approx(0.3)
     idle = sampled("prefix_cache_queries_total", SRV, lambda t: 5.0, start=NOW - 120)
-    assert prefix_cache_hit_ratio([h], [idle], NOW - 60, NOW) == []  # no queries: no ratio
+    assert increase_ratio([h], [idle], NOW - 60, NOW) == []  # no queries: no ratio
 
 
 def test_utilization_spread_function() -> None:
@@ -109,3 +112,72 @@ def test_derive_exports_rate_ratio_and_quantiles() -> None:
     assert got[("ttft_seconds", "0.5")] == pytest.approx(0.1 * 5 / 9)
     assert got[("ttft_seconds", "0.95")] == pytest.approx(0.1 + 0.15 * 0.5 / 0.7)
     assert got[("ttft_seconds", "0.99")] == pytest.approx(0.25)  # in +Inf: the top edge
+
+
+def test_every_derived_signal_of_the_catalogue_has_its_derivation() -> None:
+    """derive() and the threshold detector look derivations up by the catalogue's names."""
+    assert set(DERIVATIONS) == set(DERIVED_INPUTS)
+    for signal, inputs in DERIVED_INPUTS.items():
+        assert SIGNALS[signal].kind is Kind.GAUGE, signal
+        assert all(name in SIGNALS for name in inputs), signal
+
+
+def spec_decode(draft_per_s: float, accepted_per_s: float, labels: Labels = SRV,
+                ) -> list[SeriesData]:
+    return [sampled("spec_decode_draft_tokens_total", labels,
+                    lambda t: 5e5 + draft_per_s * t, start=NOW - 120),
+            sampled("spec_decode_accepted_tokens_total", labels,
+                    lambda t: 3e5 + accepted_per_s * t, start=NOW - 120)]
+
+
+def test_derive_exports_offload_hit_and_spec_decode_acceptance_ratios() -> None:
+    data = [
+        # 3 speculative tokens per step, 65 % of them accepted
+        *spec_decode(300.0, 195.0),
+        # the offload tier (LMCache, a CPU/disk connector) finds 40 % of what it is asked
+        sampled("kv_offload_queries_total", SRV, lambda t: 2e6 + 500.0 * t, start=NOW - 120),
+        sampled("kv_offload_hits_total", SRV, lambda t: 8e5 + 200.0 * t, start=NOW - 120),
+        # vllm-1: speculative decoding idle, the offload tier never asked: no ratios at all
+        *spec_decode(0.0, 0.0, SRV2),
+        sampled("kv_offload_queries_total", SRV2, lambda t: 7.0, start=NOW - 120),
+        sampled("kv_offload_hits_total", SRV2, lambda t: 3.0, start=NOW - 120),
+    ]
+    got = [(s.signal, s.labels, round(s.value, 9)) for s in derive(Source(data), NOW)]
+    assert got == [("kv_offload_hit_ratio", SRV, 0.4),
+                   ("spec_decode_acceptance_ratio", SRV, 0.65)]
+
+
+def test_acceptance_ratio_is_over_the_window_and_survives_a_restart() -> None:
+    """The last minute only, and a server restart (counters back to 0) is no drop."""
+    def counter(rate_before: float, rate_after: float, signal: str) -> SeriesData:
+        return sampled(signal, SRV, lambda t: rate_before * (t + 300) if t < -60
+                       else rate_before * 240 + rate_after * (t + 60), start=NOW - 300)
+
+    draft = counter(300.0, 300.0, "spec_decode_draft_tokens_total")
+    accepted = counter(240.0, 120.0, "spec_decode_accepted_tokens_total")
+    ((_, last_minute),) = increase_ratio([accepted], [draft], NOW - 60, NOW)
+    assert last_minute == pytest.approx(0.4)
+    restarted = [SeriesData(s.signal, s.labels, s.timestamps,
+                            np.where(s.timestamps < NOW - 30, s.values,
+                                     s.values - s.values[s.timestamps >= NOW - 30][0] + 1.0))
+                 for s in (draft, accepted)]
+    ((_, across_restart),) = increase_ratio([restarted[1]], [restarted[0]], NOW - 60, NOW)
+    assert across_restart == pytest.approx(0.4, rel=0.02)
+
+
+def test_derive_exports_the_latency_decomposition() -> None:
+    """queue, prefill and decode time: p50/p95/p99 like TTFT, rules name them alike."""
+    assert {"queue_time_seconds", "prefill_time_seconds",
+            "decode_time_seconds"} <= set(LATENCY_HISTOGRAMS)
+    # vLLM's request-latency buckets start at 0.3 s; 10 prefills/s, 7 under 0.3 s
+    per_second = (7.0, 2.0, 1.0)
+    buckets = [sampled("prefill_time_seconds_bucket", (*SRV, ("le", le)),
+                       lambda t, k=k: sum(per_second[:k + 1]) * (t + 120), start=NOW - 120)
+               for k, le in enumerate(("0.3", "0.5", "+Inf"))]
+    got = {dict(s.labels)["quantile"]: s.value for s in derive(Source(buckets), NOW)
+           if s.signal == "prefill_time_seconds"}
+    assert got["0.5"] == pytest.approx(0.3 * 5 / 7)
+    assert got["0.95"] == pytest.approx(0.5)  # rank 9.5 of 10 is in +Inf: the top finite edge
+    assert resolve_rule_signal("prefill_time_p95_seconds") == ("prefill_time_seconds", 0.95)
+    for base in ("queue_time", "prefill_time", "decode_time"):
+        assert resolve_rule_signal(f"{base}_p99_seconds") == (f"{base}_seconds", 0.99)
