@@ -9,7 +9,10 @@ Prints the mean wall time of each NVML function and the CPU milliseconds per cyc
 number that matters for a daemon polling every second). ``--record`` writes what the
 collector read, one step per cycle, in the fake's scenario format, so a session with a
 GPU can turn it into a fixture (rename it after what it shows, e.g.
-``nvml-8xh100-idle.json``, and check the uuids are fine to publish).
+``nvml-8xh100-idle.json``, and check the uuids are fine to publish). Every step keeps
+the memory bus width and maximum memory clock (read once, recorded each cycle) and each
+process's memory (per MIG device on a MIG GPU): the figures the constructed capacity
+scenarios (A100, L4, MIG) should be checked against.
 """
 
 from __future__ import annotations

@@ -27,6 +27,13 @@ Behaviour that users rely on, and why:
 * Memory: with v2, ``gpu_memory_used_bytes`` is memory allocated by processes and
   excludes driver-reserved memory (as ``nvidia-smi`` shows it); on the v1 fallback used
   includes the reserved part, which cannot be separated there.
+  ``gpu_memory_headroom_ratio`` is free / total of the same read (v1 and v2 agree on
+  free, so reserved memory never counts as headroom).
+* Memory bus width and maximum memory clock are fixed by the board: each is read once
+  per GPU (until it answers once; again after a re-init) and re-emitted every cycle from
+  that value, with ``gpu_memory_bandwidth_peak_bytes_per_second`` = 2 transfers per
+  clock x max memory clock x bus width / 8 (``nvml_device.peak_memory_bandwidth``). A
+  GPU or driver without the call, or one that answers 0, has none of these samples.
 * ECC: the *volatile* (since driver load) corrected / uncorrected totals, as a counter
   with ``type="corrected"|"uncorrected"``; a driver reload is a counter reset.
 * XID: the collector registers every GPU for ``nvmlEventTypeXidCriticalError`` on one event
@@ -34,15 +41,19 @@ Behaviour that users rely on, and why:
   ``gpu_xid_errors_total`` counts the events seen since this collector started; the XID
   code itself is logged (one warning per event) and kept in ``last_xid``, not put in a
   label, so the counter stays one stable series per GPU.
-* MIG: for a GPU in MIG mode, each MIG device reports ``gpu_memory_used_bytes`` and
-  ``gpu_memory_total_bytes`` with ``gpu="<parent index>/<GPU instance id>"`` (dcgm-exporter's
-  ``GPU_I_ID``, so both sources name an instance alike), ``uuid`` the MIG UUID and
-  ``model`` the MIG device's name (which carries the profile, e.g. "... MIG 1g.10gb").
-  Same four labels as every GPU series; no ``gpu_up``/utilisation per instance (NVML has
-  no utilisation for MIG handles). Several compute instances of one GPU instance share
-  its memory, so the first one stands for the instance.
+* MIG: for a GPU in MIG mode, each MIG device reports ``gpu_memory_used_bytes``,
+  ``gpu_memory_total_bytes`` and ``gpu_memory_headroom_ratio`` with
+  ``gpu="<parent index>/<GPU instance id>"`` (dcgm-exporter's ``GPU_I_ID``, so both
+  sources name an instance alike), ``uuid`` the MIG UUID and ``model`` the MIG device's
+  name (which carries the profile, e.g. "... MIG 1g.10gb"). Same four labels as every GPU
+  series; no ``gpu_up``/utilisation per instance (NVML has no utilisation for MIG
+  handles), and bus width, clocks and peak bandwidth only on the parent (an instance has
+  no bus of its own). Several compute instances of one GPU instance share its memory, so
+  the first one stands for the instance.
 * Process memory: ``gpu_process_memory_used_bytes{pid}`` per compute process, summed per
-  pid; names and command lines are never exported.
+  pid; names and command lines are never exported. On a MIG GPU the processes are listed
+  per MIG device and carry its instance's labels (``gpu="0/5"``): NVML lists them on the
+  parent only to a privileged caller, and the instance is what bounds their memory.
 """
 
 from __future__ import annotations

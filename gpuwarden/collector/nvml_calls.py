@@ -76,6 +76,9 @@ class NvmlGpu:
     unsupported: set[str] = field(default_factory=set)  # fields not polled again
     xid_total: int | None = None  # None: events not registered for this GPU
     max_mig: int | None = None
+    # Static figures, read once per GPU (None: not read yet, or unsupported).
+    memory_bus_width_bits: int | None = None
+    memory_clock_max_mhz: int | None = None
 
 
 def handle_key(handle: Any) -> Hashable:

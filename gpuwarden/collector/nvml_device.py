@@ -10,13 +10,35 @@ written into ``state``, the device's entry in a recorded scenario
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gpuwarden.collector.nvml_calls import NvmlCalls, NvmlGpu, text
 from gpuwarden.errors import GpuLost
 from gpuwarden.model import Labels, Sample, make_labels
 
+log = logging.getLogger(__name__)
+
 MHZ = 1_000_000.0
+TRANSFERS_PER_CLOCK = 2
+
+
+def peak_memory_bandwidth(bus_width_bits: float, clock_max_hertz: float) -> float:
+    """The memory interface's peak in bytes/s: 2 transfers per clock x max clock x width / 8.
+
+    NVML's memory clock is half the per-pin data rate for HBM, GDDR6 and GDDR6X alike,
+    hence the 2: an H100 SXM gives 2 x 2619 MHz x 5120 bit / 8 = 3.35 TB/s, an A100 SXM
+    80GB 2 x 1593 MHz x 5120 / 8 = 2.04 TB/s, an L4 2 x 6251 MHz x 192 / 8 = 300 GB/s,
+    NVIDIA's datasheet figures. It is what the bus could move, never what a workload
+    achieves (that is well below, and is not measured here). The simulated GPUs
+    (``sim.py``) use the same formula.
+    """
+    return TRANSFERS_PER_CLOCK * clock_max_hertz * bus_width_bits / 8
+
+
+def headroom(free: float, total: float) -> float | None:
+    """Free over total device memory; None when the total is unknown (zero)."""
+    return free / total if total > 0 else None
 
 
 def gpu_labels(node: str, gpu: str, uuid: str, model: str, **extra: str) -> Labels:
@@ -52,6 +74,14 @@ class DeviceReader:
             state["memory"] = mem
             put("gpu_memory_used_bytes", mem["used"])
             put("gpu_memory_total_bytes", mem["total"])
+            put("gpu_memory_headroom_ratio", headroom(mem["free"], mem["total"]))
+
+        bus, clock_max = self._static(gpu, h, state)
+        put("gpu_memory_bus_width_bits", bus)
+        put("gpu_memory_clock_max_hertz", None if clock_max is None else clock_max * MHZ)
+        if bus is not None and clock_max is not None:
+            put("gpu_memory_bandwidth_peak_bytes_per_second",
+                peak_memory_bandwidth(bus, clock_max * MHZ))
 
         temp = field(gpu, "temperature_v", "nvmlDeviceGetTemperatureV", h,
                      nv.NVML_TEMPERATURE_GPU)
@@ -99,9 +129,44 @@ class DeviceReader:
         if ecc:
             state["ecc_volatile"] = ecc
 
-        out.extend(self._processes(gpu, h, ts, state))
-        out.extend(self._mig(gpu, h, ts, state))
+        mig_samples, mig_mode = self._mig(gpu, h, ts, state)
+        if not mig_mode:  # in MIG mode each instance lists its own processes
+            out.extend(self._processes(gpu, h, ts, state))
+        out.extend(mig_samples)
         return out
+
+    def _static(self, gpu: NvmlGpu, h: Any, state: dict[str, Any]) -> tuple[int | None,
+                                                                           int | None]:
+        """Memory bus width (bits) and max memory clock (MHz), fixed by the board.
+
+        Asked until answered once (a passing failure is retried next cycle), then served
+        from ``gpu``, which a re-init replaces; a call the GPU or driver does not support
+        is not asked again (``NvmlCalls.field``). A zero answer (unified-memory parts
+        without a memory bus of their own) counts as unsupported: no figure.
+        """
+        calls = self._calls
+        if gpu.memory_bus_width_bits is None:
+            gpu.memory_bus_width_bits = self._positive(
+                gpu, "bus_width", calls.field(gpu, "bus_width", "nvmlDeviceGetMemoryBusWidth", h))
+        if gpu.memory_clock_max_mhz is None:
+            gpu.memory_clock_max_mhz = self._positive(
+                gpu, "clock_mem_max", calls.field(gpu, "clock_mem_max", "nvmlDeviceGetMaxClockInfo",
+                                                  h, calls.module.NVML_CLOCK_MEM))
+        if gpu.memory_bus_width_bits is not None:
+            state["memory_bus_width_bits"] = gpu.memory_bus_width_bits
+        if gpu.memory_clock_max_mhz is not None:
+            state["max_clocks_mhz"] = {"mem": gpu.memory_clock_max_mhz}
+        return gpu.memory_bus_width_bits, gpu.memory_clock_max_mhz
+
+    @staticmethod
+    def _positive(gpu: NvmlGpu, key: str, value: Any) -> int | None:
+        if value is None:
+            return None
+        if int(value) <= 0:
+            gpu.unsupported.add(key)
+            log.debug("GPU %d: %s reads %s; treated as unsupported", gpu.index, key, value)
+            return None
+        return int(value)
 
     def _memory(self, gpu: NvmlGpu, h: Any) -> dict[str, int] | None:
         calls = self._calls
@@ -120,47 +185,62 @@ class DeviceReader:
             return None
         return {"total": int(m.total), "used": int(m.used), "free": int(m.free)}
 
-    def _processes(
-        self, gpu: NvmlGpu, h: Any, ts: float, state: dict[str, Any]
-    ) -> list[Sample]:
+    def _process_list(self, gpu: NvmlGpu, key: str, h: Any) -> list[Any] | None:
+        """The compute processes on handle ``h`` (v3, else v2 on a driver without v3)."""
         calls = self._calls
-        procs = calls.field(gpu, "processes", "nvmlDeviceGetComputeRunningProcesses", h)
-        if procs is None and calls.fell_back(gpu, "processes",
-                                             "nvmlDeviceGetComputeRunningProcesses_v3"):
-            procs = calls.field(gpu, "processes_v2", "nvmlDeviceGetComputeRunningProcesses_v2",
-                                h)
-        if procs is None:
-            return []
+        procs = calls.field(gpu, key, "nvmlDeviceGetComputeRunningProcesses", h)
+        if procs is None and calls.fell_back(gpu, key, "nvmlDeviceGetComputeRunningProcesses_v3"):
+            procs = calls.field(gpu, f"{key}_v2", "nvmlDeviceGetComputeRunningProcesses_v2", h)
+        return None if procs is None else list(procs)
+
+    @staticmethod
+    def _per_pid(procs: list[Any], recorded: list[dict[str, Any]]) -> dict[int, int]:
+        """Device memory per pid (summed over a pid's entries), recording what was read."""
         per_pid: dict[int, int] = {}
-        recorded = []
         for p in procs:
             used = getattr(p, "usedGpuMemory", None)
             recorded.append({"pid": int(p.pid), "usedGpuMemory": used})
             if used is not None:  # None: NVML cannot tell (containers, WDDM)
                 per_pid[int(p.pid)] = per_pid.get(int(p.pid), 0) + int(used)
-        state["processes"] = recorded
+        return per_pid
+
+    def _process_samples(self, per_pid: dict[int, int], gpu: str, uuid: str, model: str,
+                         ts: float) -> list[Sample]:
         return [
             Sample("gpu_process_memory_used_bytes",
-                   gpu_labels(self._node, str(gpu.index), gpu.uuid, gpu.name, pid=str(pid)),
-                   float(b), ts)
+                   gpu_labels(self._node, gpu, uuid, model, pid=str(pid)), float(b), ts)
             for pid, b in sorted(per_pid.items())
         ]
 
-    def _mig(self, gpu: NvmlGpu, h: Any, ts: float, state: dict[str, Any]) -> list[Sample]:
+    def _processes(
+        self, gpu: NvmlGpu, h: Any, ts: float, state: dict[str, Any]
+    ) -> list[Sample]:
+        procs = self._process_list(gpu, "processes", h)
+        if procs is None:
+            return []
+        recorded: list[dict[str, Any]] = []
+        per_pid = self._per_pid(procs, recorded)
+        state["processes"] = recorded
+        return self._process_samples(per_pid, str(gpu.index), gpu.uuid, gpu.name, ts)
+
+    def _mig(self, gpu: NvmlGpu, h: Any, ts: float,
+             state: dict[str, Any]) -> tuple[list[Sample], bool]:
+        """The samples of each GPU instance, and whether ``gpu`` is in MIG mode."""
         calls = self._calls
         mode = calls.field(gpu, "mig_mode", "nvmlDeviceGetMigMode", h)
         if mode is None:
-            return []
+            return [], False
         state["mig_mode"] = [int(mode[0]), int(mode[1])]
         if int(mode[0]) != int(getattr(calls.module, "NVML_DEVICE_MIG_ENABLE", 1)):
-            return []
+            return [], False
         if gpu.max_mig is None:
             gpu.max_mig = calls.field(gpu, "max_mig", "nvmlDeviceGetMaxMigDeviceCount", h)
             if gpu.max_mig is None:
-                return []
+                return [], True
         state["max_mig_devices"] = gpu.max_mig
         out: list[Sample] = []
-        seen: set[int] = set()
+        instances: dict[int, tuple[str, str]] = {}  # GI id -> (uuid, name) of its first CI
+        per_pid: dict[int, dict[int, int]] = {}  # GI id -> pid -> bytes
         devices: list[dict[str, Any]] = []
         for i in range(gpu.max_mig):
             try:
@@ -177,14 +257,28 @@ class DeviceReader:
                 if getattr(exc, "value", None) in calls.lost_codes():
                     raise GpuLost("nvmlDeviceGetMigDeviceHandleByIndex") from exc
                 continue  # NotFound: an empty slot
-            devices.append({"index": i, "uuid": uuid, "name": name, "gpu_instance_id": gi,
-                            "memory": {"total": int(mem.total), "used": int(mem.used),
-                                       "free": int(mem.free)}})
-            if gi in seen:
-                continue
-            seen.add(gi)
+            device = {"index": i, "uuid": uuid, "name": name, "gpu_instance_id": gi,
+                      "memory": {"total": int(mem.total), "used": int(mem.used),
+                                 "free": int(mem.free)}}
+            devices.append(device)
+            procs = self._process_list(gpu, f"mig{i}_processes", mig)
+            if procs is not None:
+                recorded: list[dict[str, Any]] = []
+                # A pid runs in one compute instance: listed again, it is the same process.
+                for pid, used in self._per_pid(procs, recorded).items():
+                    per_pid.setdefault(gi, {}).setdefault(pid, used)
+                device["processes"] = recorded
+            if gi in instances:
+                continue  # compute instances of one GPU instance share its memory
+            instances[gi] = (uuid, name)
             labels = gpu_labels(self._node, f"{gpu.index}/{gi}", uuid, name)
             out.append(Sample("gpu_memory_used_bytes", labels, float(mem.used), ts))
             out.append(Sample("gpu_memory_total_bytes", labels, float(mem.total), ts))
+            ratio = headroom(float(mem.free), float(mem.total))
+            if ratio is not None:
+                out.append(Sample("gpu_memory_headroom_ratio", labels, ratio, ts))
+        for gi, pids in sorted(per_pid.items()):
+            uuid, name = instances[gi]
+            out.extend(self._process_samples(pids, f"{gpu.index}/{gi}", uuid, name, ts))
         state["mig_devices"] = devices
-        return out
+        return out, True

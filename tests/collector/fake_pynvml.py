@@ -22,10 +22,11 @@ the same format from a real GPU)::
 
 A device state has ``index, uuid, name, utilization{gpu,memory} (%), memory{total,
 reserved, used, free} (bytes, v2 meaning; v1 reports used+reserved), temperature_c,
-power_usage_mw, enforced_power_limit_mw, clocks_mhz{sm,mem}, clocks_event_reasons,
-ecc_volatile{corrected,uncorrected}, processes[{pid, usedGpuMemory}], mig_mode
-[current, pending], max_mig_devices, mig_devices[{index, uuid, name, gpu_instance_id,
-memory}], supported_event_types, lost, errors{function name: NVMLError suffix}``.
+power_usage_mw, enforced_power_limit_mw, clocks_mhz{sm,mem}, max_clocks_mhz{sm,mem},
+memory_bus_width_bits, clocks_event_reasons, ecc_volatile{corrected,uncorrected},
+processes[{pid, usedGpuMemory}], mig_mode [current, pending], max_mig_devices,
+mig_devices[{index, uuid, name, gpu_instance_id, memory, processes}],
+supported_event_types, lost, errors{function name: NVMLError suffix}``.
 A missing key means the field raises ``NotSupported``. Later steps patch the previous
 state (deep merge per device index); ``advance()`` moves to the next step and queues that
 step's events into every event set the device is registered with.
@@ -284,6 +285,19 @@ class _NvmlApi:
         return int(clocks[key])
 
     @staticmethod
+    def nvmlDeviceGetMaxClockInfo(nv: FakeNvml, handle: FakeHandle, clock_type: int) -> int:
+        clocks = nv._get(nv._dev(handle, "nvmlDeviceGetMaxClockInfo"), "max_clocks_mhz")
+        key = {_real.NVML_CLOCK_SM: "sm", _real.NVML_CLOCK_MEM: "mem"}.get(clock_type)
+        if key is None or key not in clocks:
+            raise _error("NotSupported")
+        return int(clocks[key])
+
+    @staticmethod
+    def nvmlDeviceGetMemoryBusWidth(nv: FakeNvml, handle: FakeHandle) -> int:
+        state = nv._dev(handle, "nvmlDeviceGetMemoryBusWidth")
+        return int(nv._get(state, "memory_bus_width_bits"))
+
+    @staticmethod
     def nvmlDeviceGetCurrentClocksEventReasons(nv: FakeNvml, handle: FakeHandle) -> int:
         state = nv._dev(handle, "nvmlDeviceGetCurrentClocksEventReasons")
         return int(nv._get(state, "clocks_event_reasons"))
@@ -305,9 +319,12 @@ class _NvmlApi:
 
     @staticmethod
     def _procs(nv: FakeNvml, handle: FakeHandle, fname: str) -> list[types.SimpleNamespace]:
-        procs = nv._get(nv._dev(handle, fname), "processes")
+        state = nv._dev(handle, fname)
+        procs = nv._get(state, "processes")
+        gi = state.get("gpu_instance_id", 0xFFFFFFFF)  # set on a MIG device's state
+        ci = state.get("compute_instance_id", 0xFFFFFFFF)
         return [types.SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("usedGpuMemory"),
-                                      gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+                                      gpuInstanceId=gi, computeInstanceId=ci)
                 for p in procs]
 
     @staticmethod
