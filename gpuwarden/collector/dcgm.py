@@ -22,8 +22,18 @@ Mapping choices, and why:
   counts), so anything at or above it is treated as a sentinel.
 * Units: percent -> ratio, MiB -> bytes, MHz -> Hz. Memory total is ``FB_TOTAL`` where the
   exporter publishes it, else ``FB_USED + FB_FREE + FB_RESERVED`` (the default counter set
-  has no total). Utilisation is ``DEV_GPU_UTIL`` where present, else
-  ``PROF_GR_ENGINE_ACTIVE`` (already 0..1; what DCGM offers on MIG and in DCP-only sets).
+  has no total; used excludes the reserved part, as NVML's v2 memory info does).
+  Utilisation is ``DEV_GPU_UTIL`` where present, else ``PROF_GR_ENGINE_ACTIVE`` (already
+  0..1; what DCGM offers on MIG and in DCP-only sets).
+* ``gpu_memory_headroom_ratio`` is ``FB_FREE`` over that total, for a GPU and for a MIG
+  instance alike (an instance's own free over its own total). An exporter too old to
+  publish ``FB_RESERVED`` makes the total ``used + free``, short of the device's by the
+  reserved part, and the ratio that much too high (0.7 % relative on an H100: 536 of
+  81559 MiB).
+* Bus width: DCGM has no field for it, so this source gives no
+  ``gpu_memory_bus_width_bits`` and no peak bandwidth (use NVML for them). The maximum
+  memory clock (``DCGM_FI_DEV_MAX_MEM_CLOCK``) is read when a custom counter set enables
+  it; the default set does not.
 * ``DCGM_FI_DEV_XID_ERRORS`` is the code of the *last* XID, not a count. The collector turns
   it into ``gpu_xid_errors_total`` by counting changes of that value to a new non-zero
   code (starting at 1 when the first scrape already shows one). A repeat of the same code
@@ -71,6 +81,7 @@ _SIMPLE: dict[str, list[tuple[str, float]]] = {
                               ("DCGM_FI_DEV_POWER_MGMT_LIMIT", 1.0)],
     "gpu_sm_clock_hertz": [("DCGM_FI_DEV_SM_CLOCK", MHZ)],
     "gpu_memory_clock_hertz": [("DCGM_FI_DEV_MEM_CLOCK", MHZ)],
+    "gpu_memory_clock_max_hertz": [("DCGM_FI_DEV_MAX_MEM_CLOCK", MHZ)],
     "gpu_utilization_ratio": [("DCGM_FI_DEV_GPU_UTIL", 0.01),
                               ("DCGM_FI_PROF_GR_ENGINE_ACTIVE", 1.0)],
     "gpu_throttle_reasons": [("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", 1.0),
@@ -223,6 +234,8 @@ class DcgmCollector(Collector):
             out.append(Sample("gpu_memory_used_bytes", labels, used * MIB, ts))
         if total is not None:
             out.append(Sample("gpu_memory_total_bytes", labels, total * MIB, ts))
+        if free is not None and total:
+            out.append(Sample("gpu_memory_headroom_ratio", labels, free / total, ts))
         if entity[1]:  # a MIG instance: memory only (see the module docstring)
             return out
         out.insert(0, Sample("gpu_up", labels, 1.0, ts))

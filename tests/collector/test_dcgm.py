@@ -164,6 +164,38 @@ def test_constructed_full_payload(exporter: _Server, session: requests.Session) 
     assert all(s.signal in SIGNALS for s in samples)
 
 
+def test_headroom_is_free_over_used_free_and_reserved(exporter: _Server,
+                                                      session: requests.Session) -> None:
+    samples = scrape(exporter, session, payload("dcgm-exporter_constructed-2xh100-mig.prom"))
+    # GPU 0: 7813 MiB free of 73210 used + 7813 free + 536 reserved = 81559 MiB.
+    assert by(samples, "gpu_memory_headroom_ratio") == {
+        "0": 7813 / 81559, "1": 60055 / 81559, "1/1": 21111 / (18432 + 21111 + 649)}
+    # dcgm-exporter has no bus width: no static capacity figures, no peak bandwidth.
+    for signal in ("gpu_memory_bus_width_bits", "gpu_memory_clock_max_hertz",
+                   "gpu_memory_bandwidth_peak_bytes_per_second"):
+        assert by(samples, signal) == {}, signal
+
+
+def test_headroom_needs_free_memory_and_takes_fb_total_where_published(
+    exporter: _Server, session: requests.Session,
+) -> None:
+    body = payload("dcgm-exporter_constructed-2xh100-mig.prom")
+    no_free = b"".join(line for line in body.splitlines(keepends=True)
+                       if not line.startswith(b"DCGM_FI_DEV_FB_FREE{"))
+    samples = scrape(exporter, session, no_free)
+    assert by(samples, "gpu_memory_headroom_ratio") == {}
+    assert by(samples, "gpu_memory_used_bytes")["0"] == 73210 * MIB  # the rest still maps
+    gpu0 = next(line for line in body.splitlines()
+                if line.startswith(b'DCGM_FI_DEV_FB_USED{gpu="0"'))
+    labels = gpu0[gpu0.index(b"{"):gpu0.rindex(b"}") + 1]  # the same GPU entity
+    extra = (b"DCGM_FI_DEV_FB_TOTAL" + labels + b" 81920\n"
+             b"DCGM_FI_DEV_MAX_MEM_CLOCK" + labels + b" 2619\n")
+    samples = scrape(exporter, session, body + extra)
+    assert by(samples, "gpu_memory_headroom_ratio")["0"] == 7813 / 81920
+    assert by(samples, "gpu_memory_clock_max_hertz") == {"0": 2619e6}  # custom counter set
+    assert by(samples, "gpu_memory_bandwidth_peak_bytes_per_second") == {}
+
+
 def test_label_names_match_case_insensitively(exporter: _Server,
                                               session: requests.Session) -> None:
     """dcgm-exporter main renamed Hostname -> hostname; --use-old-namespace spells uuid."""
