@@ -5,6 +5,11 @@ integer degrees, milliwatts), so that storage, detectors and dashboards see the 
 kind of data a real H100 gives. Everything simulated says so: the ``model`` label
 reads "(simulated)", the UUIDs start with ``GPU-sim-``, and the daemon logs it and
 exports ``gpuwarden_gpu_source_info{source="sim"}``.
+
+Memory follows NVML's v2 meaning: ``used`` excludes the 536 MiB the driver reserves, so
+an idle GPU's headroom is 0.993, not 1. The static figures are an H100 SXM's (5120-bit
+bus, 2619 MHz maximum memory clock, hence 3.35 TB/s peak by the formula the NVML
+collector uses). ``set_memory`` pins a GPU's memory, for a demo's headroom incident.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from gpuwarden.collector.base import Collector, GpuSettings
+from gpuwarden.collector.nvml_device import headroom, peak_memory_bandwidth
 from gpuwarden.model import Sample, make_labels
 
 log = logging.getLogger(__name__)
@@ -25,9 +31,12 @@ log = logging.getLogger(__name__)
 SIM_MODEL = "NVIDIA H100 80GB HBM3 (simulated)"
 MIB = 1024 * 1024
 TOTAL_MIB = 81559
+RESERVED_MIB = 536  # what the driver sets aside (nvmlMemory_v2_t.reserved on an H100)
 POWER_LIMIT_W = 700.0
 MAX_SM_MHZ = 1980
-MEM_MHZ = 2619
+MEM_MHZ = 2619  # HBM3 runs at its maximum clock: current and max are the same
+MEM_BUS_BITS = 5120
+PEAK_BANDWIDTH = peak_memory_bandwidth(MEM_BUS_BITS, MEM_MHZ * 1e6)
 
 
 @dataclass(slots=True)
@@ -41,6 +50,7 @@ class _GpuState:
     lost: bool = False
     xid_total: int = 0
     ecc_corrected: int = 0
+    memory_fraction: float | None = None  # pinned used share of the total (set_memory)
     overrides: dict[str, float] = field(default_factory=dict)
 
 
@@ -92,6 +102,13 @@ class SimulatedGpuCollector(Collector):
     def inject_xid(self, index: int, count: int = 1) -> None:
         self.gpus[index].xid_total += count
 
+    def set_memory(self, index: int, fraction: float | None) -> None:
+        """Move GPU ``index``'s used memory towards ``fraction`` of the total (None: back
+        to following its load). It gets there in about 20 cycles, as an allocator grows."""
+        if fraction is not None:
+            fraction = min(max(fraction, 0.0), 1.0)
+        self.gpus[index].memory_fraction = fraction
+
     # --- collection ------------------------------------------------------------------
 
     def collect(self) -> Iterable[Sample]:
@@ -110,6 +127,11 @@ class SimulatedGpuCollector(Collector):
                 ("gpu_utilization_ratio", util_pct / 100),
                 ("gpu_memory_used_bytes", float(gpu.memory_mib * MIB)),
                 ("gpu_memory_total_bytes", float(TOTAL_MIB * MIB)),
+                ("gpu_memory_headroom_ratio",
+                 headroom(TOTAL_MIB - RESERVED_MIB - gpu.memory_mib, TOTAL_MIB)),
+                ("gpu_memory_bus_width_bits", float(MEM_BUS_BITS)),
+                ("gpu_memory_clock_max_hertz", float(MEM_MHZ * 1_000_000)),
+                ("gpu_memory_bandwidth_peak_bytes_per_second", PEAK_BANDWIDTH),
                 ("gpu_temperature_celsius", float(round(gpu.temp_c))),
                 ("gpu_power_watts", power_mw / 1000),
                 ("gpu_power_limit_watts", POWER_LIMIT_W),
@@ -118,7 +140,8 @@ class SimulatedGpuCollector(Collector):
                 ("gpu_throttle_reasons", 0.0 if gpu.temp_c < 83 else 32.0),
                 ("gpu_xid_errors_total", float(gpu.xid_total)),
             )
-            out.extend(Sample(signal, labels, value, now) for signal, value in values)
+            out.extend(Sample(signal, labels, value, now) for signal, value in values
+                       if value is not None)
             out.append(Sample("gpu_ecc_errors_total", (*labels, ("type", "corrected")),
                               float(gpu.ecc_corrected), now))
             out.append(Sample("gpu_ecc_errors_total", (*labels, ("type", "uncorrected")),
@@ -131,8 +154,12 @@ class SimulatedGpuCollector(Collector):
         rng = gpu.rng
         gpu.util += 0.25 * (gpu.load - gpu.util) + rng.gauss(0, 0.03)
         gpu.util = min(max(gpu.util, 0.0), 1.0)
-        target_mib = 52000 + int(26000 * gpu.load) + rng.randint(-64, 64)
-        gpu.memory_mib = min(TOTAL_MIB - 200, gpu.memory_mib + (target_mib - gpu.memory_mib) // 8)
+        if gpu.memory_fraction is None:
+            target_mib = 52000 + int(26000 * gpu.load) + rng.randint(-64, 64)
+        else:
+            target_mib = int(gpu.memory_fraction * TOTAL_MIB) + rng.randint(-64, 64)
+        step = gpu.memory_mib + (target_mib - gpu.memory_mib) // 8
+        gpu.memory_mib = min(TOTAL_MIB - RESERVED_MIB, max(step, 0))
         target_temp = 34.0 + 40.0 * gpu.util
         gpu.temp_c += 0.05 * (target_temp - gpu.temp_c) + rng.gauss(0, 0.1)
         if rng.random() < 1e-4:  # the odd corrected ECC error a real HBM3 reports
