@@ -17,12 +17,14 @@ from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.collector.servers.base import (
     ServerMapping,
+    label_number,
     map_exposition,
     served_models,
     signal_map,
 )
+from gpuwarden.collector.servers.table import info_label, src
 from gpuwarden.model import Sample
-from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
+from gpuwarden.signals import DERIVED_INPUTS, SERVER_LABELS, SIGNALS, Kind
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
 NODE, SERVER, TS = "node-a", "srv-0", 1_700_000_000.0
@@ -84,7 +86,8 @@ def test_every_table_maps_per_server_signals() -> None:
 
 
 def test_tables_never_map_derived_window_signals() -> None:
-    derived = {"prefix_cache_hit_ratio", "generation_tokens_per_second", "quality_similarity"}
+    derived = {*DERIVED_INPUTS, "quality_similarity"}
+    assert {"kv_offload_hit_ratio", "spec_decode_acceptance_ratio"} <= derived
     for kind in SERVER_KINDS:
         assert not derived & set(SERVER_KINDS.load(kind).signals)
 
@@ -99,6 +102,10 @@ def test_table_typos_fail_at_import_time() -> None:
         ServerMapping("x", (signal_map("gpu_up", "a"),))
     with pytest.raises(ValueError, match="cannot add families"):
         ServerMapping("x", (signal_map("ttft_seconds", ("a", "b")),))
+    with pytest.raises(ValueError, match="cannot read labels"):
+        ServerMapping("x", (signal_map("queue_time_seconds", info_label("a", "b")),))
+    with pytest.raises(ValueError, match="at least one label"):
+        info_label("a")
 
 
 def test_output_labels_are_exactly_the_design_names() -> None:
@@ -173,3 +180,73 @@ def test_reading_only_the_mapped_families_maps_the_same(kind: str, path: Path) -
     only = map_exposition(mapping, parse(text, only=mapping.read_names), node=NODE,
                           server=SERVER, ts=TS)
     assert only == full
+
+
+# ----------------------------------------------------------- info labels, products
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("16", 16.0), ("1024.0", 1024.0), ("0.92", 0.92), (".5", 0.5), ("1e3", 1000.0),
+    ("0", 0.0), ("1073741824", 1073741824.0),
+    ("None", None), ("", None), (None, None), ("-1", None), ("nan", None), ("inf", None),
+    ("+Inf", None), ("1e400", None), ("1_000", None), (" 12", None), ("12 ", None),
+    ("0x10", None), ("True", None), ("[]", None),
+])
+def test_label_number_reads_only_finite_non_negative_numbers(text: str | None,
+                                                             want: float | None) -> None:
+    assert label_number(text) == want
+
+
+_INFO = ServerMapping("info-test", (
+    signal_map("kv_cache_capacity_tokens", info_label("cfg", "tokens"),
+               info_label("cfg", "blocks", "block")),
+    signal_map("server_gpu_memory_utilization_config", info_label("cfg", "frac"), agg="max"),
+), model_label="model_name")
+
+
+def _info(text: str) -> list[Sample]:
+    return map_exposition(_INFO, parse(text), node=NODE, server=SERVER, ts=TS)
+
+
+def test_info_labels_are_read_per_series_and_the_info_value_is_ignored() -> None:
+    text = ('cfg{model_name="m",blocks="10",block="16",frac="0.5",e="0"} 1\n'
+            'cfg{model_name="m",blocks="20",block="8",frac="0.5",e="1"} 7\n')
+    out = _info(text)
+    assert value(out, "kv_cache_capacity_tokens", "m") == 10 * 16 + 20 * 8
+    assert value(out, "server_gpu_memory_utilization_config", "m") == 0.5
+
+
+def test_an_info_series_with_a_garbled_label_is_skipped_the_others_are_kept() -> None:
+    text = ('cfg{model_name="m",tokens="None",blocks="10",block="16",e="0"} 1\n'
+            'cfg{model_name="m",blocks="x",block="16",e="1"} 1\n'
+            'cfg{model_name="m",blocks="4",block="16",e="2"} NaN\n')
+    out = _info(text)
+    assert value(out, "kv_cache_capacity_tokens", "m") == 10 * 16  # e=1 unusable, e=2 NaN
+    assert "server_gpu_memory_utilization_config" not in signals(out)
+
+
+def test_info_labels_and_parsing_only_the_mapped_families_agree() -> None:
+    text = 'cfg{model_name="m",tokens="99"} 1\nother{tokens="5"} 1\n'
+    only = map_exposition(_INFO, parse(text, only=_INFO.read_names), node=NODE,
+                          server=SERVER, ts=TS)
+    assert only == _info(text) and value(only, "kv_cache_capacity_tokens", "m") == 99.0
+
+
+_PRODUCT = ServerMapping("product-test", (
+    signal_map("kv_cache_capacity_tokens",
+               (src("kv", kind="max"), src("kv", kind="per")), combine="multiply"),
+), model_label="model")
+
+
+def test_multiplied_parts_need_one_series_each_per_model() -> None:
+    text = ('kv{model="a",kind="max",version="1"} 100\n'
+            'kv{model="a",kind="per",version="1"} 64\n'
+            'kv{model="b",kind="max",version="1"} 10\n'
+            'kv{model="b",kind="max",version="2"} 20\n'
+            'kv{model="b",kind="per",version="1"} 64\n'
+            'kv{model="b",kind="per",version="2"} 64\n'
+            'kv{model="c",kind="max",version="1"} 10\n')
+    out = map_exposition(_PRODUCT, parse(text), node=NODE, server=SERVER, ts=TS)
+    assert value(out, "kv_cache_capacity_tokens", "a") == 6400.0
+    # b: two versions, so (10 + 20) x (64 + 64) would be wrong: no sample. c: no "per".
+    assert {dict(s.labels)["model"] for s in out} == {"a"}

@@ -73,3 +73,24 @@ def test_llamacpp_without_cached_counter_has_no_prefix_signals() -> None:
     out = mapped("llamacpp", text)
     assert value(out, "prompt_tokens_total") == 1200
     assert not {"prefix_cache_queries_total", "prefix_cache_hits_total"} & signals(out)
+
+
+SPEC = """\
+# TYPE llamacpp:spec_decode_num_draft_tokens_total counter
+llamacpp:spec_decode_num_draft_tokens_total 480
+# TYPE llamacpp:spec_decode_num_accepted_tokens_total counter
+llamacpp:spec_decode_num_accepted_tokens_total 300
+# TYPE llamacpp:spec_decode_num_drafts_total counter
+llamacpp:spec_decode_num_drafts_total 120
+# TYPE llamacpp:spec_decode_num_accepted_tokens_per_pos_total counter
+llamacpp:spec_decode_num_accepted_tokens_per_pos_total{position="0"} 110
+"""
+
+
+def test_llamacpp_speculative_decoding_counters() -> None:
+    out = mapped("llamacpp", CURRENT + SPEC)
+    assert value(out, "spec_decode_draft_tokens_total") == one(
+        SPEC, "llamacpp:spec_decode_num_draft_tokens_total") == 480
+    assert value(out, "spec_decode_accepted_tokens_total") == 300
+    # n_tokens_max is a high-water mark, not the KV cache's size: no capacity.
+    assert "kv_cache_capacity_tokens" not in signals(out)

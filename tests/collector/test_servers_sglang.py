@@ -105,3 +105,73 @@ def test_streaming_and_cache_source_splits_add_up() -> None:
     # New ITL name preferred over a stale old one.
     assert value(out, "itl_seconds_count", "q") == 3
     assert buckets(out, "itl_seconds", "q") == [("0.002", 1.0), ("+Inf", 3.0)]
+
+
+# Constructed: capacity and request-phase series with the 0.5.23 label sets above, names
+# from sglang's observability/metrics_collector.py @ 016d8605 (the table's docstring);
+# max_total_num_tokens is per DP rank (each has its own pool) and repeated per TP rank.
+CAPACITY_0523 = f"""\
+# TYPE sglang:max_total_num_tokens gauge
+sglang:max_total_num_tokens{{{_SCHED},dp_rank="0",tp_rank="0"}} 144870
+sglang:max_total_num_tokens{{{_SCHED},dp_rank="0",tp_rank="1"}} 144870
+sglang:max_total_num_tokens{{{_SCHED},dp_rank="1",tp_rank="0"}} 144870
+# TYPE sglang:queue_time_seconds histogram
+sglang:queue_time_seconds_bucket{{{_SCHED},dp_rank="0",tp_rank="0",le="0.0"}} 2
+sglang:queue_time_seconds_bucket{{{_SCHED},dp_rank="0",tp_rank="0",le="0.005"}} 5
+sglang:queue_time_seconds_bucket{{{_SCHED},dp_rank="0",tp_rank="0",le="+Inf"}} 9
+sglang:queue_time_seconds_count{{{_SCHED},dp_rank="0",tp_rank="0"}} 9
+sglang:queue_time_seconds_sum{{{_SCHED},dp_rank="0",tp_rank="0"}} 0.4
+sglang:queue_time_seconds_bucket{{{_SCHED},dp_rank="1",tp_rank="0",le="0.0"}} 1
+sglang:queue_time_seconds_bucket{{{_SCHED},dp_rank="1",tp_rank="0",le="0.005"}} 1
+sglang:queue_time_seconds_bucket{{{_SCHED},dp_rank="1",tp_rank="0",le="+Inf"}} 3
+sglang:queue_time_seconds_count{{{_SCHED},dp_rank="1",tp_rank="0"}} 3
+sglang:queue_time_seconds_sum{{{_SCHED},dp_rank="1",tp_rank="0"}} 2.5
+# TYPE sglang:prompt_tokens_histogram histogram
+sglang:prompt_tokens_histogram_bucket{{model_name="q",engine_type="unified",le="100.0"}} 4
+sglang:prompt_tokens_histogram_bucket{{model_name="q",engine_type="unified",le="+Inf"}} 12
+sglang:prompt_tokens_histogram_count{{model_name="q",engine_type="unified"}} 12
+sglang:prompt_tokens_histogram_sum{{model_name="q",engine_type="unified"}} 1500
+# TYPE sglang:generation_tokens_histogram histogram
+sglang:generation_tokens_histogram_bucket{{model_name="q",engine_type="unified",le="+Inf"}} 12
+sglang:generation_tokens_histogram_count{{model_name="q",engine_type="unified"}} 12
+sglang:generation_tokens_histogram_sum{{model_name="q",engine_type="unified"}} 3600
+# TYPE sglang:estimated_flops_per_gpu_total counter
+sglang:estimated_flops_per_gpu_total{{{_SCHED},dp_rank="0",tp_rank="0"}} 4e15
+sglang:estimated_flops_per_gpu_total{{{_SCHED},dp_rank="0",tp_rank="1"}} 4e15
+sglang:estimated_read_bytes_per_gpu_total{{{_SCHED},dp_rank="0",tp_rank="0"}} 7e12
+sglang:estimated_write_bytes_per_gpu_total{{{_SCHED},dp_rank="0",tp_rank="0"}} 1e11
+sglang:kv_cache_memory_usage_gb{{{_SCHED},dp_rank="0",tp_rank="0"}} 136.225
+sglang:spec_accept_rate{{{_SCHED},dp_rank="0",tp_rank="0"}} 0.7
+"""
+
+
+def test_capacity_is_the_token_pool_per_dp_rank_added() -> None:
+    out = mapped("sglang", CAPACITY_0523)
+    assert value(out, "kv_cache_capacity_tokens", "q") == 2 * 144870  # not 3x: TP copies
+
+
+def test_queue_time_and_length_histograms() -> None:
+    out = mapped("sglang", CAPACITY_0523)
+    assert buckets(out, "queue_time_seconds", "q") == [
+        ("0.0", 3.0), ("0.005", 6.0), ("+Inf", 12.0)]
+    assert value(out, "queue_time_seconds_sum", "q") == 2.9
+    assert value(out, "prompt_length_tokens_sum", "q") == 1500
+    assert buckets(out, "generation_length_tokens", "q") == [("+Inf", 12.0)]
+
+
+def test_estimates_are_per_gpu_and_the_unmappable_is_left_out() -> None:
+    out = mapped("sglang", CAPACITY_0523)
+    assert value(out, "estimated_flops_total", "q") == 4e15  # tp_rank copies, not 8e15
+    assert value(out, "estimated_memory_read_bytes_total", "q") == 7e12
+    assert value(out, "estimated_memory_write_bytes_total", "q") == 1e11
+    # GB of an undefined base, a rate gauge, no prefill/decode split, no memory fraction.
+    assert not {"kv_cache_memory_bytes", "spec_decode_draft_tokens_total",
+                "spec_decode_accepted_tokens_total", "prefill_time_seconds",
+                "decode_time_seconds", "server_gpu_memory_utilization_config",
+                "kv_offload_hits_total"} & signals(out)
+
+
+def test_doc_sample_has_none_of_the_capacity_signals() -> None:
+    out = mapped("sglang", payload(DOC))
+    assert not {"kv_cache_capacity_tokens", "queue_time_seconds_count",
+                "prompt_length_tokens_count"} & signals(out)

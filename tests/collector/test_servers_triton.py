@@ -26,7 +26,17 @@ def test_trtllm_kv_blocks_and_request_gauges() -> None:
     # The batcher's queue wins over Triton core's pending count (0 in this sample).
     assert value(out, "requests_waiting", m) == one(
         text, "nv_trt_llm_request_metrics", request_type="waiting") == 1.0
-    assert signals(out) == {"kv_cache_usage_ratio", "requests_running", "requests_waiting"}
+    assert signals(out) == {"kv_cache_usage_ratio", "requests_running", "requests_waiting",
+                            "kv_cache_capacity_tokens"}
+
+
+def test_trtllm_kv_capacity_is_max_blocks_times_tokens_per_block() -> None:
+    text = payload(TRTLLM)
+    out = mapped("triton", text)
+    blocks = one(text, "nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="max")
+    per = one(text, "nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="tokens_per")
+    assert (blocks, per) == (6239.0, 64.0)
+    assert value(out, "kv_cache_capacity_tokens", "tensorrt_llm") == blocks * per
 
 
 def test_core_doc_histogram_without_bucket_suffix_is_not_guessed() -> None:
@@ -67,3 +77,23 @@ def test_token_counters_and_pending_fallback() -> None:
     assert value(out, "generation_tokens_total", "llm") == 900
     assert value(out, "requests_waiting", "resnet") == 3
     assert "kv_cache_usage_ratio" not in signals(out)
+
+
+def test_token_length_histograms() -> None:
+    out = mapped("triton", CONSTRUCTED)
+    # Version 1's buckets; its +Inf bucket is the count. Versions' sums add up.
+    assert buckets(out, "prompt_length_tokens", "llm") == [("10.0", 1.0), ("+Inf", 4.0)]
+    assert value(out, "prompt_length_tokens_count", "llm") == 4
+    # Only _sum for the output lengths: no bucket, no count, so no histogram at all.
+    assert "generation_length_tokens_count" not in signals(out)
+
+
+def test_two_versions_give_no_capacity_rather_than_a_product_of_sums() -> None:
+    def blocks(*versions: str) -> str:
+        return "".join(
+            f'nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type="{t}",model="llm",'
+            f'version="{v}"}} {n}\n'
+            for v in versions for t, n in (("max", 1000), ("tokens_per", 64)))
+
+    assert value(mapped("triton", blocks("1")), "kv_cache_capacity_tokens", "llm") == 64000
+    assert "kv_cache_capacity_tokens" not in signals(mapped("triton", blocks("1", "2")))

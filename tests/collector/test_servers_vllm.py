@@ -25,9 +25,14 @@ M = "tiny-llama"
 ALL = {
     "kv_cache_usage_ratio", "requests_running", "requests_waiting", "preemptions_total",
     "prompt_tokens_total", "generation_tokens_total", "prefix_cache_queries_total",
-    "prefix_cache_hits_total",
-}
-HISTS = {"ttft_seconds", "itl_seconds", "e2e_latency_seconds"}
+    "prefix_cache_hits_total", "kv_cache_capacity_tokens", "kv_cache_memory_bytes",
+    "server_gpu_memory_utilization_config", "kv_offload_queries_total",
+    "kv_offload_hits_total", "estimated_flops_total", "estimated_memory_read_bytes_total",
+    "estimated_memory_write_bytes_total",
+}  # all but spec decode, which this server has no draft method for
+HISTS = {"ttft_seconds", "itl_seconds", "e2e_latency_seconds", "queue_time_seconds",
+         "prefill_time_seconds", "decode_time_seconds", "prompt_length_tokens",
+         "generation_length_tokens"}
 ALL_SAMPLES = ALL | {f"{h}_{s}" for h in HISTS for s in ("bucket", "count", "sum")}
 KV_PRESSURE = "vllm-0.32-cpu-kv-pressure.prom"
 

@@ -2,8 +2,9 @@
 
 Server-specific metric names live only here (ARCHITECTURE.md, convention 4). Each
 ``servers/<kind>.py`` holds *data* — a :class:`ServerMapping` listing, per canonical
-signal, the wire names to read (one :class:`SignalMap` each) — and this module holds the
-one piece of machinery that applies any table to a parsed exposition. Keeping the logic
+signal, the wire names to read (one :class:`SignalMap` each; the types are in
+``servers/table.py``) — and this module holds the one piece of machinery that applies
+any table to a parsed exposition. Keeping the logic
 in one place means a vLLM rename, or a new server, is a table edit and never a new code
 path. The tables import this module, never the other way: they are found by kind through
 ``gpuwarden.collector.registry.SERVER_KINDS`` and loaded on first use.
@@ -18,7 +19,11 @@ What the machinery does, and why:
 * **Parts.** An alternative may be several metrics whose values add up (llama.cpp counts
   cached and computed prompt tokens separately; the canonical prompt-token counter is
   their sum, as vLLM's is). Every part must be present, else the alternative is skipped,
-  so a half-known quantity is never emitted as if it were whole.
+  so a half-known quantity is never emitted as if it were whole. A table may multiply
+  parts instead (``combine="multiply"``: blocks x tokens per block), one series per part.
+* **Info labels.** A source may read a number from the labels of an info metric (a
+  server's configuration published as labels of a gauge = 1) instead of a sample's
+  value; a label that is unset or not a number gives no sample (``servers/table.py``).
 * **Units.** ``Source.divisor`` converts to base units (Triton's milliseconds to seconds,
   applied to histogram bounds and sums alike). Division, not multiplication by 0.001,
   so that ``le="100"`` ms becomes exactly ``0.1``.
@@ -43,6 +48,8 @@ The ``model`` label comes from the server label named by ``ServerMapping.model_l
 (``model_name`` for vLLM/SGLang, ``model`` for Triton). Servers that serve one
 unlabelled model (TGI, llama.cpp) get ``model=""``: the config's server *name* is
 already the ``server`` label, and repeating it as a model name would be invented data.
+A one-model server's series without the label (vLLM's per-engine ``cache_config_info``)
+take the one model its other series name (``ServerMapping.one_model``).
 ``_created`` series and exposition timestamps are ignored; every sample is stamped with
 the scrape time ``ts``.
 """
@@ -50,23 +57,33 @@ the scrape time ``ts``.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 from gpuwarden.collector.promtext import Exposition
 from gpuwarden.collector.promtext_lexer import parse_label_set
+from gpuwarden.collector.servers.table import (
+    Agg,
+    Alternative,
+    ServerMapping,
+    SignalMap,
+    Source,
+    info_label,
+    signal_map,
+    src,
+)
 from gpuwarden.model import Labels, Sample, make_labels
 from gpuwarden.promql.buckets import parse_le
-from gpuwarden.signals import SERVER_LABELS, SIGNALS, Kind
-
-Agg = Literal["sum", "max"]
+from gpuwarden.signals import Kind
 
 __all__ = [
     "ServerMapping",
     "SignalMap",
     "Source",
+    "info_label",
+    "label_number",
     "map_exposition",
     "served_models",
     "signal_map",
@@ -86,104 +103,28 @@ def _format_le(le: float) -> str:
     return str(floatToGoString(le))  # type: ignore[no-untyped-call]
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One metric on the wire, optionally narrowed to series with given label values.
-
-    For a histogram signal ``metric`` is the family name (without ``_bucket``); otherwise
-    it is the exact sample name (``vllm:prompt_tokens_total``, or a histogram's
-    ``..._sum`` when a server only counts tokens that way).
-    """
-
-    metric: str
-    match: tuple[tuple[str, str], ...] = ()
-    divisor: float = 1.0
+# An info label's number: plain decimal or exponent notation, no sign (sizes, counts and
+# fractions are never negative), so "None", "", "auto", "-1", "nan", "inf" and Python's
+# own extras ("1_000", " 12 ") are not numbers here.
+_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
-Alternative = tuple[Source, ...]  # parts whose values add up
-# Where a histogram source's samples may be: a superset of what a scalar source needs.
-_SUFFIXES = ("", "_bucket", "_count", "_sum")
+def label_number(text: str | None) -> float | None:
+    """The value of an info metric's label, or None when it is not a finite number >= 0."""
+    if text is None or not _NUMBER.fullmatch(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None  # "1e400" overflows to inf
 
 
-@dataclass(frozen=True, slots=True)
-class SignalMap:
-    """How one canonical signal is read off the wire: alternatives in order of preference.
-
-    (A metric mapping, not an alert rule: those are ``detectors.rule.RuleConfig``.)
-    """
-
-    signal: str
-    alternatives: tuple[Alternative, ...]
-    agg: Agg = "sum"
-    requires: tuple[str, ...] = ()  # sample names that must be present for the map to apply
-
-    @property
-    def kind(self) -> Kind:
-        return SIGNALS[self.signal].kind
-
-
-@dataclass(frozen=True, slots=True)
-class ServerMapping:
-    """The table for one server kind.
-
-    ``read_names`` is every sample name the table can read, worked out once, for
-    ``promtext.parse(only=...)``: a superset (each source with every histogram suffix)
-    is fine, it only decides which families the parser may leave unparsed.
-    """
-
-    kind: str
-    signal_maps: tuple[SignalMap, ...]
-    model_label: str | None = None
-    replica_labels: tuple[str, ...] = ()
-    metrics_hint: str = ""  # what to tell an operator whose /metrics answers 404/501
-    read_names: frozenset[str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        # Catch table typos at import time, not as a silently missing signal in production.
-        seen: set[str] = set()
-        names: set[str] = set()
-        for smap in self.signal_maps:
-            sig = SIGNALS.get(smap.signal)
-            if sig is None or sig.labels != SERVER_LABELS:
-                raise ValueError(f"{self.kind}: {smap.signal!r} is not a per-server signal")
-            if smap.signal in seen:
-                raise ValueError(f"{self.kind}: {smap.signal!r} mapped twice")
-            if not smap.alternatives or any(not alt for alt in smap.alternatives):
-                raise ValueError(f"{self.kind}: {smap.signal!r} has an empty alternative")
-            if sig.kind is Kind.HISTOGRAM and any(len(alt) > 1 for alt in smap.alternatives):
-                raise ValueError(f"{self.kind}: histogram {smap.signal!r} cannot add families")
-            seen.add(smap.signal)
-            names.update(smap.requires)
-            for alt in smap.alternatives:
-                names.update(s.metric + sfx for s in alt for sfx in _SUFFIXES)
-        object.__setattr__(self, "read_names", frozenset(names))  # frozen: set once, here
-
-    @property
-    def signals(self) -> tuple[str, ...]:
-        return tuple(smap.signal for smap in self.signal_maps)
-
-
-def src(metric: str, *, divisor: float = 1.0, **match: str) -> Source:
-    """A :class:`Source`; keyword arguments select series by label value."""
-    return Source(metric, tuple(sorted(match.items())), divisor)
-
-
-def signal_map(
-    signal: str,
-    *alternatives: str | Source | tuple[str | Source, ...],
-    agg: Agg = "sum",
-    requires: tuple[str, ...] = (),
-) -> SignalMap:
-    """A :class:`SignalMap`; each alternative is a name, a :class:`Source`, or a tuple of parts."""
-
-    def one(part: str | Source) -> Source:
-        return Source(part) if isinstance(part, str) else part
-
-    alts = tuple(
-        tuple(one(p) for p in alt) if isinstance(alt, tuple) else (one(alt),)
-        for alt in alternatives
-    )
-    return SignalMap(signal, alts, agg, requires)
+def _label_product(labels: Mapping[str, str], names: tuple[str, ...]) -> float | None:
+    product = 1.0
+    for name in names:
+        value = label_number(labels.get(name))
+        if value is None:
+            return None
+        product *= value
+    return product if math.isfinite(product) else None
 
 
 # --------------------------------------------------------------------------- machinery
@@ -239,9 +180,10 @@ def _describe(mapping: ServerMapping, raw: str) -> _Series | None:
 def _series(
     mapping: ServerMapping, exp: Exposition, name: str, source: Source, *, scale: bool = True
 ) -> Iterator[tuple[_Series, float]]:
-    """Samples of ``name`` matching ``source.match``, NaN dropped, in base units."""
+    """Samples of ``name`` matching ``source.match``, NaN dropped, in base units; for an
+    info source, the product of its labels instead of the value (none: skipped)."""
     divisor = source.divisor if scale else 1.0
-    match = source.match
+    match, from_labels = source.match, source.labels
     isnan = math.isnan
     for raw, value, _ts in exp.samples.get(name, ()):
         if isnan(value):
@@ -251,7 +193,10 @@ def _series(
             continue
         if match and not all(info.labels.get(k) == v for k, v in match):
             continue
-        yield info, (value / divisor if divisor != 1.0 else value)
+        got = _label_product(info.labels, from_labels) if from_labels else value
+        if got is None:
+            continue  # an unset or garbled setting: absent, never 0
+        yield info, (got / divisor if divisor != 1.0 else got)
 
 
 class _Aggregator:
@@ -270,12 +215,11 @@ class _Aggregator:
         prev = group.get(info.ident)
         group[info.ident] = value if prev is None or value > prev else prev
 
-    def result(self) -> dict[_OutKey, float]:
+    def by_model(self, *, single: bool = False) -> dict[str, float]:
+        """Per model; ``single``: only models with one series (what a product needs)."""
         fold = math.fsum if self._agg == "sum" else max
-        return {k: float(fold(g.values())) for k, g in self._groups.items()}
-
-    def by_model(self) -> dict[str, float]:
-        return {model: v for (model, _), v in self.result().items()}
+        return {model: float(fold(g.values())) for (model, _), g in self._groups.items()
+                if not single or len(g) == 1}
 
 
 def _present(mapping: ServerMapping, exp: Exposition, name: str, source: Source) -> bool:
@@ -343,16 +287,18 @@ def _map_scalar(
     alt = _pick(mapping, exp, smap, ("",))
     if alt is None:
         return []
+    multiply = smap.combine == "multiply"
     per_part = []
     for source in alt:
         acc = _Aggregator(smap.agg)
         for info, value in _series(mapping, exp, source.metric, source):
             acc.add(info, value)
-        per_part.append(acc.by_model())
-    # Parts add up per model; a model must be present in every part to be emitted.
+        per_part.append(acc.by_model(single=multiply))
+    # Parts add up (or multiply) per model; a model must be in every part to be emitted.
     models = set.intersection(*(set(p) for p in per_part))
+    fold = math.prod if multiply else math.fsum
     return [
-        Sample(smap.signal, out_labels.series(m), math.fsum(p[m] for p in per_part), ts)
+        Sample(smap.signal, out_labels.series(m), float(fold(p[m] for p in per_part)), ts)
         for m in sorted(models)
     ]
 
@@ -444,7 +390,26 @@ def map_exposition(
     for smap in mapping.signal_maps:
         fn = _map_histogram if smap.kind is Kind.HISTOGRAM else _map_scalar
         out.extend(fn(mapping, smap, exp, out_labels, ts))
-    return out
+    return _own_model(out) if mapping.one_model else out
+
+
+_NO_MODEL = ("model", "")
+
+
+def _own_model(out: list[Sample]) -> list[Sample]:
+    """For a one-model server: samples without a model get the one model the others
+    name (``ServerMapping.one_model``), unless that signal already has a sample for it."""
+    models = {v for s in out for k, v in s.labels if k == "model"}
+    models.discard("")
+    if len(models) != 1 or not any(_NO_MODEL in s.labels for s in out):
+        return out
+    (model,) = models
+    named = {s.signal for s in out if _NO_MODEL not in s.labels}
+    return [
+        s._replace(labels=tuple((k, model if k == "model" else v) for k, v in s.labels))
+        if s.signal not in named and _NO_MODEL in s.labels else s
+        for s in out
+    ]
 
 
 def served_models(samples: Iterable[Sample]) -> tuple[str, ...]:

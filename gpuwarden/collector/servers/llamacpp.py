@@ -13,12 +13,18 @@ README. No labels: one server is one model, so ``model`` is ``""``.
 * The ``*_tokens_seconds`` throughput gauges are reset by every scrape (two scrapers
   corrupt each other) and are never read; throughput is derived from the counters.
 
-Absent for llama.cpp: TTFT/ITL/e2e histograms and preemptions.
+* Speculative decoding: ``spec_decode_num_{draft,accepted}_tokens_total``, the same
+  names as vLLM's (moving only when a draft model or method is configured).
+
+Absent for llama.cpp: TTFT/ITL/e2e and every other per-request histogram (queue,
+prefill, decode, prompt and generation lengths), preemptions, KV capacity
+(``n_tokens_max`` is a high-water mark of tokens seen, not the cache size), KV memory,
+a configured memory fraction, an offload tier and FLOP/byte estimates.
 """
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers.base import ServerMapping, signal_map
+from gpuwarden.collector.servers.table import ServerMapping, signal_map
 
 _PROMPT = ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total")
 
@@ -34,5 +40,9 @@ MAPPING = ServerMapping(
         signal_map("generation_tokens_total", "llamacpp:tokens_predicted_total"),
         signal_map("prefix_cache_queries_total", _PROMPT),
         signal_map("prefix_cache_hits_total", "llamacpp:prompt_tokens_cached_total"),
+        signal_map("spec_decode_draft_tokens_total",
+                   "llamacpp:spec_decode_num_draft_tokens_total"),
+        signal_map("spec_decode_accepted_tokens_total",
+                   "llamacpp:spec_decode_num_accepted_tokens_total"),
     ),
 )

@@ -17,13 +17,26 @@ model name becomes ``model`` and versions add up.
   converted to seconds. Its default edges 100/500/2000/5000 ms are coarse.
 * Tokens: the ``nv_llm_{input,output}_token_len`` histograms' ``_sum`` series.
 
+* KV capacity in tokens: the ``max`` block count times ``tokens_per`` block of
+  ``nv_trt_llm_kv_cache_block_metrics`` (``combine="multiply"``, one series each per
+  model; two versions of one model give no capacity rather than a product of sums).
+* Prompt / generation lengths: the ``nv_llm_{input,output}_token_len`` histograms
+  (edges 10, 50, 100, 500, 1000 tokens).
+
 Absent for Triton: ITL and e2e histograms (core has only cumulative microsecond
-counters), preemptions, and a prefix-cache hit count (only a ``reused`` block gauge).
+counters), queue/prefill/decode histograms (queueing is a cumulative counter, or an
+opt-in summary, neither of which gives a window quantile), preemptions, a prefix-cache
+hit count (only a ``reused`` block gauge), KV memory and the configured memory fraction,
+an offload tier, speculative decoding counters and FLOP/byte estimates. TensorRT-LLM's
+own OpenAI server (``trtllm-serve``, ``trtllm_*`` names on ``/prometheus/metrics``) is a
+different server and is not read by this table.
 """
 
 from __future__ import annotations
 
-from gpuwarden.collector.servers.base import ServerMapping, signal_map, src
+from gpuwarden.collector.servers.table import ServerMapping, signal_map, src
+
+_KV_BLOCKS = "nv_trt_llm_kv_cache_block_metrics"
 
 MAPPING = ServerMapping(
     kind="triton",
@@ -31,7 +44,7 @@ MAPPING = ServerMapping(
     model_label="model",
     signal_maps=(
         signal_map("kv_cache_usage_ratio",
-                   src("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="fraction"),
+                   src(_KV_BLOCKS, kv_cache_block_type="fraction"),
                    agg="max"),
         signal_map("requests_running", src("nv_trt_llm_request_metrics", request_type="active")),
         signal_map("requests_waiting", src("nv_trt_llm_request_metrics", request_type="waiting"),
@@ -39,5 +52,11 @@ MAPPING = ServerMapping(
         signal_map("prompt_tokens_total", "nv_llm_input_token_len_sum"),
         signal_map("generation_tokens_total", "nv_llm_output_token_len_sum"),
         signal_map("ttft_seconds", src("nv_inference_first_response_histogram_ms", divisor=1000.0)),
+        signal_map("kv_cache_capacity_tokens",
+                   (src(_KV_BLOCKS, kv_cache_block_type="max"),
+                    src(_KV_BLOCKS, kv_cache_block_type="tokens_per")),
+                   combine="multiply"),
+        signal_map("prompt_length_tokens", "nv_llm_input_token_len"),
+        signal_map("generation_length_tokens", "nv_llm_output_token_len"),
     ),
 )
