@@ -26,12 +26,12 @@ TRANSFERS_PER_CLOCK = 2
 def peak_memory_bandwidth(bus_width_bits: float, clock_max_hertz: float) -> float:
     """The memory interface's peak in bytes/s: 2 transfers per clock x max clock x width / 8.
 
-    NVML's memory clock is half the per-pin data rate for HBM, GDDR6 and GDDR6X alike,
+    NVML's memory clock is half the per-pin data rate for HBM2e, HBM3 and GDDR6 alike,
     hence the 2: an H100 SXM gives 2 x 2619 MHz x 5120 bit / 8 = 3.35 TB/s, an A100 SXM
     80GB 2 x 1593 MHz x 5120 / 8 = 2.04 TB/s, an L4 2 x 6251 MHz x 192 / 8 = 300 GB/s,
     NVIDIA's datasheet figures. It is what the bus could move, never what a workload
-    achieves (that is well below, and is not measured here). The simulated GPUs
-    (``sim.py``) use the same formula.
+    achieves (that is less, and is not measured here). The simulated GPUs (``sim.py``)
+    use the same formula.
     """
     return TRANSFERS_PER_CLOCK * clock_max_hertz * bus_width_bits / 8
 
