@@ -21,7 +21,12 @@ Format (times are seconds from the start of the trace)::
         {"rule": "KVCacheNearFull", "match": {"server": "vllm-0"},
          "fires": [670, 700], "resolves": [905, 935]}       # first FIRING / last RESOLVED
       ],
-      "may_fire": ["KVCacheSaturationSoon"]   # allowed, not required (judgement calls)
+      "may_fire": ["KVCacheSaturationSoon"],  # allowed, not required (judgement calls)
+      "extra": [                   # series the background lacks (added after it)
+        {"signal": "prefill_time_seconds", "labels": {"server": "vllm-1", "model": "..."},
+         "kind": "histogram", "buckets": "request", "segments": [[0, {"median": 0.1}]]}
+      ],
+      "rules": "[[rules]] ..."     # TOML: config rules run with the defaults (optional)
     }
 
 Segment specs, each holding from its start until the next segment's start:
@@ -32,7 +37,12 @@ histograms ``{"rps": n, "median": m, "sigma": s}`` (lognormal latencies, request
 per second drawn Poisson and spread over vLLM's buckets multinomially: the cumulative
 ``_bucket``/``_count``/``_sum`` series a vLLM scrape exposes). Keys not given in a
 segment carry over from the previous one. A series-level ``noise`` (sd) adds seeded
-Gaussian noise to gauges, clipped to ``clip`` ([lo, hi]).
+Gaussian noise to gauges, clipped to ``clip`` ([lo, hi]). An ``extra`` histogram names
+its buckets (:data:`BUCKETS`: vLLM's ``ttft``, ``itl``, ``request`` latency edges).
+
+The background's capacity series (free-memory headroom, the servers' configured memory
+fraction, speculative-decoding counters) come after the older ones, so that adding them
+left the seeded noise of every older series, hence every older trace, as it was.
 """
 
 from __future__ import annotations
@@ -56,6 +66,10 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
                7.5, 10.0, 20.0, 40.0, 80.0)
+# e2e, queue, prefill and decode time (tests/fixtures/metrics/vllm-0.32-cpu-idle.prom)
+REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+                   50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+BUCKETS = {"ttft": TTFT_BUCKETS, "itl": ITL_BUCKETS, "request": REQUEST_BUCKETS}
 
 
 @dataclass
@@ -82,6 +96,7 @@ class Trace:
     specs: list[Spec]
     expect: list[dict[str, Any]] = field(default_factory=list)
     may_fire: list[str] = field(default_factory=list)
+    rules: str = ""  # TOML [[rules]] run with the defaults
 
     def cycles(self) -> Iterator[tuple[float, list[Sample]]]:
         """(timestamp, samples) for every second of the trace, deterministic."""
@@ -182,7 +197,7 @@ def background(gpus: int, servers: list[str]) -> list[Spec]:
             Spec("gpu_utilization_ratio", gl, "gauge", const(0.86), 0.03, (0.0, 1.0)),
             Spec("gpu_temperature_celsius", gl, "gauge", const(62.0), 1.5),
             Spec("gpu_power_watts", gl, "gauge", const(540.0), 15.0),
-            Spec("gpu_memory_used_bytes", gl, "gauge", const(7.2e10)),
+            Spec("gpu_memory_used_bytes", gl, "gauge", const(6.6e10)),
             Spec("gpu_memory_total_bytes", gl, "gauge", const(8.1e10)),
             Spec("gpu_xid_errors_total", gl, "counter", [(0.0, {"rate": 0.0})]),
         ]
@@ -204,7 +219,32 @@ def background(gpus: int, servers: list[str]) -> list[Spec]:
             Spec("itl_seconds", sl, "histogram",
                  [(0.0, {"rps": 400.0, "median": 0.035, "sigma": 0.3})], buckets=ITL_BUCKETS),
         ]
+    # Capacity: 18.5 % of each GPU free (vLLM at gpu_memory_utilization 0.80 plus its
+    # CUDA context), speculative decoding with 3 draft tokens a step, 70 % accepted.
+    for g in range(gpus):
+        gl = {"gpu": str(g), "uuid": f"GPU-{g:04d}", "model": "NVIDIA H100 80GB HBM3"}
+        specs.append(Spec("gpu_memory_headroom_ratio", gl, "gauge", const(0.185), 0.002,
+                          (0.0, 1.0)))
+    for s in servers:
+        sl = {"server": s, "model": "meta-llama/Llama-3.1-8B-Instruct"}
+        specs += [
+            Spec("server_gpu_memory_utilization_config", sl, "gauge", const(0.80)),
+            Spec("spec_decode_draft_tokens_total", sl, "counter", [(0.0, {"rate": 1450.0})]),
+            Spec("spec_decode_accepted_tokens_total", sl, "counter",
+                 [(0.0, {"rate": 1015.0})]),
+        ]
     return specs
+
+
+def _extra(name: str, i: int, raw: dict[str, Any]) -> Spec:
+    kind = raw.get("kind", "gauge")
+    buckets = BUCKETS[raw["buckets"]] if kind == "histogram" else ()
+    if kind not in ("gauge", "counter", "histogram") or (kind == "histogram" and not buckets):
+        raise ValueError(f"{name}: extra[{i}]: kind {kind!r} with buckets {raw.get('buckets')!r}")
+    clip = tuple(raw.get("clip", (-math.inf, math.inf)))
+    return Spec(raw["signal"], dict(raw["labels"]), kind, _segments(raw["segments"]),
+                float(raw.get("noise", 0.0)), (float(clip[0]), float(clip[1])),
+                int(raw.get("every", 1)), buckets)
 
 
 def load(name: str) -> Trace:
@@ -220,9 +260,11 @@ def load(name: str) -> Trace:
             s.segments = _segments(ov["segments"])
             if "noise" in ov:
                 s.noise = float(ov["noise"])
+    specs += [_extra(name, i, ex) for i, ex in enumerate(raw.get("extra", ()))]
     return Trace(name=name, description=raw["description"], duration=int(raw["duration"]),
                  node=raw.get("node", "gpu-node-01"), seed=int(raw.get("seed", 1)), specs=specs,
-                 expect=list(raw.get("expect", ())), may_fire=list(raw.get("may_fire", ())))
+                 expect=list(raw.get("expect", ())), may_fire=list(raw.get("may_fire", ())),
+                 rules=str(raw.get("rules", "")))
 
 
 def names() -> list[str]:

@@ -2,8 +2,8 @@
 
 Two layers: stand-in threshold detectors (``harness.STUB_RULES``) pin the harness, the
 engine and the store together on SQLite and PostgreSQL, and check backtest == live;
-the real default rules (``detectors.defaults``) are checked against every trace's
-``expect`` once the detectors exist.
+the real default rules (``detectors.defaults``), with the trace's own ``rules`` (TOML, as
+an operator writes them) if it has any, are checked against every trace's ``expect``.
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ DEFAULTS = _defaults()
 @pytest.mark.skipif(DEFAULTS is None, reason="detectors (build_detector, defaults) not landed")
 @pytest.mark.parametrize("name", names())
 def test_default_rules_on_corpus(name: str, tmp_path: Any) -> None:
+    from gpuwarden.config import parse_config
     from gpuwarden.storage import open_store
 
     trace = load(name)
-    rules = DEFAULTS.effective_rules(())
+    rules = DEFAULTS.effective_rules(parse_config(trace.rules).rules)
     with open_store(f"sqlite:///{tmp_path / 's.db'}", node=trace.node) as store:
         got, engine = replay_live(trace, store, rules, None)
     assert sum(engine.stats.rule_errors_total.values()) == 0, engine.stats.rule_errors_total
