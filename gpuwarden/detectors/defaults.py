@@ -87,6 +87,33 @@ DEFAULT_RULES: tuple[RuleConfig, ...] = (
         summary="Inference server {server} ({kind}) on {node} is not answering /metrics",
     ),
     RuleConfig(
+        # Memory is planned as weights + KV cache + activations + 15 % of the device kept
+        # free; below that, a long prompt, an activation peak or a second process ends in
+        # an out-of-memory error. Five minutes: a passing allocation is not the budget.
+        name="VRAMHeadroomLow", signal="gpu_memory_headroom_ratio", op="<", threshold=0.15,
+        clear=0.17, for_=300.0, severity="warning", actions=NOTIFY,
+        summary="VRAM headroom {value:.0%} on GPU {gpu} ({node}) < {threshold:.0%}",
+        annotations=(("description",
+                      "Less than 15 % of this GPU's memory is free. Capacity plans keep 15 % "
+                      "of device memory unallocated on top of weights, KV cache and "
+                      "activations, so that long sequences, activation spikes and other "
+                      "processes have room; without it the next peak is an out-of-memory "
+                      "error."),),
+    ),
+    RuleConfig(
+        # A configuration, not an incident: info, and no `for` (the value only changes
+        # when the server restarts with other flags).
+        name="GPUMemoryUtilizationConfigHigh", signal="server_gpu_memory_utilization_config",
+        op=">", threshold=0.85, severity="info", actions=NOTIFY,
+        summary="{server} ({model}) is configured to take {value:.0%} of GPU memory "
+                "> {threshold:.0%}",
+        annotations=(("description",
+                      "The server reserves more than 85 % of device memory up front (vLLM "
+                      "--gpu-memory-utilization). Above 0.85 too little is left outside its "
+                      "budget for long sequences and activation spikes; 0.85 is the ceiling "
+                      "production deployments commonly keep to."),),
+    ),
+    RuleConfig(
         name="KVCacheBottleneck", signal="kv_cache_usage_ratio",
         detector="composite:KVCacheBottleneck", op="<", threshold=0.5, window=60.0,
         for_=30.0, every=WINDOW_EVERY, severity="warning", actions=NOTIFY,

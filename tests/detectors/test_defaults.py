@@ -28,6 +28,9 @@ README_TABLE = [
     ("GPULost", "gpu_up", "==", 0.0, 0.0, "notify"),
     ("XIDError", "gpu_xid_errors_total", ">", 0.0, 0.0, "notify"),
     ("ServerDown", "server_up", "==", 0.0, 30.0, "notify"),
+    ("VRAMHeadroomLow", "gpu_memory_headroom_ratio", "<", 0.15, 300.0, "notify"),
+    ("GPUMemoryUtilizationConfigHigh", "server_gpu_memory_utilization_config", ">", 0.85, 0.0,
+     "notify"),
 ]
 COMPOSITES = ["KVCacheBottleneck", "PreemptionsRising", "PrefixCacheHitFalling", "QueueGrowing"]
 
@@ -55,6 +58,21 @@ def test_every_rule_named_and_buildable() -> None:
     soon = RULES["KVCacheSaturationSoon"]
     assert (soon.detector, soon.limit, soon.horizon) == ("trend", 1.0, 300.0)
     assert RULES["KVCacheNearFull"].clear == 0.85
+
+
+def test_capacity_rules_say_why() -> None:
+    """The memory rules carry the practice they check, for whoever reads the alert."""
+    headroom, config = RULES["VRAMHeadroomLow"], RULES["GPUMemoryUtilizationConfigHigh"]
+    assert (headroom.severity, headroom.clear) == ("warning", 0.17)
+    assert config.severity == "info"
+    assert "15 %" in dict(headroom.annotations)["description"]
+    why = dict(config.annotations)["description"]
+    assert "0.85" in why and "long sequences" in why and "activation spikes" in why
+    gpu_labels = {"node": "n1", "gpu": "5", "uuid": "GPU-5", "model": "H100"}
+    assert render_summary(headroom, finding(0.09), gpu_labels) == (
+        "VRAM headroom 9% on GPU 5 (n1) < 15%")
+    assert render_summary(config, finding(0.95), dict(SRV)) == (
+        "vllm-0 (m) is configured to take 95% of GPU memory > 85%")
 
 
 def test_effective_rules_replace_disable_add() -> None:

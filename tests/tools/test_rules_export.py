@@ -38,6 +38,10 @@ README_DEFAULTS = (
     RuleConfig("GPULost", "gpu_up", "==", 0.0, actions=("notify",)),
     RuleConfig("XIDError", "gpu_xid_errors_total", ">", 0.0, window=300.0, actions=("notify",)),
     RuleConfig("ServerDown", "server_up", "==", 0.0, for_=30.0, actions=("notify",)),
+    RuleConfig("VRAMHeadroomLow", "gpu_memory_headroom_ratio", "<", 0.15, clear=0.17,
+               for_=300.0, actions=("notify",)),
+    RuleConfig("GPUMemoryUtilizationConfigHigh", "server_gpu_memory_utilization_config", ">",
+               0.85, severity="info", actions=("notify",)),
 )
 
 
@@ -78,6 +82,12 @@ def test_quantile_trend_spread_and_counter_rules() -> None:
         "min by (node) (avg_over_time(gpuwarden_gpu_utilization_ratio[2m]))) > 0.15")
     assert exprs["XIDError"] == "increase(gpuwarden_gpu_xid_errors_total[5m]) > 0"
     assert exprs["ServerDown"] == "gpuwarden_server_up == 0"
+    assert exprs["GPUMemoryUtilizationConfigHigh"] == (
+        "gpuwarden_server_gpu_memory_utilization_config > 0.85")
+    assert exprs["VRAMHeadroomLow"] == (
+        "gpuwarden_gpu_memory_headroom_ratio < 0.15 or (gpuwarden_gpu_memory_headroom_ratio "
+        "< 0.17 and ignoring (alertname, alertstate, severity) "
+        'ALERTS{alertname="VRAMHeadroomLow", alertstate="firing"})')
 
 
 def test_aggregation_and_unexportable_rules() -> None:
