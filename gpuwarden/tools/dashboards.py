@@ -22,7 +22,8 @@ PREFIX = "gpuwarden_"
 
 #: Catalogue unit -> Grafana unit id.
 UNITS = {"ratio": "percentunit", "seconds": "s", "bytes": "bytes", "watts": "watt",
-         "hertz": "hertz", "celsius": "celsius", "": "none"}
+         "hertz": "hertz", "celsius": "celsius", "tokens": "short", "bits": "bits",
+         "bytes_per_second": "Bps", "": "none"}
 
 #: gpuwarden's own families (exposition/daemon/alerts/delivery): exported sample names.
 SELF_METRICS = frozenset({
@@ -41,6 +42,8 @@ TTFT_P95_SLO = 2.0
 ITL_P95_SLO = 0.130
 SPREAD_LIMIT = 0.15
 QUALITY_FLOOR = 0.92
+VRAM_HEADROOM_FLOOR = 0.15
+MEMORY_FRACTION_CEILING = 0.85
 
 GPU = 'node=~"$node", gpu=~"$gpu"'
 NODE = 'node=~"$node"'
@@ -287,6 +290,74 @@ def inference() -> Dashboard:
     )
 
 
+def capacity() -> Dashboard:
+    """Will this GPU hold its workload: memory headroom, KV capacity, the configured
+    memory fraction, where request time goes, and how well the KV tiers and speculative
+    decoding pay off."""
+
+    def p95(signal: str) -> str:
+        return metric(signal, SRV + P95)
+
+    return Dashboard(
+        "gpuwarden-capacity", "gpuwarden / Capacity",
+        "Before and between incidents: device-memory headroom against the 15 % practice, "
+        "KV-cache capacity in tokens, the servers' configured memory fraction, the latency "
+        "budget split into queue, prefill and decode, offload-tier reuse and speculative "
+        "decoding acceptance, and each GPU's peak memory bandwidth.",
+        (
+            Panel("Device-memory headroom", (
+                Target(metric("gpu_memory_headroom_ratio", GPU), "{{node}} gpu {{gpu}}"),),
+                  unit=unit("gpu_memory_headroom_ratio"), min=0, max=1, width=12,
+                  lines=((VRAM_HEADROOM_FLOOR, "red"),),
+                  description="Free over total device memory; below 15 % for 5 minutes is "
+                              "VRAMHeadroomLow: long sequences and activation spikes have "
+                              "no room left."),
+            Panel("KV-cache capacity", (
+                Target(metric("kv_cache_capacity_tokens", SRV), "{{server}}"),),
+                  unit=unit("kv_cache_capacity_tokens"), min=0, width=12,
+                  description="Tokens the server's KV cache holds (vLLM cache_config_info); "
+                              "divide by a request's prompt + output length for the "
+                              "sequences that fit."),
+            Panel("Configured memory fraction", (
+                Target(metric("server_gpu_memory_utilization_config", SRV), "{{server}}"),),
+                  unit=unit("server_gpu_memory_utilization_config"), min=0, max=1, width=8,
+                  lines=((MEMORY_FRACTION_CEILING, "orange"),),
+                  description="vLLM's gpu_memory_utilization; above 0.85 "
+                              "(GPUMemoryUtilizationConfigHigh) leaves too little room in "
+                              "production."),
+            Panel("KV-cache memory", (
+                Target(metric("kv_cache_memory_bytes", SRV), "{{server}}"),),
+                  unit=unit("kv_cache_memory_bytes"), min=0, width=8),
+            Panel("Peak memory bandwidth", (
+                Target(metric("gpu_memory_bandwidth_peak_bytes_per_second", GPU),
+                       "{{node}} gpu {{gpu}}"),),
+                  unit=unit("gpu_memory_bandwidth_peak_bytes_per_second"), min=0, width=8,
+                  description="2 transfers per clock x maximum memory clock x bus width: "
+                              "the interface's peak, the ceiling a bandwidth-bound decode "
+                              "can reach."),
+            Panel("Where request time goes (p95)", (
+                Target(p95("queue_time_seconds"), "queue {{server}}"),
+                Target(p95("prefill_time_seconds"), "prefill {{server}}"),
+                Target(p95("decode_time_seconds"), "decode {{server}}")),
+                  unit=unit("queue_time_seconds"), min=0, width=24,
+                  description="The latency budget decomposed: a growing queue means too "
+                              "few replicas, a growing prefill long prompts or lost prefix "
+                              "reuse, a growing decode memory-bandwidth pressure."),
+            Panel("KV offload-tier hit ratio", (
+                Target(metric("kv_offload_hit_ratio", SRV), "{{server}}"),),
+                  unit=unit("kv_offload_hit_ratio"), min=0, max=1, width=12,
+                  description="Hits over queries of the offload (external) KV tier in the "
+                              "window; only servers with a KV connector export it."),
+            Panel("Speculative decoding acceptance", (
+                Target(metric("spec_decode_acceptance_ratio", SRV), "{{server}}"),),
+                  unit=unit("spec_decode_acceptance_ratio"), min=0, max=1, width=12,
+                  description="Accepted over draft tokens in the window; speculation pays "
+                              "only while the draft is accepted."),
+        ),
+        variables=(V_NODE, V_GPU, V_SERVER, V_MODEL),
+    )
+
+
 def itself() -> Dashboard:
     return Dashboard(
         "gpuwarden-self", "gpuwarden / gpuwarden itself",
@@ -353,7 +424,8 @@ def itself() -> Dashboard:
 
 
 DASHBOARDS = {"gpuwarden-fleet.json": fleet, "gpuwarden-node.json": node,
-              "gpuwarden-inference.json": inference, "gpuwarden-self.json": itself}
+              "gpuwarden-inference.json": inference, "gpuwarden-capacity.json": capacity,
+              "gpuwarden-self.json": itself}
 
 
 def all_dashboards() -> dict[str, Dashboard]:

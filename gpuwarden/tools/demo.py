@@ -2,7 +2,8 @@
 
 Simulated GPUs plus simulated vLLM servers on loopback that speak vLLM 0.32's real
 ``/metrics`` vocabulary (names, labels and bucket edges as recorded from a real vLLM,
-see tests/fixtures/metrics/vllm-0.32-cpu-*.prom), playing a scripted incident: a calm
+see tests/fixtures/metrics/vllm-0.32-cpu-*.prom; their KV cache, offload connector and
+speculative draft are reported as vLLM reports them), playing a scripted incident: a calm
 start, then on ``vllm-0`` the KV cache fills at 1 %/s, preemptions start and token
 latency climbs, while one GPU turns into a straggler. The daemon scrapes them exactly
 as it would scrape a real server.
@@ -29,6 +30,13 @@ TTFT_EDGES = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 
               7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_EDGES = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
              10.0, 20.0, 40.0, 80.0)
+REQUEST_TIME_EDGES = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+                      60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+# vLLM's 1-2-5 token buckets up to the model's context length (8,192 here).
+TOKEN_EDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
+# The KV cache of an 8B-class model with 128 KiB of KV per token, as vLLM's
+# cache_config_info labels report it (a subset of the real labels, same names).
+KV_BLOCKS, KV_BLOCK_SIZE, KV_BYTES_PER_TOKEN, MAX_MODEL_LEN = 4096, 16, 131072, 8192
 
 
 @dataclass(slots=True)
@@ -78,6 +86,21 @@ class SimulatedVllmState:
     ttft: _Histogram = field(default_factory=lambda: _Histogram(TTFT_EDGES))
     itl: _Histogram = field(default_factory=lambda: _Histogram(ITL_EDGES))
     e2e: _Histogram = field(default_factory=lambda: _Histogram(TTFT_EDGES))
+    queue: _Histogram = field(default_factory=lambda: _Histogram(REQUEST_TIME_EDGES))
+    prefill: _Histogram = field(default_factory=lambda: _Histogram(REQUEST_TIME_EDGES))
+    decode: _Histogram = field(default_factory=lambda: _Histogram(REQUEST_TIME_EDGES))
+    prompt_len: _Histogram = field(default_factory=lambda: _Histogram(TOKEN_EDGES))
+    output_len: _Histogram = field(default_factory=lambda: _Histogram(TOKEN_EDGES))
+    memory_fraction: float = 0.9  # vLLM's default gpu_memory_utilization
+    # The simulated servers run with a KV offload connector and a speculative draft, so
+    # that their counters (which vLLM exports only when those are configured) show too.
+    offload_queries: int = 0
+    offload_hits: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    # Request phases and lengths draw from their own generator, so that adding them left
+    # the incident's course (drawn from ``rng``) as it was.
+    phase_rng: random.Random = field(default_factory=lambda: random.Random(7))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def advance(self, dt: float) -> None:
@@ -99,12 +122,36 @@ class SimulatedVllmState:
             self.prompt_tokens += prompt
             self.prefix_queries += prompt
             self.prefix_hits += round(prompt * (0.6 - 0.4 * pressure))
+            self._offload_and_speculate(prompt - round(prompt * (0.6 - 0.4 * pressure)), tokens)
             for _ in range(min(tokens, 400)):
                 self.itl.observe(rng.lognormvariate(0, 0.25) * self.itl_base * (1 + 3 * pressure))
             for _ in range(rng.randint(1, 3)):
                 first = rng.lognormvariate(0, 0.3) * self.ttft_base * (1 + 12 * pressure)
                 self.ttft.observe(first)
                 self.e2e.observe(first + 200 * self.itl_base * (1 + 3 * pressure))
+                self._finish_request(first, pressure)
+
+    def _offload_and_speculate(self, prefix_misses: int, tokens: int) -> None:
+        """What the GPU prefix cache missed is looked up in the offload tier (about a third
+        found there); every generated token was drafted, about 70 % of drafts accepted."""
+        rng = self.phase_rng
+        self.offload_queries += prefix_misses
+        self.offload_hits += round(prefix_misses * rng.uniform(0.25, 0.4))
+        drafted = round(tokens / rng.uniform(0.65, 0.75))
+        self.draft_tokens += drafted
+        self.accepted_tokens += tokens if drafted else 0
+
+    def _finish_request(self, ttft: float, pressure: float) -> None:
+        """One finished request's phases and lengths: the queue takes the part of its
+        time to first token that KV pressure adds, prefill the rest."""
+        rng = self.phase_rng
+        queued = ttft * (12 * pressure) / (1 + 12 * pressure)
+        output = rng.randint(100, 400)
+        self.queue.observe(queued)
+        self.prefill.observe(ttft - queued)
+        self.decode.observe(output * self.itl_base * (1 + 3 * pressure))
+        self.prompt_len.observe(rng.randint(800, 1600))
+        self.output_len.observe(output)
 
     def render(self) -> bytes:
         base = f'engine="0",model_name="{self.model}"'
@@ -116,17 +163,33 @@ class SimulatedVllmState:
                 f"vllm:num_requests_waiting{{{base}}} {float(self.waiting)}",
                 "# TYPE vllm:kv_cache_usage_perc gauge",
                 f"vllm:kv_cache_usage_perc{{{base}}} {self.kv_usage}",
+                "# TYPE vllm:cache_config_info gauge",
+                f'vllm:cache_config_info{{block_size="{KV_BLOCK_SIZE}",engine="0",'
+                f'gpu_memory_utilization="{self.memory_fraction}",'
+                f'kv_cache_max_concurrency="{KV_BLOCKS * KV_BLOCK_SIZE / MAX_MODEL_LEN}",'
+                f'kv_cache_memory_bytes="{KV_BLOCKS * KV_BLOCK_SIZE * KV_BYTES_PER_TOKEN}",'
+                f'kv_cache_size_tokens="{KV_BLOCKS * KV_BLOCK_SIZE}",'
+                f'num_gpu_blocks="{KV_BLOCKS}"}} 1.0',
             ]
             for name, value in (("prefix_cache_queries", self.prefix_queries),
                                 ("prefix_cache_hits", self.prefix_hits),
                                 ("num_preemptions", self.preemptions),
                                 ("prompt_tokens", self.prompt_tokens),
-                                ("generation_tokens", self.generation_tokens)):
+                                ("generation_tokens", self.generation_tokens),
+                                ("external_prefix_cache_queries", self.offload_queries),
+                                ("external_prefix_cache_hits", self.offload_hits),
+                                ("spec_decode_num_draft_tokens", self.draft_tokens),
+                                ("spec_decode_num_accepted_tokens", self.accepted_tokens)):
                 lines += [f"# TYPE vllm:{name}_total counter",
                           f"vllm:{name}_total{{{base}}} {float(value)}"]
             for name, hist in (("time_to_first_token_seconds", self.ttft),
                                ("inter_token_latency_seconds", self.itl),
-                               ("e2e_request_latency_seconds", self.e2e)):
+                               ("e2e_request_latency_seconds", self.e2e),
+                               ("request_queue_time_seconds", self.queue),
+                               ("request_prefill_time_seconds", self.prefill),
+                               ("request_decode_time_seconds", self.decode),
+                               ("request_prompt_tokens", self.prompt_len),
+                               ("request_generation_tokens", self.output_len)):
                 lines.append(f"# TYPE vllm:{name} histogram")
                 lines += hist.lines(f"vllm:{name}", base)
         return ("\n".join(lines) + "\n").encode()
