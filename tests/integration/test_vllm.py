@@ -1,7 +1,8 @@
 """gpuwarden against a real vLLM (CPU build, tiny random Llama) under real load.
 
 The recorded payloads in tests/fixtures prove the mapping; this proves the whole path
-against the real thing: vLLM's own metric names and labels, its counters moving under a
+against the real thing: vLLM's own metric names and labels (its KV capacity read back
+equal to its ``cache_config_info`` labels), its counters moving under a
 shared-prefix phase (prefix-cache hits) and a KV-pressure phase (2 MiB of KV cache =
 64 blocks; 24 concurrent 400-token generations at max-num-seqs 8 fill it and force
 preemptions), gpuwarden's window quantiles and rates computed from what it stored, and a
@@ -201,6 +202,19 @@ def test_signals_under_real_load(vllm: VllmServer, gateway: tuple[Daemon, int]) 
     kv_idle = idle["kv"]
     assert kv_idle is not None and kv_idle < 0.1
     assert idle["running"] == 0
+    # Capacity: gpuwarden's figures are the live server's own cache_config_info labels.
+    assert idle["vllm"] is not None
+    [(config, _)] = idle["vllm"]["vllm:cache_config_info"]
+    ours = {"node": NODE, "server": SERVER, "model": SERVED_MODEL}
+    for gw_name, label in (("gpuwarden_kv_cache_capacity_tokens", "kv_cache_size_tokens"),
+                           ("gpuwarden_kv_cache_memory_bytes", "kv_cache_memory_bytes"),
+                           ("gpuwarden_server_gpu_memory_utilization_config",
+                            "gpu_memory_utilization")):
+        found = [(lab, v) for lab, v in idle["gw"].get(gw_name, [])
+                 if lab.get("server") == SERVER]
+        assert found == [(ours, float(config[label]))], (gw_name, found, config)
+    # 2 MiB of KV at 1 KiB per token (tests/integration/vllm_server.py): 2048 tokens.
+    assert float(config["kv_cache_size_tokens"]) == 2048
 
     # Phase 1: 20 requests sharing a 200-word prefix -> prefix-cache hits.
     prefix = rec.drive("prefix", lambda: vllm.run_load(20, 20, 64, 20, 200), budget=150)
