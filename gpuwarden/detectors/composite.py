@@ -11,9 +11,9 @@ Each one names a mechanism an SRE would otherwise piece together from three grap
 * ``PreemptionsRising`` — ``rate(preemptions_total[window])`` ``op threshold`` (default
   > 0.1/s, i.e. a dozen preemptions in two minutes; a few are normal under load).
 * ``PrefixCacheHitFalling`` — the prefix-cache hit ratio over the last window is lower
-  than over the window before by more than ``threshold`` (default 0.2 = 20 points), with
-  at least ``MIN_PREFIX_QUERIES`` tokens looked up in each window (a ratio over a handful
-  of tokens is noise). Context is being recomputed instead of reused.
+  than over the window before by more than ``threshold`` (default 0.2 = 20 points):
+  context is being recomputed instead of reused. It is the falling-ratio detector
+  (``falling.py``) on that ratio, and lives there.
 * ``QueueGrowing`` — ``requests_waiting`` rises over the window by more than
   ``threshold`` requests (default 5: both its range in the window and its Theil-Sen
   fitted change exceed it) with a significantly positive slope,
@@ -21,7 +21,7 @@ Each one names a mechanism an SRE would otherwise piece together from three grap
   ``max(1, 10 %)`` of its mean): requests arrive faster than the server admits them and
   it is not scaling its batch, typically because the KV cache is full.
 
-All four are per server (``node, server, model``), use counters exactly as PromQL
+All are per server (``node, server, model``), use counters exactly as PromQL
 would (``promql/windows.py``), and skip series that went stale.
 """
 
@@ -35,23 +35,21 @@ import numpy as np
 from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.condition import classify, live_pairs, live_series, require_op
 from gpuwarden.detectors.trend import theil_sen
-from gpuwarden.model import FloatArray, SeriesData
+from gpuwarden.model import FloatArray
 from gpuwarden.promql.aggregation import aggregate, values_in
-from gpuwarden.promql.windows import counter_rate, increase, ratio_of_increases
+from gpuwarden.promql.windows import counter_rate
 
 if TYPE_CHECKING:
     from gpuwarden.detectors.rule import RuleConfig
 
 GPU_BUSY = 0.9
 KV_FULL = 0.9
-MIN_PREFIX_QUERIES = 1000.0
 RUNNING_FLAT_FRACTION = 0.1
 MIN_QUEUE_POINTS = 10
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "KVCacheBottleneck": 0.5,
     "PreemptionsRising": 0.1,
-    "PrefixCacheHitFalling": 0.2,
     "QueueGrowing": 5.0,
 }
 
@@ -135,40 +133,6 @@ class PreemptionsRising(Composite):
                 text = f"{rate:.3g} preemptions/s ({rate * w:.0f} in {w:g} s)"
                 out.append(Finding(s.labels, rate, status, (("description", text),)))
         return out
-
-
-class PrefixCacheHitFalling(Composite):
-    name = "PrefixCacheHitFalling"
-
-    def _inputs(self, w: float) -> dict[str, float]:
-        return {"prefix_cache_hits_total": 2 * w, "prefix_cache_queries_total": 2 * w}
-
-    def evaluate(self, window: Window) -> list[Finding]:
-        now, w = window.now, self.rule.window
-        out = []
-        for hits, q in live_pairs(window, "prefix_cache_hits_total",
-                                  "prefix_cache_queries_total"):
-            if not (_increase_at_least(q, now - w, now, MIN_PREFIX_QUERIES)
-                    and _increase_at_least(q, now - 2 * w, now - w, MIN_PREFIX_QUERIES)):
-                continue
-            recent = ratio_of_increases(hits, q, now - w, now)
-            before = ratio_of_increases(hits, q, now - 2 * w, now - w)
-            if recent is None or before is None:
-                continue
-            drop = before - recent
-            status = classify(drop, ">", self.threshold, self.rule.clear)
-            if status is not None:
-                text = (f"prefix-cache hit ratio {recent:.0%} over the last {w:g} s, "
-                        f"{before:.0%} before: context is recomputed instead of reused")
-                out.append(Finding(hits.labels, drop, status, (
-                    ("hit_ratio", f"{recent:.3f}"), ("hit_ratio_before", f"{before:.3f}"),
-                    ("description", text))))
-        return out
-
-
-def _increase_at_least(series: SeriesData, start: float, end: float, minimum: float) -> bool:
-    inc = increase(series.timestamps, series.values, start, end)
-    return inc is not None and inc >= minimum
 
 
 class QueueGrowing(Composite):

@@ -137,6 +137,15 @@ DEFAULT_RULES: tuple[RuleConfig, ...] = (
         op=">", threshold=5.0, window=60.0, for_=30.0, severity="warning", actions=NOTIFY,
         summary="Queue on {server} ({model}) grew by {value:.0f} requests with a flat batch",
     ),
+    RuleConfig(
+        # Ten-minute windows: acceptance moves with the traffic mix from minute to minute;
+        # a draft that stopped matching the target shows over several.
+        name="SpecDecodeAcceptanceFalling", signal="spec_decode_acceptance_ratio",
+        detector="falling", op=">", threshold=0.2, window=600.0, for_=60.0,
+        every=WINDOW_EVERY, severity="info", actions=NOTIFY,
+        summary="Speculative-decoding acceptance on {server} ({model}) fell by {value:.0%} "
+                "against the previous {window:.0f} s",
+    ),
     # Sequential drift tests over the quality canaries (detectors/drift.py): they catch
     # a small sustained drop (0.97 -> 0.94) the 0.92 floor never sees. Their windows span
     # hours of once-a-minute canary scores, so they are evaluated once a minute.

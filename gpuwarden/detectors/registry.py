@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 DETECTORS: Registry[DetectorFactory] = Registry("detector", {
     "composite:KVCacheBottleneck": "gpuwarden.detectors.composite:KVCacheBottleneck",
     "composite:PreemptionsRising": "gpuwarden.detectors.composite:PreemptionsRising",
-    "composite:PrefixCacheHitFalling": "gpuwarden.detectors.composite:PrefixCacheHitFalling",
+    "composite:PrefixCacheHitFalling": "gpuwarden.detectors.falling:PrefixCacheHitFalling",
     "composite:QueueGrowing": "gpuwarden.detectors.composite:QueueGrowing",
     "cusum": "gpuwarden.detectors.drift:CusumDetector",
+    "falling": "gpuwarden.detectors.falling:RatioFalling",
     "increase": "gpuwarden.detectors.health:IncreaseDetector",
     "ks": "gpuwarden.detectors.drift:KsLengthDetector",
     "quantile": "gpuwarden.detectors.latency:QuantileDetector",

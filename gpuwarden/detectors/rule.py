@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpuwarden.signals import DERIVED_INPUTS, SIGNALS, Kind
+
 RULE_OPS = (">", ">=", "<", "<=", "==", "!=")
 AGGREGATIONS = ("last", "mean", "max", "min")
 SEVERITIES = ("info", "warning", "critical", "page")
@@ -36,3 +38,16 @@ class RuleConfig:
     horizon: float = 300.0  # trend: fire when the limit is forecast within this time
     min_points: int = 10  # trend: fewer samples in the window never fire
     every: float = 0.0  # evaluate at most this often (0: every cycle), for costly windows
+
+
+def counter_ratio_inputs(signal: str) -> tuple[str, str] | None:
+    """(numerator, denominator) counters of a derived ratio signal (hits / queries,
+    accepted / draft tokens); None for any other signal.
+
+    What the falling detector needs, answered from the catalogue alone, so the config
+    check can ask without importing a detector.
+    """
+    inputs = DERIVED_INPUTS.get(signal, ())
+    if len(inputs) != 2 or any(SIGNALS[name].kind is not Kind.COUNTER for name in inputs):
+        return None
+    return inputs[0], inputs[1]

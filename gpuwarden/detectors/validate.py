@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from gpuwarden.detectors import build_detector
 from gpuwarden.detectors.defaults import summary_fields
 from gpuwarden.detectors.registry import DETECTORS
-from gpuwarden.detectors.rule import AGGREGATIONS, RULE_OPS, RuleConfig
+from gpuwarden.detectors.rule import AGGREGATIONS, RULE_OPS, RuleConfig, counter_ratio_inputs
 from gpuwarden.signals import DERIVED_INPUTS, SIGNALS, Kind, resolve_rule_signal
 
 # Detectors that compare against ``threshold`` (a rule for them cannot run without one).
@@ -77,6 +77,10 @@ def rule_problems(rule: RuleConfig) -> list[str]:
     if rule.detector in THRESHOLDED and rule.threshold is None:
         problems.append("threshold is required")
     problems.extend(_clear_problems(rule))
+    if rule.detector == "falling" and counter_ratio_inputs(rule.signal) is None:
+        ratios = ", ".join(s for s in DERIVED_INPUTS if counter_ratio_inputs(s) is not None)
+        problems.append(f"the falling detector compares a ratio of two counters over two "
+                        f"windows: {rule.signal!r} is not one ({ratios})")
     if rule.detector == "trend":
         if rule.limit is None:
             problems.append("a trend rule needs `limit` (the level whose crossing is forecast)")

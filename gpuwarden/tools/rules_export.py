@@ -15,6 +15,9 @@ cannot:
 * counters -> ``increase(gpuwarden_<signal>[window]) <op> <threshold>``;
 * trend rules -> ``predict_linear(gpuwarden_<signal>[window], horizon) >= limit``;
 * the utilisation spread -> max minus min of each GPU's ``avg_over_time`` by node;
+* a falling ratio (``detector = "falling"``, ``composite:PrefixCacheHitFalling``) -> the
+  ratio of the counters' increases over the window before (``offset``) minus the one
+  over the window, where the denominator grew by the detector's minimum in both;
 * ``clear`` (hysteresis) -> ``breach or (hold and ALERTS{alertstate="firing"})``: the
   alert stays firing while the value is between ``clear`` and ``threshold``, and a
   pending alert is dropped there, exactly as gpuwarden's engine does;
@@ -35,7 +38,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gpuwarden import __version__
-from gpuwarden.detectors.rule import RuleConfig
+from gpuwarden.detectors.falling import DEFAULT_THRESHOLD as FALLING_THRESHOLD
+from gpuwarden.detectors.falling import MIN_TOKENS, PrefixCacheHitFalling
+from gpuwarden.detectors.rule import RuleConfig, counter_ratio_inputs
 from gpuwarden.durations import format_duration
 from gpuwarden.promql.derived import DEFAULT_WINDOW, QUANTILES
 from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
@@ -44,6 +49,9 @@ PREFIX = "gpuwarden_"
 GROUP = "gpuwarden"
 _AGG = {"mean": "avg_over_time", "max": "max_over_time", "min": "min_over_time"}
 SPREAD_DETECTORS = ("variance", "spread")
+# detector -> the ratio it watches (None: the rule's signal)
+FALLING_DETECTORS = {"falling": None,
+                     "composite:PrefixCacheHitFalling": PrefixCacheHitFalling.signal}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
@@ -105,6 +113,27 @@ def signal_expr(rule: RuleConfig) -> tuple[str, str | None] | None:
     return _aggregate(PREFIX + signal, rule, window), None
 
 
+def falling_expr(rule: RuleConfig) -> str | None:
+    """The drop of a counter ratio against the window before, as the falling detector
+    computes it (``detectors/falling.py``); None when the signal is no such ratio."""
+    inputs = counter_ratio_inputs(FALLING_DETECTORS.get(rule.detector) or rule.signal)
+    if inputs is None:
+        return None
+    num, den = (PREFIX + name for name in inputs)
+    w = format_duration(rule.window)
+    now = f"increase({num}[{w}]) / increase({den}[{w}])"
+    before = f"increase({num}[{w}] offset {w}) / increase({den}[{w}] offset {w})"
+    enough = (f"increase({den}[{w}]) >= {_num(MIN_TOKENS)} and "
+              f"increase({den}[{w}] offset {w}) >= {_num(MIN_TOKENS)}")
+    return f"(({before}) - ({now}) and {enough})"
+
+
+def _threshold(rule: RuleConfig) -> float | None:
+    if rule.threshold is None and rule.detector in FALLING_DETECTORS:
+        return FALLING_THRESHOLD
+    return rule.threshold
+
+
 def _aggregate(base: str, rule: RuleConfig, window: str) -> str:
     func = _AGG.get(rule.aggregation)
     return f"{func}({base}[{window}])" if func else base
@@ -113,6 +142,9 @@ def _aggregate(base: str, rule: RuleConfig, window: str) -> str:
 def translate(rule: RuleConfig) -> Exported:
     """Translate one rule (see the module docstring for the mapping)."""
     vector = signal_expr(rule)
+    if rule.detector in FALLING_DETECTORS:
+        drop = falling_expr(rule)
+        vector = None if drop is None else (drop, None)
     if vector is None:
         return Exported(rule.name, None, f"signal {rule.signal!r} has no exported metric "
                                          "PromQL can compare")
@@ -134,12 +166,14 @@ def translate(rule: RuleConfig) -> Exported:
     if rule.detector in SPREAD_DETECTORS and not expr.startswith("(max by (node)"):
         return Exported(rule.name, None, f"spread over {rule.signal!r}: only GPU "
                                          "utilisation spread is translated")
-    if rule.detector not in ("threshold", "latency", "drift", "increase", *SPREAD_DETECTORS):
+    if rule.detector not in ("threshold", "latency", "drift", "increase", *SPREAD_DETECTORS,
+                             *FALLING_DETECTORS):
         return Exported(rule.name, None, f"detector {rule.detector!r} (a composite or custom "
                                          "diagnostic) has no faithful PromQL equivalent")
-    if rule.threshold is None:
+    threshold = _threshold(rule)
+    if threshold is None:
         return Exported(rule.name, None, "no threshold")
-    breach = f"{expr} {rule.op} {_num(rule.threshold)}"
+    breach = f"{expr} {rule.op} {_num(threshold)}"
     if rule.clear is None or rule.op in ("==", "!="):
         return Exported(rule.name, breach, note)
     hold = f"{expr} {rule.op} {_num(rule.clear)}"
@@ -189,6 +223,10 @@ def _annotations(rule: RuleConfig) -> list[tuple[str, str]]:
     if rule.detector == "trend":
         limit = rule.limit if rule.limit is not None else rule.threshold
         cond = f"{what} forecast to reach {_num(limit or 0)} within {format_duration(rule.horizon)}"
+    elif rule.detector in FALLING_DETECTORS:
+        cond = (f"{FALLING_DETECTORS[rule.detector] or what} down {rule.op} "
+                f"{_num(_threshold(rule) or 0)} against the previous "
+                f"{format_duration(rule.window)}")
     else:
         cond = f"{what} {rule.op} {_num(rule.threshold or 0)}"
     if rule.for_:

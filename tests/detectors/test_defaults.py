@@ -33,9 +33,14 @@ README_TABLE = [
      "notify"),
 ]
 COMPOSITES = ["KVCacheBottleneck", "PreemptionsRising", "PrefixCacheHitFalling", "QueueGrowing"]
+# The README's rows after the composites, in the same columns as README_TABLE.
+CAPACITY_TABLE = [
+    ("SpecDecodeAcceptanceFalling", "spec_decode_acceptance_ratio", ">", 0.2, 60.0, "notify"),
+]
 
 
-@pytest.mark.parametrize("row", README_TABLE, ids=[d[0] for d in README_TABLE])
+@pytest.mark.parametrize("row", README_TABLE + CAPACITY_TABLE,
+                         ids=[d[0] for d in README_TABLE + CAPACITY_TABLE])
 def test_design_table(row: tuple[str, str, str | None, float | None, float, str]) -> None:
     name, signal, op, threshold, for_, action = row
     r = RULES[name]
@@ -48,8 +53,9 @@ def test_design_table(row: tuple[str, str, str | None, float | None, float, str]
 
 
 def test_every_rule_named_and_buildable() -> None:
-    assert [r.name for r in DEFAULT_RULES] == ([d[0] for d in README_TABLE] + COMPOSITES
-                                               + ["QualityDriftCUSUM", "AnswerLengthShift"])
+    assert [r.name for r in DEFAULT_RULES] == (
+        [d[0] for d in README_TABLE] + COMPOSITES + [d[0] for d in CAPACITY_TABLE]
+        + ["QualityDriftCUSUM", "AnswerLengthShift"])
     assert validate_rules(DEFAULT_RULES) == []
     assert RULES["QualityDriftCUSUM"].every == RULES["AnswerLengthShift"].every == 60.0
     for r in DEFAULT_RULES:
@@ -73,6 +79,13 @@ def test_capacity_rules_say_why() -> None:
         "VRAM headroom 9% on GPU 5 (n1) < 15%")
     assert render_summary(config, finding(0.95), dict(SRV)) == (
         "vllm-0 (m) is configured to take 95% of GPU memory > 85%")
+
+
+def test_spec_decode_rule_compares_ten_minute_windows() -> None:
+    spec = RULES["SpecDecodeAcceptanceFalling"]
+    assert (spec.detector, spec.window, spec.severity) == ("falling", 600.0, "info")
+    assert render_summary(spec, finding(0.35), dict(SRV)) == (
+        "Speculative-decoding acceptance on vllm-0 (m) fell by 35% against the previous 600 s")
 
 
 def test_effective_rules_replace_disable_add() -> None:

@@ -30,6 +30,9 @@ def problems(**kw: object) -> list[str]:
     ({"op": "<", "clear": 0.8}, "must not be below"),
     ({"op": "==", "clear": 0.8}, "no meaning"),
     ({"signal": "prefix_cache_hit_ratio", "aggregation": "mean"}, "already a window figure"),
+    ({"signal": "kv_cache_usage_ratio", "detector": "falling"},
+     "'kv_cache_usage_ratio' is not one (prefix_cache_hit_ratio, kv_offload_hit_ratio, "
+     "spec_decode_acceptance_ratio)"),
 ])
 def test_validate_rules(kw: dict[str, object], expected: str) -> None:
     got = problems(**kw)

@@ -42,6 +42,9 @@ README_DEFAULTS = (
                for_=300.0, actions=("notify",)),
     RuleConfig("GPUMemoryUtilizationConfigHigh", "server_gpu_memory_utilization_config", ">",
                0.85, severity="info", actions=("notify",)),
+    RuleConfig("SpecDecodeAcceptanceFalling", "spec_decode_acceptance_ratio", ">", 0.2,
+               detector="falling", window=600.0, for_=60.0, severity="info",
+               actions=("notify",)),
 )
 
 
@@ -88,6 +91,21 @@ def test_quantile_trend_spread_and_counter_rules() -> None:
         "gpuwarden_gpu_memory_headroom_ratio < 0.15 or (gpuwarden_gpu_memory_headroom_ratio "
         "< 0.17 and ignoring (alertname, alertstate, severity) "
         'ALERTS{alertname="VRAMHeadroomLow", alertstate="firing"})')
+
+
+def test_falling_ratio_is_the_drop_against_the_window_before() -> None:
+    accepted, draft = ("gpuwarden_spec_decode_accepted_tokens_total",
+                       "gpuwarden_spec_decode_draft_tokens_total")
+    assert by_name()["SpecDecodeAcceptanceFalling"] == (
+        f"((increase({accepted}[10m] offset 10m) / increase({draft}[10m] offset 10m)) - "
+        f"(increase({accepted}[10m]) / increase({draft}[10m])) and "
+        f"increase({draft}[10m]) >= 1000 and increase({draft}[10m] offset 10m) >= 1000) > 0.2")
+    prefix = translate(RuleConfig("P", "kv_cache_usage_ratio",
+                                  detector="composite:PrefixCacheHitFalling", window=300.0))
+    assert prefix.expr is not None and prefix.expr.endswith(
+        "increase(gpuwarden_prefix_cache_queries_total[5m] offset 5m) >= 1000) > 0.2")
+    odd = translate(RuleConfig("F", "gpu_up", detector="falling", threshold=0.1))
+    assert odd.expr is None and "'gpu_up'" in (odd.note or "")
 
 
 def test_aggregation_and_unexportable_rules() -> None:
