@@ -267,16 +267,25 @@ def build_incident(gpus: Any, servers: list[SimulatedVllmState], speed: float = 
     def straggler() -> None:
         gpus.set_load(len(gpus.gpus) - 1, 0.25)
 
+    def foreign_process() -> None:
+        gpus.set_memory(0, 0.96)
+
+    def foreign_process_exits() -> None:
+        gpus.set_memory(0, None)
+
     def recover() -> None:
         s0.kv_ramp_per_s, s0.kv_target, s0.itl_base = 0.0, 0.4, 0.035
         gpus.set_load(len(gpus.gpus) - 1, gpus.gpus[0].load)
 
     return Incident([
         (0 / speed, "calm: all GPUs ~60 % busy, KV cache ~35 %", lambda: None),
+        (20 / speed, "gpu 0: a foreign process takes device memory, headroom falls to 4 % "
+                     "(VRAMHeadroomLow after 5 minutes of it)", foreign_process),
         (30 / speed, "vllm-0: KV cache starts filling at 1 %/s from 50 %", kv_ramp),
         (60 / speed, "vllm-0: per-token latency regresses (p95 above 130 ms)", latency_regression),
         (75 / speed, f"gpu {len(gpus.gpus) - 1}: becomes a straggler (25 % busy)", straggler),
         (150 / speed, "recovery: KV pressure relieved, straggler back", recover),
+        (420 / speed, "gpu 0: the foreign process exits, headroom back", foreign_process_exits),
     ])
 
 
