@@ -86,6 +86,9 @@ SIGNALS: dict[str, Signal] = {
         _srv("prefix_cache_hit_ratio", G, "ratio", "Prefix-cache hits over queries in the window"),
         _srv("generation_tokens_per_second", G, "", "Generated tokens per second over the window"),
         _srv("kv_cache_capacity_tokens", G, "tokens", "Tokens the KV cache holds"),
+        _srv("kv_cache_capacity_sequences", G, "",
+             "Sequences the KV cache holds at the p95 prompt + p95 generation length of the "
+             "last hour"),
         _srv("kv_cache_memory_bytes", G, "bytes", "Device memory the server gave its KV cache"),
         _srv("server_gpu_memory_utilization_config", G, "ratio",
              "The server's configured fraction of device memory (vLLM gpu_memory_utilization)"),
@@ -117,7 +120,8 @@ SIGNALS: dict[str, Signal] = {
 }
 
 #: Derived signals (computed over a window, never stored), and the stored signals each is
-#: computed from (``promql/derived.py``); a rule may name them like stored ones.
+#: computed from (a histogram by its ``_bucket`` series; ``promql/derived.py``); a rule
+#: may name them like stored ones.
 DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
     "generation_tokens_per_second": ("generation_tokens_total",),
     "prefix_cache_hit_ratio": ("prefix_cache_hits_total", "prefix_cache_queries_total"),
@@ -125,6 +129,9 @@ DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
     "kv_offload_hit_ratio": ("kv_offload_hits_total", "kv_offload_queries_total"),
     "spec_decode_acceptance_ratio": (
         "spec_decode_accepted_tokens_total", "spec_decode_draft_tokens_total"),
+    "kv_cache_capacity_sequences": (
+        "kv_cache_capacity_tokens", "prompt_length_tokens_bucket",
+        "generation_length_tokens_bucket"),
 }
 
 QUANTILE_SIGNAL = re.compile(

@@ -422,7 +422,8 @@ def test_a_detector_name_is_checked_at_its_key() -> None:
     found = problems_of('[[rules]]\nname = "X"\nsignal = "gpu_up"\nthreshold = 0\n'
                         'detector = "composite:Nope"\n')
     assert found == ["cfg.toml:5: rules[0].detector: unknown composite 'Nope' (known: "
-                     "KVCacheBottleneck, PreemptionsRising, PrefixCacheHitFalling, QueueGrowing)"]
+                     "KVCacheBottleneck, KVCapacityTooSmall, PreemptionsRising, "
+                     "PrefixCacheHitFalling, QueueGrowing)"]
 
 
 def test_the_readme_reference_names_every_key_and_the_registries_choices() -> None:

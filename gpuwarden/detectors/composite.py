@@ -21,6 +21,14 @@ Each one names a mechanism an SRE would otherwise piece together from three grap
   ``max(1, 10 %)`` of its mean): requests arrive faster than the server admits them and
   it is not scaling its batch, typically because the KV cache is full.
 
+* ``KVCapacityTooSmall`` — fewer sequences fit in the KV cache at the last hour's p95
+  lengths (``kv_cache_capacity_sequences``, ``promql/derived.py``) than the peak of
+  ``requests_running + requests_waiting`` over the window (10 min by default): the value
+  is capacity / peak, compared ``op threshold`` (default ``< 1``). At such a peak the
+  scheduler must preempt (evict and recompute) or keep requests waiting: preemptions
+  are coming. A server restart empties the length histograms, so the p95 comes from the
+  requests since; none at all (nothing finished within the hour) is no finding.
+
 All are per server (``node, server, model``), use counters exactly as PromQL
 would (``promql/windows.py``), and skip series that went stale.
 """
@@ -33,10 +41,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpuwarden.detectors import Finding, Window
-from gpuwarden.detectors.condition import classify, live_pairs, live_series, require_op
+from gpuwarden.detectors.condition import (
+    classify,
+    derived_inputs,
+    live_pairs,
+    live_series,
+    require_op,
+)
 from gpuwarden.detectors.trend import theil_sen
-from gpuwarden.model import FloatArray
+from gpuwarden.model import FloatArray, SeriesData
 from gpuwarden.promql.aggregation import aggregate, values_in
+from gpuwarden.promql.derived import derive_signal, input_lookbacks
 from gpuwarden.promql.windows import counter_rate
 
 if TYPE_CHECKING:
@@ -51,6 +66,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "KVCacheBottleneck": 0.5,
     "PreemptionsRising": 0.1,
     "QueueGrowing": 5.0,
+    "KVCapacityTooSmall": 1.0,
 }
 
 
@@ -150,10 +166,10 @@ class QueueGrowing(Composite):
             waiting = values_in(s, now - w, now)
             if waiting.size < MIN_QUEUE_POINTS or waiting.max() - waiting.min() <= self.threshold:
                 continue
-            growth = _fitted_change(s.timestamps, s.values, now - w, now)
+            growth = _fitted_change(s, now - w, now)
             if growth is None or growth[0] <= self.threshold or growth[1] <= 0:
                 continue
-            change = _fitted_change(run.timestamps, run.values, now - w, now)
+            change = _fitted_change(run, now - w, now)
             if change is None:
                 continue
             mean_running = float(np.mean(values_in(run, now - w, now)))
@@ -166,12 +182,58 @@ class QueueGrowing(Composite):
         return out
 
 
-def _fitted_change(ts: FloatArray, vs: FloatArray, start: float,
+class KVCapacityTooSmall(Composite):
+    name = "KVCapacityTooSmall"
+    capacity = "kv_cache_capacity_sequences"
+
+    def _inputs(self, w: float) -> dict[str, float]:
+        return {**input_lookbacks(self.capacity, max(w, 60.0)), "requests_running": w,
+                "requests_waiting": w}
+
+    def evaluate(self, window: Window) -> list[Finding]:
+        now, w = window.now, self.rule.window
+        fits = dict(derive_signal(self.capacity, derived_inputs(window, self.capacity),
+                                  now - w, now, interval=window.interval))
+        out = []
+        for run, wait in live_pairs(window, "requests_running", "requests_waiting"):
+            sequences = fits.get(run.labels)
+            peak = _peak_of_sum(run, wait, now - w, now)
+            if sequences is None or peak is None or not peak > 0:
+                continue
+            ratio = sequences / peak
+            status = classify(ratio, self.rule.op, self.threshold, self.rule.clear)
+            if status is not None:
+                text = (f"{sequences:.1f} sequences fit in the KV cache at the last hour's p95 "
+                        f"prompt + generation length, but {peak:.0f} requests were running or "
+                        f"waiting at once in the last {w:g} s: the scheduler will preempt "
+                        f"(evict and recompute) or keep them waiting")
+                out.append(Finding(run.labels, ratio, status, (
+                    ("capacity_sequences", f"{sequences:.4g}"),
+                    ("peak_requests", f"{peak:.0f}"), ("description", text))))
+        return out
+
+
+def _peak_of_sum(a: SeriesData, b: SeriesData, start: float, end: float) -> float | None:
+    """max over ``[start, end]`` of ``a + b`` at the timestamps both have (one scrape gives
+    both), NaN skipped; None when they share none."""
+    ta, va = _in_window(a, start, end)
+    tb, vb = _in_window(b, start, end)
+    _, ia, ib = np.intersect1d(ta, tb, assume_unique=True, return_indices=True)
+    total = va[ia] + vb[ib]
+    total = total[~np.isnan(total)]
+    return float(total.max()) if total.size else None
+
+
+def _in_window(series: SeriesData, start: float, end: float) -> tuple[FloatArray, FloatArray]:
+    lo = int(np.searchsorted(series.timestamps, start, side="left"))
+    hi = int(np.searchsorted(series.timestamps, end, side="right"))
+    return series.timestamps[lo:hi], series.values[lo:hi]
+
+
+def _fitted_change(series: SeriesData, start: float,
                    end: float) -> tuple[float, float] | None:
     """(Theil-Sen slope x span, lower 99 % slope bound) over the window, or None."""
-    lo = int(np.searchsorted(ts, start, side="left"))
-    hi = int(np.searchsorted(ts, end, side="right"))
-    x, y = ts[lo:hi], vs[lo:hi]
+    x, y = _in_window(series, start, end)
     ok = ~np.isnan(y)
     x, y = x[ok], y[ok]
     if len(y) < MIN_QUEUE_POINTS or x[-1] <= x[0]:

@@ -14,20 +14,22 @@ Semantics (the README's "Rules and alerts", with Netdata-style hysteresis):
   ``value < clear`` for ``<``/``<=``. ``==``/``!=`` have no direction, so ``clear`` is
   ignored for them (``validate_rules`` reports it).
 * A series whose newest sample is stale at ``Window.now`` (``promql/staleness.py``) is
-  treated as absent.
+  treated as absent; a derived signal is computed only for the live series of its first
+  input (``derived_inputs``).
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from gpuwarden.detectors import Status, Window
 from gpuwarden.model import SeriesData
 from gpuwarden.promql.aggregation import by_labels
 from gpuwarden.promql.staleness import is_live
+from gpuwarden.signals import DERIVED_INPUTS
 
 if TYPE_CHECKING:
     from gpuwarden.detectors.rule import RuleConfig
@@ -98,3 +100,12 @@ def live_pairs(window: Window, signal: str,
         match = by_own_labels.get(series.labels)
         if match is not None and is_live_in(window, match):
             yield series, match
+
+
+def derived_inputs(window: Window, signal: str) -> list[Iterable[SeriesData]]:
+    """The window's series of each input of a derived signal, in ``DERIVED_INPUTS`` order,
+    for ``promql.derived.derive_signal``: the first input's live ones only (a server that
+    stopped reporting has no ratio or capacity now), the others all (matched to the
+    first by labels, or read over a longer past)."""
+    first, *rest = DERIVED_INPUTS[signal]
+    return [list(live_series(window, first)), *(window.series(name) for name in rest)]

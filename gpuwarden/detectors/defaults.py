@@ -146,6 +146,15 @@ DEFAULT_RULES: tuple[RuleConfig, ...] = (
         summary="Speculative-decoding acceptance on {server} ({model}) fell by {value:.0%} "
                 "against the previous {window:.0f} s",
     ),
+    RuleConfig(
+        # The capacity reads an hour of length histograms, past the store's memory, so it
+        # is evaluated once a minute; two evaluations in a row must agree.
+        name="KVCapacityTooSmall", signal="kv_cache_capacity_sequences",
+        detector="composite:KVCapacityTooSmall", op="<", threshold=1.0, window=600.0,
+        for_=60.0, every=60.0, severity="warning", actions=NOTIFY,
+        summary="KV cache of {server} ({model}) holds {value:.0%} of its peak of running + "
+                "waiting requests at p95 length: preemptions are coming",
+    ),
     # Sequential drift tests over the quality canaries (detectors/drift.py): they catch
     # a small sustained drop (0.97 -> 0.94) the 0.92 floor never sees. Their windows span
     # hours of once-a-minute canary scores, so they are evaluated once a minute.

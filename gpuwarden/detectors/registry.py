@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 DETECTORS: Registry[DetectorFactory] = Registry("detector", {
     "composite:KVCacheBottleneck": "gpuwarden.detectors.composite:KVCacheBottleneck",
+    "composite:KVCapacityTooSmall": "gpuwarden.detectors.composite:KVCapacityTooSmall",
     "composite:PreemptionsRising": "gpuwarden.detectors.composite:PreemptionsRising",
     "composite:PrefixCacheHitFalling": "gpuwarden.detectors.falling:PrefixCacheHitFalling",
     "composite:QueueGrowing": "gpuwarden.detectors.composite:QueueGrowing",

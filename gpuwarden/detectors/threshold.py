@@ -11,8 +11,7 @@ The comparison, hysteresis and staleness are the rule semantics every detector s
   computed from the stored inputs over the rule's window by the same function that
   computes it for ``/metrics`` (``promql/derived.py``, ``derive_signal``), so the alert
   and the dashboard agree. The first input's stale series are left out (a server that
-  stopped reporting has no tokens/s or hit ratio now); the other inputs are matched to
-  it by labels;
+  stopped reporting has no tokens/s or hit ratio now: ``condition.derived_inputs``);
 * a quantile signal (``itl_p95_seconds``): not here, :func:`threshold_or_quantile`
   hands it to ``latency.QuantileDetector``.
 """
@@ -23,10 +22,16 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gpuwarden.detectors import Finding, Window
-from gpuwarden.detectors.condition import MIN_LOOKBACK, classify, live_series, require_op
+from gpuwarden.detectors.condition import (
+    MIN_LOOKBACK,
+    classify,
+    derived_inputs,
+    live_series,
+    require_op,
+)
 from gpuwarden.detectors.latency import QuantileDetector
 from gpuwarden.promql.aggregation import aggregate
-from gpuwarden.promql.derived import LabelledValue, derive_signal
+from gpuwarden.promql.derived import LabelledValue, derive_signal, input_lookbacks
 from gpuwarden.signals import DERIVED_INPUTS, resolve_rule_signal
 
 if TYPE_CHECKING:
@@ -47,14 +52,15 @@ class ThresholdDetector:
         self.derived = rule.signal in DERIVED_INPUTS
         self.names = DERIVED_INPUTS.get(rule.signal, (rule.signal,))
         self.inputs: Mapping[str, float] = dict.fromkeys(self.names, lookback)
+        if self.derived:  # some read further back (the hour of kv_cache_capacity_sequences)
+            self.inputs = input_lookbacks(rule.signal, lookback)
 
     def _values(self, window: Window) -> list[LabelledValue]:
         signal = self.rule.signal
         start, now = window.now - self.rule.window, window.now
         if self.derived:
-            first, *rest = self.names
-            inputs = [list(live_series(window, first)), *(window.series(n) for n in rest)]
-            return derive_signal(signal, inputs, start, now, interval=window.interval)
+            return derive_signal(signal, derived_inputs(window, signal), start, now,
+                                 interval=window.interval)
         values: list[LabelledValue] = []
         for s in live_series(window, signal):
             value = aggregate(s, self.rule.aggregation, start, now)

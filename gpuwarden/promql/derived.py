@@ -21,6 +21,11 @@ The ratios (prefix-cache and offload-tier hit ratios, speculative-decoding accep
 are one function, :func:`increase_ratio`: no sample where the denominator did not
 increase in the window (an idle server has no hit ratio, not 0 %).
 
+``kv_cache_capacity_sequences`` reads its length histograms over the last hour
+(``LENGTHS_WINDOW``), whatever the window: a minute of finished requests is too few for
+a p95 of their lengths, and capacity is planned for the traffic of hours, not of one
+burst.
+
 ``gpu_utilization_spread_ratio{node}`` is max minus min of the node's per-GPU mean
 utilisation over the window; ``detectors/variance.py`` says why means, and reads the
 per-GPU means and the straggler from :func:`gpu_means` and :func:`spread_of`.
@@ -36,9 +41,9 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from gpuwarden.model import Labels, Sample, SeriesData
-from gpuwarden.promql.aggregation import by_labels, median, values_in
+from gpuwarden.promql.aggregation import aggregate, by_labels, median, values_in
 from gpuwarden.promql.buckets import by_histogram
-from gpuwarden.promql.quantile import window_quantiles
+from gpuwarden.promql.quantile import window_quantile, window_quantiles
 from gpuwarden.promql.staleness import is_live, no_spacing
 from gpuwarden.promql.windows import counter_rate, ratio_of_increases
 from gpuwarden.signals import DERIVED_INPUTS
@@ -47,6 +52,8 @@ QUANTILES = (0.5, 0.95, 0.99)
 LATENCY_HISTOGRAMS = ("ttft_seconds", "itl_seconds", "e2e_latency_seconds",
                       "queue_time_seconds", "prefill_time_seconds", "decode_time_seconds")
 DEFAULT_WINDOW = 60.0
+#: The requests whose p95 lengths size ``kv_cache_capacity_sequences``: the last hour's.
+LENGTHS_WINDOW = 3600.0
 
 LabelledValue = tuple[Labels, float]
 
@@ -167,10 +174,48 @@ def _samples(signal: str, values: Sequence[LabelledValue], now: float) -> list[S
     return [Sample(signal, labels, value, now) for labels, value in values]
 
 
+def _p95_by_histogram(buckets: Iterable[SeriesData], start: float,
+                     end: float) -> dict[Labels, float]:
+    out = {}
+    for labels, series in by_histogram(buckets).items():
+        value = window_quantile(0.95, series, start, end)
+        if value is not None and not math.isnan(value):
+            out[labels] = value
+    return out
+
+
+def capacity_sequences(capacity: Iterable[SeriesData], prompt: Iterable[SeriesData],
+                       generation: Iterable[SeriesData], end: float, *,
+                       lengths_window: float = LENGTHS_WINDOW) -> list[LabelledValue]:
+    """``kv_cache_capacity_sequences``: the newest ``kv_cache_capacity_tokens`` over the
+    p95 prompt length + the p95 generation length of the requests that finished in the
+    last ``lengths_window`` (``prompt``/``generation``: the ``_bucket`` series).
+
+    A server with no finished request in that window (no p95) has none. Why the sum of
+    the two p95s is conservative: see the README's derived-signal table.
+    """
+    start = end - lengths_window
+    prompt_p95 = _p95_by_histogram(prompt, start, end)
+    generation_p95 = _p95_by_histogram(generation, start, end)
+    out = []
+    for series in capacity:
+        tokens = aggregate(series, "last", start, end)
+        a, b = prompt_p95.get(series.labels), generation_p95.get(series.labels)
+        if tokens is not None and a is not None and b is not None and a + b > 0:
+            out.append((series.labels, tokens / (a + b)))
+    return out
+
+
 #: How one derived signal is computed: its inputs' series (in ``DERIVED_INPUTS`` order),
 #: the window ``[start, end]`` and the collection interval -> one value per label set.
-Derivation = Callable[[Sequence[Iterable[SeriesData]], float, float, float],
-                      list[LabelledValue]]
+Compute = Callable[[Sequence[Iterable[SeriesData]], float, float, float],
+                   list[LabelledValue]]
+
+
+class Derivation(NamedTuple):
+    compute: Compute
+    #: inputs read further back than the window, and how far (seconds before its end)
+    lookback: Mapping[str, float] = {}
 
 
 def _rate(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
@@ -188,20 +233,35 @@ def _spread(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
     return utilization_spread_ratio(inputs[0], start, end, interval=interval)
 
 
+def _capacity(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
+              interval: float) -> list[LabelledValue]:
+    return capacity_sequences(inputs[0], inputs[1], inputs[2], end)
+
+
 DERIVATIONS: dict[str, Derivation] = {
-    "generation_tokens_per_second": _rate,
-    "prefix_cache_hit_ratio": _ratio,
-    "gpu_utilization_spread_ratio": _spread,
-    "kv_offload_hit_ratio": _ratio,
-    "spec_decode_acceptance_ratio": _ratio,
+    "generation_tokens_per_second": Derivation(_rate),
+    "prefix_cache_hit_ratio": Derivation(_ratio),
+    "gpu_utilization_spread_ratio": Derivation(_spread),
+    "kv_offload_hit_ratio": Derivation(_ratio),
+    "spec_decode_acceptance_ratio": Derivation(_ratio),
+    "kv_cache_capacity_sequences": Derivation(_capacity, {
+        "prompt_length_tokens_bucket": LENGTHS_WINDOW,
+        "generation_length_tokens_bucket": LENGTHS_WINDOW}),
 }
+
+
+def input_lookbacks(signal: str, window: float) -> dict[str, float]:
+    """How far back each input of a derived signal is read for a ``window`` figure."""
+    longer = DERIVATIONS[signal].lookback
+    return {name: max(window, longer.get(name, 0.0)) for name in DERIVED_INPUTS[signal]}
 
 
 def derive_signal(signal: str, inputs: Sequence[Iterable[SeriesData]], start: float,
                   end: float, *, interval: float) -> list[LabelledValue]:
-    """One derived signal over ``[start, end]`` from its inputs' series, in the order of
-    ``DERIVED_INPUTS[signal]``; ``interval`` is the collection interval (staleness)."""
-    return DERIVATIONS[signal](inputs, start, end, interval)
+    """One derived signal over ``[start, end]`` from its inputs' series (each read back as
+    far as :func:`input_lookbacks` says), in the order of ``DERIVED_INPUTS[signal]``;
+    ``interval`` is the collection interval (staleness)."""
+    return DERIVATIONS[signal].compute(inputs, start, end, interval)
 
 
 def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
@@ -210,8 +270,9 @@ def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
     then p50/p95/p99 of every latency histogram."""
     start = now - window
     out: list[Sample] = []
-    for signal, names in DERIVED_INPUTS.items():
-        inputs = [source.query(name, None, start, now) for name in names]
+    for signal in DERIVED_INPUTS:
+        inputs = [source.query(name, None, now - lookback, now)
+                  for name, lookback in input_lookbacks(signal, window).items()]
         out += _samples(signal, derive_signal(signal, inputs, start, now, interval=interval),
                         now)
     for hist in LATENCY_HISTOGRAMS:

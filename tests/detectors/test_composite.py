@@ -8,7 +8,7 @@ from gpuwarden.detectors import build_detector
 from gpuwarden.detectors.defaults import DEFAULT_RULES
 from gpuwarden.detectors.rule import RuleConfig
 
-from .helpers import NOW, SRV, const, detect, gpu, sampled
+from .helpers import NOW, SRV, SRV2, const, detect, gpu, histogram, sampled
 
 RULES = {r.name: r for r in DEFAULT_RULES}
 
@@ -123,6 +123,63 @@ def test_queue_growing() -> None:
 @pytest.mark.parametrize("rates", [(0.0, 0.0), (0.05, 0.0), (0.33, 0.33), (-0.3, 0.0)])
 def test_queue_negative(rates: tuple[float, float]) -> None:
     assert not detect(by_name("QueueGrowing"), *queue(*rates))
+
+
+# --- KVCapacityTooSmall ----------------------------------------------------------------
+
+TOKEN_EDGES = (500.0, 1000.0, 2000.0, 5000.0)
+
+
+def capacity(kv_tokens: float, long_share: float, running: float, waiting_peak: float,
+             labels: tuple[tuple[str, str], ...] = SRV) -> list:
+    """An hour of requests: prompts <= 1000 tokens, ``long_share`` of them in (2000, 5000];
+    generations <= 500; running steady, waiting reaching ``waiting_peak`` 5 minutes ago."""
+    rate = 10.0
+    prompts = histogram("prompt_length_tokens", labels, TOKEN_EDGES,
+                        lambda t: [0.0, rate * (1 - long_share) * (t + 3600), 0.0,
+                                   rate * long_share * (t + 3600), 0.0],
+                        start=NOW - 3600, step=10.0)
+    generations = histogram("generation_length_tokens", labels, TOKEN_EDGES,
+                            lambda t: [rate * (t + 3600), 0.0, 0.0, 0.0, 0.0],
+                            start=NOW - 3600, step=10.0)
+    return [const("kv_cache_capacity_tokens", labels, kv_tokens),
+            *prompts, *generations, const("requests_running", labels, running, span=900),
+            sampled("requests_waiting", labels,
+                    lambda t: waiting_peak if -310 <= t <= -290 else 0.0, start=NOW - 900)]
+
+
+def test_kv_capacity_too_small_fires_before_the_preemptions() -> None:
+    # 20 % long prompts: p95 prompt 2000 + 3000 x 0.75 = 4250, p95 generation 475;
+    # 120k tokens hold 25.4 sequences; 24 running + 8 waiting at the peak
+    (found,) = detect(by_name("KVCapacityTooSmall"), *capacity(120_000.0, 0.2, 24.0, 8.0))
+    fits = 120_000 / (4250 + 475)
+    assert found.labels == SRV and found.value == pytest.approx(fits / 32)
+    notes = dict(found.annotations)
+    assert (notes["capacity_sequences"], notes["peak_requests"]) == (f"{fits:.4g}", "32")
+    assert "preempt" in notes["description"]
+
+
+@pytest.mark.parametrize("args", [
+    (120_000.0, 0.2, 24.0, 0.0),  # 25.4 fit, 24 at most: tight, but they fit
+    (335_000.0, 0.2, 24.0, 8.0),  # a larger cache
+    (120_000.0, 0.02, 24.0, 8.0),  # long prompts too rare to move the p95 (under 1000)
+])
+def test_kv_capacity_negative(args: tuple[float, float, float, float]) -> None:
+    assert detect(by_name("KVCapacityTooSmall"), *capacity(*args)) == []
+
+
+def test_kv_capacity_needs_a_live_server_with_finished_requests() -> None:
+    data = capacity(120_000.0, 0.2, 24.0, 8.0)
+    no_capacity = [s for s in data if s.signal != "kv_cache_capacity_tokens"]
+    assert detect(by_name("KVCapacityTooSmall"), *no_capacity) == []  # e.g. llama.cpp
+    other = capacity(120_000.0, 0.2, 24.0, 8.0, labels=SRV2)
+    assert [f.labels for f in detect(by_name("KVCapacityTooSmall"), *data, *other)] == [
+        SRV, SRV2]
+    det = build_detector(by_name("KVCapacityTooSmall"))
+    assert det.inputs == {"kv_cache_capacity_tokens": 600.0,
+                          "prompt_length_tokens_bucket": 3600.0,
+                          "generation_length_tokens_bucket": 3600.0,
+                          "requests_running": 600.0, "requests_waiting": 600.0}
 
 
 def test_inputs_cover_previous_window() -> None:

@@ -36,6 +36,7 @@ COMPOSITES = ["KVCacheBottleneck", "PreemptionsRising", "PrefixCacheHitFalling",
 # The README's rows after the composites, in the same columns as README_TABLE.
 CAPACITY_TABLE = [
     ("SpecDecodeAcceptanceFalling", "spec_decode_acceptance_ratio", ">", 0.2, 60.0, "notify"),
+    ("KVCapacityTooSmall", "kv_cache_capacity_sequences", "<", 1.0, 60.0, "notify"),
 ]
 
 

@@ -162,6 +162,11 @@ def test_derived_signals_agree_with_the_exposition() -> None:
         sampled("spec_decode_accepted_tokens_total", SRV, lambda t: 1e4 + 211 * t,
                 start=NOW - 120),
         *(const("gpu_utilization_ratio", gpu(i), 0.9 - 0.07 * i) for i in range(3)),
+        const("kv_cache_capacity_tokens", SRV, 335_000.0),
+        *histogram("prompt_length_tokens", SRV, (1000.0, 5000.0),
+                   lambda t: [7.0 * (t + 3600), 3.0 * (t + 3600), 0.0], start=NOW - 3600),
+        *histogram("generation_length_tokens", SRV, (1000.0, 5000.0),
+                   lambda t: [10.0 * (t + 3600), 0.0, 0.0], start=NOW - 3600),
     ]
 
     class Source:

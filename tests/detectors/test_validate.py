@@ -54,7 +54,8 @@ def test_problems_are_listed_together_for_a_rule_with_an_unknown_detector() -> N
     composite = rule_problems(RuleConfig(name="X", signal="requests_waiting", threshold=1.0,
                                          detector="composite:Nope"))
     assert composite == ["unknown composite 'Nope' (known: KVCacheBottleneck, "
-                         "PreemptionsRising, PrefixCacheHitFalling, QueueGrowing)"]
+                         "KVCapacityTooSmall, PreemptionsRising, PrefixCacheHitFalling, "
+                         "QueueGrowing)"]
 
 
 def test_signal_problem() -> None:

@@ -38,10 +38,12 @@ per second drawn Poisson and spread over vLLM's buckets multinomially: the cumul
 ``_bucket``/``_count``/``_sum`` series a vLLM scrape exposes). Keys not given in a
 segment carry over from the previous one. A series-level ``noise`` (sd) adds seeded
 Gaussian noise to gauges, clipped to ``clip`` ([lo, hi]). An ``extra`` histogram names
-its buckets (:data:`BUCKETS`: vLLM's ``ttft``, ``itl``, ``request`` latency edges).
+its buckets (:data:`BUCKETS`: vLLM's ``ttft``, ``itl``, ``request`` latency edges,
+``tokens`` for lengths).
 
 The background's capacity series (free-memory headroom, the servers' configured memory
-fraction, speculative-decoding counters) come after the older ones, so that adding them
+fraction, speculative-decoding counters, KV capacity and request lengths) come after the
+older ones, so that adding them
 left the seeded noise of every older series, hence every older trace, as it was.
 """
 
@@ -69,7 +71,11 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 # e2e, queue, prefill and decode time (tests/fixtures/metrics/vllm-0.32-cpu-idle.prom)
 REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
                    50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
-BUCKETS = {"ttft": TTFT_BUCKETS, "itl": ITL_BUCKETS, "request": REQUEST_BUCKETS}
+# prompt and generation lengths: vLLM's 1-2-5 series up to the model's context (32k here)
+TOKEN_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+                 5000.0, 10000.0, 20000.0)
+BUCKETS = {"ttft": TTFT_BUCKETS, "itl": ITL_BUCKETS, "request": REQUEST_BUCKETS,
+           "tokens": TOKEN_BUCKETS}
 
 
 @dataclass
@@ -220,7 +226,9 @@ def background(gpus: int, servers: list[str]) -> list[Spec]:
                  [(0.0, {"rps": 400.0, "median": 0.035, "sigma": 0.3})], buckets=ITL_BUCKETS),
         ]
     # Capacity: 18.5 % of each GPU free (vLLM at gpu_memory_utilization 0.80 plus its
-    # CUDA context), speculative decoding with 3 draft tokens a step, 70 % accepted.
+    # CUDA context), speculative decoding with 3 draft tokens a step, 70 % accepted, a KV
+    # cache of 335k tokens (Llama-3.1-8B's 128 KiB a token in ~44 GB) and request lengths
+    # whose p95s (~4,000 prompt + ~770 generated tokens) fit ~70 sequences.
     for g in range(gpus):
         gl = {"gpu": str(g), "uuid": f"GPU-{g:04d}", "model": "NVIDIA H100 80GB HBM3"}
         specs.append(Spec("gpu_memory_headroom_ratio", gl, "gauge", const(0.185), 0.002,
@@ -232,6 +240,11 @@ def background(gpus: int, servers: list[str]) -> list[Spec]:
             Spec("spec_decode_draft_tokens_total", sl, "counter", [(0.0, {"rate": 1450.0})]),
             Spec("spec_decode_accepted_tokens_total", sl, "counter",
                  [(0.0, {"rate": 1015.0})]),
+            Spec("kv_cache_capacity_tokens", sl, "gauge", const(335_000.0)),
+            Spec("prompt_length_tokens", sl, "histogram",
+                 [(0.0, {"rps": 8.0, "median": 800.0, "sigma": 0.8})], buckets=TOKEN_BUCKETS),
+            Spec("generation_length_tokens", sl, "histogram",
+                 [(0.0, {"rps": 8.0, "median": 200.0, "sigma": 0.7})], buckets=TOKEN_BUCKETS),
         ]
     return specs
 

@@ -12,8 +12,10 @@ from gpuwarden.model import Labels, SeriesData, make_labels
 from gpuwarden.promql.derived import (
     DERIVATIONS,
     LATENCY_HISTOGRAMS,
+    capacity_sequences,
     derive,
     increase_ratio,
+    input_lookbacks,
     tokens_per_second,
     utilization_spread,
     utilization_spread_ratio,
@@ -119,7 +121,10 @@ def test_every_derived_signal_of_the_catalogue_has_its_derivation() -> None:
     assert set(DERIVATIONS) == set(DERIVED_INPUTS)
     for signal, inputs in DERIVED_INPUTS.items():
         assert SIGNALS[signal].kind is Kind.GAUGE, signal
-        assert all(name in SIGNALS for name in inputs), signal
+        for name in inputs:  # a stored signal, or a histogram's buckets
+            base = name.removesuffix("_bucket")
+            assert SIGNALS[base].kind is (Kind.HISTOGRAM if base != name else
+                                          SIGNALS[name].kind), name
 
 
 def spec_decode(draft_per_s: float, accepted_per_s: float, labels: Labels = SRV,
@@ -181,3 +186,53 @@ def test_derive_exports_the_latency_decomposition() -> None:
     assert resolve_rule_signal("prefill_time_p95_seconds") == ("prefill_time_seconds", 0.95)
     for base in ("queue_time", "prefill_time", "decode_time"):
         assert resolve_rule_signal(f"{base}_p99_seconds") == (f"{base}_seconds", 0.99)
+
+
+def lengths(signal: str, labels: Labels, per_second: Sequence[float], edges: Sequence[str],
+            *, start: float, end: float = NOW) -> list[SeriesData]:
+    """A token-length histogram: ``per_second[k]`` requests a second land in bucket k."""
+    return [sampled(f"{signal}_bucket", (*labels, ("le", le)),
+                    lambda t, k=k: sum(per_second[:k + 1]) * (t - start + end), start=start,
+                    end=end, step=10.0)
+            for k, le in enumerate(edges)]
+
+
+EDGES = ("500", "1000", "2000", "5000", "+Inf")  # vLLM's 1-2-5 edges, the top ones
+
+
+def test_capacity_in_sequences_at_the_hours_p95_lengths() -> None:
+    """335k KV tokens (Llama-3.1-8B on an H100 at 0.8) at p95 prompt + p95 generation."""
+    capacity = sampled("kv_cache_capacity_tokens", SRV, lambda _t: 335_000.0, start=NOW - 60)
+    # prompts: 10/s, 9 of them <= 2000 tokens, 1 in (2000, 5000]; generations: <= 500
+    prompt = lengths("prompt_length_tokens", SRV, (0, 4, 5, 1, 0), EDGES, start=NOW - 3600)
+    generation = lengths("generation_length_tokens", SRV, (10, 0, 0, 0, 0), EDGES,
+                         start=NOW - 3600)
+    ((labels, fits),) = capacity_sequences([capacity], prompt, generation, NOW)
+    p95_prompt = 2000 + 3000 * 0.5  # rank 9.5 of 10: half-way into (2000, 5000]
+    p95_generation = 500 * 0.95
+    assert labels == SRV and fits == pytest.approx(335_000 / (p95_prompt + p95_generation))
+    idle = lengths("prompt_length_tokens", SRV, (0, 0, 0, 0, 0), EDGES, start=NOW - 3600)
+    assert capacity_sequences([capacity], idle, generation, NOW) == []  # nothing finished
+
+
+def test_capacity_counts_the_last_hour_only() -> None:
+    """Long prompts 50 minutes ago still size the capacity; 70 minutes ago they no longer do."""
+    capacity = sampled("kv_cache_capacity_tokens", SRV, lambda _t: 100_000.0, start=NOW - 60)
+    short = lengths("generation_length_tokens", SRV, (10, 0, 0, 0, 0), EDGES,
+                    start=NOW - 7200)
+
+    def prompts(long_until: float) -> list[SeriesData]:
+        """All prompts in (2000, 5000] until ``long_until`` seconds ago, <= 500 since."""
+        return [sampled("prompt_length_tokens_bucket", (*SRV, ("le", le)),
+                        lambda t, k=k: 10.0 * ((k >= 3) * min(t + 7200, 7200 - long_until)
+                                               + max(0.0, t + long_until)),
+                        start=NOW - 7200, step=10.0) for k, le in enumerate(EDGES)]
+
+    ((_, recent_long),) = capacity_sequences([capacity], prompts(3000), short, NOW)
+    ((_, old_long),) = capacity_sequences([capacity], prompts(4200), short, NOW)
+    assert recent_long < 100_000 / 2000 < old_long
+    assert input_lookbacks("kv_cache_capacity_sequences", 60.0) == {
+        "kv_cache_capacity_tokens": 60.0, "prompt_length_tokens_bucket": 3600.0,
+        "generation_length_tokens_bucket": 3600.0}
+    assert input_lookbacks("prefix_cache_hit_ratio", 300.0) == {
+        "prefix_cache_hits_total": 300.0, "prefix_cache_queries_total": 300.0}
