@@ -18,6 +18,9 @@ cannot:
 * a falling ratio (``detector = "falling"``, ``composite:PrefixCacheHitFalling``) -> the
   ratio of the counters' increases over the window before (``offset``) minus the one
   over the window, where the denominator grew by the detector's minimum in both;
+* ``composite:KVCapacityTooSmall`` -> the exported ``kv_cache_capacity_sequences`` over
+  the ``max_over_time`` of running + waiting requests (a subquery at the evaluation
+  interval: Prometheus sees the gauges at its scrapes, gpuwarden at every cycle);
 * ``clear`` (hysteresis) -> ``breach or (hold and ALERTS{alertstate="firing"})``: the
   alert stays firing while the value is between ``clear`` and ``threshold``, and a
   pending alert is dropped there, exactly as gpuwarden's engine does;
@@ -38,6 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gpuwarden import __version__
+from gpuwarden.detectors.composite import DEFAULT_THRESHOLDS as COMPOSITE_THRESHOLDS
 from gpuwarden.detectors.falling import DEFAULT_THRESHOLD as FALLING_THRESHOLD
 from gpuwarden.detectors.falling import MIN_TOKENS, PrefixCacheHitFalling
 from gpuwarden.detectors.rule import RuleConfig, counter_ratio_inputs
@@ -128,9 +132,21 @@ def falling_expr(rule: RuleConfig) -> str | None:
     return f"(({before}) - ({now}) and {enough})"
 
 
+def capacity_expr(rule: RuleConfig) -> str:
+    """KV capacity in sequences over the window's peak of running + waiting requests."""
+    demand = f"{PREFIX}requests_running + {PREFIX}requests_waiting"
+    return (f"({PREFIX}kv_cache_capacity_sequences / "
+            f"max_over_time(({demand})[{format_duration(rule.window)}:]))")
+
+
+CAPACITY = "composite:KVCapacityTooSmall"
+
+
 def _threshold(rule: RuleConfig) -> float | None:
     if rule.threshold is None and rule.detector in FALLING_DETECTORS:
         return FALLING_THRESHOLD
+    if rule.threshold is None and rule.detector == CAPACITY:
+        return COMPOSITE_THRESHOLDS["KVCapacityTooSmall"]
     return rule.threshold
 
 
@@ -145,6 +161,8 @@ def translate(rule: RuleConfig) -> Exported:
     if rule.detector in FALLING_DETECTORS:
         drop = falling_expr(rule)
         vector = None if drop is None else (drop, None)
+    elif rule.detector == CAPACITY:
+        vector = (capacity_expr(rule), None)
     if vector is None:
         return Exported(rule.name, None, f"signal {rule.signal!r} has no exported metric "
                                          "PromQL can compare")
@@ -167,7 +185,7 @@ def translate(rule: RuleConfig) -> Exported:
         return Exported(rule.name, None, f"spread over {rule.signal!r}: only GPU "
                                          "utilisation spread is translated")
     if rule.detector not in ("threshold", "latency", "drift", "increase", *SPREAD_DETECTORS,
-                             *FALLING_DETECTORS):
+                             *FALLING_DETECTORS, CAPACITY):
         return Exported(rule.name, None, f"detector {rule.detector!r} (a composite or custom "
                                          "diagnostic) has no faithful PromQL equivalent")
     threshold = _threshold(rule)
@@ -223,6 +241,9 @@ def _annotations(rule: RuleConfig) -> list[tuple[str, str]]:
     if rule.detector == "trend":
         limit = rule.limit if rule.limit is not None else rule.threshold
         cond = f"{what} forecast to reach {_num(limit or 0)} within {format_duration(rule.horizon)}"
+    elif rule.detector == CAPACITY:
+        cond = (f"kv_cache_capacity_sequences / peak running + waiting over "
+                f"{format_duration(rule.window)} {rule.op} {_num(_threshold(rule) or 0)}")
     elif rule.detector in FALLING_DETECTORS:
         cond = (f"{FALLING_DETECTORS[rule.detector] or what} down {rule.op} "
                 f"{_num(_threshold(rule) or 0)} against the previous "

@@ -45,6 +45,9 @@ README_DEFAULTS = (
     RuleConfig("SpecDecodeAcceptanceFalling", "spec_decode_acceptance_ratio", ">", 0.2,
                detector="falling", window=600.0, for_=60.0, severity="info",
                actions=("notify",)),
+    RuleConfig("KVCapacityTooSmall", "kv_cache_capacity_sequences", "<", 1.0,
+               detector="composite:KVCapacityTooSmall", window=600.0, for_=60.0,
+               actions=("notify",)),
 )
 
 
@@ -106,6 +109,12 @@ def test_falling_ratio_is_the_drop_against_the_window_before() -> None:
         "increase(gpuwarden_prefix_cache_queries_total[5m] offset 5m) >= 1000) > 0.2")
     odd = translate(RuleConfig("F", "gpu_up", detector="falling", threshold=0.1))
     assert odd.expr is None and "'gpu_up'" in (odd.note or "")
+
+
+def test_kv_capacity_against_the_peak_of_running_and_waiting() -> None:
+    assert by_name()["KVCapacityTooSmall"] == (
+        "(gpuwarden_kv_cache_capacity_sequences / max_over_time((gpuwarden_requests_running + "
+        "gpuwarden_requests_waiting)[10m:])) < 1")
 
 
 def test_aggregation_and_unexportable_rules() -> None:
