@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Window signals are recomputed at most this often (seconds); see Cycle._derive.
 DERIVE_EVERY_S = 5.0
+#: Derived signals over the last hour (``promql.derived.LONG_LOOKBACK``), at most this often.
+LONG_DERIVE_EVERY_S = 60.0
 #: /healthz: the last cycle may be this old at least, whatever the interval.
 HEALTH_MIN_S = 2.0
 
@@ -96,6 +98,7 @@ class Cycle:
         self._exposition: Exposition | None = None
         self._derived: list[Sample] = []
         self._derived_at: float | None = None
+        self._long_derived_at: float | None = None
         self._started_mono = time.monotonic()
         self._log = RateLimitedLog(log)
 
@@ -220,13 +223,23 @@ class Cycle:
         """
         if self.store is None:
             return []
-        from gpuwarden.promql.derived import derive
+        from gpuwarden.promql.derived import LONG_LOOKBACK, derive
 
         now = self.clock()
         if self._derived_at is not None and now - self._derived_at < DERIVE_EVERY_S:
             return self._derived
+        # An hour of histograms is read from the database (~35 ms on a 2-server node):
+        # once a minute, and the last values kept in between.
+        long_due = (self._long_derived_at is None
+                    or now - self._long_derived_at >= LONG_DERIVE_EVERY_S)
         try:
-            self._derived = derive(self.store, now, interval=self.config.interval)
+            derived = derive(self.store, now, interval=self.config.interval,
+                             skip=() if long_due else LONG_LOOKBACK)
+            if long_due:
+                self._long_derived_at = now
+            else:
+                derived += [s for s in self._derived if s.signal in LONG_LOOKBACK]
+            self._derived = derived
             self._derived_at = now
             return self._derived
         except Exception as exc:

@@ -250,6 +250,12 @@ DERIVATIONS: dict[str, Derivation] = {
 }
 
 
+#: Derived signals that read inputs further back than the window: reading an hour of
+#: histograms comes from the database, not the in-memory head, so the daemon refreshes
+#: them less often than the window signals (``daemon/cycle.py``).
+LONG_LOOKBACK = frozenset(signal for signal, d in DERIVATIONS.items() if d.lookback)
+
+
 def input_lookbacks(signal: str, window: float) -> dict[str, float]:
     """How far back each input of a derived signal is read for a ``window`` figure."""
     longer = DERIVATIONS[signal].lookback
@@ -265,12 +271,15 @@ def derive_signal(signal: str, inputs: Sequence[Iterable[SeriesData]], start: fl
 
 
 def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
-           interval: float = 1.0) -> list[Sample]:
-    """Every derived window signal, as of ``now`` (``interval``: the collection interval),
-    then p50/p95/p99 of every latency histogram."""
+           interval: float = 1.0, skip: Iterable[str] = ()) -> list[Sample]:
+    """Every derived window signal but those in ``skip``, as of ``now`` (``interval``: the
+    collection interval), then p50/p95/p99 of every latency histogram."""
     start = now - window
     out: list[Sample] = []
+    skipped = frozenset(skip)
     for signal in DERIVED_INPUTS:
+        if signal in skipped:
+            continue
         inputs = [source.query(name, None, now - lookback, now)
                   for name, lookback in input_lookbacks(signal, window).items()]
         out += _samples(signal, derive_signal(signal, inputs, start, now, interval=interval),

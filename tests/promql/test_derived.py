@@ -12,6 +12,7 @@ from gpuwarden.model import Labels, SeriesData, make_labels
 from gpuwarden.promql.derived import (
     DERIVATIONS,
     LATENCY_HISTOGRAMS,
+    LONG_LOOKBACK,
     capacity_sequences,
     derive,
     increase_ratio,
@@ -236,3 +237,19 @@ def test_capacity_counts_the_last_hour_only() -> None:
         "generation_length_tokens_bucket": 3600.0}
     assert input_lookbacks("prefix_cache_hit_ratio", 300.0) == {
         "prefix_cache_hits_total": 300.0, "prefix_cache_queries_total": 300.0}
+
+
+def test_derive_can_leave_out_the_hour_long_signals() -> None:
+    """The daemon refreshes the signals that read an hour of histograms once a minute: the
+    window signals are derived without them, and they are what LONG_LOOKBACK names."""
+    capacity = sampled("kv_cache_capacity_tokens", SRV, lambda _t: 335_000.0, start=NOW - 60)
+    prompt = lengths("prompt_length_tokens", SRV, (0, 4, 5, 1, 0), EDGES, start=NOW - 3600)
+    generation = lengths("generation_length_tokens", SRV, (10, 0, 0, 0, 0), EDGES,
+                         start=NOW - 3600)
+    tokens = sampled("generation_tokens_total", SRV, lambda t: 50.0 * (t + 60), start=NOW - 60)
+    source = Source([capacity, *prompt, *generation, tokens])
+    every = {s.signal for s in derive(source, NOW)}
+    assert {"kv_cache_capacity_sequences", "generation_tokens_per_second"} <= every
+    assert {"kv_cache_capacity_sequences"} == LONG_LOOKBACK
+    without = {s.signal for s in derive(source, NOW, skip=LONG_LOOKBACK)}
+    assert without == every - LONG_LOOKBACK
