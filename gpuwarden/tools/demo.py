@@ -91,7 +91,9 @@ class SimulatedVllmState:
     decode: _Histogram = field(default_factory=lambda: _Histogram(REQUEST_TIME_EDGES))
     prompt_len: _Histogram = field(default_factory=lambda: _Histogram(TOKEN_EDGES))
     output_len: _Histogram = field(default_factory=lambda: _Histogram(TOKEN_EDGES))
-    memory_fraction: float = 0.9  # vLLM's default gpu_memory_utilization
+    # vLLM's gpu_memory_utilization: 0.85, the production ceiling (its default, 0.9, is
+    # what GPUMemoryUtilizationConfigHigh flags), so the calm node raises no alert.
+    memory_fraction: float = 0.85
     # The simulated servers run with a KV offload connector and a speculative draft, so
     # that their counters (which vLLM exports only when those are configured) show too.
     offload_queries: int = 0
