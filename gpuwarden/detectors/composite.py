@@ -49,8 +49,8 @@ from gpuwarden.detectors.condition import (
     require_op,
 )
 from gpuwarden.detectors.trend import theil_sen
-from gpuwarden.model import FloatArray, SeriesData
-from gpuwarden.promql.aggregation import aggregate, values_in
+from gpuwarden.model import SeriesData
+from gpuwarden.promql.aggregation import aggregate, in_window, values_in
 from gpuwarden.promql.derived import derive_signal, input_lookbacks
 from gpuwarden.promql.windows import counter_rate
 
@@ -216,24 +216,18 @@ class KVCapacityTooSmall(Composite):
 def _peak_of_sum(a: SeriesData, b: SeriesData, start: float, end: float) -> float | None:
     """max over ``[start, end]`` of ``a + b`` at the timestamps both have (one scrape gives
     both), NaN skipped; None when they share none."""
-    ta, va = _in_window(a, start, end)
-    tb, vb = _in_window(b, start, end)
+    ta, va = in_window(a, start, end)
+    tb, vb = in_window(b, start, end)
     _, ia, ib = np.intersect1d(ta, tb, assume_unique=True, return_indices=True)
     total = va[ia] + vb[ib]
     total = total[~np.isnan(total)]
     return float(total.max()) if total.size else None
 
 
-def _in_window(series: SeriesData, start: float, end: float) -> tuple[FloatArray, FloatArray]:
-    lo = int(np.searchsorted(series.timestamps, start, side="left"))
-    hi = int(np.searchsorted(series.timestamps, end, side="right"))
-    return series.timestamps[lo:hi], series.values[lo:hi]
-
-
 def _fitted_change(series: SeriesData, start: float,
                    end: float) -> tuple[float, float] | None:
     """(Theil-Sen slope x span, lower 99 % slope bound) over the window, or None."""
-    x, y = _in_window(series, start, end)
+    x, y = in_window(series, start, end)
     ok = ~np.isnan(y)
     x, y = x[ok], y[ok]
     if len(y) < MIN_QUEUE_POINTS or x[-1] <= x[0]:

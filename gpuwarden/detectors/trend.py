@@ -51,7 +51,7 @@ import numpy.typing as npt
 from gpuwarden.detectors import Finding, Window
 from gpuwarden.detectors.condition import live_series
 from gpuwarden.model import FloatArray
-from gpuwarden.promql.aggregation import median
+from gpuwarden.promql.aggregation import in_window, median
 
 if TYPE_CHECKING:
     from gpuwarden.detectors.rule import RuleConfig
@@ -191,9 +191,8 @@ class TrendDetector:
         start = window.now - rule.window
         out = []
         for s in live_series(window, rule.signal):
-            lo = int(np.searchsorted(s.timestamps, start, side="left"))
-            hi = int(np.searchsorted(s.timestamps, window.now, side="right"))
-            fc = forecast(s.timestamps[lo:hi], s.values[lo:hi], window.now, self.limit,
+            ts, vs = in_window(s, start, window.now)
+            fc = forecast(ts, vs, window.now, self.limit,
                           rule.horizon, min_points=rule.min_points, falling=self.falling)
             if fc is None:
                 continue

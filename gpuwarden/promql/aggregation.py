@@ -22,12 +22,17 @@ import numpy.typing as npt
 from gpuwarden.model import FloatArray, Labels, SeriesData
 
 
-def values_in(series: SeriesData, start: float, end: float) -> FloatArray:
-    """The series' non-NaN values with ``start <= ts <= end``, oldest first."""
+def in_window(series: SeriesData, start: float, end: float) -> tuple[FloatArray, FloatArray]:
+    """The series' timestamps and values with ``start <= ts <= end`` (views, NaN kept)."""
     ts = series.timestamps
     lo = int(np.searchsorted(ts, start, side="left"))
     hi = int(np.searchsorted(ts, end, side="right"))
-    vs = series.values[lo:hi]
+    return ts[lo:hi], series.values[lo:hi]
+
+
+def values_in(series: SeriesData, start: float, end: float) -> FloatArray:
+    """The series' non-NaN values with ``start <= ts <= end``, oldest first."""
+    _, vs = in_window(series, start, end)
     if vs.size and np.isnan(vs).any():
         vs = vs[~np.isnan(vs)]
     return vs

@@ -20,8 +20,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from gpuwarden.alerts.alert import AlertEvent, AlertState, EventKind, rfc3339
 from gpuwarden.alerts.engine import RuleEngine, SeriesSource
 from gpuwarden.config import Config
@@ -29,6 +27,7 @@ from gpuwarden.detectors.defaults import effective_rules
 from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.durations import format_duration
 from gpuwarden.model import SeriesData, labels_match
+from gpuwarden.promql.aggregation import in_window
 
 
 class PrefetchedSource:
@@ -56,10 +55,9 @@ class PrefetchedSource:
         for s in self._data.get(signal, ()):
             if not labels_match(s.labels, matchers):
                 continue
-            a = int(np.searchsorted(s.timestamps, start, side="left"))
-            b = int(np.searchsorted(s.timestamps, end, side="right"))
-            if b > a:
-                out.append(SeriesData(s.signal, s.labels, s.timestamps[a:b], s.values[a:b]))
+            ts, vs = in_window(s, start, end)
+            if ts.size:
+                out.append(SeriesData(s.signal, s.labels, ts, vs))
         return out
 
 
