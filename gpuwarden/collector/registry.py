@@ -18,7 +18,7 @@ from gpuwarden.registry import Registry
 
 if TYPE_CHECKING:
     from gpuwarden.collector.base import GpuSource
-    from gpuwarden.collector.servers.base import ServerMapping
+    from gpuwarden.collector.servers.table import ServerMapping
 
 GPU_SOURCES: Registry[GpuSource] = Registry("GPU source", {
     "nvml": "gpuwarden.collector.nvml:NvmlCollector",

@@ -20,7 +20,7 @@ from gpuwarden.collector.dcgm import DcgmCollector
 from gpuwarden.collector.nvml import NvmlCollector
 from gpuwarden.collector.registry import GPU_SOURCES, SERVER_KINDS
 from gpuwarden.collector.scrape import ServerCollector
-from gpuwarden.collector.servers.base import ServerMapping
+from gpuwarden.collector.servers.table import ServerMapping
 from gpuwarden.collector.sim import SimulatedGpuCollector
 from gpuwarden.errors import ConfigError
 

@@ -15,14 +15,8 @@ import pytest
 
 from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.registry import SERVER_KINDS
-from gpuwarden.collector.servers.base import (
-    ServerMapping,
-    label_number,
-    map_exposition,
-    served_models,
-    signal_map,
-)
-from gpuwarden.collector.servers.table import info_label, src
+from gpuwarden.collector.servers.base import label_number, map_exposition, served_models
+from gpuwarden.collector.servers.table import ServerMapping, info_label, signal_map, src
 from gpuwarden.model import Sample
 from gpuwarden.signals import DERIVED_INPUTS, SERVER_LABELS, SIGNALS, Kind
 

@@ -70,25 +70,10 @@ from gpuwarden.collector.servers.table import (
     ServerMapping,
     SignalMap,
     Source,
-    info_label,
-    signal_map,
-    src,
 )
 from gpuwarden.model import Labels, Sample, make_labels
 from gpuwarden.promql.buckets import parse_le
 from gpuwarden.signals import Kind
-
-__all__ = [
-    "ServerMapping",
-    "SignalMap",
-    "Source",
-    "info_label",
-    "label_number",
-    "map_exposition",
-    "served_models",
-    "signal_map",
-    "src",
-]
 
 
 def _format_le(le: float) -> str:
