@@ -19,8 +19,6 @@ from gpuwarden.collector.registry import GPU_SOURCES
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["Collector", "gpu_collector", "nvidia_driver_present", "server_collector"]
-
 log = logging.getLogger(__name__)
 
 

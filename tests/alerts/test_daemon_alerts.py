@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import gpuwarden.alerts.engine as engine_mod
 from gpuwarden.alerts.alert import AlertEvent
-from gpuwarden.collector import Collector
+from gpuwarden.collector.base import Collector
 from gpuwarden.config import parse_config
 from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.detectors import Detector, Finding, Window

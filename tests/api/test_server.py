@@ -10,7 +10,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwarden.api.exposition import Exposition, Snapshot
-from gpuwarden.collector import Collector
+from gpuwarden.collector.base import Collector
 from gpuwarden.config import parse_config
 from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.errors import CollectorError

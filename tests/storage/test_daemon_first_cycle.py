@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from gpuwarden.collector import Collector
+from gpuwarden.collector.base import Collector
 from gpuwarden.config import parse_config
 from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.model import Sample, make_labels

@@ -23,7 +23,7 @@ import requests
 
 from gpuwarden.alerts.dispatch import Dispatcher
 from gpuwarden.alerts.served_models import ServedModels
-from gpuwarden.collector import Collector
+from gpuwarden.collector.base import Collector
 from gpuwarden.collector.quality.canary import quality_collector
 from gpuwarden.config import parse_config
 from gpuwarden.daemon.lifecycle import Daemon
