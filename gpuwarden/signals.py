@@ -63,6 +63,16 @@ SIGNALS: dict[str, Signal] = {
         _gpu("gpu_memory_clock_max_hertz", G, "hertz", "Maximum memory clock"),
         _gpu("gpu_memory_bandwidth_peak_bytes_per_second", G, "bytes_per_second",
              "Peak memory bandwidth: 2 transfers per clock x max memory clock x bus width / 8"),
+        Signal("gpu_memory_budget_bytes", G, "bytes",
+               "The GPU's memory split by part: kv_cache, server_other (weights, activations, "
+               "CUDA context of the inference servers' processes), other_processes (other "
+               "processes and driver-reserved memory), free; the parts sum to the total",
+               (*GPU_LABELS, "part")),
+        _gpu("gpu_cost_per_hour_usd", G, "usd",
+             "What one hour of this GPU costs, from the config's [cost] gpu_hour_usd"),
+        Signal("server_gpu_info", G, "",
+               "1 for each GPU an inference server's processes use (NVML processes of the "
+               "server, or the server's configured gpus)", ("node", "server", "gpu")),
         Signal(
             "gpu_utilization_spread_ratio",
             G,
@@ -109,6 +119,14 @@ SIGNALS: dict[str, Signal] = {
              "Device-memory bytes the server estimates it read"),
         _srv("estimated_memory_write_bytes_total", C, "bytes",
              "Device-memory bytes the server estimates it wrote"),
+        Signal("memory_bandwidth_utilization_ratio", G, "ratio",
+               "The server's estimated device-memory bytes read + written per second over "
+               "the GPU's peak memory bandwidth (gpu label: the GPU, where known)",
+               (*SERVER_LABELS, "gpu")),
+        _srv("model_flops_utilization_ratio", G, "ratio",
+             "The server's estimated FLOP/s per GPU over its GPUs' peak dense BF16 FLOP/s"),
+        _srv("cost_per_million_tokens_usd", G, "usd",
+             "GPU cost of a million generated tokens at the window's generation rate"),
         _srv("quality_similarity", G, "ratio", "Mean similarity of canary answers to references"),
         Signal("quality_canary_similarity", G, "ratio",
                "Similarity of one canary's answer to its reference (one sample per answer)",
