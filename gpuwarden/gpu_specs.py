@@ -1,0 +1,1 @@
+"""Published peak figures of NVIDIA GPU models, by the name NVML reports."""
