@@ -4,7 +4,8 @@ Each benchmark is its own module (so one can be run alone) and prints a markdown
 table with its reference measured in the same run. The soak benchmark runs for 30
 minutes, so it is not in the default set: ``python -m bench soak [--minutes N]``; nor
 is ``python -m bench faults [--tree CHECKOUT]``, the fault figures of a checkout (its
-reference is the same script run on an older one).
+reference is the same script run on an older one), nor ``python -m bench vs-prometheus``,
+gpuwarden and a Prometheus doing the same scraping and rules side by side (minutes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import sys
 
 BENCHMARKS = ("bench_storage", "bench_parser", "bench_rules", "bench_daemon", "bench_nvml")
 #: Run by name only (``python -m bench NAME [args]``), never by default.
-ON_REQUEST = {"soak": "bench_soak", "faults": "bench_faults"}
+ON_REQUEST = {"soak": "bench_soak", "faults": "bench_faults",
+              "vs-prometheus": "bench_vs_prometheus"}
 
 
 def main() -> int:

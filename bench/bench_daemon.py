@@ -95,6 +95,10 @@ def serve_payloads(body: bytes | Callable[[], bytes], count: int) -> list[Thread
     render = body if callable(body) else lambda: body
 
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive, as vLLM's uvicorn answers: an HTTP/1.0 handler closes every
+        # connection, which would charge each scraper a connect per scrape.
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self) -> None:
             payload = render()
             self.send_response(200)
