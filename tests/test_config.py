@@ -120,7 +120,7 @@ def test_unknown_key_names_path_and_line() -> None:
 
 
 def test_unknown_top_level_table() -> None:
-    assert any(p.endswith("storrage: unknown key (allowed: actions, api_token_env, gpu, "
+    assert any(p.endswith("storrage: unknown key (allowed: actions, api_token_env, cost, gpu, "
                           "interval, listen, log_level, node, quality, rules, servers, storage)")
                for p in problems_of('[storrage]\nurl = "sqlite:///x.db"\n'))
 
@@ -450,3 +450,56 @@ def test_the_readme_reference_names_every_key_and_the_registries_choices() -> No
     listed = re.findall(r"`([a-z]+)`", reference.split("`detector` (", 1)[1].split(")", 1)[0])
     assert listed and set(listed) <= set(DETECTORS.names())
     assert any(name.startswith("composite:") for name in DETECTORS.names())
+
+
+# --- [cost] and the servers' gpus (the memory budget, collector/memory_budget.py) -----------
+
+def test_cost_is_one_price_for_the_node_or_a_price_per_gpu_model() -> None:
+    assert parse_config("").cost.gpu_hour_usd is None
+    assert parse_config("[cost]\ngpu_hour_usd = 2\n").cost.gpu_hour_usd == 2.0
+    table = parse_config('[cost.gpu_hour_usd]\n"NVIDIA H100 80GB HBM3" = 3.9\n'
+                         '"NVIDIA L4" = 0\n').cost.gpu_hour_usd
+    assert table == (("NVIDIA H100 80GB HBM3", 3.9), ("NVIDIA L4", 0.0))
+
+
+@pytest.mark.parametrize(("snippet", "expected"), [
+    ("[cost]\ngpu_hour_usd = -0.5\n",
+     "cfg.toml:2: cost.gpu_hour_usd: must not be negative, got -0.5"),
+    ("[cost]\ngpu_hour_usd = inf\n", "cfg.toml:2: cost.gpu_hour_usd: must be a finite number"),
+    ('[cost]\ngpu_hour_usd = "3.9"\n',
+     "cfg.toml:2: cost.gpu_hour_usd: expected a price per GPU hour (a number) or a table"),
+    ('[cost.gpu_hour_usd]\n"NVIDIA A100-SXM4-80GB" = nan\n',
+     "cost.gpu_hour_usd: 'NVIDIA A100-SXM4-80GB': must be a finite number, got nan"),
+    ('[cost.gpu_hour_usd]\n"NVIDIA L4" = -1\n',
+     "cost.gpu_hour_usd: 'NVIDIA L4': must not be negative, got -1"),
+    ('[cost.gpu_hour_usd]\n"NVIDIA L4" = true\n',
+     "cost.gpu_hour_usd: 'NVIDIA L4': expected a number, got a boolean"),
+    ("[cost]\ngpu_hour = 2\n", "cfg.toml:2: cost.gpu_hour: unknown key (allowed: gpu_hour_usd)"),
+])
+def test_bad_cost_is_a_config_error_at_its_key(snippet: str, expected: str) -> None:
+    found = problems_of(snippet)
+    assert len(found) == 1, found
+    assert expected in found[0], found
+
+
+def test_a_servers_gpus_are_indexes_or_mig_instances_spelled_as_the_gpu_label() -> None:
+    config = parse_config(_SERVER + 'gpus = [0, "1", "0/5", 12]\n')
+    assert config.servers[0].gpus == ("0", "1", "0/5", "12")
+    assert parse_config(_SERVER).servers[0].gpus == ()
+
+
+@pytest.mark.parametrize(("gpus", "expected"), [
+    ('"0"', "expected a list of GPU indexes, got a string"),
+    ("[-1]", "-1 is not a GPU index"),
+    ('["gpu0"]', "'gpu0' is not a GPU index"),
+    ('["0/"]', "'0/' is not a GPU index"),
+    ('["01"]', "'01' is not a GPU index"),
+    ("[0.5]", "expected GPU indexes"),
+    ("[true]", "expected GPU indexes"),
+    ('[0, "0"]', "GPU '0' is listed twice"),
+])
+def test_bad_gpus_are_a_config_error_at_their_key(gpus: str, expected: str) -> None:
+    found = problems_of(_SERVER + f"gpus = {gpus}\n")
+    assert len(found) == 1, found
+    assert found[0].startswith("cfg.toml:5: servers[0].gpus: "), found
+    assert expected in found[0], found

@@ -65,9 +65,9 @@ class GpuSource(Protocol):
 
 
 class ServerSpec(Protocol):
-    """One ``[[servers]]`` entry, as the scrape collector reads it (the config's
-    ``ServerConfig`` is one; the collector package sits below the config and does not
-    import it)."""
+    """One ``[[servers]]`` entry, as the scrape collector and the memory budget read it
+    (the config's ``ServerConfig`` is one; the collector package sits below the config
+    and does not import it)."""
 
     @property
     def name(self) -> str: ...
@@ -80,3 +80,9 @@ class ServerSpec(Protocol):
 
     @property
     def timeout(self) -> float: ...
+
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The server's GPUs as the ``gpu`` label spells them, when configured (the memory
+        budget's attribution, ``memory_budget.py``); empty: found through /proc."""
+        ...

@@ -39,6 +39,8 @@ from gpuwarden.config.values import (
     choice,
     duration_in,
     finite,
+    gpu_hour_price,
+    gpu_list,
     header_table,
     http_url,
     int_in,
@@ -88,6 +90,9 @@ class ServerConfig:
     metrics_url: str
     api_url: str | None = None
     timeout: float = 2.0
+    # The server's GPUs as the ``gpu`` label spells them ("0", "0/5"); empty: found
+    # through /proc (collector/attribution.py).
+    gpus: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,14 @@ class QualityConfig:
     every: float = 60.0
     canaries: str | None = None
     timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CostConfig:
+    """``[cost]``: what a GPU hour costs, one price for the node's GPUs or one per GPU
+    model name (as NVML reports it); None: no cost figures."""
+
+    gpu_hour_usd: float | tuple[tuple[str, float], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +121,7 @@ class Config:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     servers: tuple[ServerConfig, ...] = ()
     quality: QualityConfig = field(default_factory=QualityConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     rules: tuple[RuleConfig, ...] = ()
     actions: tuple[ActionConfig, ...] = ()
     source_path: str | None = None
@@ -151,11 +165,15 @@ SERVER: Schema = {
     "metrics_url": ("metrics_url", http_url),
     "api_url": ("api_url", http_url),
     "timeout": ("timeout", _TIMEOUT),
+    "gpus": ("gpus", gpu_list),
 }
 QUALITY: Schema = {
     "every": ("every", duration_in(1.0, DAY)),
     "canaries": ("canaries", nonempty),
     "timeout": ("timeout", _TIMEOUT),
+}
+COST: Schema = {
+    "gpu_hour_usd": ("gpu_hour_usd", gpu_hour_price),
 }
 RULE: Schema = {
     "name": ("name", nonempty),
@@ -199,7 +217,7 @@ ACTION: Schema = {
     "group_wait": ("group_wait", _SPAN),
     "retry_for": ("retry_for", _SPAN),
 }
-SECTIONS = {"storage": STORAGE, "gpu": GPU, "quality": QUALITY}
+SECTIONS = {"storage": STORAGE, "gpu": GPU, "quality": QUALITY, "cost": COST}
 ARRAYS = {"servers": SERVER, "rules": RULE, "actions": ACTION}
 
 
@@ -344,6 +362,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         gpu=GpuConfig(**sections["gpu"]),
         servers=tuple(ServerConfig(**s) for s in arrays["servers"]),
         quality=QualityConfig(**sections["quality"]),
+        cost=CostConfig(**sections["cost"]),
         rules=rules,
         actions=tuple(ActionConfig(**a) for a in arrays["actions"]),
         source_path=None if path == "<defaults>" else path,

@@ -117,6 +117,56 @@ def header_table(value: Any) -> tuple[tuple[str, str], ...]:
     return table
 
 
+_GPU_NAME = re.compile(r"^(0|[1-9][0-9]*)(/(0|[1-9][0-9]*))?$")
+
+
+def gpu_list(value: Any) -> tuple[str, ...]:
+    """A server's GPUs as the ``gpu`` label spells them: ``[0, 1]`` or ``["0/5"]`` (a MIG
+    instance: GPU index / GPU instance id); integers become their decimal string."""
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of GPU indexes, got {type_name(value)}")
+    out: list[str] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError(f"expected GPU indexes (0, 1 or \"0/5\" for a MIG instance), "
+                             f"got {type_name(item)} {shown(item)}")
+        name = str(item)
+        if not _GPU_NAME.match(name):
+            raise ValueError(f"{shown(item)} is not a GPU index (0, 1, ...) or a MIG "
+                             "instance (\"0/5\": GPU index / GPU instance id)")
+        if name in out:
+            raise ValueError(f"GPU {name!r} is listed twice")
+        out.append(name)
+    return tuple(out)
+
+
+def price(value: Any) -> float:
+    """A price: a finite number, 0 or more."""
+    number = finite(value)
+    if number < 0:
+        raise ValueError(f"must not be negative, got {shown(value)}")
+    return number
+
+
+def gpu_hour_price(value: Any) -> float | tuple[tuple[str, float], ...]:
+    """``[cost] gpu_hour_usd``: one price for every GPU of the node, or a table of prices
+    keyed by GPU model name as NVML reports it (``"NVIDIA H100 80GB HBM3" = 3.9``)."""
+    if isinstance(value, dict):
+        table: list[tuple[str, float]] = []
+        for model, amount in value.items():
+            if not model.strip():
+                raise ValueError("a GPU model name must not be empty")
+            try:
+                table.append((model, price(amount)))
+            except ValueError as exc:
+                raise ValueError(f"{model!r}: {exc}") from None
+        return tuple(sorted(table))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a price per GPU hour (a number) or a table of prices by "
+                         f"GPU model, got {type_name(value)}")
+    return price(value)
+
+
 def choice(*allowed: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = string(value)
