@@ -8,7 +8,8 @@ same signal agree on what "the mean over the window" or "the last value" is:
   before ``end`` whatever its age (staleness is ``staleness.py``'s question);
 * the median of an array without ``np.median`` (see :func:`median` for why);
 * one-to-one matching of two signals' series on identical label sets (PromQL's
-  ``a / b`` without ``on``/``ignoring``).
+  ``a / b`` without ``on``/``ignoring``), and the peak of their sum over a window
+  (``max_over_time((a + b)[w])``, e.g. running + waiting requests).
 """
 
 from __future__ import annotations
@@ -73,3 +74,14 @@ def median(values: npt.ArrayLike) -> float:
 def by_labels(series: Iterable[SeriesData]) -> dict[Labels, SeriesData]:
     """Series keyed by their label set, to match one signal's series with another's."""
     return {s.labels: s for s in series}
+
+
+def peak_of_sum(a: SeriesData, b: SeriesData, start: float, end: float) -> float | None:
+    """max over ``[start, end]`` of ``a + b`` at the timestamps both have (one scrape gives
+    both), NaN skipped; None when they share none."""
+    ta, va = in_window(a, start, end)
+    tb, vb = in_window(b, start, end)
+    _, ia, ib = np.intersect1d(ta, tb, assume_unique=True, return_indices=True)
+    total = va[ia] + vb[ib]
+    total = total[~np.isnan(total)]
+    return float(total.max()) if total.size else None
