@@ -150,6 +150,13 @@ DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
     "kv_cache_capacity_sequences": (
         "kv_cache_capacity_tokens", "prompt_length_tokens_bucket",
         "generation_length_tokens_bucket"),
+    "memory_bandwidth_utilization_ratio": (
+        "estimated_memory_read_bytes_total", "estimated_memory_write_bytes_total",
+        "server_gpu_info", "gpu_memory_bandwidth_peak_bytes_per_second"),
+    "model_flops_utilization_ratio": (
+        "estimated_flops_total", "server_gpu_info", "gpu_memory_total_bytes"),
+    "cost_per_million_tokens_usd": (
+        "generation_tokens_total", "server_gpu_info", "gpu_cost_per_hour_usd"),
 }
 
 QUANTILE_SIGNAL = re.compile(

@@ -29,6 +29,9 @@ burst.
 ``gpu_utilization_spread_ratio{node}`` is max minus min of the node's per-GPU mean
 utilisation over the window; ``detectors/variance.py`` says why means, and reads the
 per-GPU means and the straggler from :func:`gpu_means` and :func:`spread_of`.
+
+The efficiency and cost signals (memory-bandwidth and FLOP utilisation, cost per million
+tokens), which join a server's counters to its GPUs, are computed in ``efficiency.py``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ import numpy as np
 from gpuwarden.model import Labels, Sample, SeriesData
 from gpuwarden.promql.aggregation import aggregate, by_labels, median, values_in
 from gpuwarden.promql.buckets import by_histogram
+from gpuwarden.promql.efficiency import (
+    bandwidth_utilization,
+    cost_per_million_tokens,
+    flops_utilization,
+)
 from gpuwarden.promql.quantile import window_quantile, window_quantiles
 from gpuwarden.promql.staleness import is_live, no_spacing
 from gpuwarden.promql.windows import counter_rate, ratio_of_increases
@@ -238,6 +246,24 @@ def _capacity(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
     return capacity_sequences(inputs[0], inputs[1], inputs[2], end)
 
 
+def _bandwidth(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
+               interval: float) -> list[LabelledValue]:
+    return bandwidth_utilization(inputs[0], inputs[1], inputs[2], inputs[3],
+                                 start=start, end=end, interval=interval)
+
+
+def _mfu(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
+         interval: float) -> list[LabelledValue]:
+    return flops_utilization(inputs[0], inputs[1], inputs[2], start=start, end=end,
+                             interval=interval)
+
+
+def _cost(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
+          interval: float) -> list[LabelledValue]:
+    return cost_per_million_tokens(inputs[0], inputs[1], inputs[2], start=start, end=end,
+                                   interval=interval)
+
+
 DERIVATIONS: dict[str, Derivation] = {
     "generation_tokens_per_second": Derivation(_rate),
     "prefix_cache_hit_ratio": Derivation(_ratio),
@@ -247,6 +273,9 @@ DERIVATIONS: dict[str, Derivation] = {
     "kv_cache_capacity_sequences": Derivation(_capacity, {
         "prompt_length_tokens_bucket": LENGTHS_WINDOW,
         "generation_length_tokens_bucket": LENGTHS_WINDOW}),
+    "memory_bandwidth_utilization_ratio": Derivation(_bandwidth),
+    "model_flops_utilization_ratio": Derivation(_mfu),
+    "cost_per_million_tokens_usd": Derivation(_cost),
 }
 
 

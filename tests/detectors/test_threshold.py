@@ -167,6 +167,18 @@ def test_derived_signals_agree_with_the_exposition() -> None:
                    lambda t: [7.0 * (t + 3600), 3.0 * (t + 3600), 0.0], start=NOW - 3600),
         *histogram("generation_length_tokens", SRV, (1000.0, 5000.0),
                    lambda t: [10.0 * (t + 3600), 0.0, 0.0], start=NOW - 3600),
+        # the efficiency and cost signals: vllm-0 on one priced H100
+        sampled("estimated_flops_total", SRV, lambda t: 1e15 + 2e14 * t, start=NOW - 120),
+        sampled("estimated_memory_read_bytes_total", SRV, lambda t: 1e15 + 2e12 * t,
+                start=NOW - 120),
+        sampled("estimated_memory_write_bytes_total", SRV, lambda t: 1e14 + 5e11 * t,
+                start=NOW - 120),
+        const("server_gpu_info", make_labels(node="n1", server="vllm-0", gpu="0"), 1.0),
+        *(const(name, make_labels(node="n1", gpu="0", uuid="GPU-0",
+                                  model="NVIDIA H100 80GB HBM3"), value)
+          for name, value in (("gpu_memory_bandwidth_peak_bytes_per_second", 3.35e12),
+                              ("gpu_memory_total_bytes", 80e9),
+                              ("gpu_cost_per_hour_usd", 3.6))),
     ]
 
     class Source:
