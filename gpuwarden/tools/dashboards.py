@@ -23,7 +23,7 @@ PREFIX = "gpuwarden_"
 #: Catalogue unit -> Grafana unit id.
 UNITS = {"ratio": "percentunit", "seconds": "s", "bytes": "bytes", "watts": "watt",
          "hertz": "hertz", "celsius": "celsius", "tokens": "short", "bits": "bits",
-         "bytes_per_second": "Bps", "": "none"}
+         "bytes_per_second": "Bps", "usd": "currencyUSD", "": "none"}
 
 #: gpuwarden's own families (exposition/daemon/alerts/delivery): exported sample names.
 SELF_METRICS = frozenset({
@@ -291,19 +291,20 @@ def inference() -> Dashboard:
 
 
 def capacity() -> Dashboard:
-    """Will this GPU hold its workload: memory headroom, KV capacity, the configured
-    memory fraction, where request time goes, and how well the KV tiers and speculative
-    decoding pay off."""
+    """Will this GPU hold its workload: memory headroom and budget, KV capacity, the
+    configured memory fraction, where request time goes, how well the KV tiers and
+    speculative decoding pay off, bandwidth and FLOP utilisation, and cost per token."""
 
     def p95(signal: str) -> str:
         return metric(signal, SRV + P95)
 
     return Dashboard(
         "gpuwarden-capacity", "gpuwarden / Capacity",
-        "Before and between incidents: device-memory headroom against the 15 % practice, "
-        "KV-cache capacity in tokens, the servers' configured memory fraction, the latency "
-        "budget split into queue, prefill and decode, offload-tier reuse and speculative "
-        "decoding acceptance, and each GPU's peak memory bandwidth.",
+        "Before and between incidents: device-memory headroom against the 15 % practice "
+        "and each GPU's memory budget, KV-cache capacity in tokens, the servers' configured "
+        "memory fraction, the latency budget split into queue, prefill and decode, "
+        "offload-tier reuse and speculative decoding acceptance, each GPU's peak memory "
+        "bandwidth and how much of it the servers use, MFU, and cost per million tokens.",
         (
             Panel("Device-memory headroom", (
                 Target(metric("gpu_memory_headroom_ratio", GPU), "{{node}} gpu {{gpu}}"),),
@@ -318,6 +319,15 @@ def capacity() -> Dashboard:
                   description="Tokens the server's KV cache holds (vLLM cache_config_info); "
                               "divide by a request's prompt + output length for the "
                               "sequences that fit."),
+            Panel("Memory budget per GPU", (
+                Target(metric("gpu_memory_budget_bytes", GPU),
+                       "{{node}} gpu {{gpu}}: {{part}}"),),
+                  unit=unit("gpu_memory_budget_bytes"), min=0, width=24, stack=True,
+                  description="Each GPU's memory split into KV cache, the rest of the "
+                              "inference servers' memory (weights, activations, CUDA "
+                              "context), other processes and driver-reserved memory, and "
+                              "free; the parts stack to the total. Select one GPU to read "
+                              "its budget (several GPUs stack into their sum)."),
             Panel("Configured memory fraction", (
                 Target(metric("server_gpu_memory_utilization_config", SRV), "{{server}}"),),
                   unit=unit("server_gpu_memory_utilization_config"), min=0, max=1, width=8,
@@ -353,6 +363,27 @@ def capacity() -> Dashboard:
                   unit=unit("spec_decode_acceptance_ratio"), min=0, max=1, width=12,
                   description="Accepted over draft tokens in the window; speculation pays "
                               "only while the draft is accepted."),
+            Panel("Memory bandwidth utilisation", (
+                Target(metric("memory_bandwidth_utilization_ratio", SRV),
+                       "{{server}} gpu {{gpu}}"),),
+                  unit=unit("memory_bandwidth_utilization_ratio"), min=0, max=1, width=8,
+                  description="The server's estimated bytes read + written per second over "
+                              "the GPU's peak memory bandwidth (vLLM/SGLang "
+                              "--enable-mfu-metrics estimates, not measured traffic). High "
+                              "at small batch: decode is bandwidth-bound, more batching "
+                              "will not help, more GPUs will."),
+            Panel("Model FLOP utilisation (MFU)", (
+                Target(metric("model_flops_utilization_ratio", SRV), "{{server}}"),),
+                  unit=unit("model_flops_utilization_ratio"), min=0, max=1, width=8,
+                  description="Estimated FLOP/s per GPU over the GPU's published dense "
+                              "BF16 peak; absent for GPU models without a published peak. "
+                              "Understates an FP8 deployment (its peak is twice BF16's)."),
+            Panel("Cost per million generated tokens", (
+                Target(metric("cost_per_million_tokens_usd", SRV), "{{server}}"),),
+                  unit=unit("cost_per_million_tokens_usd"), min=0, width=8,
+                  description="The server's share of its GPUs' hourly price ([cost] "
+                              "gpu_hour_usd) over its generated tokens per second; none "
+                              "while the server generates nothing."),
         ),
         variables=(V_NODE, V_GPU, V_SERVER, V_MODEL),
     )

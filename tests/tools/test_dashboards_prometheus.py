@@ -72,11 +72,12 @@ def node(tmp_path: Path) -> Iterator[Node]:
         mover.start()
         port = free_port()
         tables = "".join(f'[[servers]]\nname = "vllm-{i}"\nkind = "vllm"\n'
-                         f'metrics_url = "{s.url}/metrics"\n' for i, s in enumerate(servers))
+                         f'metrics_url = "{s.url}/metrics"\ngpus = [{i}]\n'
+                         for i, s in enumerate(servers))
         config = parse_config(
             f'node = "e2e-node"\ninterval = "500ms"\nlisten = "127.0.0.1:{port}"\n'
             f'[storage]\nurl = "sqlite:///{tmp_path / "gw.db"}"\n'
-            '[gpu]\nsource = "sim"\nsim_gpus = 2\n' + tables
+            '[gpu]\nsource = "sim"\nsim_gpus = 2\n[cost]\ngpu_hour_usd = 2.5\n' + tables
             + '[[servers]]\nname = "dead"\nkind = "sglang"\n'
             f'metrics_url = "http://127.0.0.1:{free_port()}/metrics"\ntimeout = "100ms"\n'
             # A rule that fires at once, with an action that succeeds: alerts and actions.
@@ -136,6 +137,20 @@ def expected_empty(body: str) -> dict[tuple[str, str], str]:
         out["gpuwarden-self", "panel 'Dead letters' A"] = reason
     if "gpuwarden_actions_total{" not in body:
         out["gpuwarden-fleet", "panel 'Actions taken' A"] = "no action was called"
+    if "gpuwarden_gpu_memory_budget_bytes{" not in body:
+        out["gpuwarden-capacity", "panel 'Memory budget per GPU' A"] = (
+            "this daemon build does not export gpuwarden_gpu_memory_budget_bytes yet")
+    no_estimates = "the simulated vLLM exports no estimated_* counters (--enable-mfu-metrics)"
+    no_link = ("this daemon build exports no server_gpu_info (server -> GPU) or no GPU "
+               "price yet")
+    for title, inputs, why in (  # the derived signals' inputs, without which they are absent
+            ("Memory bandwidth utilisation", ("estimated_memory_read_bytes_total",),
+             no_estimates),
+            ("Model FLOP utilisation (MFU)", ("estimated_flops_total",), no_estimates),
+            ("Cost per million generated tokens",
+             ("server_gpu_info", "gpu_cost_per_hour_usd"), no_link)):
+        if any(f"gpuwarden_{name}{{" not in body for name in inputs):
+            out["gpuwarden-capacity", f"panel {title!r} A"] = why
     return out
 
 
