@@ -33,6 +33,8 @@ class DaemonView(Protocol):
 
     def alerts_json(self) -> list[dict[str, object]]: ...
 
+    def budget_json(self) -> tuple[int, dict[str, object]]: ...
+
     def push_quality(self, body: bytes, headers: Headers) -> tuple[int, dict[str, object]]: ...
 
 
@@ -106,6 +108,11 @@ def _alerts(handler: _Handler) -> None:
     handler.send_json(200, handler.server.view.alerts_json())
 
 
+def _budget(handler: _Handler) -> None:
+    status, payload = handler.server.view.budget_json()
+    handler.send_json(status, payload)
+
+
 def _quality(handler: _Handler) -> None:
     from gpuwarden.api.quality_push import MAX_BODY_BYTES
 
@@ -126,6 +133,7 @@ class _Server(ThreadingHTTPServer):
             "/metrics": _metrics,
             "/healthz": _healthz,
             "/api/v1/alerts": _alerts,
+            "/api/v1/budget": _budget,
         }
         self.post_routes: dict[str, Route] = {"/api/v1/quality": _quality}
         if ":" in address[0]:

@@ -37,7 +37,7 @@ from gpuwarden.daemon.schedule import (
     start_scheduler,
 )
 from gpuwarden.daemon.sdnotify import SystemdNotifier
-from gpuwarden.errors import ConfigError, GpuwardenError, InstanceLocked
+from gpuwarden.errors import ConfigError, GpuwardenError, InstanceLocked, StoreError
 from gpuwarden.model import Sample
 from gpuwarden.ratelog import RateLimitedLog
 
@@ -385,6 +385,25 @@ class Daemon:
     def alerts_json(self) -> list[dict[str, object]]:
         """Pending and firing alerts as of the last evaluation (``/api/v1/alerts``)."""
         return self.cycle.alerting.alerts_json()
+
+    def budget_json(self) -> tuple[int, dict[str, object]]:
+        """``GET /api/v1/budget``: the memory budget of this node over its store
+        (``capacity/budget.py``); 503 with the reason when the store cannot answer.
+
+        On the HTTP thread, never the cycle's: every read waits at most the store's read
+        deadline (``storage/read_deadline.py``), past which the reason is the answer.
+        """
+        from gpuwarden.capacity.budget import build_budget
+
+        store = self.cycle.store
+        if store is None:
+            return 503, {"error": "the store is not open yet"}
+        try:
+            budget = build_budget(store, self.clock(), node=self.config.node,
+                                  interval=self.config.interval)
+        except StoreError as exc:
+            return 503, {"error": f"store: {exc}"}
+        return 200, budget.to_json()
 
     def push_quality(self, body: bytes, headers: Headers) -> tuple[int, dict[str, object]]:
         """``POST /api/v1/quality``: the scores wait for the next cycle (``pushed.py``)."""
