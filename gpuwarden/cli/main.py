@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from gpuwarden import __version__
-from gpuwarden.cli import actions, audit, client, export, tools
+from gpuwarden.cli import actions, audit, budget, client, export, tools
 from gpuwarden.cli.common import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)
 
-    for group in (tools, client, audit, actions, export):
+    for group in (tools, client, audit, actions, export, budget):
         group.add_commands(sub)
     return parser
 
