@@ -75,13 +75,14 @@ def write_chart(doc: Mapping[str, Any], path: str | Path) -> None:
             left = [a + b for a, b in zip(left, widths, strict=True)]
         for y, gpu in zip(rows, gpus, strict=True):
             total = gpu.get("total_gib")
-            if total:
+            split = any(p.get("gib") is not None for p in (gpu.get("parts") or {}).values())
+            if total and split:
                 ax.vlines(total * (1 - target), y - 0.4, y + 0.4, colors="#c44e52",
                           linestyles="dashed", linewidth=1.5,
                           label=f"{target * 100:.0f} % headroom target" if y == rows[0]
                           else "_nolegend_")
             else:
-                ax.text(0, y, " memory budget n/a", va="center", fontsize=8)
+                ax.text(0, y, " memory split n/a", va="center", fontsize=8)
         ax.set_yticks(rows, names)
         ax.set_xlabel("GiB")
         ax.set_xlim(0, widest * 1.02)
