@@ -13,7 +13,9 @@ signals that join a server's counters to its GPUs.
 
 The rates are ``counter_rate`` over the window, as Prometheus' ``rate``. vLLM's (and
 SGLang's) ``estimated_*`` counters are already *per GPU* of the engine, so the per-GPU
-bandwidth and the MFU divide them by one GPU's peak, not by the sum of the peaks.
+bandwidth and the MFU divide them by one GPU's peak, not by the sum of the peaks. (A
+server with N data-parallel engines exports the sum of their per-GPU estimates, which
+then reads N times too high: nothing here tells data from tensor parallelism.)
 
 The join. A server's GPUs are the ``server_gpu_info{node,server,gpu}`` series live at
 the window's end (``staleness.is_live``) whose newest value is 1, matched to the server
