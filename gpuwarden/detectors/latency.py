@@ -13,6 +13,13 @@ landing in the ``+Inf`` bucket is reported as the largest finite edge: a floor, 
 a value, which the annotation says too.
 
 No requests in the window (NaN) is no finding: an idle server is not slow.
+
+Why a "breakdown" annotation on a TTFT, ITL or end-to-end rule that rises (op ``>`` or
+``>=``): the p95 says that latency grew, not where. The request phase histograms
+(queue, prefill, decode) say which part of it grew; ``breakdown.py`` compares their
+means with the minutes before and names the phase, and its docstring says which phases
+each latency is made of. It is computed only for the label sets with a finding, so a
+calm node pays only the read of the phases' ``_sum``/``_count`` series.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from gpuwarden.detectors import Finding, Window
+from gpuwarden.detectors import Finding, Window, breakdown
 from gpuwarden.detectors.condition import classify, is_live_in, require_op
 from gpuwarden.promql.buckets import by_histogram, finite_bounds
 from gpuwarden.promql.quantile import window_quantile
@@ -74,7 +81,13 @@ class QuantileDetector:
         self.histogram, self.q = resolved[0], float(resolved[1])
         self.threshold = float(rule.threshold)
         self.bucket_signal = f"{self.histogram}_bucket"
-        self.inputs: Mapping[str, float] = {self.bucket_signal: rule.window}
+        # Only a rising latency has a phase that grew: a rule firing on a latency below a
+        # floor gets no breakdown.
+        self.breakdown = rule.op in (">", ">=") and self.histogram in breakdown.PARTS
+        self.inputs: Mapping[str, float] = {
+            self.bucket_signal: rule.window,
+            **(breakdown.inputs(self.histogram, rule.window) if self.breakdown else {}),
+        }
 
     def evaluate(self, window: Window) -> list[Finding]:
         start = window.now - self.rule.window
@@ -97,4 +110,21 @@ class QuantileDetector:
                  f"{q} {self.histogram} {value:.4g} s over {self.rule.window:g} s; {note}"),
             )
             out.append(Finding(labels, value, status, annotations))
+        return self._with_breakdown(window, out) if self.breakdown and out else out
+
+    def _with_breakdown(self, window: Window, findings: list[Finding]) -> list[Finding]:
+        """``findings`` with the phase breakdown of each (where the server has phases)."""
+        phases = breakdown.index_phases(window.data)
+        out = []
+        for f in findings:
+            pairs = phases.get(f.labels)
+            found = breakdown.changes(pairs, window.now, self.rule.window) if pairs else []
+            told = breakdown.describe(self.histogram, found, self.rule.window)
+            if told is None:
+                out.append(f)
+                continue
+            notes = dict(f.annotations)
+            notes["breakdown"] = told.text
+            notes["description"] += f"; {told.lead}"
+            out.append(Finding(f.labels, f.value, f.status, tuple(notes.items())))
         return out

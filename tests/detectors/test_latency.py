@@ -99,4 +99,8 @@ def test_bucket_note() -> None:
 def test_inputs() -> None:
     from gpuwarden.detectors import build_detector
 
-    assert build_detector(P95_RULE).inputs == {"itl_seconds_bucket": 60.0}
+    inputs = build_detector(P95_RULE).inputs
+    assert inputs["itl_seconds_bucket"] == 60.0
+    # and the request phases' sums and counts, for the breakdown (test_breakdown.py)
+    assert set(inputs) - {"itl_seconds_bucket"} == {
+        f"{p}_time_seconds_{s}" for p in ("queue", "prefill", "decode") for s in ("sum", "count")}
