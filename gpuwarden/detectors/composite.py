@@ -50,7 +50,7 @@ from gpuwarden.detectors.condition import (
 )
 from gpuwarden.detectors.trend import theil_sen
 from gpuwarden.model import SeriesData
-from gpuwarden.promql.aggregation import aggregate, in_window, values_in
+from gpuwarden.promql.aggregation import aggregate, in_window, peak_of_sum, values_in
 from gpuwarden.promql.derived import derive_signal, input_lookbacks
 from gpuwarden.promql.windows import counter_rate
 
@@ -197,7 +197,7 @@ class KVCapacityTooSmall(Composite):
         out = []
         for run, wait in live_pairs(window, "requests_running", "requests_waiting"):
             sequences = fits.get(run.labels)
-            peak = _peak_of_sum(run, wait, now - w, now)
+            peak = peak_of_sum(run, wait, now - w, now)
             if sequences is None or peak is None or not peak > 0:
                 continue
             ratio = sequences / peak
@@ -211,17 +211,6 @@ class KVCapacityTooSmall(Composite):
                     ("capacity_sequences", f"{sequences:.4g}"),
                     ("peak_requests", f"{peak:.0f}"), ("description", text))))
         return out
-
-
-def _peak_of_sum(a: SeriesData, b: SeriesData, start: float, end: float) -> float | None:
-    """max over ``[start, end]`` of ``a + b`` at the timestamps both have (one scrape gives
-    both), NaN skipped; None when they share none."""
-    ta, va = in_window(a, start, end)
-    tb, vb = in_window(b, start, end)
-    _, ia, ib = np.intersect1d(ta, tb, assume_unique=True, return_indices=True)
-    total = va[ia] + vb[ib]
-    total = total[~np.isnan(total)]
-    return float(total.max()) if total.size else None
 
 
 def _fitted_change(series: SeriesData, start: float,
