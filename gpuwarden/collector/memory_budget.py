@@ -11,7 +11,12 @@ count its instances' memory twice), ``gpu_memory_budget_bytes{part}``:
 * ``free`` = headroom x total;
 * server memory = the memory of the GPU's processes that belong to a server:
   attributed through /proc (``attribution.py``), or, on a GPU in a server's configured
-  ``gpus``, any process there that no server claimed through /proc;
+  ``gpus`` where /proc gave that server no process, the largest process there that no
+  server claimed (an inference server runs one process per GPU: a vLLM or SGLang worker
+  per tensor-parallel rank, a TGI shard, llama.cpp's one process; so a second unclaimed
+  process there is someone else's, e.g. a job started beside the server). With
+  several such servers on one GPU, as many of the largest unclaimed processes, shared
+  between them;
 * ``kv_cache`` = the sum over the servers on the GPU of their ``kv_cache_memory_bytes``
   (vLLM's KV size per GPU), each clamped to that server's memory on the GPU; a server
   that does not export its KV size counts wholly to ``server_other``;
@@ -144,14 +149,18 @@ def budget_samples(samples: Sequence[Sample], *, node: str, owners: Mapping[int,
         configured = {s for s, names in server_gpus.items()
                       if any(_covers(c, name) for c in names)}
         claimed: dict[str, float] = {}
-        pool = 0.0  # processes of no server that /proc found, on a configured GPU
+        unclaimed: list[float] = []
         for pid, used in gpu.processes.items():
             server = owners.get(pid)
             if server is not None:
                 claimed[server] = claimed.get(server, 0.0) + used
                 on_gpu.setdefault(server, set()).add(name)
-            elif configured:
-                pool += used
+            else:
+                unclaimed.append(used)
+        # A configured server that /proc gave no process here holds one of the unclaimed
+        # ones: the largest (an inference server runs one process per GPU).
+        pooled = {s for s in configured if s not in claimed}
+        pool = sum(sorted(unclaimed, reverse=True)[:len(pooled)])
         for server in configured:
             on_gpu.setdefault(server, set()).add(name)
         if gpu.total is None or gpu.headroom is None or name in mig_parents:
@@ -159,7 +168,7 @@ def budget_samples(samples: Sequence[Sample], *, node: str, owners: Mapping[int,
         free = gpu.headroom * gpu.total
         other: float | None = None
         if name in listed:
-            memory = {s: claimed.get(s, 0.0) + (pool if s in configured else 0.0)
+            memory = {s: claimed.get(s, 0.0) + (pool if s in pooled else 0.0)
                       for s in set(claimed) | configured}
             server_memory = sum(claimed.values()) + pool
         elif configured:  # no process list: what is used is the configured servers'

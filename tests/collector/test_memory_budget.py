@@ -173,6 +173,15 @@ def test_processes_on_a_configured_gpu_that_proc_did_not_claim_are_the_servers()
     assert ("vllm-a", "0") in server_gpus(out)
 
 
+def test_on_a_configured_gpu_the_server_holds_one_unclaimed_process_the_largest() -> None:
+    """Without /proc (a container), a job started beside the server is still not its."""
+    _, collector = nvml("nvml-l4-foreign-process.json")
+    samples = list(collector.collect())
+    table = parts(budget(samples, gpus={"vllm": ["0"]}))["0"]
+    assert table["server_other"] == 18304 * MIB  # 7301
+    assert table["other_processes"] == 2560 * MIB + 556 * MIB + 2 * MIB  # 9144 + reserved
+
+
 def test_the_price_per_gpu_model_and_the_mig_instances_share() -> None:
     _, collector = nvml("nvml-h100-mig-processes-per-instance.json")
     samples = list(collector.collect())
