@@ -10,6 +10,13 @@ Memory follows NVML's v2 meaning: ``used`` excludes the 536 MiB the driver reser
 an idle GPU's headroom is 0.993, not 1. The static figures are an H100 SXM's (5120-bit
 bus, 2619 MHz maximum memory clock, hence 3.35 TB/s peak by the formula the NVML
 collector uses). ``set_memory`` pins a GPU's memory, for a demo's headroom incident.
+
+Each GPU lists its compute processes as NVML does (``gpu_process_memory_used_bytes``):
+one inference-server process holding what the GPU's load makes it use, and, while
+``set_memory`` pushes the GPU's memory above that, a foreign process holding the rest
+(until it has freed it all), so the memory budget puts it under ``other_processes``.
+Their pids are fake but stable, and above Linux's largest possible pid (2^22), so that
+no real process has them and the /proc attribution never mistakes one for another.
 """
 
 from __future__ import annotations
@@ -37,6 +44,15 @@ MAX_SM_MHZ = 1980
 MEM_MHZ = 2619  # HBM3 runs at its maximum clock: current and max are the same
 MEM_BUS_BITS = 5120
 PEAK_BANDWIDTH = peak_memory_bandwidth(MEM_BUS_BITS, MEM_MHZ * 1e6)
+# Fake pids: above PID_MAX_LIMIT (4,194,304 = 2^22 on 64-bit Linux), never a real one.
+SERVER_PID_BASE = 5_000_000
+FOREIGN_PID_BASE = 5_100_000
+
+
+def server_target_mib(load: float) -> int:
+    """The memory an inference server's process settles at under ``load`` (its KV cache
+    and allocator grow with the load)."""
+    return 52000 + int(26000 * load)
 
 
 @dataclass(slots=True)
@@ -46,6 +62,8 @@ class _GpuState:
     load: float = 0.6  # target utilisation this GPU drifts around
     util: float = 0.6
     memory_mib: int = 62000
+    server_mib: int = 62000  # the server process's share of memory_mib
+    foreign: bool = False  # a foreign process holds memory_mib - server_mib
     temp_c: float = 45.0
     lost: bool = False
     xid_total: int = 0
@@ -146,6 +164,27 @@ class SimulatedGpuCollector(Collector):
                               float(gpu.ecc_corrected), now))
             out.append(Sample("gpu_ecc_errors_total", (*labels, ("type", "uncorrected")),
                               0.0, now))
+            out.extend(self._processes(gpu, labels, now))
+        return out
+
+    @staticmethod
+    def _processes(gpu: _GpuState, labels: tuple[tuple[str, str], ...],
+                   now: float) -> list[Sample]:
+        """The GPU's compute processes: its server's, and a foreign one while it holds
+        memory (``set_memory``); together they hold the GPU's used memory."""
+        foreign_mib = gpu.memory_mib - gpu.server_mib if gpu.foreign else 0
+        # Once unpinned it frees its memory as headroom comes back, and is gone when what
+        # it holds is within the server's own noise.
+        gpu.foreign = foreign_mib > (0 if gpu.memory_fraction is not None else 256)
+        if not gpu.foreign:
+            foreign_mib = 0
+        out = [Sample("gpu_process_memory_used_bytes",
+                      make_labels(labels, pid=str(SERVER_PID_BASE + gpu.index)),
+                      float((gpu.memory_mib - foreign_mib) * MIB), now)]
+        if foreign_mib:
+            out.append(Sample("gpu_process_memory_used_bytes",
+                              make_labels(labels, pid=str(FOREIGN_PID_BASE + gpu.index)),
+                              float(foreign_mib * MIB), now))
         return out
 
     @staticmethod
@@ -155,11 +194,14 @@ class SimulatedGpuCollector(Collector):
         gpu.util += 0.25 * (gpu.load - gpu.util) + rng.gauss(0, 0.03)
         gpu.util = min(max(gpu.util, 0.0), 1.0)
         if gpu.memory_fraction is None:
-            target_mib = 52000 + int(26000 * gpu.load) + rng.randint(-64, 64)
+            target_mib = server_target_mib(gpu.load) + rng.randint(-64, 64)
         else:
             target_mib = int(gpu.memory_fraction * TOTAL_MIB) + rng.randint(-64, 64)
+            gpu.foreign = True
         step = gpu.memory_mib + (target_mib - gpu.memory_mib) // 8
         gpu.memory_mib = min(TOTAL_MIB - RESERVED_MIB, max(step, 0))
+        server_step = gpu.server_mib + (server_target_mib(gpu.load) - gpu.server_mib) // 8
+        gpu.server_mib = min(gpu.memory_mib, server_step)
         target_temp = 34.0 + 40.0 * gpu.util
         gpu.temp_c += 0.05 * (target_temp - gpu.temp_c) + rng.gauss(0, 0.1)
         if rng.random() < 1e-4:  # the odd corrected ECC error a real HBM3 reports

@@ -59,3 +59,42 @@ def test_a_lost_simulated_gpu_has_no_capacity_figures() -> None:
     for signal in ("gpu_memory_headroom_ratio", "gpu_memory_bus_width_bits",
                    "gpu_memory_bandwidth_peak_bytes_per_second"):
         assert set(by(samples, signal)) == {"1"}, signal
+
+
+def processes(samples: Iterable[Sample]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for s in samples:
+        if s.signal == "gpu_process_memory_used_bytes":
+            labels = dict(s.labels)
+            out.setdefault(labels["gpu"], {})[labels["pid"]] = s.value
+    return out
+
+
+def test_each_gpu_lists_its_server_process_holding_the_used_memory() -> None:
+    collector = SimulatedGpuCollector("n", 3, seed=1, clock=lambda: 0.0)
+    first = processes(collector.collect())
+    for _ in range(10):
+        samples = list(collector.collect())
+    procs, used = processes(samples), by(samples, "gpu_memory_used_bytes")
+    assert {gpu: list(p) for gpu, p in procs.items()} == {gpu: list(p) for gpu, p in first.items()}
+    assert len({pid for p in procs.values() for pid in p}) == 3  # one stable pid per GPU
+    assert all(int(pid) > 2**22 for p in procs.values() for pid in p)  # never a real pid
+    for gpu, p in procs.items():
+        assert sum(p.values()) == used[gpu]
+
+
+def test_set_memory_is_a_foreign_process_beside_the_server_until_it_exits() -> None:
+    collector = SimulatedGpuCollector("n", 2, seed=3, clock=lambda: 0.0)
+    calm = processes(collector.collect())
+    collector.set_memory(1, 0.97)
+    for _ in range(40):
+        samples = list(collector.collect())
+    procs, used = processes(samples), by(samples, "gpu_memory_used_bytes")
+    assert len(procs["1"]) == 2 and len(procs["0"]) == 1
+    foreign = (set(procs["1"]) - set(calm["1"])).pop()
+    assert procs["1"][foreign] > 8000 * MIB  # 97 % of the GPU, above what the server holds
+    assert sum(procs["1"].values()) == used["1"]
+    collector.set_memory(1, None)
+    for _ in range(60):
+        samples = list(collector.collect())
+    assert processes(samples)["1"].keys() == calm["1"].keys()  # the foreign process exited
