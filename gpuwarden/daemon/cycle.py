@@ -1,11 +1,12 @@
 """One collection cycle: collect, store, derive, evaluate the rules, publish, ping.
 
-Run every collector (``collector/run.py``: concurrently, with a deadline), put what they
-returned -- and what was pushed over HTTP since -- in the store's memory and wake the
-store's writer thread, record which model each server serves, evaluate the alert rules
-over the store and hand the transitions to delivery (``alerting.py``), refresh the
-window signals, make the cycle's snapshot what ``/metrics`` shows next, ping the
-systemd watchdog.
+Run every collector (``collector/run.py``: concurrently, with a deadline), add what their
+samples give together (each GPU's memory budget, the servers' GPUs and the GPUs' prices:
+``collector/memory_budget.py``), put all that -- and what was pushed over HTTP since --
+in the store's memory and wake the store's writer thread, record which model each
+server serves, evaluate the alert rules over the store and hand the transitions to
+delivery (``alerting.py``), refresh the window signals, make the cycle's snapshot what
+``/metrics`` shows next, ping the systemd watchdog.
 
 The cycle never waits on the database: writes run on the store's writer thread
 (``storage/writer.py``) and reads have a deadline (``Store.read_timeout``), so a database
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from gpuwarden.collector.run import CollectorRunner
 from gpuwarden.config import Config
+from gpuwarden.daemon import wiring
 from gpuwarden.daemon.alerting import Alerting
 from gpuwarden.daemon.pushed import PushedSamples
 from gpuwarden.daemon.sdnotify import SystemdNotifier
@@ -40,6 +42,7 @@ from gpuwarden.ratelog import RateLimitedLog
 if TYPE_CHECKING:
     from gpuwarden.alerts.served_models import ServedModels
     from gpuwarden.api.exposition import Exposition, Snapshot
+    from gpuwarden.collector.memory_budget import MemoryBudget
     from gpuwarden.storage.store import Store
     from gpuwarden.storage.writer import StoreWriter
 
@@ -101,6 +104,8 @@ class Cycle:
         self._long_derived_at: float | None = None
         self._started_mono = time.monotonic()
         self._log = RateLimitedLog(log)
+        self._budget: MemoryBudget | None = None
+        self._budget_inputs: tuple[object, ...] | None = None
 
     @property
     def exposition(self) -> Exposition:
@@ -111,10 +116,30 @@ class Cycle:
         return self._exposition
 
     def collect(self) -> list[Sample]:
-        """Run the collectors, waiting at most 80 % of the interval for them."""
+        """Run the collectors, waiting at most 80 % of the interval for them, and add
+        what their samples give together (the memory budget)."""
         samples = self.runner.run(max(0.05, 0.8 * self.config.interval))
+        samples += self._memory_budget(samples)
         self.stats.samples_collected_total += len(samples)
         return samples
+
+    def _memory_budget(self, samples: list[Sample]) -> list[Sample]:
+        """Each GPU's memory budget, the servers' GPUs and the GPUs' prices from this
+        cycle's samples (``collector/memory_budget.py``); a failure costs only those.
+
+        Built here, on the first cycle and again when a reload changes what it is built
+        from (``wiring.memory_budget_inputs``), so that the first, early cycle has it too.
+        """
+        try:
+            inputs = wiring.memory_budget_inputs(self.config)
+            if self._budget is None or inputs != self._budget_inputs:
+                self._budget = wiring.build_memory_budget(self.config)
+                self._budget_inputs = inputs
+            return self._budget.samples(samples)
+        except Exception as exc:
+            self.stats.cycle_errors_total += 1
+            self._log.warning("budget", "computing the GPU memory budget failed: %s", exc)
+            return []
 
     def run_early(self) -> FirstCycle | None:
         """Collect the first cycle and store it before SQLAlchemy is imported.

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gpuwarden.alerts.served_models import ServedModels
     from gpuwarden.alerts.state import AlertStatePersister
     from gpuwarden.api.server import DaemonView, HttpServer
+    from gpuwarden.collector.memory_budget import MemoryBudget
     from gpuwarden.storage.instance_lock import InstanceLock
     from gpuwarden.storage.store import Store
     from gpuwarden.storage.writer import StoreWriter
@@ -77,6 +78,20 @@ def build_collectors(config: Config, session: Callable[[], requests.Session]) ->
         if canaries is not None:
             collectors.append(canaries)
     return collectors
+
+
+def build_memory_budget(config: Config) -> MemoryBudget:
+    """Each cycle's memory budget, server -> GPU join and GPU prices
+    (``collector/memory_budget.py``), for the config's servers and ``[cost]``."""
+    from gpuwarden.collector.memory_budget import MemoryBudget
+
+    return MemoryBudget(config.node, config.servers, config.cost.gpu_hour_usd)
+
+
+def memory_budget_inputs(config: Config) -> tuple[object, ...]:
+    """What the memory budget is built from: a reload that changes none of it keeps the
+    budget (and its cached attribution)."""
+    return config.node, config.servers, config.cost
 
 
 def effective_source(collectors: list[Collector], config: Config) -> str:
