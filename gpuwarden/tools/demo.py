@@ -37,6 +37,16 @@ TOKEN_EDGES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 200
 # The KV cache of an 8B-class model with 128 KiB of KV per token, as vLLM's
 # cache_config_info labels report it (a subset of the real labels, same names).
 KV_BLOCKS, KV_BLOCK_SIZE, KV_BYTES_PER_TOKEN, MAX_MODEL_LEN = 4096, 16, 131072, 8192
+# vLLM's MFU estimates (``--enable-mfu-metrics``) are per GPU. Each demo server is a
+# 70B-class model in BF16 at tensor parallel 4 (the demo gives each 4 of the 8 GPUs): per
+# GPU, 2 FLOPs per parameter per token processed, and every engine step reads the GPU's
+# shard of the weights once (shared by the batch) plus the KV cache of the running
+# sequences, and writes the KV of the new tokens. On an H100 that is a few % MFU and
+# about a third of the memory bandwidth when calm, as a decode-bound server shows.
+TENSOR_PARALLEL = 4
+PARAMS_PER_GPU = 70e9 / TENSOR_PARALLEL
+WEIGHT_BYTES_PER_GPU = 2 * PARAMS_PER_GPU
+MEAN_CONTEXT_TOKENS = 1350  # a running sequence's context: prompt + half its output
 
 
 @dataclass(slots=True)
@@ -100,6 +110,10 @@ class SimulatedVllmState:
     offload_hits: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    # vLLM's MFU estimates per GPU (see TENSOR_PARALLEL): FLOPs, device bytes read, written.
+    flops: float = 0.0
+    read_bytes: float = 0.0
+    write_bytes: float = 0.0
     # Request phases and lengths draw from their own generator, so that adding them left
     # the incident's course (drawn from ``rng``) as it was.
     phase_rng: random.Random = field(default_factory=lambda: random.Random(7))
@@ -125,6 +139,7 @@ class SimulatedVllmState:
             self.prefix_queries += prompt
             self.prefix_hits += round(prompt * (0.6 - 0.4 * pressure))
             self._offload_and_speculate(prompt - round(prompt * (0.6 - 0.4 * pressure)), tokens)
+            self._estimate(dt / (self.itl_base * (1 + 3 * pressure)), prompt + tokens)
             for _ in range(min(tokens, 400)):
                 self.itl.observe(rng.lognormvariate(0, 0.25) * self.itl_base * (1 + 3 * pressure))
             for _ in range(rng.randint(1, 3)):
@@ -142,6 +157,15 @@ class SimulatedVllmState:
         drafted = round(tokens / rng.uniform(0.65, 0.75))
         self.draft_tokens += drafted
         self.accepted_tokens += tokens if drafted else 0
+
+    def _estimate(self, steps: float, processed: int) -> None:
+        """vLLM's per-GPU estimates for ``steps`` engine steps that processed ``processed``
+        tokens (prompt and generated); drawn from no generator, so the incident's course
+        is the same with them."""
+        self.flops += 2 * PARAMS_PER_GPU * processed
+        kv_read = self.running * MEAN_CONTEXT_TOKENS * KV_BYTES_PER_TOKEN
+        self.read_bytes += steps * (WEIGHT_BYTES_PER_GPU + kv_read)
+        self.write_bytes += processed * KV_BYTES_PER_TOKEN
 
     def _finish_request(self, ttft: float, pressure: float) -> None:
         """One finished request's phases and lengths: the queue takes the part of its
@@ -184,6 +208,11 @@ class SimulatedVllmState:
                                 ("spec_decode_num_accepted_tokens", self.accepted_tokens)):
                 lines += [f"# TYPE vllm:{name}_total counter",
                           f"vllm:{name}_total{{{base}}} {float(value)}"]
+            for name, amount in (("estimated_flops_per_gpu", self.flops),
+                                 ("estimated_read_bytes_per_gpu", self.read_bytes),
+                                 ("estimated_write_bytes_per_gpu", self.write_bytes)):
+                lines += [f"# TYPE vllm:{name}_total counter",
+                          f"vllm:{name}_total{{{base}}} {amount}"]
             for name, hist in (("time_to_first_token_seconds", self.ttft),
                                ("inter_token_latency_seconds", self.itl),
                                ("e2e_request_latency_seconds", self.e2e),
@@ -291,6 +320,17 @@ def build_incident(gpus: Any, servers: list[SimulatedVllmState], speed: float = 
     ])
 
 
+DEMO_GPUS = 8
+
+
+def demo_gpus(index: int, n_servers: int, n_gpus: int) -> range:
+    """The GPUs of demo server ``index``: the node's GPUs split evenly, in order (two
+    servers on eight GPUs: 0-3 and 4-7, tensor parallel 4 each)."""
+    per = max(1, n_gpus // max(1, n_servers))
+    start = min(index * per, n_gpus - per)
+    return range(start, start + per)
+
+
 def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int = 2) -> int:
     """Run the simulated node and the daemon for ``duration`` seconds (0: until Ctrl-C)."""
     from gpuwarden.collector.sim import SimulatedGpuCollector
@@ -305,8 +345,11 @@ def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int =
     servers = [SimulatedVllmServer(state) for state in states]
     for server in servers:
         server.start()
+    # Each server names its GPUs: its listener is this process, which is no ancestor of
+    # the simulated GPU processes (their pids are fake), so /proc cannot attribute them.
     server_tables = "".join(
         f'[[servers]]\nname = "vllm-{i}"\nkind = "vllm"\nmetrics_url = "{s.url}/metrics"\n'
+        f"gpus = {list(demo_gpus(i, n_servers, DEMO_GPUS))}\n"
         for i, s in enumerate(servers)
     )
     config = parse_config(
@@ -320,7 +363,7 @@ def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int =
     from gpuwarden.collector import server_collector
 
     session = requests.Session()
-    gpus = SimulatedGpuCollector(config.node, 8)
+    gpus = SimulatedGpuCollector(config.node, DEMO_GPUS)
     collectors = [gpus, *(server_collector(s, node=config.node, session=session)
                           for s in config.servers)]
     daemon = Daemon(config, collectors=collectors)
