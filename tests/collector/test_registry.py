@@ -64,7 +64,7 @@ def test_checking_a_name_loads_no_collector() -> None:
 def test_gpu_collector_builds_each_source_from_its_settings() -> None:
     sim = gpu_collector("sim", node="n", sim_gpus=2)
     assert isinstance(sim, SimulatedGpuCollector)
-    assert len(list(sim.collect())) == 2 * 17
+    assert len(list(sim.collect())) == 2 * 18  # 17 GPU fields and the server's process
     session = requests.Session()
     dcgm = gpu_collector("dcgm", node="n", dcgm_url="http://127.0.0.1:9/metrics",
                          timeout=0.5, session=session)
