@@ -215,7 +215,7 @@ def attribute(gpu_pids: Collection[int], listeners: Sequence[Listener], proc: Pr
             pid = parent(pid)
         chains[gpu_pid] = chain
     inode_server: dict[int, str] = {}
-    if chains:
+    if any(chains.values()):  # no GPU pid visible here (a container): nothing to read
         listening = proc.listening({lst.port for lst in listeners})
         for lst in listeners:
             for inode in listening.get(lst.port, ()):
