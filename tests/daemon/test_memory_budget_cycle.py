@@ -5,15 +5,18 @@ is joined to its GPUs (``server_gpu_info``), the demo incident's foreign process
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
+from gpuwarden.collector import server_collector
 from gpuwarden.collector.memory_budget import MemoryBudget
 from gpuwarden.collector.sim import SimulatedGpuCollector
-from gpuwarden.config import parse_config
+from gpuwarden.config import CostConfig, parse_config
 from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.model import Sample
 from gpuwarden.tools.demo import (
@@ -44,11 +47,7 @@ def demo_node(tmp_path: Path) -> Iterator[Node]:
         f'node = "demo-node"\nlisten = "127.0.0.1:{free_port()}"\n[storage]\n'
         f'url = "sqlite:///{tmp_path / "gw.db"}"\n[gpu]\nsource = "sim"\n'
         f'[cost.gpu_hour_usd]\n"NVIDIA H100 80GB HBM3 (simulated)" = 3.5\n' + tables)
-    from gpuwarden.collector import server_collector
-
     gpus = SimulatedGpuCollector(config.node, DEMO_GPUS)
-    import requests
-
     session = requests.Session()
     collectors = [gpus, *(server_collector(s, node=config.node, session=session)
                           for s in config.servers)]
@@ -127,3 +126,15 @@ def test_a_failing_budget_costs_its_samples_not_the_cycle(
     assert daemon.cycle_errors_total == before_errors + 1
     assert any(s.signal == "gpu_up" for s in samples)
     assert not any(s.signal == "gpu_memory_budget_bytes" for s in samples)
+
+
+def test_a_reload_that_changes_the_price_rebuilds_the_budget(demo_node: Node) -> None:
+    """What ``Daemon.reload`` does to the cycle: a new config with another [cost]."""
+    daemon, _, _ = demo_node
+    daemon.cycle.config = dataclasses.replace(daemon.config, cost=CostConfig(gpu_hour_usd=1.25))
+    samples = daemon.cycle.run()
+    cost = {dict(s.labels)["gpu"]: s.value for s in samples
+            if s.signal == "gpu_cost_per_hour_usd"}
+    assert cost == {str(i): 1.25 for i in range(DEMO_GPUS)}
+    daemon.cycle.config = dataclasses.replace(daemon.config, cost=CostConfig())
+    assert not [s for s in daemon.cycle.run() if s.signal == "gpu_cost_per_hour_usd"]
