@@ -14,7 +14,8 @@ The rules, in order:
    ``/proc/PID/stat``, at most ``MAX_DEPTH`` levels, pid 1 excluded), and, for a server
    whose listener is not among them, the children of those ancestors
    (``/proc/PID/task/*/children``, at most ``MAX_CHILDREN`` in all). Never a scan of
-   every process.
+   every process. A child forked after the socket was opened holds it too; every
+   holder counts as a listener of the server.
 2. Descendants. A GPU pid G belongs to server S when S's listener L is G or an ancestor
    of G; the nearest such listener wins. vLLM (API server -> EngineCore -> workers) and
    SGLang (HTTP server -> scheduler) are this case.
