@@ -77,7 +77,8 @@ class Daemon:
         self.exit_code = 0  # what run_forever returns (1: another instance took the store)
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._session = wiring.LazySession()
+        self._session = wiring.LazySession()  # deliveries
+        self._scrape_session = wiring.LazySession(for_scrapes=True)
         self._collectors_built = collectors is not None
         self.cycle = Cycle(config, runner=CollectorRunner(collectors or ()),
                            notifier=self.notifier, clock=clock, stopping=self._stop,
@@ -182,7 +183,7 @@ class Daemon:
     def _build_collectors(self) -> None:
         """The config's collectors, unless given or built already."""
         if not self._collectors_built:
-            collectors = wiring.build_collectors(self.config, self._session)
+            collectors = wiring.build_collectors(self.config, self._scrape_session)
             self.cycle.runner.replace(collectors)
             self.cycle.gpu_source = wiring.effective_source(collectors, self.config)
             self._collectors_built = True
@@ -319,6 +320,7 @@ class Daemon:
         if self._http is not None:
             self._http.stop()
         self._session.close()
+        self._scrape_session.close()
         self.notifier.close()
         log.info("stopped")
 
@@ -346,7 +348,7 @@ class Daemon:
         try:  # everything that can fail, before anything of the running config changes
             from gpuwarden.detectors.defaults import effective_rules
 
-            collectors = wiring.build_collectors(new, self._session)
+            collectors = wiring.build_collectors(new, self._scrape_session)
             rules = effective_rules(new.rules)
         except Exception as exc:
             log.error("config reload rejected, keeping the running config: %s: %s",

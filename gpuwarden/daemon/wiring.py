@@ -34,19 +34,27 @@ STORE_READ_TIMEOUT_S = 0.5
 
 
 class LazySession:
-    """One ``requests.Session`` for every outbound HTTP call (ARCHITECTURE.md, convention
-    7), made on the first call, so a node with only NVML or simulated GPUs never imports
-    ``requests``."""
+    """A ``requests.Session`` made on the first call, so a node with only NVML or
+    simulated GPUs never imports ``requests`` (ARCHITECTURE.md, convention 7): the
+    daemon has one for its scrapes (``for_scrapes``: ``collector/session.py``, one kept
+    connection per target, no proxy from the environment) and one for deliveries, which
+    honours the environment's proxies as receivers off the node may need."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, for_scrapes: bool = False) -> None:
         self._session: requests.Session | None = None
+        self._for_scrapes = for_scrapes
 
     def __call__(self) -> requests.Session:
         if self._session is None:
-            import requests
+            if self._for_scrapes:
+                from gpuwarden.collector.session import scrape_session
 
-            self._session = requests.Session()
-            self._session.headers["User-Agent"] = f"gpuwarden/{__version__}"
+                self._session = scrape_session()
+            else:
+                import requests
+
+                self._session = requests.Session()
+                self._session.headers["User-Agent"] = f"gpuwarden/{__version__}"
         return self._session
 
     def close(self) -> None:

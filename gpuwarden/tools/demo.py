@@ -358,11 +358,10 @@ def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int =
         + server_tables,
         "<demo>",
     )
-    import requests
-
     from gpuwarden.collector import server_collector
+    from gpuwarden.collector.session import scrape_session
 
-    session = requests.Session()
+    session = scrape_session()
     gpus = SimulatedGpuCollector(config.node, DEMO_GPUS)
     collectors = [gpus, *(server_collector(s, node=config.node, session=session)
                           for s in config.servers)]
