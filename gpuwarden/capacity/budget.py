@@ -51,8 +51,13 @@ WHAT_IF_UTILIZATION = 0.85
 #: Running + waiting requests are compared with the KV capacity over this window, as the
 #: KVCapacityTooSmall rule does by default; gauges are read as of their newest sample in it.
 PEAK_WINDOW = 600.0
-#: The window of the efficiency figures (rates over it).
+#: The window of the efficiency figures (rates over it), shortened to the stored history
+#: when that is younger (:func:`stored_span`), but not below the floor.
 EFFICIENCY_WINDOW = 3600.0
+MIN_EFFICIENCY_WINDOW = 60.0
+#: The history is younger than the window when it starts more than this share of the
+#: window after the window's start.
+YOUNG_GAP = 0.1
 PARTS = ("kv_cache", "server_other", "other_processes", "free")
 EFFICIENCY = ("memory_bandwidth_utilization_ratio", "model_flops_utilization_ratio",
               "cost_per_million_tokens_usd")
@@ -214,10 +219,27 @@ def build_budget(
             gpu = by_place.get((gnode, name))
             if gpu is not None and server not in gpu.servers:
                 gpu.servers.append(server)
+    efficiency_window = stored_span(reader, "generation_tokens_total", efficiency_window,
+                                    floor=MIN_EFFICIENCY_WINDOW)
     windows = _Windows(lengths_window, peak_window, efficiency_window, interval)
     servers = _servers(reader, users, by_place, windows, what_if_utilization)
     return Budget(now, node, lengths_window, peak_window, efficiency_window, headroom_target,
                   what_if_utilization, gpus, servers)
+
+
+def stored_span(reader: Reader, signal: str, window: float, *, floor: float) -> float:
+    """``window``, shortened to the stored history of ``signal`` where that is younger
+    (a daemon started ten minutes ago): a rate divides the increase by the whole range,
+    as Prometheus' ``rate`` does, so an hour's window over ten minutes of samples would
+    read six times low. Never below ``floor``."""
+    starts = [float(s.timestamps[0]) for s in reader.query(signal, reader.now - window)
+              if len(s)]
+    if not starts:
+        return window
+    span = reader.now - min(starts)
+    if span >= (1 - YOUNG_GAP) * window:  # a gap of a few samples is extrapolated over
+        return window
+    return max(span, min(floor, window))
 
 
 def _gpus(reader: Reader, target: float) -> list[GpuBudget]:

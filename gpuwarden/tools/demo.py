@@ -321,6 +321,8 @@ def build_incident(gpus: Any, servers: list[SimulatedVllmState], speed: float = 
 
 
 DEMO_GPUS = 8
+#: An example price of an H100 hour, so the demo shows cost per million tokens.
+DEMO_GPU_HOUR_USD = 2.5
 
 
 def demo_gpus(index: int, n_servers: int, n_gpus: int) -> range:
@@ -355,6 +357,7 @@ def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int =
     config = parse_config(
         f'node = "demo-node"\nlisten = "{listen}"\n[storage]\n'
         f'url = "sqlite:///{directory / "gpuwarden.db"}"\n[gpu]\nsource = "sim"\n'
+        f'[cost]\ngpu_hour_usd = {DEMO_GPU_HOUR_USD}\n'
         + server_tables,
         "<demo>",
     )

@@ -37,6 +37,8 @@ LENGTH_BUCKET = {"vllm-a": {"prompt_length_tokens": (PROMPT_BOUNDS, 2),
                  "vllm-tp": {"prompt_length_tokens": (PROMPT_BOUNDS, 3),
                              "generation_length_tokens": (GENERATION_BOUNDS, 1)}}
 REQUESTS_PER_MINUTE = 40.0
+#: Generated tokens per second, steady (vllm-b an idle older server generates none).
+GENERATION_RATE = {"vllm-a": 500.0, "vllm-tp": 2000.0}
 #: vllm-a's running + waiting: 20 + 0, but 150 + 30 five minutes ago and 500 + 0 twenty
 #: minutes ago (outside the 10-minute peak window)
 SPIKES = {300.0: (150.0, 30.0), 1200.0: (500.0, 0.0)}
@@ -77,6 +79,9 @@ def cycle(ts: float, age: float, minutes: int) -> list[Sample]:
         out.append(Sample("server_gpu_memory_utilization_config", server_labels(server),
                           FRACTION[server], ts))
         running, waiting = SPIKES.get(age, (20.0, 0.0)) if server == "vllm-a" else (5.0, 0.0)
+        if server in GENERATION_RATE:
+            out.append(Sample("generation_tokens_total", server_labels(server),
+                              1000.0 + GENERATION_RATE[server] * STEP * minutes, ts))
         out.append(Sample("requests_running", server_labels(server), running, ts))
         out.append(Sample("requests_waiting", server_labels(server), waiting, ts))
         for hist, (bounds, hit) in LENGTH_BUCKET.get(server, {}).items():

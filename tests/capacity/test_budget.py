@@ -147,6 +147,32 @@ def test_json_names_every_figure_and_its_windows(store: Store) -> None:
             assert (row[name] is None) == (name in row["missing"]), (row["server"], name)
 
 
+def test_cost_per_million_tokens_is_the_gpu_share_over_the_generation_rate(
+        store: Store) -> None:
+    a = {s.server: s for s in budget_of(store).servers}["vllm-a"]
+    # GPU 0's 2.5 USD an hour, shared by vllm-a and vllm-b, over vllm-a's 500 tokens/s.
+    per_second = scripted.COST["0"] / 2 / 3600
+    assert a.cost_per_million_tokens_usd == pytest.approx(
+        per_second / scripted.GENERATION_RATE["vllm-a"] * 1e6)
+
+
+def test_a_young_store_narrows_the_efficiency_window_to_its_history(tmp_path: Path) -> None:
+    """Ten minutes of samples under an hour's window: a rate over the whole hour would read
+    six times low (Prometheus' rate divides by the range); the budget says 10 minutes."""
+    store = open_store(f"sqlite:///{tmp_path / 'young.db'}", node=NODE)
+    try:
+        scripted.write_node(store, NOW, minutes=10)
+        store.flush()
+        budget = budget_of(store)
+    finally:
+        store.close()
+    assert budget.efficiency_window == 600
+    a = {s.server: s for s in budget.servers}["vllm-a"]
+    per_second = scripted.COST["0"] / 2 / 3600
+    assert a.cost_per_million_tokens_usd == pytest.approx(
+        per_second / scripted.GENERATION_RATE["vllm-a"] * 1e6)
+
+
 def _fake(value: float, with_gpu: bool) -> Derivation:
     def compute(inputs: Sequence[Iterable[SeriesData]], start: float, end: float,
                 interval: float) -> list[LabelledValue]:
@@ -177,13 +203,13 @@ def test_an_efficiency_figure_gpuwarden_does_not_compute_is_none_with_the_reason
     monkeypatch.delitem(derived.DERIVATIONS, "model_flops_utilization_ratio", raising=False)
     name = "cost_per_million_tokens_usd"
     monkeypatch.setitem(derived.DERIVATIONS, name, _fake(1.0, False))
-    monkeypatch.setitem(DERIVED_INPUTS, name, ("generation_tokens_total",))
+    monkeypatch.setitem(DERIVED_INPUTS, name, ("estimated_flops_total",))  # never stored
     a = {s.server: s for s in budget_of(store).servers}["vllm-a"]
     assert a.model_flops_utilization_ratio is None
     assert "does not compute model_flops_utilization_ratio" in a.missing[
         "model_flops_utilization_ratio"]
     assert a.cost_per_million_tokens_usd is None
-    assert a.missing[name] == "generation_tokens_total not in the store over the last 1h"
+    assert a.missing[name] == "estimated_flops_total not in the store over the last 1h"
 
 
 def test_another_node_and_an_empty_store_have_no_rows(store: Store, tmp_path: Path) -> None:
