@@ -137,20 +137,6 @@ def expected_empty(body: str) -> dict[tuple[str, str], str]:
         out["gpuwarden-self", "panel 'Dead letters' A"] = reason
     if "gpuwarden_actions_total{" not in body:
         out["gpuwarden-fleet", "panel 'Actions taken' A"] = "no action was called"
-    if "gpuwarden_gpu_memory_budget_bytes{" not in body:
-        out["gpuwarden-capacity", "panel 'Memory budget per GPU' A"] = (
-            "this daemon build does not export gpuwarden_gpu_memory_budget_bytes yet")
-    no_estimates = "the simulated vLLM exports no estimated_* counters (--enable-mfu-metrics)"
-    no_link = ("this daemon build exports no server_gpu_info (server -> GPU) or no GPU "
-               "price yet")
-    for title, inputs, why in (  # the derived signals' inputs, without which they are absent
-            ("Memory bandwidth utilisation", ("estimated_memory_read_bytes_total",),
-             no_estimates),
-            ("Model FLOP utilisation (MFU)", ("estimated_flops_total",), no_estimates),
-            ("Cost per million generated tokens",
-             ("server_gpu_info", "gpu_cost_per_hour_usd"), no_link)):
-        if any(f"gpuwarden_{name}{{" not in body for name in inputs):
-            out["gpuwarden-capacity", f"panel {title!r} A"] = why
     return out
 
 
