@@ -309,6 +309,20 @@ def test_signals_under_real_load(vllm: VllmServer, gateway: tuple[Daemon, int]) 
                 assert set(labels) - {"quantile"} == SERVER_LABELS, (name, labels)
                 assert labels["model"] == SERVED_MODEL and labels["node"] == NODE
 
+    # The budget a capacity review reads (GET /api/v1/budget, what `gpuwarden budget`
+    # prints): the live server's KV cache in tokens, and in sequences at the lengths of
+    # the requests just served (prompts of 201-221 tokens, 64-400 generated).
+    budget = requests.get(f"http://127.0.0.1:{port}/api/v1/budget", timeout=10).json()
+    [row] = [s for s in budget["servers"] if s["server"] == SERVER]
+    assert row["model"] == SERVED_MODEL
+    assert row["kv_cache_capacity_tokens"] == float(config["kv_cache_size_tokens"])
+    assert row["kv_cache_memory_bytes"] == float(config["kv_cache_memory_bytes"])
+    assert row["gpu_memory_utilization_config"] == float(config["gpu_memory_utilization"])
+    p50, p95 = row["lengths_tokens"]["p50"]["total"], row["lengths_tokens"]["p95"]["total"]
+    assert 200 < p50 <= p95 <= 1100, row["lengths_tokens"]
+    assert row["sequences"]["p95"] == pytest.approx(2048 / p95)
+    assert row["peak_requests"] >= 8  # 8 running + 16 waiting at the pressure phase's start
+
 
 def test_real_server_crash(vllm: VllmServer, gateway: tuple[Daemon, int]) -> None:
     daemon, port = gateway
