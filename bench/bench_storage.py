@@ -14,9 +14,10 @@ with 0-2 ms of scheduler jitter. Synthetic timestamps let a simulated day run fa
 than real time; a full day (200 M samples) takes too long for a benchmark, so a
 representative fraction is written and the per-sample figure is reported as measured.
 
-Every throughput has its reference measured in the same run: raw sqlite3
-``executemany`` of narrow (ts, series_id, value) rows, and raw psycopg binary COPY of the
-same rows into PostgreSQL.
+Every throughput has its reference measured in the same run, in turns with it (a
+reference cycle after every few store cycles, A B A B), and the ratio is the median of
+the ratios of ten blocks of turns: raw sqlite3 ``executemany`` of narrow (ts, series_id,
+value) rows, and raw psycopg binary COPY of the same rows into PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -152,37 +155,110 @@ class Node:
         ]
 
 
-def write_cycles(store: Store, node: Node, cycles: range) -> tuple[float, int]:
-    """Seconds spent inside ``store.write`` and samples written."""
-    spent, n = 0.0, 0
-    for k in cycles:
+class NarrowSqlite:
+    """The reference: raw ``executemany`` of narrow (ts, series_id, value) rows into a
+    table without an index, one transaction per 2,400-row cycle."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("CREATE TABLE samples (ts INTEGER, series_id INTEGER, value REAL)")
+        self.rows = 0
+
+    def write(self, k: int, values: list[float]) -> int:
+        batch = list(zip([int((T0 + k) * 1000)] * len(values), range(1, len(values) + 1),
+                         values, strict=True))
+        self.conn.execute("BEGIN")
+        self.conn.executemany("INSERT INTO samples VALUES (?, ?, ?)", batch)
+        self.conn.execute("COMMIT")
+        self.rows += len(batch)
+        return len(batch)
+
+    def bytes_per_row(self) -> float:
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.conn.close()
+        return _disk_bytes(self.path) / self.rows
+
+
+class CopyPostgres:
+    """The PostgreSQL reference: raw psycopg binary COPY of the same narrow rows, one
+    transaction per cycle."""
+
+    def __init__(self, conninfo: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(conninfo)
+        self.conn.execute("CREATE TABLE samples (ts int8, series_id int4, value float8)")
+        self.conn.commit()
+
+    def write(self, k: int, values: list[float]) -> int:
+        with self.conn.cursor() as cur, cur.copy(
+                "COPY samples FROM STDIN (FORMAT BINARY)") as cp:
+            cp.set_types(["int8", "int4", "float8"])
+            ts = int((T0 + k) * 1000)
+            for series_id, value in enumerate(values, 1):
+                cp.write_row((ts, series_id, value))
+        self.conn.commit()
+        return len(values)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Reference(Protocol):
+    def write(self, k: int, values: list[float]) -> int: ...
+
+
+@dataclass
+class Interleaved:
+    """Throughputs of the store and of its reference, timed in turns (A B A B) within one
+    loop, so that a change of the machine's speed during the run moves both."""
+
+    store_rate: float  # samples/s over the whole run
+    reference_rate: float  # rows/s over the whole run
+    ratios: list[float]  # store rate / reference rate per block of turns
+    samples: int
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+
+def write_interleaved(store: Store, node: Node, cycles: int, reference: Reference,
+                      reference_cycles: int, *, blocks: int = 10) -> Interleaved:
+    """``cycles`` store cycles, with a reference cycle after every ``cycles //
+    reference_cycles`` of them; the ratio per block of ``reference_cycles // blocks``
+    reference cycles (each block spans several chunk cuts of the store)."""
+    stride = max(1, cycles // reference_cycles)
+    per_block = max(1, reference_cycles // blocks)
+    ref_node = Node(2)
+    spent = ref_spent = 0.0
+    n = ref_rows = 0
+    block = [0.0, 0, 0.0, 0]  # store s, samples, reference s, rows
+    ratios: list[float] = []
+    done = 0
+    for k in range(cycles):
         samples = node.cycle(k)
         t = time.perf_counter()
         store.write(samples)
-        spent += time.perf_counter() - t
-        n += len(samples)
-    return spent, n
-
-
-def sqlite_reference(path: Path, node: Node, cycles: int) -> tuple[float, float]:
-    """(rows/s, bytes/row) of raw executemany of narrow rows, one transaction per cycle."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE samples (ts INTEGER, series_id INTEGER, value REAL)")
-    ids = list(range(1, 2401))
-    spent, rows = 0.0, 0
-    for k in range(cycles):
-        batch = list(zip([int((T0 + k) * 1000)] * 2400, ids, node.values().tolist(), strict=True))
-        t = time.perf_counter()
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO samples VALUES (?, ?, ?)", batch)
-        conn.execute("COMMIT")
-        spent += time.perf_counter() - t
-        rows += len(batch)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    return rows / spent, _disk_bytes(path) / rows
+        dt = time.perf_counter() - t
+        spent, n = spent + dt, n + len(samples)
+        block[0] += dt
+        block[1] += len(samples)
+        if k % stride == stride - 1 and done < reference_cycles:
+            values = ref_node.values().tolist()
+            t = time.perf_counter()
+            rows = reference.write(done, values)
+            dt = time.perf_counter() - t
+            ref_spent, ref_rows, done = ref_spent + dt, ref_rows + rows, done + 1
+            block[2] += dt
+            block[3] += rows
+            if done % per_block == 0:
+                ratios.append((block[1] / block[0]) / (block[3] / block[2]))
+                block = [0.0, 0, 0.0, 0]
+    return Interleaved(n / spent, ref_rows / ref_spent, ratios, n)
 
 
 def _disk_bytes(path: Path) -> int:
@@ -231,30 +307,6 @@ def pg_schema(base: str) -> Iterator[tuple[str, str]]:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def pg_reference(conninfo: str, node: Node, cycles: int) -> float:
-    """Rows/s of raw psycopg binary COPY of narrow rows, one transaction per cycle."""
-    import psycopg
-
-    with psycopg.connect(conninfo) as conn:
-        conn.execute("CREATE TABLE samples (ts int8, series_id int4, value float8)")
-        conn.commit()
-        ids = list(range(1, 2401))
-        spent, rows = 0.0, 0
-        for k in range(cycles):
-            batch = list(
-                zip([int((T0 + k) * 1000)] * 2400, ids, node.values().tolist(), strict=True)
-            )
-            t = time.perf_counter()
-            with conn.cursor() as cur, cur.copy("COPY samples FROM STDIN (FORMAT BINARY)") as cp:
-                cp.set_types(["int8", "int4", "float8"])
-                for row in batch:
-                    cp.write_row(row)
-            conn.commit()
-            spent += time.perf_counter() - t
-            rows += len(batch)
-    return rows / spent
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="20 simulated minutes instead of 2 h")
@@ -266,18 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
-        ref_rate, ref_bytes = sqlite_reference(Path(tmp) / "narrow.db", Node(2), ref_cycles)
+        reference = NarrowSqlite(Path(tmp) / "narrow.db")
         db = Path(tmp) / "store.db"
         node = Node(1)
         store = open_store(f"sqlite:///{db}", node="bench")
-        spent, n = write_cycles(store, node, range(seconds))
-        rate = n / spent
+        run = write_interleaved(store, node, seconds, reference, ref_cycles)
+        ref_bytes = reference.bytes_per_row()
+        n = run.samples
         rows.append(
             (
                 "write, SQLite",
-                f"{rate:,.0f} samples/s",
-                f"{ref_rate:,.0f} rows/s",
-                f"{rate / ref_rate:.2f}x",
+                f"{run.store_rate:,.0f} samples/s",
+                f"{run.reference_rate:,.0f} rows/s",
+                f"{run.ratio:.2f}x ({min(run.ratios):.2f}-{max(run.ratios):.2f})",
             )
         )
         end = T0 + seconds - 0.5  # cycle k is at T0 + k + 0..2 ms
@@ -320,19 +373,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     if pg_url:
         with pg_schema(pg_url) as (url, conninfo):
-            pg_ref = pg_reference(conninfo, Node(2), ref_cycles)
+            copy = CopyPostgres(conninfo)
             store = open_store(url, node="bench")
             pg_seconds = 600 if args.quick else 1200
-            spent, n = write_cycles(store, Node(1), range(pg_seconds))
-            rate = n / spent
-            store.flush()
-            store.close()
+            try:
+                pg = write_interleaved(store, Node(1), pg_seconds, copy, ref_cycles)
+                store.flush()
+            finally:
+                store.close()
+                copy.close()
         rows.append(
             (
                 "write, PostgreSQL",
-                f"{rate:,.0f} samples/s",
-                f"{pg_ref:,.0f} rows/s (COPY)",
-                f"{rate / pg_ref:.2f}x",
+                f"{pg.store_rate:,.0f} samples/s",
+                f"{pg.reference_rate:,.0f} rows/s (COPY)",
+                f"{pg.ratio:.2f}x ({min(pg.ratios):.2f}-{max(pg.ratios):.2f})",
             )
         )
     else:
