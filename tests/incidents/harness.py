@@ -122,6 +122,14 @@ def check_expectations(trace: Trace, got: Outcome) -> None:
         lo, hi = exp["fires"]
         if not lo <= at <= hi:
             problems.append(f"{exp['rule']} fired at t={at:g}, expected in [{lo}, {hi}]")
+        if "breakdown" in exp:  # the latency breakdown annotation of its first firing
+            firing = [e.alert.annotations.get("breakdown", "") for e in got.events
+                      if e.kind is EventKind.FIRING and e.alert.name == exp["rule"]
+                      and all(dict(e.alert.labels).get(k) == v
+                              for k, v in exp.get("match", {}).items())]
+            if not firing or exp["breakdown"] not in firing[0]:
+                problems.append(f"{exp['rule']} breakdown {firing[:1]} does not say "
+                                f"{exp['breakdown']!r}")
         if "resolves" in exp:
             ends = [got.fired[i][3] for i in hits]
             lo, hi = exp["resolves"]
