@@ -1,31 +1,50 @@
-"""gpuwarden's own ``/metrics``: a custom prometheus-client collector over a snapshot.
+"""gpuwarden's own ``/metrics``: Prometheus text written straight from a snapshot.
 
 The daemon hands over an immutable :class:`Snapshot` at the end of every cycle. The
 text is rendered at most once per snapshot, by the first scrape that wants it, and
-later scrapes of the same snapshot get the cached bytes. Rendering costs ~7 ms a cycle
-at 250 KB server payloads while Prometheus scrapes every 15-60 s, so rendering every
-1 s cycle up front was mostly wasted. A GPU that vanished simply is not in the next
-snapshot: there are no long-lived gauges to clean up (ARCHITECTURE.md, convention 2).
+later scrapes of the same snapshot get the cached bytes: Prometheus scrapes every
+15-60 s while cycles run every second, so rendering every cycle up front would be
+mostly wasted. A GPU that vanished simply is not in the next snapshot: there are no
+long-lived gauges to clean up (ARCHITECTURE.md, convention 2).
+
+The text is byte for byte what prometheus_client's ``generate_latest`` printed over
+the same families (a custom collector building a ``Metric`` per family and a sample
+object per sample: the daemon did that until issue 14, and
+tests/api/test_exposition_reference.py keeps it as the reference to compare with).
+Written here directly from the ``Sample`` tuples instead, for two reasons: that render
+took ~8 ms of CPU at 280 KB server payloads (7,000 samples; 30 ms on the wire while
+the cycle held the GIL), where this one looks up each series' line prefix -- name and
+escaped labels, cached from one render to the next -- and formats the value; and
+importing prometheus_client is not needed to answer the first scrape, which
+``Daemon.start`` serves before the store and the heavy libraries are loaded.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector as PromCollector
+from typing import TYPE_CHECKING
 
 from gpuwarden import __version__
-from gpuwarden.model import Sample, SelfMetric
+from gpuwarden.model import Labels, Sample, SelfMetric
 from gpuwarden.signals import SIGNALS, Kind
+
+if TYPE_CHECKING:
+    from gpuwarden.api.process_metrics import ProcessMetrics
 
 PREFIX = "gpuwarden_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: The family types prometheus_client's ``Metric`` accepts ("untyped" is "unknown").
+_METRIC_TYPES = frozenset(("counter", "gauge", "summary", "histogram", "gaugehistogram",
+                           "unknown", "info", "stateset"))
+_LEGACY_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LEGACY_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_NOT_METRIC_RUNE = re.compile(r"[^a-zA-Z0-9_:]")
+_NOT_LABEL_RUNE = re.compile(r"[^a-zA-Z0-9_]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,64 +56,161 @@ class Snapshot:
     info: Mapping[str, str] = field(default_factory=dict)
 
 
-class _SnapshotCollector(PromCollector):
-    def __init__(self) -> None:
-        self.snapshot = Snapshot()
+def go_float(value: float) -> str:
+    """A float as Go prints it in the text format (prometheus_client's floatToGoString)."""
+    d = float(value)
+    s = repr(d)
+    if s[-1] in "fn":  # inf, -inf, nan
+        return "+Inf" if s == "inf" else "-Inf" if s == "-inf" else "NaN"
+    if d > 0 and len(s) > 7 and (dot := s.find(".")) > 6:
+        # Go switches to exponents sooner than Python.
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
 
-    def collect(self) -> Iterator[Metric]:
-        snap = self.snapshot
-        yield from _signal_families(snap.samples)
+
+def _metric_name(name: str) -> str:
+    """A metric name as the classic text format spells it: invalid runes become '_'."""
+    if not name or _LEGACY_METRIC_NAME.fullmatch(name):
+        return name
+    first = name[0] if _LEGACY_METRIC_NAME.fullmatch(name[0]) else "_"
+    return first + _NOT_METRIC_RUNE.sub("_", name[1:])
+
+
+def _label_name(name: str) -> str:
+    if not name or (_LEGACY_LABEL_NAME.fullmatch(name) and not name.startswith("__")):
+        return name
+    first = name[0] if _LEGACY_LABEL_NAME.fullmatch(name[0]) else "_"
+    return first + _NOT_LABEL_RUNE.sub("_", name[1:])
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def line_prefix(name: str, labels: Iterable[tuple[str, str]]) -> str:
+    """``name{a="x",b="y"} ``: a sample line up to its value (labels sorted, escaped)."""
+    pairs = sorted(dict(labels).items())
+    if not pairs:
+        return _metric_name(name) + " "
+    text = ",".join(f'{_label_name(k)}="{_label_value(v)}"' for k, v in pairs)
+    return f"{_metric_name(name)}{{{text}}} "
+
+
+def family_header(name: str, help_: str, kind: str) -> str:
+    """The ``# HELP`` and ``# TYPE`` lines of a family (prometheus_client's munging:
+    a counter's family is named with ``_total``, an info family is a gauge)."""
+    kind = "unknown" if kind == "untyped" else kind
+    if kind not in _METRIC_TYPES:
+        raise ValueError("Invalid metric type: " + kind)
+    if kind == "counter":
+        name += "_total"
+    elif kind == "info":
+        name, kind = name + "_info", "gauge"
+    elif kind == "stateset":
+        kind = "gauge"
+    elif kind == "gaugehistogram":
+        kind = "histogram"
+    elif kind == "unknown":
+        kind = "untyped"
+    name = _metric_name(name)
+    help_ = help_.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {help_}\n# TYPE {name} {kind}\n"
+
+
+class _Family:
+    """One exported signal: its header and its series' line prefixes, kept across
+    renders (a series seen once is usually in every snapshot after)."""
+
+    __slots__ = ("header", "prefixes", "sample_name")
+
+    def __init__(self, header: str, sample_name: str) -> None:
+        self.header = header
+        self.sample_name = sample_name
+        self.prefixes: dict[Labels, str] = {}
+
+
+class _Renderer:
+    """Writes a snapshot's text; owns the caches (used under ``Exposition``'s lock)."""
+
+    def __init__(self, process: ProcessMetrics | None) -> None:
+        self._process = process
+        # signal -> family, or None for a signal that is not exported; the histogram
+        # signals, exported only when their quantiles are passed in, under "?"+signal.
+        self._families: dict[str, _Family | None] = {}
+        self._cached = 0  # line prefixes made since the caches were last emptied
+
+    def render(self, snap: Snapshot) -> bytes:
+        grouped: defaultdict[str, list[Sample]] = defaultdict(list)
+        for sample in snap.samples:
+            grouped[sample.signal].append(sample)
+        if self._cached > 2 * len(snap.samples) + 1024:
+            # Series come and go (models, GPUs): forget the gone ones, bounded memory.
+            self._families.clear()
+            self._cached = 0
+        out: list[str] = []
+        for signal, group in sorted(grouped.items()):
+            family = self._family(signal, group)
+            if family is None:
+                continue
+            out.append(family.header)
+            prefixes, name = family.prefixes, family.sample_name
+            for s in group:
+                prefix = prefixes.get(s.labels)
+                if prefix is None:
+                    prefix = prefixes[s.labels] = line_prefix(name, s.labels)
+                    self._cached += 1
+                out.append(f"{prefix}{go_float(s.value)}\n")
         for sm in snap.self_metrics:
-            metric = Metric(PREFIX + sm.name, sm.help, sm.kind)
+            out.append(family_header(PREFIX + sm.name, sm.help, sm.kind))
             sample_name = PREFIX + sm.name + ("_total" if sm.kind == "counter" else "")
-            for labels, value in sm.samples:
-                metric.add_sample(sample_name, dict(labels), value)
-            yield metric
+            out.extend(f"{line_prefix(sample_name, labels.items())}{go_float(value)}\n"
+                       for labels, value in sm.samples)
         if snap.info:
-            info = Metric(PREFIX + "build", "gpuwarden version and data sources", "info")
-            info.add_sample(PREFIX + "build_info", {"version": __version__, **snap.info}, 1.0)
-            yield info
+            out.append(family_header(PREFIX + "build", "gpuwarden version and data sources",
+                                     "info"))
+            labels = {"version": __version__, **snap.info}
+            out.append(f"{line_prefix(PREFIX + 'build_info', labels.items())}1.0\n")
+        if self._process is not None:
+            out.append(self._process.text())
+        return "".join(out).encode()
 
-
-def _signal_families(samples: Iterable[Sample]) -> Iterator[Metric]:
-    grouped: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        grouped[sample.signal].append(sample)
-    for signal, group in sorted(grouped.items()):
+    def _family(self, signal: str, group: list[Sample]) -> _Family | None:
         spec = SIGNALS.get(signal)
-        if spec is None or spec.kind is Kind.HISTOGRAM:
+        if spec is not None and spec.kind is Kind.HISTOGRAM:
             # Raw buckets stay internal; histograms are exported as window quantiles,
             # which the daemon derives and passes in under the histogram's own name
-            # with a ``quantile`` label (see ``_quantile_family``).
-            if spec is not None and group and any(k == "quantile" for k, _ in group[0].labels):
-                yield _quantile_family(signal, spec.help, group)
-            continue
-        is_counter = spec.kind is Kind.COUNTER
-        base = PREFIX + (signal[: -len("_total")] if is_counter else signal)
-        metric = Metric(base, spec.help, "counter" if is_counter else "gauge")
-        sample_name = base + "_total" if is_counter else base
-        for s in group:
-            metric.add_sample(sample_name, dict(s.labels), s.value)
-        yield metric
-
-
-def _quantile_family(signal: str, help_: str, group: list[Sample]) -> Metric:
-    metric = Metric(PREFIX + signal, help_ + " (quantiles over the window)", "summary")
-    for s in group:
-        metric.add_sample(PREFIX + signal, dict(s.labels), s.value)
-    return metric
+            # with a ``quantile`` label.
+            if not any(k == "quantile" for k, _ in group[0].labels):
+                return None
+            key = "?" + signal
+            if key not in self._families:
+                self._families[key] = _Family(
+                    family_header(PREFIX + signal, spec.help + " (quantiles over the window)",
+                                  "summary"), PREFIX + signal)
+            return self._families[key]
+        if signal in self._families:
+            return self._families[signal]
+        family = None
+        if spec is not None:
+            is_counter = spec.kind is Kind.COUNTER
+            base = PREFIX + (signal[: -len("_total")] if is_counter else signal)
+            family = _Family(family_header(base, spec.help, "counter" if is_counter else "gauge"),
+                             base + "_total" if is_counter else base)
+        self._families[signal] = family
+        return family
 
 
 class Exposition:
     """Renders snapshots to Prometheus text and keeps the latest bytes for scrapes."""
 
     def __init__(self, *, process_metrics: bool = True) -> None:
-        self._collector = _SnapshotCollector()
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(self._collector)
+        process = None
         if process_metrics:
-            # process_resident_memory_bytes etc.: SREs watch the watcher's footprint.
-            ProcessCollector(namespace=PREFIX.rstrip("_"), registry=self._registry)
+            from gpuwarden.api.process_metrics import ProcessMetrics
+
+            process = ProcessMetrics()
+        self._renderer = _Renderer(process)
         self._lock = threading.Lock()
         self._body = b""
         self._unrendered: Snapshot | None = None
@@ -106,13 +222,12 @@ class Exposition:
             self._unrendered = snapshot
 
     def render(self, snapshot: Snapshot) -> bytes:
-        with self._lock:  # the collector object is shared by every render
+        with self._lock:  # the renderer's caches are shared by every render
             return self._render(snapshot)
 
     def _render(self, snapshot: Snapshot) -> bytes:
-        self._collector.snapshot = snapshot
         self.renders_total += 1
-        return generate_latest(self._registry)
+        return self._renderer.render(snapshot)
 
     @property
     def body(self) -> bytes:
