@@ -23,8 +23,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector as PromCollector
 
 from gpuwarden import __version__
-from gpuwarden.api.exposition import Exposition, Snapshot, go_float
+from gpuwarden.api.exposition import Exposition, Snapshot
 from gpuwarden.api.process_metrics import ProcessMetrics
+from gpuwarden.api.textformat import go_float
 from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.collector.servers.base import map_exposition
