@@ -162,6 +162,17 @@ class Cycle:
         return FirstCycle(samples, pushed, time.perf_counter() - started,
                           stored=written is not None)
 
+    def publish_early(self, first: FirstCycle) -> None:
+        """Make the first cycle's samples what ``/metrics`` shows while the store opens.
+
+        The store, the rules and delivery take most of start-up to come up (SQLAlchemy
+        and numpy imports); a scraper or an SRE waiting on ``/metrics`` gets what was
+        collected meanwhile. No window signals (they are read from the store) and no
+        self-metrics of the parts not up yet; :meth:`run` replaces it with the full
+        snapshot of the same cycle.
+        """
+        self.exposition.update(self._snapshot(first.samples + first.pushed))
+
     def guarded(self, first: FirstCycle | None = None) -> None:
         """:meth:`run`, inside the catch-all of ARCHITECTURE.md's convention 9: log,
         count, carry on. What the scheduler runs."""

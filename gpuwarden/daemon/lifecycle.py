@@ -2,9 +2,9 @@
 
 ``Daemon.start`` takes the instance lock (one daemon per store and node,
 ``storage/instance_lock.py``; a second instance exits naming the first one's PID), runs
-the first cycle before the heavy libraries are imported (``cycle.py``), opens the store,
-starts the rules, the store's writer thread, delivery and the HTTP endpoints, then the
-schedule (``schedule.py``). The parts are built by ``wiring.py``; the cycle is
+the first cycle before the heavy libraries are imported (``cycle.py``) and serves it on
+the HTTP endpoints, opens the store, starts the rules, the store's writer thread and
+delivery, then the schedule (``schedule.py``). The parts are built by ``wiring.py``; the cycle is
 ``cycle.py``.
 
 Failure policy (ARCHITECTURE.md, convention 9): every scheduled job sits in a catch-all
@@ -134,8 +134,11 @@ class Daemon:
         so the first sample is stored as early as the store's own imports allow. On a
         SQLite file it is stored before that: collected, written by ``storage/early.py``
         with the standard library, then loaded by the store's replay on open (see
-        ``Cycle.run_early``). Before any of that, the instance lock: a second daemon on
-        the same store and node raises :class:`InstanceLocked` having written nothing.
+        ``Cycle.run_early``); and ``/metrics`` answers with it right after, before the
+        store is opened (``Cycle.publish_early``: the self-metrics of the store and the
+        rules are absent until then). Before any of that, the instance lock: a second
+        daemon on the same store and node raises :class:`InstanceLocked` having written
+        nothing.
         """
         from gpuwarden.native_memory import limit_arenas
 
@@ -148,6 +151,11 @@ class Daemon:
             if stores_first_cycle_early(self.config.storage.url):
                 self._build_collectors()
                 first = cycle.run_early()
+                if first is not None:
+                    # /metrics answers from here on with the first cycle's samples, while
+                    # the store, the rules and delivery come up (~0.3-0.5 s of imports).
+                    cycle.publish_early(first)
+                    self._start_http()
             store = wiring.open_store(self.config)
             if first is not None and first.stored:
                 # Written by this process, if not through Store.write: count them.
@@ -165,8 +173,9 @@ class Daemon:
         self._start_writer(store)
         self._start_delivery(store)
 
-        self._http = wiring.build_http_server(self.config, self)
-        self._http.start()
+        if self._http is None:
+            self._start_http()
+        assert self._http is not None
         self._scheduler = start_scheduler(interval=self.config.interval, cycle=cycle.guarded,
                                           retention=self._guarded_retention,
                                           on_skipped=self._on_cycle_skipped)
@@ -179,6 +188,11 @@ class Daemon:
             ", ".join(c.name for c in collectors) or "none",
             wiring.redact_url(self.config.storage.url), host, self._http.port,
         )
+
+    def _start_http(self) -> None:
+        """Bind the endpoints (``OSError`` when the address is taken) and serve them."""
+        self._http = wiring.build_http_server(self.config, self)
+        self._http.start()
 
     def _build_collectors(self) -> None:
         """The config's collectors, unless given or built already."""
