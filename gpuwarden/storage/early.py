@@ -14,7 +14,8 @@ What keeps the two writers in step:
   keeps them equal, and :data:`SCHEMA_VERSION` equal to ``schema.SCHEMA_VERSION``);
   the schema_version row is written as ``schema.create_tables`` writes it;
 * the connection: the pragmas of ``storage/engine.py`` (WAL, ``synchronous=NORMAL``,
-  the same busy timeout) and a ``BEGIN IMMEDIATE`` write transaction;
+  the same busy timeout, the page size of a new database) and a ``BEGIN IMMEDIATE``
+  write transaction;
 * the rows: ``series`` got-or-created as ``series_registry.create_series`` does, keyed by the
   canonical :func:`~gpuwarden.model.labels_json`; one ``head_log`` row whose blob
   :func:`encode_cycle` makes byte-identical to ``codec.encode_cycle`` (tested with
@@ -120,7 +121,6 @@ SQLITE_DDL: tuple[str, ...] = (
         "\tPRIMARY KEY (id)\n"
         ")"
     ),
-    "CREATE INDEX IF NOT EXISTS ix_head_log_writer_id ON head_log (writer, id)",
     (
         "CREATE TABLE IF NOT EXISTS model_history (\n"
         "\tid INTEGER NOT NULL, \n"
@@ -167,6 +167,9 @@ SQLITE_DDL: tuple[str, ...] = (
         ")"
     ),
 )
+
+#: ``engine.SQLITE_PAGE_SIZE`` (a test keeps them equal).
+SQLITE_PAGE_SIZE = 1024
 
 #: ``codec.CYCLE_VERSION`` and its header layout.
 CYCLE_VERSION = 1
@@ -227,6 +230,7 @@ def _write(path: str, node: str, samples: Sequence[Sample], busy_timeout_ms: int
     conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE")

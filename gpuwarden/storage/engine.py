@@ -12,6 +12,21 @@ off and transactions begin explicitly, with ``BEGIN IMMEDIATE`` for writes: a de
 transaction that reads first and then upgrades to a write lock gets SQLITE_BUSY at once,
 without honouring busy_timeout.
 
+What a SQLite commit costs on disk: each page it changes is appended to the ``-wal`` file
+as a whole frame (the page plus 24 bytes), so a cycle's head-log row of 300-1,200 bytes
+costs a page, not its own size. New databases therefore use 1 KiB pages
+(:data:`SQLITE_PAGE_SIZE`, SQLite's default before 3.12) instead of 4 KiB: measured
+with the daemon on the recorded vLLM payload, a cycle's commit went from ~9.8 KB of
+``write_bytes`` to ~2 KB at 1 server and ~3 KB at 4 (``python -m bench vs-prometheus``;
+the head-log table's own index, now PostgreSQL-only, was the other page; see
+``schema.py``). A database that exists keeps the page size it was made with (SQLite
+cannot change it in WAL mode without a ``VACUUM``). ``synchronous=NORMAL`` stays: in
+WAL mode a commit is in the operating system's page cache when it returns, so a
+process killed at any point (SIGKILL included) keeps every committed cycle; only a
+power loss or a kernel crash can drop the last commits, never corrupt the file. The
+``-wal`` file is checkpointed and cut back by the store writer (``writer.py``,
+:func:`checkpoint_wal`).
+
 PostgreSQL: psycopg 3, pre-ping (a restarted server or a terminated backend costs one
 reconnect, not a failed cycle), and deadlines on everything the server can enforce:
 ``connect_timeout``, ``statement_timeout``, ``lock_timeout`` (the analogue of SQLite's
@@ -37,6 +52,12 @@ from sqlalchemy.pool import StaticPool
 
 from gpuwarden.errors import StoreError
 
+#: Page size of a new SQLite database (one that exists keeps its own; see module doc).
+SQLITE_PAGE_SIZE = 1024
+#: Bytes the ``-wal`` file is cut back to when SQLite restarts it after a checkpoint
+#: (``journal_size_limit``; without it the file keeps its largest size for good).
+SQLITE_WAL_KEEP_BYTES = 64 * 1024
+
 
 def sqlite_engine(url_str: str, database: str | None, busy_timeout_ms: int) -> Engine:
     memory = not database or database == ":memory:"
@@ -54,8 +75,10 @@ def sqlite_engine(url_str: str, database: str | None, busy_timeout_ms: int) -> E
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cur.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")  # a new database only
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute(f"PRAGMA journal_size_limit = {SQLITE_WAL_KEEP_BYTES}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -64,6 +87,35 @@ def sqlite_engine(url_str: str, database: str | None, busy_timeout_ms: int) -> E
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def checkpoint_wal(engine: Engine) -> tuple[int, int] | None:
+    """Copy a SQLite store's ``-wal`` file into the database (a PASSIVE checkpoint).
+
+    Returns (frames in the WAL, frames copied), or None when there is no WAL to
+    checkpoint (PostgreSQL, an in-memory database). PASSIVE never waits: frames a
+    reader still needs stay in the WAL for the next checkpoint. Once every frame is
+    copied, the next write transaction starts the WAL over from its beginning and cuts
+    the file back to :data:`SQLITE_WAL_KEEP_BYTES` (``journal_size_limit``), which
+    bounds the ``-wal`` file to what is written between two checkpoints.
+    """
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    # The DB-API connection, outside any transaction (SQLAlchemy's would BEGIN first,
+    # and a checkpoint inside a transaction cannot copy the frames it reads through).
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            row = cur.fetchone()
+            assert row is not None  # the pragma always answers one row
+            _busy, frames, copied = (int(v) for v in row)
+        finally:
+            cur.close()
+    finally:
+        raw.close()
+    return frames, copied
 
 
 #: libpq connection parameters (a URL's own query parameters win): deadlines a live

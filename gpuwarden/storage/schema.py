@@ -16,6 +16,14 @@ table clustered on (series_id, t_min) would split pages all over the key space o
 cut and end up ~2/3 full; appending by rowid keeps the big rows packed, and the small
 (series_id, t_min) index does the lookups.
 
+``head_log`` has no secondary index on SQLite: a cycle's commit is the durability point,
+and each page it touches costs a whole page frame in the ``-wal`` file (see
+``engine.py``); the table's own leaf is the one page a cycle needs. Replay reads a
+node's rows by scanning the table (at most a few chunk spans of cycles, since a cut
+deletes what it covers). PostgreSQL, where many nodes may share the table, keeps the
+``(writer, id)`` index. A database made before this drops the index when opened
+(:func:`create_tables`).
+
 ``alerts``, ``audit``, ``dead_letters``, ``model_history`` and ``rollups_1m`` are filled
 by later parts of the daemon; they are defined here so that one ``create_all`` and one
 schema version cover the whole database (a table added later is created by that same
@@ -48,6 +56,8 @@ from gpuwarden.storage.engine import write_transaction
 
 #: Bump when a table changes; a store refuses a database with a newer version.
 SCHEMA_VERSION = 1
+#: Indexes created on PostgreSQL only (``ddl_if``): left out of :func:`sqlite_ddl`.
+POSTGRESQL_ONLY_INDEXES = frozenset({"ix_head_log_writer_id"})
 #: Values per ``IN (...)`` list: SQLite's default limit on host parameters is 999.
 IN_BATCH = 500
 
@@ -95,7 +105,9 @@ head_log = Table(
     Column("t_max", BigInteger, nullable=False),
     Column("count", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),  # codec.encode_cycle
-    Index("ix_head_log_writer_id", "writer", "id"),
+    # PostgreSQL only (see the module doc): on SQLite every cycle's commit would write
+    # this index's page as well as the table's.
+    Index("ix_head_log_writer_id", "writer", "id").ddl_if(dialect="postgresql"),
 )
 
 rollups_1m = Table(
@@ -209,6 +221,9 @@ def create_tables(engine: Engine) -> None:
         )
     with write_transaction(engine) as conn:
         metadata.create_all(conn)
+        if conn.dialect.name == "sqlite":  # a database made when SQLite had them too
+            for name in sorted(POSTGRESQL_ONLY_INDEXES):
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
         if version is None:
             conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
 
@@ -229,5 +244,7 @@ def sqlite_ddl() -> tuple[str, ...]:
     for table in metadata.sorted_tables:
         statements.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name in POSTGRESQL_ONLY_INDEXES:
+                continue
             statements.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
     return tuple(s.strip() for s in statements)
