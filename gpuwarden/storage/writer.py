@@ -15,6 +15,15 @@ writer hangs with it, and nothing else does: the loop keeps cycling, rules evalu
 the head, the pending buffer (bounded, see ``Store``) holds the samples, and the writer
 writes them all in order when the database answers.
 
+On a SQLite store the writer also checkpoints the ``-wal`` file into the database:
+after every chunk cut (the cut's chunks are most of what the WAL ever holds) and at
+least every :data:`CHECKPOINT_EVERY_S`, with a PASSIVE checkpoint (it never waits on a
+reader or a writer) and ``journal_size_limit`` cutting the file back once SQLite
+starts it over (``engine.checkpoint_wal``). SQLite's own automatic checkpoint waits for
+1,000 pages and never shrinks the file, which kept 1-4 MB of WAL on disk, several
+times the database itself during the first hours. The checkpoint runs here, never on
+the collection loop, and a failed one is logged and left to the next.
+
 A write that has not finished ``stall_after`` seconds after it started is counted as
 ``store_write_errors_total{reason="timeout"}`` (once per ``stall_after`` it goes on
 hanging) and makes the store ``degraded`` in ``/healthz`` and ``status()``.
@@ -32,12 +41,19 @@ from typing import Any
 from gpuwarden.errors import StoreError, one_line
 from gpuwarden.native_memory import release_freed_memory
 from gpuwarden.ratelog import RateLimitedLog
+from gpuwarden.storage.db_errors import DB_ERRORS, db_error_text
+from gpuwarden.storage.engine import checkpoint_wal
 from gpuwarden.storage.store import Store
 
 log = logging.getLogger(__name__)
 
 #: How often the writer runs when nobody wakes it (jobs with their own backlog).
 IDLE_PERIOD_S = 1.0
+#: Longest time between two WAL checkpoints of a SQLite store (see module doc): the
+#: ``-wal`` file holds at most about this long's cycles. Each checkpoint rewrites the
+#: few pages every cycle touches (the head log's last leaf, its parent, the header),
+#: so a shorter period costs bytes written for a smaller file.
+CHECKPOINT_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +87,8 @@ class StoreWriter:
         self._busy_since: float | None = None  # monotonic start of the running pass
         self._stall_counted = 0  # stall_after periods of the running pass counted
         self._failing: str | None = None  # last persist error, None once one succeeded
+        self._checkpointed = time.monotonic()  # when the WAL was last checkpointed
+        self.checkpoints_total = 0
         self._log = RateLimitedLog(log)
 
     def add_job(self, name: str, job: Callable[[], object]) -> None:
@@ -147,19 +165,34 @@ class StoreWriter:
         self._busy_since = time.monotonic()
         self._stall_counted = 0
         try:
-            self._persist(final)
+            cut = self._persist(final)
             for name, job in self._jobs:
                 try:
                     job()
                 except Exception as exc:  # convention 9: log, count, carry on
                     self._log.warning(f"job:{name}", "store writer: %s failed: %s", name,
                                       one_line(exc, 200))
+            if not final and (cut or time.monotonic() - self._checkpointed >= CHECKPOINT_EVERY_S):
+                self._checkpoint()
         finally:
             self._busy_since = None
             if self._stall_counted:
                 self._log.recovered("stall", "store answers again")
 
-    def _persist(self, final: bool) -> None:
+    def _checkpoint(self) -> None:
+        """Checkpoint a SQLite store's WAL (module doc); a failure waits for the next."""
+        self._checkpointed = time.monotonic()
+        try:
+            if checkpoint_wal(self.store.engine) is not None:
+                self.checkpoints_total += 1
+        except DB_ERRORS as exc:
+            self._log.warning("checkpoint", "WAL checkpoint failed (retried later): %s",
+                              db_error_text(exc))
+        else:
+            self._log.recovered("checkpoint", "WAL checkpoint works again")
+
+    def _persist(self, final: bool) -> bool:
+        """Write the backlog (and cut); whether a chunk cut happened."""
         chunks = self.store.chunks_written_total
         try:
             if final:
@@ -183,3 +216,4 @@ class StoreWriter:
                 self._failing = None
                 self._log.recovered("persist", "store writable again; buffered samples "
                                     "written")
+        return self.store.chunks_written_total != chunks
