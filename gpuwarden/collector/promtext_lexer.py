@@ -18,10 +18,12 @@ __all__ = [
     "INVALID_IN_RUN_RE",
     "LINE_RE",
     "MAX_LINE_CHARS",
+    "MEMO_SAMPLE_RE",
     "META_RE",
     "METRIC_NAME_RE",
     "SECTION_RE",
     "SLOW_RE",
+    "VALUES_RE",
     "diagnose",
     "parse_label_set",
     "parse_labels",
@@ -97,6 +99,11 @@ LINE_RE = re.compile(
     r"|([^\n]*+)\n)",
     re.MULTILINE,
 )
+# For ``promtext_memo``: a sample line in the one spelling whose value can be swapped
+# without changing how ``LINE_RE`` reads the rest (no blanks but the one before the
+# value, no timestamp, no comment), and a run of values, one per line.
+MEMO_SAMPLE_RE = re.compile(rf"({_METRIC_NAME})(?:\{{({_FAST_LABELS})\}})? ({_VALUE})")
+VALUES_RE = re.compile(rf"(?:{_VALUE}\n)*+")
 # In a run (group 8): the lines that are neither blank nor a comment, i.e. invalid.
 INVALID_IN_RUN_RE = re.compile(rf"^{_WS}*+[^\s#][^\n]*+\n", re.MULTILINE)
 # Lenient single-line form for the slow path (a last line without its newline).
