@@ -28,7 +28,16 @@ Memory: the body is read in pieces of at most 64 KiB, never more than ``max_byte
 bytes (after gzip decoding), and after a body of 1 MiB or more the freed pages are
 handed back to the OS (glibc ``malloc_trim``): a single 50 MB answer leaves no lasting
 RSS growth. Peak per scrape: about 2 x ``max_bytes`` while the body is joined, then the
-body and its decoded text while it is parsed.
+body and its decoded text while it is parsed (and, for a payload of at most
+``promtext_memo.MAX_LINES`` lines, one string per line while it is compared with the
+last payload's layout).
+
+CPU: a server prints the same series every scrape, so the collector keeps the last
+payload's line layout (``promtext_memo``) and the mapping worked out for it
+(``servers/compiled.py``): a payload whose lines differ from the last one's only in
+their values is read by swapping the values in, and mapped by looking them up, with the
+same result, bit for bit, as a full parse and ``map_exposition``. Anything else (a new
+series, a timestamp, a bad line) takes the full path, which learns the new layout.
 """
 
 from __future__ import annotations
@@ -45,9 +54,11 @@ import urllib3.exceptions
 
 from gpuwarden.collector.base import Collector
 from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_body
-from gpuwarden.collector.promtext import Exposition, parse
+from gpuwarden.collector.promtext import Exposition
+from gpuwarden.collector.promtext_memo import ParseMemo, Template
 from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.collector.servers.base import map_exposition, served_models
+from gpuwarden.collector.servers.compiled import MappingPlan, compile_mapping
 from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeFailure, one_line
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.native_memory import release_freed_memory
@@ -57,6 +68,9 @@ log = logging.getLogger(__name__)
 # Ask for the classic text format: prometheus_client would otherwise negotiate OpenMetrics
 # on a matching Accept header, and some servers (Triton) only speak 0.0.4 anyway.
 _ACCEPT = "text/plain;version=0.0.4;q=1.0, */*;q=0.1"
+# Scrapes served by one layout before its mapping plan is tried again after it could
+# not be made (collector._map_values).
+_REPLAN_AFTER = 64
 
 
 def redact_url(url: str) -> str:
@@ -152,18 +166,26 @@ class ServerCollector(Collector):
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._last_warned: dict[str, tuple[float, int]] = {}  # reason -> (when, suppressed)
+        # The last payload's layout, and the mapping worked out for it (module docstring).
+        self._memo = ParseMemo()
+        self._plan: tuple[Template, MappingPlan | None, int] | None = None
 
     # ----------------------------------------------------------------------- collect
 
     def collect(self) -> list[Sample]:
         try:
-            exp, ts = self._scrape()
+            got, ts = self._scrape()
         except ScrapeFailure as f:
             return self._failed(f.reason, f.detail)
         except ExpositionParseError as e:
             return self._failed("parse", str(e))
 
-        samples = map_exposition(self._mapping, exp, node=self.node, server=self.server, ts=ts)
+        if isinstance(got, Exposition):
+            exp = got
+            samples = map_exposition(self._mapping, exp, node=self.node, server=self.server,
+                                     ts=ts)
+        else:
+            exp, samples = self._map_values(*got, ts)
         models = served_models(samples)
         with self._lock:
             recovered, self.last_error = self.last_error, None
@@ -187,23 +209,48 @@ class ServerCollector(Collector):
         samples.append(self._up(1.0, ts))
         return samples
 
-    def _scrape(self) -> tuple[Exposition, float]:
-        """Fetch and parse; the body is freed (and its pages returned) before returning."""
+    def _map_values(self, template: Template, values: list[float],
+                    ts: float) -> tuple[Exposition, list[Sample]]:
+        """Map a payload that fit the last one's layout: by the plan worked out for that
+        layout when there is one (``servers/compiled.py``), else in full. A layout with
+        no plan (a NaN where the table reads: the plan cannot be checked) is tried again
+        after ``_REPLAN_AFTER`` scrapes."""
+        plan = self._plan
+        if plan is None or plan[0] is not template or (
+                plan[1] is None and self._memo.hits >= plan[2]):
+            plan = self._plan = (template, compile_mapping(
+                self._mapping, template.layout_slots(), values, node=self.node,
+                server=self.server), self._memo.hits + _REPLAN_AFTER)
+        samples = plan[1].samples(values, ts) if plan[1] is not None else None
+        if samples:  # none mapped: the full path, whose exposition says why
+            return template.summary(), samples
+        exp = template.exposition(values)
+        return exp, map_exposition(self._mapping, exp, node=self.node, server=self.server,
+                                   ts=ts)
+
+    def _scrape(self) -> tuple[Exposition | tuple[Template, list[float]], float]:
+        """Fetch and parse; the body is freed (and its pages returned) before returning.
+
+        A payload whose lines are the last one's with new values comes back as that
+        layout and its values (``promtext_memo``), anything else as its full parse.
+        """
         body = self._fetch()
         ts = time.time()
         size = len(body)
         try:
             # Only the families the mapping reads are parsed (most of a vLLM scrape is
             # histograms gpuwarden never uses); see promtext's ``only``.
-            exp = parse(body, max_bytes=self.max_bytes, max_seconds=self.parse_budget_s,
-                        only=self._mapping.read_names)
+            got = self._memo.read(body, max_bytes=self.max_bytes,
+                                  max_seconds=self.parse_budget_s,
+                                  only=self._mapping.read_names)
         finally:
             del body
         release_freed_memory(size)
         # An empty 200 is an answer (up, nothing to say yet); only rejected lines is not.
-        if not exp.samples and not exp.skipped_lines and exp.invalid_lines:
-            raise ScrapeFailure("parse", f"no valid sample in {exp.invalid_lines} lines")
-        return exp, ts
+        if isinstance(got, Exposition) and (
+                not got.samples and not got.skipped_lines and got.invalid_lines):
+            raise ScrapeFailure("parse", f"no valid sample in {got.invalid_lines} lines")
+        return got, ts
 
     def _fetch(self) -> bytes:
         try:
