@@ -56,9 +56,17 @@ from gpuwarden.storage.chunk_cut import MAX_CHUNK_SPAN_MS, encode_cut, insert_ch
 from gpuwarden.storage.codec import F64Array, I64Array
 from gpuwarden.storage.db_errors import DB_ERRORS, db_error_text, write_error_reason
 from gpuwarden.storage.engine import open_engine, write_transaction
-from gpuwarden.storage.head import Block, Entry, Gathered, compact, newest, split_cycle
+from gpuwarden.storage.head import Block, Entry, compact, newest, split_cycle
 from gpuwarden.storage.pending import PendingBuffer
-from gpuwarden.storage.queries import matching_series, read_chunks
+from gpuwarden.storage.queries import (
+    DbRows,
+    from_head,
+    local_by_labels,
+    plan,
+    read_database,
+    unreadable,
+    with_database,
+)
 from gpuwarden.storage.read_deadline import ReadDeadline
 from gpuwarden.storage.series_registry import (
     SeriesKey,
@@ -71,9 +79,9 @@ from gpuwarden.storage.series_registry import (
 
 log = logging.getLogger(__name__)
 
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-#: What a read of the database hands back from its thread (see ``Store.query``).
-_DbRead = tuple[list[tuple[int, Labels]], list[tuple[int, bytes]], list[Entry], dict[Labels, int]]
+_I64_MIN = -(2**63)
+#: What a read of the database hands back from its thread (see ``Store._query``).
+_DbRead = tuple[list[DbRows], list[Entry], list[dict[Labels, int]]]
 
 
 class Store:
@@ -372,47 +380,45 @@ class Store:
         is answered without touching the database; otherwise chunks are read and
         merged with the head. Series without samples in the range are left out.
         """
-        lo = _I64_MIN if start == -math.inf else math.floor(start * 1000) - 1
-        hi = _I64_MAX if end == math.inf else math.ceil(end * 1000) + 1
+        got, failed = self._query({signal: (start, end)}, matchers)
+        if failed:
+            raise failed[signal]
+        return got[signal]
+
+    def query_many(
+        self, ranges: Mapping[str, tuple[float, float]]
+    ) -> tuple[dict[str, list[SeriesData]], dict[str, StoreUnavailable]]:
+        """``query(signal, None, start, end)`` of each ``signal: (start, end)``, read together
+        (``queries.py``); a failed read's signals map to its error in the second dict."""
+        return self._query(ranges, None)
+
+    def _query(
+        self, ranges: Mapping[str, tuple[float, float]], matchers: Mapping[str, str] | None
+    ) -> tuple[dict[str, list[SeriesData]], dict[str, StoreUnavailable]]:
         registry = self._series
         with self._lock:
-            local = registry.matching(signal, matchers)
-            in_memory = bool(local) and lo >= self._cover_ms
-            if in_memory:
-                snap = list(self._entries)
-                blocks = list(self._blocks)
-                keys = [registry.keys[lid][1] for lid in local]
-        if in_memory:
-            got = Gathered()
-            got.add_blocks(blocks, local, lo, hi)
-            got.add_head(snap, local, lo, hi)
-            return got.to_series(signal, keys, start, end)
+            memory, database = plan(registry, ranges, matchers, self._cover_ms)
+            snap, blocks = (list(self._entries), list(self._blocks)) if memory else ([], [])
+        got = dict(zip([r.signal for r in memory], from_head(snap, blocks, memory), strict=True))
+        if not database:
+            return got, {}
 
         def read_db() -> _DbRead:
             with self._cut_lock:
                 with self.engine.connect() as conn:
-                    db_series = matching_series(conn, signal, matchers)
-                    chunk_rows = read_chunks(conn, [i for i, _ in db_series], lo, hi)
-                with self._lock:
-                    snap = list(self._entries)
-                    by_labels = {registry.keys[lid][1]: lid for lid in local}
-                    for db_id, labels in db_series:
-                        lid = registry.local_of_db.get(db_id)
-                        by_labels.setdefault(labels, -1 if lid is None else lid)
-            return db_series, chunk_rows, snap, by_labels
+                    rows = read_database(conn, database, matchers)
+                with self._lock:  # the uncut cycles as of the chunks read: each sample once
+                    return rows, list(self._entries), [
+                        local_by_labels(r, db_series, registry.local_of_db)
+                        for r, (db_series, _) in zip(database, rows, strict=True)]
 
         try:
-            db_series, chunk_rows, snap, by_labels = self._reads.run(read_db)
-        except DB_ERRORS as exc:
-            raise StoreUnavailable(f"store not readable: {db_error_text(exc)}") from exc
-        keys = sorted(by_labels)
-        position = {labels: i for i, labels in enumerate(keys)}
-        target_of_db = {db_id: position[labels] for db_id, labels in db_series}
-        lids = [by_labels[k] for k in keys]
-        got = Gathered()
-        got.add_chunks(chunk_rows, target_of_db)
-        got.add_head(snap, lids, lo, hi)
-        return got.to_series(signal, keys, start, end)
+            rows, head, mapped = self._reads.run(read_db)
+        except (StoreUnavailable, *DB_ERRORS) as exc:
+            return got, {r.signal: unreadable(exc) for r in database}
+        for r, r_rows, by_labels in zip(database, rows, mapped, strict=True):
+            got[r.signal] = with_database(r, r_rows, head, by_labels)
+        return got, {}
 
     def latest(self, signal: str, matchers: Mapping[str, str] | None = None) -> list[Sample]:
         """The newest sample of each matching series held in the in-memory head.
