@@ -65,6 +65,29 @@ class SeriesSource(Protocol):
     ) -> list[SeriesData]: ...
 
 
+def read_inputs(
+    source: SeriesSource, lookbacks: Mapping[str, float], now: float
+) -> dict[str, list[SeriesData] | Exception]:
+    """Each signal's series over ``[now - lookback, now]``, or the error reading it raised.
+
+    A source with ``query_many`` (the store) reads them all in one go: one walk over its
+    in-memory head and at most one database read, where a query per signal pays the
+    walk, the sort and the read deadline's thread hop once per signal. Same series
+    either way (``tests/alerts/test_engine_batch.py``).
+    """
+    many = getattr(source, "query_many", None)
+    if many is not None:
+        got, failed = many({s: (now - lb, now) for s, lb in lookbacks.items()})
+        return {s: failed[s] if s in failed else got[s] for s in lookbacks}
+    out: dict[str, list[SeriesData] | Exception] = {}
+    for signal, lookback in lookbacks.items():
+        try:
+            out[signal] = source.query(signal, None, now - lookback, now)
+        except Exception as exc:
+            out[signal] = exc
+    return out
+
+
 @dataclass(slots=True)
 class _CompiledRule:
     config: RuleConfig
@@ -186,12 +209,12 @@ class RuleEngine:
         for rule in due:
             for signal, lookback in rule.inputs.items():
                 needed[signal] = max(needed.get(signal, 0.0), lookback)
-        for signal, lookback in needed.items():
-            try:
-                data[signal] = source.query(signal, None, now - lookback, now)
-            except Exception as exc:
+        for signal, got in read_inputs(source, needed, now).items():
+            if isinstance(got, Exception):
                 unreadable.add(signal)
-                first_error = first_error or f"{signal}: {exc}"
+                first_error = first_error or f"{signal}: {got}"
+            else:
+                data[signal] = got
         if unreadable:
             _quiet.warning("read", "rules: cannot read %d signal(s) (%s); rules on them are "
                            "skipped and counted; first error: %s", len(unreadable),
