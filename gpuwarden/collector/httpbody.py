@@ -15,6 +15,7 @@ from gpuwarden.native_memory import release_freed_memory
 
 if TYPE_CHECKING:
     import requests
+    import urllib3
 
 # The body size cap. Real vLLM scrapes are 50-300 KB, one serving many LoRA adapters
 # ~1-2 MB, a dcgm-exporter of 8 GPUs ~100 KB; 8 MiB leaves 4x headroom over that while
@@ -25,6 +26,12 @@ _CHUNK = 64 * 1024
 
 
 def read_body(resp: requests.Response, limit: int, timeout: float) -> bytes:
+    """The decoded body of a ``requests`` response: :func:`read_raw_body` of its
+    urllib3 response."""
+    return read_raw_body(resp.raw, limit, timeout)
+
+
+def read_raw_body(raw: urllib3.BaseHTTPResponse, limit: int, timeout: float) -> bytes:
     """The decoded body, at most ``limit`` bytes, read within ``timeout`` seconds.
 
     Each read asks for no more than may still be accepted plus one byte, so a body over
@@ -36,14 +43,15 @@ def read_body(resp: requests.Response, limit: int, timeout: float) -> bytes:
     (``native_memory.release_freed_memory``, called here for a body refused as too big
     and by the collectors once a body is parsed).
 
-    ``iter_content`` fills each chunk before yielding it, so a server dribbling bytes
-    slower than the body deadline but faster than the read timeout would never be cut
-    off; urllib3 2's ``read1`` returns what one socket read brought. urllib3 1.26 has
-    no ``read1`` (requests still allows it): fall back to ``iter_content`` there.
+    ``requests``' ``iter_content`` (``raw.stream``) fills each chunk before yielding
+    it, so a server dribbling bytes slower than the body deadline but faster than the
+    read timeout would never be cut off; urllib3 2's ``read1`` returns what one socket
+    read brought. urllib3 1.26 has no ``read1`` (requests still allows it): fall back
+    to ``stream`` there.
     """
     deadline = time.monotonic() + timeout
-    read1 = getattr(resp.raw, "read1", None)
-    pieces = resp.iter_content(chunk_size=_CHUNK)  # lazy: only iterated without read1
+    read1 = getattr(raw, "read1", None)
+    pieces = raw.stream(_CHUNK, decode_content=True)  # lazy: only iterated without read1
     chunks: list[bytes] = []
     size = 0
     while True:

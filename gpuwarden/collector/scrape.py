@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ import requests
 import urllib3.exceptions
 
 from gpuwarden.collector.base import Collector
-from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_body
+from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_raw_body
 from gpuwarden.collector.promtext import Exposition
 from gpuwarden.collector.promtext_memo import ParseMemo, Template
 from gpuwarden.collector.registry import SERVER_KINDS
@@ -79,6 +80,25 @@ def redact_url(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+# What ``requests`` sends unchanged in a request line (it re-quotes anything else).
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9/._~:@!$&'()*+,;=%?-]*")
+
+
+def _direct_path(url: str) -> str | None:
+    """The path (and query) to request for ``url`` without ``requests``, or None when
+    ``requests`` must handle it (https, credentials, an unusual spelling)."""
+    try:
+        parts = urllib3.util.parse_url(url)
+    except urllib3.exceptions.LocationParseError:
+        return None
+    path = parts.request_uri
+    if (parts.scheme != "http" or parts.auth or not parts.host or parts.fragment
+            or _PLAIN_PATH.fullmatch(path) is None
+            or url != f"http://{parts.netloc}{path}"):
+        return None
+    return path
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -168,7 +188,11 @@ class ServerCollector(Collector):
         self._last_warned: dict[str, tuple[float, int]] = {}  # reason -> (when, suppressed)
         # The last payload's layout, and the mapping worked out for it (module docstring).
         self._memo = ParseMemo()
-        self._plan: tuple[Template, MappingPlan | None, int] | None = None
+        # (layout, its plan, retry the plan after this many memo hits, its models)
+        self._plan: tuple[Template, MappingPlan | None, int, tuple[str, ...]] | None = None
+        # The request path for fetching without requests (``_fetch_direct``): plain
+        # http URLs without credentials; anything else goes through requests.
+        self._direct = _direct_path(metrics_url)
 
     # ----------------------------------------------------------------------- collect
 
@@ -180,13 +204,15 @@ class ServerCollector(Collector):
         except ExpositionParseError as e:
             return self._failed("parse", str(e))
 
+        models: tuple[str, ...] | None = None
         if isinstance(got, Exposition):
             exp = got
             samples = map_exposition(self._mapping, exp, node=self.node, server=self.server,
                                      ts=ts)
         else:
-            exp, samples = self._map_values(*got, ts)
-        models = served_models(samples)
+            exp, samples, models = self._map_values(*got, ts)
+        if models is None:
+            models = served_models(samples)
         with self._lock:
             recovered, self.last_error = self.last_error, None
             if models:
@@ -210,23 +236,24 @@ class ServerCollector(Collector):
         return samples
 
     def _map_values(self, template: Template, values: list[float],
-                    ts: float) -> tuple[Exposition, list[Sample]]:
+                    ts: float) -> tuple[Exposition, list[Sample], tuple[str, ...] | None]:
         """Map a payload that fit the last one's layout: by the plan worked out for that
-        layout when there is one (``servers/compiled.py``), else in full. A layout with
-        no plan (a NaN where the table reads: the plan cannot be checked) is tried again
-        after ``_REPLAN_AFTER`` scrapes."""
+        layout when there is one (``servers/compiled.py``; its models are known), else
+        in full. A layout with no plan (a NaN where the table reads: the plan cannot be
+        checked) is tried again after ``_REPLAN_AFTER`` scrapes."""
         plan = self._plan
         if plan is None or plan[0] is not template or (
                 plan[1] is None and self._memo.hits >= plan[2]):
-            plan = self._plan = (template, compile_mapping(
-                self._mapping, template.layout_slots(), values, node=self.node,
-                server=self.server), self._memo.hits + _REPLAN_AFTER)
+            made = compile_mapping(self._mapping, template.layout_slots(), values,
+                                   node=self.node, server=self.server)
+            models = served_models(made.samples(values, ts) or []) if made else ()
+            plan = self._plan = (template, made, self._memo.hits + _REPLAN_AFTER, models)
         samples = plan[1].samples(values, ts) if plan[1] is not None else None
         if samples:  # none mapped: the full path, whose exposition says why
-            return template.summary(), samples
+            return template.summary(), samples, plan[3]
         exp = template.exposition(values)
         return exp, map_exposition(self._mapping, exp, node=self.node, server=self.server,
-                                   ts=ts)
+                                   ts=ts), None
 
     def _scrape(self) -> tuple[Exposition | tuple[Template, list[float]], float]:
         """Fetch and parse; the body is freed (and its pages returned) before returning.
@@ -253,6 +280,13 @@ class ServerCollector(Collector):
         return got, ts
 
     def _fetch(self) -> bytes:
+        if self._direct is not None:
+            pool = self._direct_pool()
+            if pool is not None:
+                body = self._fetch_direct(pool, self._direct)
+                if body is not None:
+                    return body
+                self._direct = None  # a redirect: requests follows those, from now on
         try:
             resp = self.session.get(
                 self.metrics_url,
@@ -263,23 +297,69 @@ class ServerCollector(Collector):
         except requests.RequestException as e:
             raise ScrapeFailure(_classify(e), one_line(e)) from e
         with resp:
-            if not 200 <= resp.status_code < 300:
-                detail = f"HTTP {resp.status_code} {resp.reason}"
-                hint = self._mapping.metrics_hint
-                if resp.status_code in (404, 501) and hint:
-                    detail += f" ({hint})"  # the usual cause: metrics not switched on
-                raise ScrapeFailure("http_status", detail)
-            declared = resp.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > self.max_bytes and not resp.headers.get(
-                "Content-Encoding"
-            ):
-                raise ScrapeFailure("oversize", f"Content-Length {declared} > {self.max_bytes}")
-            try:
-                return read_body(resp, self.max_bytes, self.timeout)
-            except ScrapeFailure:
-                raise
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-                raise ScrapeFailure(_classify(e), one_line(e)) from e
+            return self._body(resp.raw)
+
+    def _direct_pool(self) -> urllib3.HTTPConnectionPool | None:
+        """The session's connection pool for the target, when a plain GET on it is what
+        ``requests`` would send (no proxy, no authentication, no query parameters, no
+        cookie: a server that sets one is scraped through ``requests`` from then on)."""
+        session = self.session
+        if (session.trust_env or session.proxies or session.auth or session.params
+                or session.cookies):
+            return None
+        adapter = session.get_adapter(self.metrics_url)
+        manager = getattr(adapter, "poolmanager", None)
+        if not isinstance(manager, urllib3.PoolManager):
+            return None
+        pool = manager.connection_from_url(self.metrics_url)
+        return pool if isinstance(pool, urllib3.HTTPConnectionPool) else None
+
+    def _fetch_direct(self, pool: urllib3.HTTPConnectionPool, path: str) -> bytes | None:
+        """The body, fetched on the pool ``requests`` keeps for the target without going
+        through ``requests`` (its per-request work, ~40 % of a scrape's client CPU,
+        decides nothing for a plain GET); None for a redirect, which is left to it."""
+        # http.client sends a str header as latin-1 and bytes as they are: the same bytes.
+        headers = {k: v if isinstance(v, str) else v.decode("latin-1")
+                   for k, v in self.session.headers.items()}
+        headers["Accept"] = _ACCEPT
+        try:
+            raw = pool.urlopen("GET", path, headers=headers, retries=False, redirect=False,
+                               preload_content=False, decode_content=True,
+                               timeout=urllib3.Timeout(connect=self.timeout,
+                                                       read=self.timeout))
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise ScrapeFailure(_classify(e), one_line(e)) from e
+        done = False
+        try:
+            if raw.get_redirect_location():
+                return None
+            body = self._body(raw)
+            done = True
+            return body
+        finally:
+            if not done:
+                raw.close()  # unread bytes: the connection cannot serve another request
+            raw.release_conn()
+
+    def _body(self, raw: urllib3.BaseHTTPResponse) -> bytes:
+        """The body of a response whose headers are in: checked, then read."""
+        if not 200 <= raw.status < 300:
+            detail = f"HTTP {raw.status} {raw.reason}"
+            hint = self._mapping.metrics_hint
+            if raw.status in (404, 501) and hint:
+                detail += f" ({hint})"  # the usual cause: metrics not switched on
+            raise ScrapeFailure("http_status", detail)
+        declared = raw.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes and not raw.headers.get(
+            "Content-Encoding"
+        ):
+            raise ScrapeFailure("oversize", f"Content-Length {declared} > {self.max_bytes}")
+        try:
+            return read_raw_body(raw, self.max_bytes, self.timeout)
+        except ScrapeFailure:
+            raise
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise ScrapeFailure(_classify(e), one_line(e)) from e
 
     # ------------------------------------------------------------------- bookkeeping
 

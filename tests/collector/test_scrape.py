@@ -21,6 +21,7 @@ import requests
 
 from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.scrape import ServerCollector, redact_url
+from gpuwarden.collector.session import scrape_session
 from gpuwarden.errors import ConfigError
 from gpuwarden.model import Sample
 
@@ -67,9 +68,12 @@ def http() -> Iterator[_Server]:
     thread.join(5)
 
 
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as s:
+@pytest.fixture(params=["requests", "direct"])
+def session(request: pytest.FixtureRequest) -> Iterator[requests.Session]:
+    """A plain requests session, and the daemon's (``scrape_session``), which the
+    collector fetches with on urllib3 directly (``ServerCollector._fetch_direct``): every
+    test runs with both, so both paths fail and succeed the same way."""
+    with (requests.Session() if request.param == "requests" else scrape_session()) as s:
         yield s
 
 
@@ -440,3 +444,47 @@ def test_a_server_of_another_kind_is_up_and_says_so(
         out = c.collect()
     assert [(s.signal, s.value) for s in out] == [("server_up", 1.0)]
     assert "no tgi metric gpuwarden knows" in caplog.text
+
+
+def test_the_daemons_session_fetches_without_requests(http: _Server,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``scrape_session`` (no proxy from the environment) a plain http target is
+    fetched on requests' pool directly, and sends what requests would send."""
+    seen: dict[str, str] = {}
+
+    def run(h: BaseHTTPRequestHandler) -> None:
+        seen.update({k.lower(): v for k, v in h.headers.items()})
+        serve(KV_PRESSURE)(h)
+
+    http.behaviour = run
+    with scrape_session() as s:
+        c = make(s, url(http))
+
+        def no_requests(*args: object, **kwargs: object) -> None:
+            raise AssertionError("went through requests")
+
+        monkeypatch.setattr(s, "get", no_requests)
+        for _ in range(3):
+            assert up(c.collect()) == 1.0
+        assert seen["user-agent"] == s.headers["User-Agent"]
+        assert seen["accept"].startswith("text/plain;version=0.0.4")
+        assert "gzip" in seen["accept-encoding"]
+        assert http.requests == 3
+
+
+def test_a_redirect_is_followed_by_requests(http: _Server, session: requests.Session) -> None:
+    def run(h: BaseHTTPRequestHandler) -> None:
+        if h.path == "/metrics":
+            h.send_response(302)
+            h.send_header("Location", "/real-metrics")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        else:
+            serve(KV_PRESSURE)(h)
+
+    http.behaviour = run
+    c = make(session, url(http))
+    for _ in range(2):
+        out = c.collect()
+        assert up(out) == 1.0, c.last_error
+        assert any(s.signal == "kv_cache_usage_ratio" for s in out)
