@@ -73,7 +73,7 @@ def read_inputs(
     A source with ``query_many`` (the store) reads them all in one go: one walk over its
     in-memory head and at most one database read, where a query per signal pays the
     walk, the sort and the read deadline's thread hop once per signal. Same series
-    either way (``tests/alerts/test_engine_batch.py``).
+    either way (``tests/incidents/test_batched_reads.py``).
     """
     many = getattr(source, "query_many", None)
     if many is not None:
