@@ -193,6 +193,7 @@ class ServerCollector(Collector):
         # The request path for fetching without requests (``_fetch_direct``): plain
         # http URLs without credentials; anything else goes through requests.
         self._direct = _direct_path(metrics_url)
+        self._pool: tuple[object, urllib3.HTTPConnectionPool] | None = None  # adapter, pool
 
     # ----------------------------------------------------------------------- collect
 
@@ -308,11 +309,20 @@ class ServerCollector(Collector):
                 or session.cookies):
             return None
         adapter = session.get_adapter(self.metrics_url)
+        kept = self._pool
+        if kept is not None and kept[0] is adapter and kept[1].pool is not None:
+            # The adapter's pool for the target. One it evicted stays open (urllib3 2
+            # closes evicted pools only when they are collected) and keeps its
+            # connection: still one per target.
+            return kept[1]
         manager = getattr(adapter, "poolmanager", None)
         if not isinstance(manager, urllib3.PoolManager):
             return None
         pool = manager.connection_from_url(self.metrics_url)
-        return pool if isinstance(pool, urllib3.HTTPConnectionPool) else None
+        if not isinstance(pool, urllib3.HTTPConnectionPool):
+            return None
+        self._pool = (adapter, pool)
+        return pool
 
     def _fetch_direct(self, pool: urllib3.HTTPConnectionPool, path: str) -> bytes | None:
         """The body, fetched on the pool ``requests`` keeps for the target without going

@@ -488,3 +488,25 @@ def test_a_redirect_is_followed_by_requests(http: _Server, session: requests.Ses
         out = c.collect()
         assert up(out) == 1.0, c.last_error
         assert any(s.signal == "kv_cache_usage_ratio" for s in out)
+
+
+def test_the_collector_keeps_its_pool_until_it_is_closed(http: _Server) -> None:
+    """The collector keeps the session's pool for its target between scrapes. A pool the
+    session evicts (more targets than it keeps pools for) stays open in urllib3 2, and
+    keeps serving with its one connection; a closed one is not used again."""
+    from requests.adapters import HTTPAdapter
+
+    with scrape_session() as s:
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+        s.mount("http://", adapter)
+        c = make(s, url(http))
+        assert up(c.collect()) == 1.0
+        first = adapter.poolmanager.connection_from_url(url(http))
+        adapter.poolmanager.connection_from_url("http://127.0.0.1:9/")  # evicts it
+        assert up(c.collect()) == 1.0, c.last_error
+        assert first.num_requests == 2 and first.num_connections == 1
+        first.close()
+        assert up(c.collect()) == 1.0, c.last_error
+        now = adapter.poolmanager.connection_from_url(url(http))
+        assert now is not first and now.num_requests == 1
+        assert http.requests == 3
