@@ -13,11 +13,11 @@ transaction that reads first and then upgrades to a write lock gets SQLITE_BUSY 
 without honouring busy_timeout.
 
 What a SQLite commit costs on disk: each page it changes is appended to the ``-wal`` file
-as a whole frame (the page plus 24 bytes), so a cycle's head-log row of 300-1,200 bytes
-costs a page, not its own size. New databases therefore use 1 KiB pages
+as a whole frame (the page plus 24 bytes), so a cycle's head-log row (~290 bytes at 1
+vLLM server, ~415 at 4) costs a page, not its own size. New databases therefore use 1 KiB pages
 (:data:`SQLITE_PAGE_SIZE`, SQLite's default before 3.12) instead of 4 KiB: measured
-with the daemon on the recorded vLLM payload, a cycle's commit went from ~9.8 KB of
-``write_bytes`` to ~2 KB at 1 server and ~3 KB at 4 (``python -m bench vs-prometheus``;
+with the daemon on the recorded vLLM payload, a cycle went from ~10 KB of
+``write_bytes`` to ~2.5 KB at 1 server and ~3.2 KB at 4 (``python -m bench vs-prometheus``;
 the head-log table's own index, now PostgreSQL-only, was the other page; see
 ``schema.py``). A database that exists keeps the page size it was made with (SQLite
 cannot change it in WAL mode without a ``VACUUM``). ``synchronous=NORMAL`` stays: in
