@@ -347,7 +347,8 @@ def main() -> int:
     parser.add_argument("--servers", default="1,4,16", help="comma-separated N (default 1,4,16)")
     parser.add_argument("--seconds", type=float, help="measured seconds per N (default 60, "
                         "--quick 20)")
-    parser.add_argument("--window", type=float, default=5.0, help="window length, seconds")
+    parser.add_argument("--window", type=float, default=10.0, help="window length, seconds "
+                        "(CPU is counted in 10 ms ticks: 1 ms a cycle at 10 s)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if shutil.which("prometheus") is None:
