@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from gpuwarden.address import DEFAULT_URL
-from gpuwarden.cli.client import _get_json
+from gpuwarden.cli.client import get_json
 from gpuwarden.cli.common import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -36,7 +36,7 @@ FETCH_TIMEOUT_S = 30.0
 
 
 def _from_daemon(url: str) -> dict[str, Any] | None:
-    got = _get_json(url, "/api/v1/budget", timeout=FETCH_TIMEOUT_S)
+    got = get_json(url, "/api/v1/budget", timeout=FETCH_TIMEOUT_S)
     if got is None:
         return None
     code, doc = got

@@ -15,7 +15,7 @@ from gpuwarden.address import DEFAULT_URL
 from gpuwarden.cli.common import EXIT_OK, EXIT_RUNTIME, Subcommands
 
 
-def _get_json(base: str, path: str, timeout: float = 3.0) -> tuple[int, Any] | None:
+def get_json(base: str, path: str, timeout: float = 3.0) -> tuple[int, Any] | None:
     """GET a daemon endpoint; None (after saying why on stderr) when it cannot be read."""
     import requests
 
@@ -28,7 +28,7 @@ def _get_json(base: str, path: str, timeout: float = 3.0) -> tuple[int, Any] | N
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    got = _get_json(args.url, "/healthz")
+    got = get_json(args.url, "/healthz")
     if got is None:
         return EXIT_RUNTIME
     code, detail = got
@@ -41,7 +41,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    got = _get_json(args.url, "/api/v1/alerts")
+    got = get_json(args.url, "/api/v1/alerts")
     if got is None:
         return EXIT_RUNTIME
     code, alerts = got
