@@ -298,8 +298,19 @@ def test_first_cycle_stored_once_and_counted(tmp_path: Path, daemon_factory: obj
     proc = daemon_factory(cfg, port)  # type: ignore[operator]
     proc.wait_healthy()
     wait_for(lambda: proc.metrics().get("gpuwarden_cycles_total", [({}, 0)])[0][1] >= 3)
-    m = proc.metrics()  # one snapshot: every sample collected so far is written, once
-    assert m["gpuwarden_samples_written_total"] == m["gpuwarden_samples_collected_total"]
+
+    def written_once() -> bool:
+        """One snapshot: every sample collected so far is written, once. Writes run on the
+        store's writer thread, so a snapshot may show the cycle's write still in flight
+        (written a cycle behind), never ahead: the first cycle written twice would keep
+        written above collected for good."""
+        m = proc.metrics()
+        written = m["gpuwarden_samples_written_total"][0][1]
+        collected = m["gpuwarden_samples_collected_total"][0][1]
+        assert written <= collected, (written, collected)
+        return bool(written == collected)
+
+    wait_for(written_once)
     assert proc.stop() == 0
     assert "not stored early" not in proc.log_path.read_text()
     store = open_store(f"sqlite:///{db}", node=NODE)
