@@ -79,6 +79,9 @@ class NvmlGpu:
     # Static figures, read once per GPU (None: not read yet, or unsupported).
     memory_bus_width_bits: int | None = None
     memory_clock_max_mhz: int | None = None
+    # MIG mode (current, pending), re-read every ``MIG_MODE_EVERY_SECONDS`` only.
+    mig_mode: tuple[int, int] | None = None
+    mig_mode_read_at: float = float("-inf")
 
 
 def handle_key(handle: Any) -> Hashable:

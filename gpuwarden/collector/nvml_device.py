@@ -11,6 +11,8 @@ written into ``state``, the device's entry in a recorded scenario
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from gpuwarden.collector.nvml_calls import NvmlCalls, NvmlGpu, text
@@ -20,6 +22,7 @@ from gpuwarden.model import Labels, Sample, make_labels
 log = logging.getLogger(__name__)
 
 MHZ = 1_000_000.0
+MIG_MODE_EVERY_SECONDS = 60.0
 TRANSFERS_PER_CLOCK = 2
 
 
@@ -49,9 +52,11 @@ def gpu_labels(node: str, gpu: str, uuid: str, model: str, **extra: str) -> Labe
 class DeviceReader:
     """Reads the samples of one GPU a cycle; MIG device names are looked up once each."""
 
-    def __init__(self, calls: NvmlCalls, node: str) -> None:
+    def __init__(self, calls: NvmlCalls, node: str,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._calls = calls
         self._node = node
+        self._monotonic = monotonic
         self._mig_cache: dict[str, tuple[int, str]] = {}  # MIG uuid -> (GI id, name)
 
     def read(self, gpu: NvmlGpu, ts: float, state: dict[str, Any]) -> list[Sample]:
@@ -223,14 +228,30 @@ class DeviceReader:
         state["processes"] = recorded
         return self._process_samples(per_pid, str(gpu.index), gpu.uuid, gpu.name, ts)
 
+    def _mig_mode(self, gpu: NvmlGpu, h: Any) -> tuple[int, int] | None:
+        """(current, pending) MIG mode, asked at most every ``MIG_MODE_EVERY_SECONDS``.
+
+        On a real H200 (driver 580.159.04) ``nvmlDeviceGetMigMode`` took 364 us a call,
+        four fifths of a whole cycle's NVML time (``bench/bench_nvml.py``; the recording
+        is ``tests/fixtures/nvml/nvml-1xh200-matmul-load.json``). The mode only changes
+        through a GPU reset, which a re-init follows, so a minute-old answer is current.
+        """
+        now = self._monotonic()
+        if gpu.mig_mode is None or now - gpu.mig_mode_read_at >= MIG_MODE_EVERY_SECONDS:
+            mode = self._calls.field(gpu, "mig_mode", "nvmlDeviceGetMigMode", h)
+            if mode is None:
+                return gpu.mig_mode if "mig_mode" not in gpu.unsupported else None
+            gpu.mig_mode, gpu.mig_mode_read_at = (int(mode[0]), int(mode[1])), now
+        return gpu.mig_mode
+
     def _mig(self, gpu: NvmlGpu, h: Any, ts: float,
              state: dict[str, Any]) -> tuple[list[Sample], bool]:
         """The samples of each GPU instance, and whether ``gpu`` is in MIG mode."""
         calls = self._calls
-        mode = calls.field(gpu, "mig_mode", "nvmlDeviceGetMigMode", h)
+        mode = self._mig_mode(gpu, h)
         if mode is None:
             return [], False
-        state["mig_mode"] = [int(mode[0]), int(mode[1])]
+        state["mig_mode"] = list(mode)
         if int(mode[0]) != int(getattr(calls.module, "NVML_DEVICE_MIG_ENABLE", 1)):
             return [], False
         if gpu.max_mig is None:
