@@ -111,6 +111,21 @@ SQLITE_DDL: tuple[str, ...] = (
     ),
     "CREATE INDEX IF NOT EXISTS ix_dead_letters_ts ON dead_letters (ts)",
     (
+        "CREATE TABLE IF NOT EXISTS fleet_alerts (\n"
+        "\tfingerprint VARCHAR(64) NOT NULL, \n"
+        "\trule VARCHAR(200) NOT NULL, \n"
+        "\tlabels TEXT NOT NULL, \n"
+        "\tannotations TEXT NOT NULL, \n"
+        "\tstate VARCHAR(16) NOT NULL, \n"
+        "\tvalue FLOAT, \n"
+        "\tactive_at FLOAT, \n"
+        "\tfired_at FLOAT, \n"
+        "\tresolved_at FLOAT, \n"
+        "\tupdated_at FLOAT NOT NULL, \n"
+        "\tPRIMARY KEY (fingerprint)\n"
+        ")"
+    ),
+    (
         "CREATE TABLE IF NOT EXISTS head_log (\n"
         "\tid INTEGER NOT NULL, \n"
         "\twriter VARCHAR(200) NOT NULL, \n"
@@ -135,6 +150,19 @@ SQLITE_DDL: tuple[str, ...] = (
     (
         "CREATE INDEX IF NOT EXISTS ix_model_history_node_server "
         "ON model_history (node, server, first_seen)"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS nodes (\n"
+        "\tnode VARCHAR(200) NOT NULL, \n"
+        "\tversion VARCHAR(64) NOT NULL, \n"
+        "\tinterval_s FLOAT NOT NULL, \n"
+        "\tstarted_at FLOAT NOT NULL, \n"
+        "\tlast_write_at FLOAT NOT NULL, \n"
+        "\tstopped_at FLOAT, \n"
+        "\tgpus INTEGER NOT NULL, \n"
+        "\tservers INTEGER NOT NULL, \n"
+        "\tPRIMARY KEY (node)\n"
+        ")"
     ),
     (
         "CREATE TABLE IF NOT EXISTS rollups_1m (\n"

@@ -187,6 +187,41 @@ model_history = Table(
     Index("ix_model_history_node_server", "node", "server", "first_seen"),
 )
 
+#: Fleet mode (``gpuwarden/fleet/``): one row per node writing to a shared database, its
+#: last successful write refreshed by the node's writer thread every pass. ``NodeSilent``
+#: and ``gpuwarden fleet status`` read it; a clean stop sets ``stopped_at``.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("node", String(200), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("interval_s", Float, nullable=False),
+    Column("started_at", Float, nullable=False),  # Unix seconds
+    Column("last_write_at", Float, nullable=False),
+    Column("stopped_at", Float),
+    Column("gpus", Integer, nullable=False),
+    Column("servers", Integer, nullable=False),
+)
+
+#: Fleet alert instances (rules with ``scope = "fleet"``), written by the leader only,
+#: so that a new leader continues pending and firing alerts where the old one stopped.
+#: Same columns as ``alerts``; a table of its own because a fleet alert's ``node`` label
+#: names the node it is about (``NodeSilent``), not the node that evaluated it.
+fleet_alerts = Table(
+    "fleet_alerts",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+    Column("rule", String(200), nullable=False),
+    Column("labels", Text, nullable=False),
+    Column("annotations", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("value", Float),
+    Column("active_at", Float),
+    Column("fired_at", Float),
+    Column("resolved_at", Float),
+    Column("updated_at", Float, nullable=False),
+)
+
 __all__ = [
     "IN_BATCH",
     "SCHEMA_VERSION",
@@ -195,9 +230,11 @@ __all__ = [
     "chunks",
     "create_tables",
     "dead_letters",
+    "fleet_alerts",
     "head_log",
     "metadata",
     "model_history",
+    "nodes",
     "rollups_1m",
     "schema_version",
     "series",
