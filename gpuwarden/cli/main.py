@@ -62,9 +62,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(args.file)
     except ConfigError as exc:
         return config_problems(exc)
-    print(f"{args.file}: OK (node {config.node}, {len(config.servers)} servers, "
-          f"{len(config.rules)} rules, {len(config.actions)} actions)")
+    from gpuwarden.cli.rule_lines import render
+
+    # The effective rule set, not the file's [[rules]] count: the defaults run too.
+    rule_lines = render(config.rules, {a.name for a in config.actions})
+    print(f"{args.file}: OK (node {config.node}, {_count(len(config.servers), 'server')}, "
+          f"{_count(len(config.actions), 'action')})")
+    print("\n".join(rule_lines))
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def build_parser() -> argparse.ArgumentParser:
