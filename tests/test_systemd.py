@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,84 @@ def test_env_example_sets_nothing_and_says_chmod_600() -> None:
         "GPUWARDEN_LOG_LEVEL",
     ):
         assert f"#{name}=" in text
+
+
+# --- the unit, the env example, the README's steps and the example config agree -------
+
+README = ROOT / "README.md"
+EXAMPLE_CONFIG = ROOT / "examples" / "gpuwarden.toml"
+
+
+def _readme_steps() -> list[str]:
+    """The commands of README's "Running under systemd" block, without ``sudo``."""
+    section = README.read_text().split("## Running under systemd", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.splitlines():
+        for command in line.split("#", 1)[0].split("&&"):
+            words = command.split()
+            commands.append(" ".join(words[1:] if words[:1] == ["sudo"] else words))
+    return [c for c in commands if c]
+
+
+def _installed() -> dict[str, str]:
+    """Repository file -> where the README's ``install`` steps put it."""
+    out = {}
+    for command in _readme_steps():
+        words = command.split()
+        if words[0] == "install":
+            out[words[-2]] = words[-1]
+    return out
+
+
+def _venv() -> str:
+    (venv,) = [c.split()[-1] for c in _readme_steps() if c.startswith("python3 -m venv ")]
+    return venv
+
+
+def test_readme_installs_every_file_the_unit_names(unit: dict[str, list[str]]) -> None:
+    installed = _installed()
+    for source in installed:
+        assert (ROOT / source).is_file(), f"the README installs {source}, which does not exist"
+    assert installed["systemd/gpuwarden.service"] == "/etc/systemd/system/gpuwarden.service"
+    env_file = unit["EnvironmentFile"][0].removeprefix("-")
+    assert installed["systemd/gpuwarden.env.example"] == env_file
+    assert f"install -D -m 600 -o root -g root systemd/gpuwarden.env.example {env_file}" \
+        in ENV_EXAMPLE.read_text()
+    # The config the unit runs with is the starter config, checked before the start.
+    config = unit["ExecStart"][0].split("--config", 1)[1].split()[0]
+    assert installed["examples/gpuwarden.toml"] == config
+    assert f"gpuwarden check-config {config}" in _readme_steps()
+    # Documentation= names a file the steps install (no dangling link in `systemctl help`).
+    for doc in unit.get("Documentation", []):
+        for url in doc.split():
+            assert url.startswith("file://"), url
+            assert url.removeprefix("file://") in installed.values(), url
+
+
+def test_one_install_path_for_the_virtualenv(unit: dict[str, list[str]]) -> None:
+    venv = _venv()
+    script = f"{venv}/bin/gpuwarden"
+    steps = _readme_steps()
+    assert f"{venv}/bin/pip install ." in steps
+    (link,) = [c.split() for c in steps if c.startswith("ln ")]
+    assert link[-2] == script
+    # The unit runs the linked script; its drop-in example names the venv's own.
+    assert unit["ExecStart"][0].split()[0] == link[-1]
+    unit_text = UNIT.read_text()
+    assert f"#   ExecStart={script} run --config" in unit_text
+    # Every /opt path anywhere in the three files is inside that one virtualenv.
+    for path in (UNIT, ENV_EXAMPLE, README):
+        for found in re.findall(r"/opt/[\w./-]*", path.read_text()):
+            assert found == venv or found.startswith(venv + "/bin/"), f"{path.name}: {found}"
+
+
+def test_example_config_stores_in_the_state_directory(unit: dict[str, list[str]]) -> None:
+    config = tomllib.loads(EXAMPLE_CONFIG.read_text())
+    (state,) = unit["StateDirectory"]
+    db = config["storage"]["url"].removeprefix("sqlite:///")
+    assert Path(db).parent == Path("/var/lib") / state
+    assert config["gpu"]["source"] == "nvml"
 
 
 # --- systemd-analyze ------------------------------------------------------------------
