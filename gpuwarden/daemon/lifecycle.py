@@ -181,12 +181,17 @@ class Daemon:
                                           on_skipped=self._on_cycle_skipped)
         self.notifier.ready(f"collecting every {self.config.interval:g}s")
         host, _ = self.config.listen_host_port
+        # The bound port (listen may say :0); brackets so an IPv6 address stays a URL.
+        base = f"http://[{host}]:{self._http.port}" if ":" in host else \
+            f"http://{host}:{self._http.port}"
         collectors = cycle.runner.collectors
+        # The one line a newcomer reads: what runs, where it stores, where to look.
         log.info(
-            "gpuwarden %s on node %s: %d collectors (%s), store %s, http://%s:%d/metrics",
-            __version__, self.config.node, len(collectors),
+            "gpuwarden %s on node %s: %d collector%s (%s), store %s; metrics %s/metrics, "
+            "health %s/healthz, alerts %s/api/v1/alerts",
+            __version__, self.config.node, len(collectors), "" if len(collectors) == 1 else "s",
             ", ".join(c.name for c in collectors) or "none",
-            wiring.redact_url(self.config.storage.url), host, self._http.port,
+            wiring.redact_url(self.config.storage.url), base, base, base,
         )
 
     def _start_http(self) -> None:
