@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpuwarden.address import split_host_port
+from gpuwarden.alerts import gojson
 from gpuwarden.alerts.alert import Alert, rfc3339
 from gpuwarden.errors import SecretError
 
@@ -38,7 +39,8 @@ AlertEntry = dict[str, Any]
 
 
 def json_bytes(obj: Any) -> bytes:
-    """Compact, key-sorted JSON: the exact bytes that are signed are the bytes sent."""
+    """Compact, key-sorted JSON for the bodies that have no Go original to match (Slack,
+    PagerDuty, Alertmanager's API); the webhook body is :func:`webhook_bytes`."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -50,10 +52,12 @@ def alert_entry(
     generator_url: str,
     extra_annotations: Mapping[str, str] | None = None,
 ) -> AlertEntry:
-    """One element of ``alerts[]`` as Alertmanager's webhook sends it.
+    """One alert of a delivery, with the fields of Alertmanager's webhook ``alerts[]``.
 
     ``startsAt`` is when the alert fired (Prometheus sends ``FiredAt``); a firing alert
-    has Alertmanager's zero ``endsAt``, a resolved one the time it resolved.
+    has Alertmanager's zero ``endsAt``, a resolved one the time it resolved. Times are
+    RFC 3339 with milliseconds: this entry is what deliveries, dead letters and the audit
+    keep and compare; :func:`webhook_body` writes the times as Go does.
     """
     starts = alert.fired_at if alert.fired_at is not None else alert.active_at
     if status == "resolved":
@@ -81,10 +85,31 @@ def _common(maps: Sequence[Mapping[str, str]]) -> dict[str, str]:
     return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
 
 
+def label_set_string(labels: Mapping[str, str]) -> str:
+    """A label set as Alertmanager writes it in a group key (``model.LabelSet.String``):
+    names sorted, each value in Go's ``%q`` quoting, ``", "`` between pairs."""
+    return "{" + ", ".join(f"{k}={gojson.quote(v)}" for k, v in sorted(labels.items())) + "}"
+
+
 def group_key(group_labels: Mapping[str, str]) -> str:
-    """Alertmanager's spelling: the route key (root ``{}``), a colon, the group labels."""
-    inner = ", ".join(f'{k}="{v}"' for k, v in sorted(group_labels.items()))
-    return "{}:{" + inner + "}"
+    """Alertmanager's ``groupKey``: the route key, a colon, the group's label set.
+
+    Every action is a receiver on Alertmanager's root route, whose key is ``{}`` (no
+    matchers); a child route would add ``/{matchers}``, and gpuwarden has none.
+    """
+    return "{}:" + label_set_string(group_labels)
+
+
+def _webhook_alert(entry: AlertEntry) -> AlertEntry:
+    return {
+        "status": entry["status"],
+        "labels": dict(entry["labels"]),
+        "annotations": dict(entry["annotations"]),
+        "startsAt": gojson.rfc3339_nano(entry["startsAt"]),
+        "endsAt": gojson.rfc3339_nano(entry["endsAt"]),
+        "generatorURL": entry["generatorURL"],
+        "fingerprint": entry["fingerprint"],
+    }
 
 
 def webhook_body(
@@ -94,23 +119,54 @@ def webhook_body(
     group_labels: Mapping[str, str],
     external_url: str,
 ) -> dict[str, Any]:
-    """The Alertmanager webhook body (version "4") for one group of alerts.
+    """The Alertmanager webhook body (version "4") for one group of alerts, with the
+    values Alertmanager 0.25 puts in it; :func:`webhook_bytes` writes it.
 
     The group status is ``firing`` when any alert in it fires, as Alertmanager does.
+    ``receiver`` is regexp-quoted (``ops.webhook`` -> ``ops\\.webhook``) because
+    Alertmanager's ``template.Data`` quotes it so. Times are Go's spelling of the same
+    instants (``…20.1Z``, ``…20Z``), and a firing alert's ``endsAt`` is Go's zero time.
     """
     status = "firing" if any(a["status"] == "firing" for a in alerts) else "resolved"
     return {
-        "version": "4",
-        "groupKey": group_key(group_labels),
-        "truncatedAlerts": 0,
+        "receiver": gojson.quote_meta(receiver),
         "status": status,
-        "receiver": receiver,
+        "alerts": [_webhook_alert(a) for a in alerts],
         "groupLabels": dict(group_labels),
         "commonLabels": _common([a["labels"] for a in alerts]),
         "commonAnnotations": _common([a["annotations"] for a in alerts]),
         "externalURL": external_url,
-        "alerts": list(alerts),
+        "version": "4",
+        "groupKey": group_key(group_labels),
+        "truncatedAlerts": 0,
     }
+
+
+#: Alertmanager's ``webhook.Message`` in the order Go writes its fields: the embedded
+#: ``*template.Data`` first (it is the struct's first field), then its own three.
+MESSAGE_FIELDS = ("receiver", "status", "alerts", "groupLabels", "commonLabels",
+                  "commonAnnotations", "externalURL", "version", "groupKey",
+                  "truncatedAlerts")
+#: ``template.Alert``'s fields in declaration order.
+ALERT_FIELDS = ("status", "labels", "annotations", "startsAt", "endsAt", "generatorURL",
+                "fingerprint")
+#: The fields that are Go maps (``template.KV``): written with their keys sorted.
+_MAP_FIELDS = frozenset({"labels", "annotations", "groupLabels", "commonLabels",
+                         "commonAnnotations"})
+
+
+def _go_order(obj: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
+    return {f: dict(sorted(obj[f].items())) if f in _MAP_FIELDS else obj[f] for f in fields}
+
+
+def webhook_bytes(body: Mapping[str, Any]) -> bytes:
+    """The bytes Alertmanager's ``json.NewEncoder(&buf).Encode(msg)`` writes for
+    ``body`` (a :func:`webhook_body`): struct fields in Go's order, map keys sorted,
+    Go's string escaping (``<`` as ``\\u003c`` ...), compact, and the newline that
+    ``Encode`` ends every value with. These are the bytes sent and signed."""
+    message = _go_order(body, MESSAGE_FIELDS)
+    message["alerts"] = [_go_order(a, ALERT_FIELDS) for a in body["alerts"]]
+    return (gojson.go_json(message) + "\n").encode()
 
 
 def postable_alert(entry: AlertEntry, *, now: float, valid_for: float) -> dict[str, Any]:

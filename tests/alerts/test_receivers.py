@@ -95,7 +95,7 @@ def test_webhook_body_is_alertmanager_v4(recorder: Recorder, session: requests.S
     assert set(first) == {"status", "labels", "annotations", "startsAt", "endsAt",
                           "generatorURL", "fingerprint"}
     assert first["status"] == "firing" and first["endsAt"] == ZERO_TIME
-    assert first["startsAt"] == "2023-11-14T22:13:20.000Z"
+    assert first["startsAt"] == "2023-11-14T22:13:20Z"  # Go trims zeros
     assert first["fingerprint"] == a1.fingerprint and first["generatorURL"] == GEN
     assert "webhook-signature" not in req.headers  # no secret configured
 
@@ -105,7 +105,7 @@ def test_webhook_resolved_has_end_time(recorder: Recorder, session: requests.Ses
     receiver(session, url=recorder.url).send(delivery((a, "resolved")))
     body = recorder.wait(1)[0].json()
     assert body["status"] == "resolved"
-    assert body["alerts"][0]["endsAt"] == "2023-11-14T22:14:20.000Z"
+    assert body["alerts"][0]["endsAt"] == "2023-11-14T22:14:20Z"
 
 
 def test_webhook_signature_verifies(recorder: Recorder, session: requests.Session,

@@ -21,7 +21,7 @@ import signal
 import subprocess
 from typing import Any
 
-from gpuwarden.alerts.payload import json_bytes, webhook_body
+from gpuwarden.alerts.payload import webhook_body, webhook_bytes
 from gpuwarden.alerts.receivers.base import Delivery, Outcome, Receiver
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ExecReceiver(Receiver):
         return env
 
     def stdin(self, delivery: Delivery) -> bytes:
-        return json_bytes(webhook_body(
+        return webhook_bytes(webhook_body(
             self.action.name, delivery.alerts,
             group_labels=dict(delivery.group_labels) or {"alertname": delivery.rule},
             external_url=self.ctx.external_url,

@@ -1,7 +1,9 @@
 """Plain webhook: the Alertmanager webhook body, signed per Standard Webhooks.
 
-The body is byte-for-byte what Alertmanager's webhook integration would send for the
-same group (version "4"), so existing Alertmanager receivers work unchanged. With a
+The body is byte-for-byte what Alertmanager 0.25's webhook integration sends for the
+same group (version "4"; ``payload.webhook_bytes``, checked against bodies recorded from
+it), so existing Alertmanager receivers work unchanged; the README's "Alert delivery"
+section lists what later Alertmanager versions write differently. With a
 ``secret_env`` / ``secret_file`` the request carries ``webhook-id`` (the delivery id,
 identical on every retry and on replay), ``webhook-timestamp`` (this attempt) and
 ``webhook-signature``; the receiver can then reject forgeries and replays and drop
@@ -12,14 +14,14 @@ from __future__ import annotations
 
 import math
 
-from gpuwarden.alerts.payload import json_bytes, load_secret, signature_headers, webhook_body
+from gpuwarden.alerts.payload import load_secret, signature_headers, webhook_body, webhook_bytes
 from gpuwarden.alerts.receivers.base import Delivery, HttpReceiver
 from gpuwarden.errors import ReceiverError
 
 
 class WebhookReceiver(HttpReceiver):
     def body(self, delivery: Delivery) -> bytes:
-        return json_bytes(webhook_body(
+        return webhook_bytes(webhook_body(
             self.action.name, delivery.alerts,
             group_labels=dict(delivery.group_labels) or {"alertname": delivery.rule},
             external_url=self.ctx.external_url,
