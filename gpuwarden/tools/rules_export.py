@@ -18,14 +18,18 @@ cannot:
 * a falling ratio (``detector = "falling"``, ``composite:PrefixCacheHitFalling``) -> the
   ratio of the counters' increases over the window before (``offset``) minus the one
   over the window, where the denominator grew by the detector's minimum in both;
+* ``composite:PreemptionsRising`` -> ``rate(gpuwarden_preemptions_total[window])``, the
+  detector's own ``rate()`` (``promql/windows.py``);
 * ``composite:KVCapacityTooSmall`` -> the exported ``kv_cache_capacity_sequences`` over
   the ``max_over_time`` of running + waiting requests (a subquery at the evaluation
   interval: Prometheus sees the gauges at its scrapes, gpuwarden at every cycle);
 * ``clear`` (hysteresis) -> ``breach or (hold and ALERTS{alertstate="firing"})``: the
   alert stays firing while the value is between ``clear`` and ``threshold``, and a
   pending alert is dropped there, exactly as gpuwarden's engine does;
-* anything else (composite diagnostics, unknown detectors) is left out, with a YAML
-  comment saying why, rather than approximated into a rule that pages wrongly.
+* anything else (the other composite diagnostics, the drift tests, unknown detectors)
+  is left out rather than approximated into a rule that pages wrongly, and listed with
+  the reason in comments at the top of the file (``UNEXPORTABLE``), where whoever loads
+  the file into Prometheus reads it: those alerts exist on the node only.
 
 No YAML library: the output is a small fixed structure. Every string value is written
 as a YAML single-quoted scalar (only ``'`` needs escaping there), which keeps PromQL
@@ -42,6 +46,7 @@ from dataclasses import dataclass
 
 from gpuwarden import __version__
 from gpuwarden.detectors.composite import DEFAULT_THRESHOLDS as COMPOSITE_THRESHOLDS
+from gpuwarden.detectors.composite import GPU_BUSY, KV_FULL
 from gpuwarden.detectors.falling import DEFAULT_THRESHOLD as FALLING_THRESHOLD
 from gpuwarden.detectors.falling import MIN_TOKENS, PrefixCacheHitFalling
 from gpuwarden.detectors.rule import RuleConfig, counter_ratio_inputs
@@ -57,6 +62,24 @@ SPREAD_DETECTORS = ("variance", "spread")
 FALLING_DETECTORS = {"falling": None,
                      "composite:PrefixCacheHitFalling": PrefixCacheHitFalling.signal}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+PREEMPTIONS = "composite:PreemptionsRising"
+# Why a detector has no Prometheus rule: what it computes that PromQL cannot, or has not
+# been written as PromQL yet (said as such).
+UNEXPORTABLE = {
+    "composite:KVCacheBottleneck": (
+        f"joins the node's mean GPU utilisation (> {GPU_BUSY:.0%}) with each server's KV "
+        f"cache usage (> {KV_FULL:.0%}) and its token rate against the previous window; "
+        "not written as PromQL yet"),
+    "composite:QueueGrowing": (
+        "Theil-Sen slopes of waiting and running requests with a 99 % confidence bound; "
+        "PromQL has only the least-squares deriv()"),
+    "cusum": (
+        "a cumulative sum per canary against a baseline taken from the series' first "
+        "samples: state that PromQL does not keep between evaluations"),
+    "ks": (
+        "a two-sample Kolmogorov-Smirnov test of answer lengths against their baseline: "
+        "no PromQL function computes it"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +170,8 @@ def _threshold(rule: RuleConfig) -> float | None:
         return FALLING_THRESHOLD
     if rule.threshold is None and rule.detector == CAPACITY:
         return COMPOSITE_THRESHOLDS["KVCapacityTooSmall"]
+    if rule.threshold is None and rule.detector == PREEMPTIONS:
+        return COMPOSITE_THRESHOLDS["PreemptionsRising"]
     return rule.threshold
 
 
@@ -163,6 +188,10 @@ def translate(rule: RuleConfig) -> Exported:
         vector = None if drop is None else (drop, None)
     elif rule.detector == CAPACITY:
         vector = (capacity_expr(rule), None)
+    elif rule.detector == PREEMPTIONS:
+        vector = (f"rate({PREFIX}preemptions_total[{format_duration(rule.window)}])", None)
+    if rule.detector in UNEXPORTABLE:
+        return Exported(rule.name, None, UNEXPORTABLE[rule.detector])
     if vector is None:
         return Exported(rule.name, None, f"signal {rule.signal!r} has no exported metric "
                                          "PromQL can compare")
@@ -185,7 +214,7 @@ def translate(rule: RuleConfig) -> Exported:
         return Exported(rule.name, None, f"spread over {rule.signal!r}: only GPU "
                                          "utilisation spread is translated")
     if rule.detector not in ("threshold", "latency", "drift", "increase", *SPREAD_DETECTORS,
-                             *FALLING_DETECTORS, CAPACITY):
+                             *FALLING_DETECTORS, CAPACITY, PREEMPTIONS):
         return Exported(rule.name, None, f"detector {rule.detector!r} (a composite or custom "
                                          "diagnostic) has no faithful PromQL equivalent")
     threshold = _threshold(rule)
@@ -244,6 +273,9 @@ def _annotations(rule: RuleConfig) -> list[tuple[str, str]]:
     elif rule.detector == CAPACITY:
         cond = (f"kv_cache_capacity_sequences / peak running + waiting over "
                 f"{format_duration(rule.window)} {rule.op} {_num(_threshold(rule) or 0)}")
+    elif rule.detector == PREEMPTIONS:
+        cond = (f"rate of preemptions_total over {format_duration(rule.window)} {rule.op} "
+                f"{_num(_threshold(rule) or 0)}/s")
     elif rule.detector in FALLING_DETECTORS:
         cond = (f"{FALLING_DETECTORS[rule.detector] or what} down {rule.op} "
                 f"{_num(_threshold(rule) or 0)} against the previous "
@@ -280,22 +312,25 @@ def _key(name: str) -> str:
 
 
 def render(rules: Sequence[RuleConfig], *, source: str = "defaults") -> str:
-    """The whole rule file as text (header comment, one group)."""
+    """The whole rule file as text (header comment, the rules left out, one group)."""
+    exported = [(rule, translate(rule)) for rule in rules]
+    left_out = [(rule, e) for rule, e in exported if e.expr is None]
     lines = [
         f"# Prometheus alerting rules exported by gpuwarden {__version__} "
         "(`gpuwarden rules export`).",
         f"# Source: {source}. They read gpuwarden's /metrics, so scrape it first (see",
         "# dashboards/prometheus/scrape-config.example.yml). Check: promtool check rules FILE",
-        "groups:",
-        f"  - name: {GROUP}",
-        "    rules:",
+        f"# Exported: {len(exported) - len(left_out)} of {len(exported)} rules.",
     ]
-    exported = [(rule, translate(rule)) for rule in rules]
-    if not any(e.expr for _, e in exported):
+    if left_out:
+        lines += [f"# Not exported ({len(left_out)}; these alerts exist only in gpuwarden on the "
+                  "node, its", "# /api/v1/alerts and actions):"]
+        lines += [f"#   {rule.name} ({rule.detector}): {e.note}." for rule, e in left_out]
+    lines += ["groups:", f"  - name: {GROUP}", "    rules:"]
+    if len(left_out) == len(exported):
         lines[-1] = "    rules: []"
     for rule, e in exported:
         if e.expr is None:
-            lines.append(f"      # {rule.name}: omitted: {e.note}.")
             continue
         if e.note:
             lines.append(f"      # {rule.name}: {e.note}.")

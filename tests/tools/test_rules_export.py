@@ -8,6 +8,7 @@ so the translation is still proven end to end.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -130,16 +131,74 @@ def test_aggregation_and_unexportable_rules() -> None:
     assert other_window.expr is not None and "1m window quantile" in (other_window.note or "")
 
 
-def test_render_comments_omitted_rules_and_quotes_templates() -> None:
+def test_render_lists_omitted_rules_at_the_top_and_quotes_templates() -> None:
     rules = [*README_DEFAULTS, RuleConfig("KVBottleneck", "gpu_utilization_ratio",
                                           detector="composite"),
              RuleConfig("Quote's", "server_up", "==", 0.0, labels=(("team", "it's"),))]
     text = render(rules)
-    assert "      # KVBottleneck: omitted: detector 'composite'" in text
+    header = text.split("groups:")[0]
+    assert f"# Exported: {len(rules) - 1} of {len(rules)} rules." in header
+    assert "#   KVBottleneck (composite): detector 'composite'" in header
+    assert "KVBottleneck" not in text.split("groups:")[1]
     assert "      - alert: 'Quote''s'" in text and "team: 'it''s'" in text
     assert "{{ $value | humanize }}" in text and "for: 2m" in text
     assert "gpuwarden actions: warm-restart" in text
     assert render([]).rstrip().endswith("rules: []")
+
+
+def left_out_at_the_top(text: str) -> dict[str, str]:
+    """Rule name -> reason, from the export's header comments (before ``groups:``)."""
+    header = text.split("\ngroups:\n", 1)[0]
+    found = re.findall(r"^#   (\S+) \(([^)]+)\): (.+)\.$", header, re.M)
+    return {name: reason for name, _detector, reason in found}
+
+
+def test_every_default_rule_is_exported_or_listed_with_its_reason() -> None:
+    rules = load_rules(None)
+    text = render(rules)
+    body = text.split("\ngroups:\n", 1)[1]
+    exported = re.findall(r"^      - alert: (\S+)$", body, re.M)
+    left_out = left_out_at_the_top(text)
+    # Each default exactly once: a Prometheus rule, or a line saying why not.
+    assert sorted(exported + list(left_out)) == sorted(r.name for r in rules)
+    assert f"# Exported: {len(exported)} of {len(rules)} rules." in text
+    assert f"# Not exported ({len(left_out)};" in text
+    # The reasons are the detector's, not a generic "cannot": these four have none in
+    # PromQL (a Theil-Sen bound, CUSUM state, a KS test) or none written yet.
+    assert set(left_out) == {"KVCacheBottleneck", "QueueGrowing", "QualityDriftCUSUM",
+                             "AnswerLengthShift"}
+    assert "Theil-Sen" in left_out["QueueGrowing"]
+    assert "Kolmogorov-Smirnov" in left_out["AnswerLengthShift"]
+    assert "not written as PromQL yet" in left_out["KVCacheBottleneck"]
+
+
+def test_readme_lists_the_rules_the_export_leaves_out() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Rules and alerts", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^- \*\*(\w+)\*\*", section, re.M))
+    rules = load_rules(None)
+    left_out = left_out_at_the_top(render(rules))
+    assert listed == set(left_out)
+    counts = (f"Of the defaults, {len(rules) - len(left_out)} of {len(rules)} are exported; "
+              f"these {len(left_out)} exist only")
+    assert counts in " ".join(section.split())
+
+
+def test_cli_export_to_stdout_names_the_left_out_on_stderr(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuwarden.cli.main import main
+
+    assert main(["rules", "export"]) == 0
+    out, err = capsys.readouterr()
+    left_out = left_out_at_the_top(out)
+    assert len(left_out) == 4
+    assert sorted(line.split()[2] for line in err.splitlines()) == sorted(left_out)
+
+
+def test_preemptions_rising_is_the_rate_of_the_counter() -> None:
+    rule = RuleConfig("PreemptionsRising", "preemptions_total", ">", 0.1, window=120.0,
+                      for_=60.0, detector="composite:PreemptionsRising")
+    assert translate(rule).expr == "rate(gpuwarden_preemptions_total[2m]) > 0.1"
 
 
 # --- promtool -----------------------------------------------------------------------------
