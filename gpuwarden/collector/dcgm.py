@@ -127,6 +127,10 @@ class DcgmCollector(Collector):
     """
 
     name = "dcgm"
+    #: Every reason ``scrape_errors_total`` counts (``_fetch``, ``collect``, and
+    #: ``httpbody``'s), exported at 0 from the start.
+    scrape_error_reasons = ("connection", "http_status", "oversize", "parse",
+                            "parse_timeout", "timeout")
 
     def __init__(
         self,

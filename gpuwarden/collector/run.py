@@ -4,7 +4,8 @@ node_exporter's ``execute``, for gpuwarden: every collector runs on a worker of 
 pool, and each one's outcome is kept as ``gpuwarden_collector_success``,
 ``gpuwarden_collector_duration_seconds`` and ``gpuwarden_collector_errors_total``
 (``{collector}``). A collector that raises is logged (rate-limited) and counted; the
-others' samples are used (ARCHITECTURE.md, convention 1).
+others' samples are used (ARCHITECTURE.md, convention 1). The counters of every
+configured collector are exported from 0, before anything failed.
 
 A collector that hangs (a scrape of a server that accepts and never answers) is not
 waited for past the deadline: it reads as failed for that cycle and is left to finish
@@ -56,11 +57,43 @@ class CountsScrapeErrors(Protocol):
 
 
 @runtime_checkable
+class DeclaresScrapeErrorReasons(Protocol):
+    """A collector that says every reason its ``scrape_errors_total`` can count: each is
+    exported at 0 from the start (Prometheus' practice for label sets known in advance;
+    an open-ended one, such as a status code, is declared by its known values only)."""
+
+    @property
+    def scrape_error_reasons(self) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
 class CountsInvalidLines(Protocol):
     """A collector that counts lines rejected inside payloads it still used."""
 
     @property
     def parse_errors_total(self) -> int: ...
+
+
+#: A collector's declared reasons, sorted, each with its label set.
+_ZeroReasons = tuple[tuple[str, dict[str, str]], ...]
+
+
+def _zero_reasons(name: str, collector: object) -> _ZeroReasons:
+    if not isinstance(collector, DeclaresScrapeErrorReasons):
+        return ()
+    return tuple((reason, {"collector": name, "reason": reason})
+                 for reason in sorted(set(collector.scrape_error_reasons)))
+
+
+def _scrape_error_samples(name: str, counters: CountsScrapeErrors, zeros: _ZeroReasons,
+                          ) -> list[tuple[dict[str, str], float]]:
+    """Every declared reason (0 until counted) and any other reason counted, sorted."""
+    counted = dict(counters.scrape_errors_total)  # a copy: scrapes count on other threads
+    out = [(labels, float(counted.pop(reason, 0))) for reason, labels in zeros]
+    if counted:  # a reason the collector did not declare: still exported, in order
+        out += [({"collector": name, "reason": r}, float(n)) for r, n in counted.items()]
+        out.sort(key=lambda sample: sample[0]["reason"])
+    return out
 
 
 def run_collector(collector: Collector) -> CollectorRun:
@@ -101,7 +134,8 @@ class CollectorRunner:
         self._duration: dict[str, float] = {}
         self._errors: dict[str, int] = defaultdict(int)
         self._collectors: tuple[Collector, ...] = ()
-        self._scrape_counters: tuple[tuple[str, CountsScrapeErrors], ...] = ()
+        # (collector, its counters, the reasons it declares with their label sets at 0)
+        self._scrape_counters: tuple[tuple[str, CountsScrapeErrors, _ZeroReasons], ...] = ()
         self._line_counters: tuple[tuple[str, CountsInvalidLines], ...] = ()
         self.replace(collectors)
 
@@ -111,11 +145,22 @@ class CollectorRunner:
 
     def replace(self, collectors: Sequence[Collector]) -> tuple[Collector, ...]:
         """Run ``collectors`` from the next :meth:`run` on; returns the ones they replace,
-        for the caller to close. Runs still in flight are forgotten; the per-collector
-        figures of collectors that are gone stay, as counters do."""
+        for the caller to close. Runs still in flight are forgotten.
+
+        The counters of every collector start at 0 here (``collector_errors``, and each
+        declared reason of ``scrape_errors``), worked out once per config rather than
+        per scrape; a collector kept by name keeps its error count, and the figures of
+        a collector that is gone are gone from ``/metrics``, as a target that went away
+        is for Prometheus."""
         old, self._collectors = self._collectors, tuple(collectors)
         self._in_flight.clear()
-        self._scrape_counters = tuple((c.name, c) for c in self._collectors
+        names = [c.name for c in self._collectors]
+        self._success = {n: v for n, v in self._success.items() if n in names}
+        self._duration = {n: v for n, v in self._duration.items() if n in names}
+        kept = self._errors
+        self._errors = defaultdict(int, {n: kept.get(n, 0) for n in names})
+        self._scrape_counters = tuple((c.name, c, _zero_reasons(c.name, c))
+                                      for c in self._collectors
                                       if isinstance(c, CountsScrapeErrors))
         self._line_counters = tuple((c.name, c) for c in self._collectors
                                     if isinstance(c, CountsInvalidLines))
@@ -166,11 +211,8 @@ class CollectorRunner:
         def per_collector(values: Mapping[str, float]) -> tuple[tuple[dict[str, str], float], ...]:
             return tuple(({"collector": n}, float(v)) for n, v in sorted(values.items()))
 
-        scrape_errors = tuple(
-            ({"collector": name, "reason": reason}, float(count))
-            for name, c in self._scrape_counters
-            for reason, count in sorted(c.scrape_errors_total.items())
-        )
+        scrape_errors = tuple(sample for name, c, zeros in self._scrape_counters
+                              for sample in _scrape_error_samples(name, c, zeros))
         invalid_lines = tuple(({"collector": name}, float(c.parse_errors_total))
                               for name, c in self._line_counters)
         return (

@@ -155,6 +155,10 @@ class ServerCollector(Collector):
 
     warn_every_s: float = 60.0  # one identical warning per server+reason per minute
     parse_budget_s: float = 1.0  # parse time per scrape; beyond it the rest is dropped
+    #: Every reason ``scrape_errors_total`` counts (``_classify``, ``_body``, ``collect``),
+    #: exported at 0 from the start.
+    scrape_error_reasons = ("bad_url", "connection", "http_status", "oversize", "parse",
+                            "parse_timeout", "refused", "timeout", "truncated")
 
     def __init__(  # noqa: PLR0917 - the daemon's construction signature, positional
         self,

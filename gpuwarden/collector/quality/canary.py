@@ -159,6 +159,11 @@ class QualityCollector(Collector):
     """Sends canaries, scores answers; see the module docstring."""
 
     name = "quality"
+    #: The reasons ``errors_total`` counts (``_ask``, ``_http``, ``_complete``), exported
+    #: at 0 from the start; of the ``http_<n>xx`` family, the classes a server answers
+    #: with (another is still counted, from its first error on).
+    scrape_error_reasons = ("bad_response", "connection", "http_4xx", "http_5xx",
+                            "internal", "oversized", "request", "timeout")
 
     def __init__(
         self,
