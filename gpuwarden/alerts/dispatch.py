@@ -55,6 +55,7 @@ from gpuwarden.alerts.alert import AlertEvent
 from gpuwarden.alerts.audit import AuditLog, AuditRow
 from gpuwarden.alerts.guards import DEFAULT_INHIBIT, GuardRails, InhibitRule
 from gpuwarden.alerts.ledger import Ledger
+from gpuwarden.alerts.outcomes import ACTIONS, action_zero_set
 from gpuwarden.alerts.payload import external_url
 from gpuwarden.alerts.receivers.alertmanager import RESOLVED_RESEND_SECONDS
 from gpuwarden.alerts.receivers.base import Delivery, ReceiverContext, RetryPolicy
@@ -110,7 +111,7 @@ class Dispatcher:
         self._restore_timeout = restore_timeout
         self.audit = AuditLog(engine, clock=clock, background=True,
                               queue_size=audit_queue) if engine is not None else None
-        self.ledger = Ledger(self.audit)
+        self.ledger = Ledger(self.audit, expected=action_zero_set(actions))
         self.external_url = external_url(listen, node)
         self.ctx = ReceiverContext(session=session, node=node, external_url=self.external_url,
                                    interval=interval, am_resend=am_resend, clock=clock)
@@ -330,7 +331,7 @@ class Dispatcher:
         audit_queued = 0 if self.audit is None else self.audit.queued
         queued += sum(len(w.queue) for w in self._workers.values())
         return (
-            SelfMetric("actions", "counter", "Alert action outcomes by action and result",
+            SelfMetric(ACTIONS.name, "counter", ACTIONS.help,
                        tuple(({"action": a, "result": r}, float(n)) for (a, r), n in counts)),
             SelfMetric("delivery_queue_length", "gauge",
                        "Alert events and deliveries waiting to be handled",

@@ -171,8 +171,11 @@ class RuleEngine:
                 needed[signal] = max(needed.get(signal, 0.0), lookback)
         self._rules = compiled
         self._needed = needed
-        for name in compiled:
-            self.stats.rule_errors_total.setdefault(name, 0)
+        # Every rule's error counter from 0 (a rule that could not be built keeps its
+        # count); a rule gone from the config is gone from /metrics too.
+        errors = self.stats.rule_errors_total
+        self.stats.rule_errors_total = {r.name: errors.get(r.name, 0)
+                                        for r in rules if r.enabled}
 
     @property
     def rules(self) -> list[RuleConfig]:
@@ -423,13 +426,15 @@ def alert_self_metrics(
     engine: RuleEngine, *, state_errors: int = 0, delivery_errors: int = 0
 ) -> list[SelfMetric]:
     """The engine's share of gpuwarden's own ``/metrics``."""
+    from gpuwarden.alerts.outcomes import ALERT_EVENTS, EVENT_KINDS, RULE_ERRORS
     from gpuwarden.model import SelfMetric
 
     stats = engine.stats
     counts = tuple(({"alertname": name, "state": st}, float(n))
                    for (name, st), n in sorted(engine.counts().items()))
     errors = tuple(({"rule": r}, float(n)) for r, n in sorted(stats.rule_errors_total.items()))
-    events = tuple(({"kind": k}, float(n)) for k, n in sorted(stats.events_total.items()))
+    events = tuple(({"kind": k}, float(stats.events_total.get(k, 0)))
+                   for k in sorted({*EVENT_KINDS, *stats.events_total}))
     return [
         SelfMetric("alerts", "gauge", "Alert instances per rule and state", counts),
         SelfMetric("rule_evaluation_seconds", "gauge",
@@ -437,9 +442,8 @@ def alert_self_metrics(
                    (({}, stats.last_evaluation_seconds),)),
         SelfMetric("rule_evaluations", "counter", "Evaluations of the alert rules",
                    (({}, float(stats.evaluations_total)),)),
-        SelfMetric("rule_errors", "counter",
-                   "Rule evaluations that failed (detector raised, input unreadable)", errors),
-        SelfMetric("alert_events", "counter", "Alert transitions handed to delivery", events),
+        SelfMetric(RULE_ERRORS.name, "counter", RULE_ERRORS.help, errors),
+        SelfMetric(ALERT_EVENTS.name, "counter", ALERT_EVENTS.help, events),
         SelfMetric("alert_state_errors", "counter",
                    "Failed reads/writes of persisted alert state", (({}, float(state_errors)),)),
         SelfMetric("alert_delivery_errors", "counter", "Alert delivery callbacks that raised",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpuwarden.alerts.action import ActionConfig
@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 class Ledger:
     """Counts per (action, result), audit rows and dead letters (thread-safe)."""
 
-    def __init__(self, audit: AuditLog | None) -> None:
+    def __init__(self, audit: AuditLog | None,
+                 expected: Iterable[tuple[str, str]] = ()) -> None:
         self.audit = audit
         self._lock = threading.Lock()
-        self._counts: Counter[tuple[str, str]] = Counter()
+        # The (action, result) pairs known in advance count from 0 (``outcomes.py``).
+        self._counts: Counter[tuple[str, str]] = Counter(dict.fromkeys(expected, 0))
         self._dead_letters = 0  # pending in the store (or written since start)
 
     def count(self, action: str, result: str, n: int = 1) -> None:

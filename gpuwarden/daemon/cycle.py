@@ -286,7 +286,8 @@ class Cycle:
     def _snapshot(self, samples: list[Sample]) -> Snapshot:
         from gpuwarden.api.exposition import Snapshot
 
-        families = self_metrics(self.runner, self.stats, self.store, self.alerting)
+        families = self_metrics(self.runner, self.stats, self.store, self.alerting,
+                                self.config)
         info = {"node": self.config.node, "gpu_source": self.gpu_source}
         return Snapshot(samples=tuple(samples), self_metrics=families, info=info)
 
