@@ -68,6 +68,11 @@ class _Renderer:
         # signals, exported only when their quantiles are passed in, under "?"+signal.
         self._families: dict[str, _Family | None] = {}
         self._cached = 0  # line prefixes made since the caches were last emptied
+        # gpuwarden's own series, which are mostly the same from one render to the next
+        # (every known counter label set is there from the start, at 0): (family header
+        # fields) -> header, (sample name, labels as given) -> line prefix.
+        self._self_headers: dict[tuple[str, str, str], str] = {}
+        self._self_prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
 
     def render(self, snap: Snapshot) -> bytes:
         grouped: defaultdict[str, list[Sample]] = defaultdict(list)
@@ -90,11 +95,7 @@ class _Renderer:
                     prefix = prefixes[s.labels] = line_prefix(name, s.labels)
                     self._cached += 1
                 out.append(f"{prefix}{go_float(s.value)}\n")
-        for sm in snap.self_metrics:
-            out.append(family_header(PREFIX + sm.name, sm.help, sm.kind))
-            sample_name = PREFIX + sm.name + ("_total" if sm.kind == "counter" else "")
-            out.extend(f"{line_prefix(sample_name, labels.items())}{go_float(value)}\n"
-                       for labels, value in sm.samples)
+        self._render_self(snap.self_metrics, out)
         if snap.info:
             out.append(family_header(PREFIX + "build", "gpuwarden version and data sources",
                                      "info"))
@@ -103,6 +104,25 @@ class _Renderer:
         if self._process is not None:
             out.append(self._process.text())
         return "".join(out).encode()
+
+    def _render_self(self, families: tuple[SelfMetric, ...], out: list[str]) -> None:
+        headers, prefixes = self._self_headers, self._self_prefixes
+        if len(prefixes) > 2 * sum(len(sm.samples) for sm in families) + 256:
+            prefixes.clear()  # series of collectors, rules, actions gone since a reload
+            headers.clear()
+        for sm in families:
+            head_key = (sm.name, sm.help, sm.kind)
+            header = headers.get(head_key)
+            if header is None:
+                header = headers[head_key] = family_header(PREFIX + sm.name, sm.help, sm.kind)
+            out.append(header)
+            sample_name = PREFIX + sm.name + ("_total" if sm.kind == "counter" else "")
+            for labels, value in sm.samples:
+                key = (sample_name, tuple(labels.items()))
+                prefix = prefixes.get(key)
+                if prefix is None:
+                    prefix = prefixes[key] = line_prefix(sample_name, key[1])
+                out.append(f"{prefix}{go_float(value)}\n")
 
     def _family(self, signal: str, group: list[Sample]) -> _Family | None:
         spec = SIGNALS.get(signal)
