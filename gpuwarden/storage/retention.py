@@ -7,6 +7,10 @@ transaction and a burst of WAL. Deleting ``batch_size`` rows per short transacti
 primary key picked through the ``t_max`` / ``t`` index, keeps each lock hold to
 milliseconds so the scheduler's writes interleave.
 
+On PostgreSQL a partitioned ``chunks`` table (``pg_chunks.py``) is expired by dropping
+whole day partitions instead (``chunk_table.py``); this ``DELETE`` path stays for SQLite
+and for a table made before partitioning.
+
 Series rows are deliberately kept: on a shared PostgreSQL another node may still hold
 a series in its in-memory head (its head-log blobs are opaque to SQL), and a series row
 costs ~100 bytes, so deleting it is not worth the risk of orphaning live samples.
@@ -75,11 +79,19 @@ def apply_retention(
     if retention_seconds <= 0:
         raise ValueError("retention_seconds must be positive")
     cutoff_ms = int((now - retention_seconds) * 1000)
-    c, r = schema.chunks, schema.rollups_1m
+    c = schema.chunks
     deleted = _delete_older(
         begin, c, c.c.t_max, cutoff_ms=cutoff_ms, batch_size=batch_size, pause=pause
     )
-    deleted += _delete_older(
-        begin, r, r.c.t, cutoff_ms=cutoff_ms, batch_size=batch_size, pause=pause
-    )
-    return deleted
+    return deleted + apply_rollup_retention(begin, cutoff_ms, batch_size=batch_size, pause=pause)
+
+
+def apply_rollup_retention(
+    begin: BeginWrite, cutoff_ms: int, *, batch_size: int = 1000, pause: float = 0.0
+) -> int:
+    """Delete 1-minute rollups older than ``cutoff_ms`` (Unix ms) in short batches; also
+    on a partitioned ``chunks`` table, whose retention drops partitions instead
+    (``chunk_table.py``)."""
+    r = schema.rollups_1m
+    return _delete_older(begin, r, r.c.t, cutoff_ms=cutoff_ms, batch_size=batch_size,
+                         pause=pause)

@@ -16,6 +16,12 @@ table clustered on (series_id, t_min) would split pages all over the key space o
 cut and end up ~2/3 full; appending by rowid keeps the big rows packed, and the small
 (series_id, t_min) index does the lookups.
 
+On PostgreSQL a new database's ``chunks`` is made by ``pg_chunks.py`` instead of from
+the definition below: keyed on ``(series_id, t_min)`` so a retried cut inserts nothing
+twice, partitioned by day of ``t_min`` (a TimescaleDB hypertable where that extension
+is installed) so retention drops partitions. The definition below is SQLite's table and
+that of PostgreSQL databases made before (used as they are, see ``chunk_table.py``).
+
 ``head_log`` has no secondary index on SQLite: a cycle's commit is the durability point,
 and each page it touches costs a whole page frame in the ``-wal`` file (see
 ``engine.py``); the table's own leaf is the one page a cycle needs. Replay reads a
@@ -52,6 +58,7 @@ from sqlalchemy import (
 )
 
 from gpuwarden.errors import StoreError
+from gpuwarden.storage import pg_chunks
 from gpuwarden.storage.engine import write_transaction
 
 #: Bump when a table changes; a store refuses a database with a newer version.
@@ -257,11 +264,15 @@ def create_tables(engine: Engine) -> None:
             f"({SCHEMA_VERSION}); upgrade gpuwarden or point it at another database"
         )
     with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":  # before create_all: its own layout
+            pg_chunks.create_chunks(conn)
         metadata.create_all(conn)
         if conn.dialect.name == "sqlite":  # a database made when SQLite had them too
             for name in sorted(POSTGRESQL_ONLY_INDEXES):
                 conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
-        if version is None:
+        # read again under the write lock: nodes starting together on a new PostgreSQL
+        # (pg_chunks.create_chunks serialises them) must write the row once
+        if version is None and conn.scalar(select(func.max(schema_version.c.version))) is None:
             conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
 
 

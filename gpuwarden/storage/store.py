@@ -25,7 +25,8 @@ tests. Failures are counted by reason (``write_errors``, see ``db_errors.py``).
 
 This module is the one place that holds the locks and the head's state; the parts it
 calls are pure or touch only the database: ``series_registry`` (series ids),
-``head_log`` (the WAL rows), ``chunk_cut`` (cycles to chunks), ``queries`` (chunk reads).
+``head_log`` (the WAL rows), ``chunk_cut`` (cycles to chunks), ``chunk_table`` (the
+chunks table's layout: partitions, idempotent inserts, retention), ``queries`` (reads).
 
 Locks: ``_write_lock`` serialises writers (the writer thread, ``flush()`` on SIGTERM);
 the pending buffer has its own, shared by ``append`` and the writer; ``_lock`` guards
@@ -42,7 +43,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -51,8 +51,8 @@ from sqlalchemy import Engine, func, select
 from gpuwarden.errors import StoreError, StoreUnavailable
 from gpuwarden.model import Labels, Sample, SeriesData
 from gpuwarden.storage import head_log, schema
-from gpuwarden.storage import retention as _retention
-from gpuwarden.storage.chunk_cut import MAX_CHUNK_SPAN_MS, encode_cut, insert_chunks
+from gpuwarden.storage.chunk_cut import MAX_CHUNK_SPAN_MS, encode_cut
+from gpuwarden.storage.chunk_table import ChunkTable
 from gpuwarden.storage.codec import F64Array, I64Array
 from gpuwarden.storage.db_errors import DB_ERRORS, db_error_text, write_error_reason
 from gpuwarden.storage.engine import open_engine, write_transaction
@@ -128,6 +128,7 @@ class Store:
         self.last_write_seconds = 0.0
         try:
             schema.create_tables(engine)
+            self.chunk_table = ChunkTable(engine)  # its layout: see chunk_table.py
             self._replay()
         except StoreError:
             engine.dispose()
@@ -335,9 +336,10 @@ class Store:
             return
         rows, block = encode_cut(chosen, self._span_ms, self._level, self._series.db_ids)
         log_ids = sorted({e.log_id for e in chosen if e.log_id is not None})
+        self.chunk_table.prepare(self.engine, rows)  # partitions ahead, own transaction
         with self._cut_lock:
             with write_transaction(self.engine) as conn:
-                insert_chunks(conn, rows)
+                self.chunk_table.insert(conn, rows)  # a retried cut inserts nothing twice
                 head_log.delete_rows(conn, log_ids)
             cut = {id(e) for e in chosen}
             with self._lock:  # one swap: a query sees each sample in exactly one place
@@ -455,12 +457,10 @@ class Store:
     def apply_retention(
         self, now: float, retention_seconds: float, *, batch_size: int = 1000
     ) -> int:
-        """Delete chunks and rollups older than the retention, in short batches."""
+        """Expire chunks and rollups older than the retention (``chunk_table.py``)."""
         try:
-            return _retention.apply_retention(
-                partial(write_transaction, self.engine), now, retention_seconds,
-                batch_size=batch_size,
-            )
+            return self.chunk_table.apply_retention(self.engine, now, retention_seconds,
+                                                    batch_size=batch_size)
         except DB_ERRORS as exc:
             raise StoreUnavailable(f"retention failed: {db_error_text(exc)}") from exc
 

@@ -23,10 +23,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from gpuwarden.model import Sample, make_labels
-from gpuwarden.storage import Store, open_store
+from gpuwarden.storage import Store, open_store, schema
 
 PG_ENV = "GPUWARDEN_TEST_POSTGRES_URL"
 T0 = 1_700_000_000.0  # a multiple of every chunk span used in the tests
@@ -108,6 +109,18 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             store.close()
         with psycopg.connect(conninfo, autocommit=True) as admin:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def make_legacy(backend: Backend) -> None:
+    """The tables as gpuwarden made them before ``chunks`` was partitioned on PostgreSQL
+    (``schema.metadata`` as it stands: a rowid ``chunks``), with their version row."""
+    engine = create_engine(backend.url)
+    try:
+        schema.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(schema.schema_version.insert().values(version=schema.SCHEMA_VERSION))
+    finally:
+        engine.dispose()
 
 
 def gpu_cycle(k: int, gpus: int = 4, signal: str = "gpu_utilization_ratio") -> list[Sample]:
