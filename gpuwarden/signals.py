@@ -134,6 +134,10 @@ SIGNALS: dict[str, Signal] = {
         Signal("quality_answer_length", G, "",
                "Length in characters of one canary's answer (one sample per answer)",
                (*SERVER_LABELS, "canary")),
+        Signal("node_silence_intervals", G, "",
+               "Fleet mode: how many of its own intervals ago a running node last wrote "
+               "to the shared store (read from its nodes row by the fleet's leader, never "
+               "collected)", ("node",)),
     )
 }
 

@@ -252,7 +252,8 @@ class RuleEngine:
     def _labels(self, rule: RuleConfig, finding_labels: Labels) -> Labels:
         """Finding labels, then rule labels (overwrite), then alertname and severity."""
         merged = dict(finding_labels)
-        merged.setdefault("node", self.node)
+        if self.node:  # the fleet's engine has none: a finding names its node, if any
+            merged.setdefault("node", self.node)
         merged.update(rule.labels)
         merged["alertname"] = rule.name
         merged["severity"] = rule.severity

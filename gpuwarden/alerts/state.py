@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, Table, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from gpuwarden.alerts.alert import Alert, AlertState
@@ -71,11 +71,13 @@ def _row(alert: Alert, now: float) -> dict[str, object]:
 
 
 class AlertStateStore:
-    """Reads and writes one node's alert instances in the ``alerts`` table."""
+    """Reads and writes one node's alert instances in the ``alerts`` table (or, with
+    ``node=None``, every instance of ``table``: the fleet's, ``gpuwarden/fleet/``)."""
 
-    def __init__(self, engine: Engine, node: str) -> None:
+    def __init__(self, engine: Engine, node: str | None, table: Table = schema.alerts) -> None:
         self.engine = engine
         self.node = node
+        self.table = table
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -84,16 +86,20 @@ class AlertStateStore:
         with self.engine.connect() as conn:
             conn.execution_options(gw_write=True)
             with conn.begin():
+                self._fence(conn)
                 yield conn
+
+    def _fence(self, conn: Connection) -> None:
+        """Raise to refuse a write inside its transaction (the fleet leader's check)."""
 
     def load(self) -> list[tuple[Alert, float]]:
         """This node's instances with their ``updated_at``; raises on a DB error."""
-        t = schema.alerts
+        t = self.table
         out: list[tuple[Alert, float]] = []
         with self.engine.connect() as conn:
             for r in conn.execute(select(t).order_by(t.c.fingerprint)):
                 labels = json.loads(r.labels)
-                if labels.get("node") != self.node:
+                if self.node is not None and labels.get("node") != self.node:
                     continue
                 try:
                     state = AlertState(r.state)
@@ -114,7 +120,7 @@ class AlertStateStore:
         """Upsert and delete in one transaction; raises on a DB error."""
         if not upserts and not deletes:
             return
-        t = schema.alerts
+        t = self.table
         with self._write() as conn:
             if deletes:
                 for k in range(0, len(deletes), 500):

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def gpu_collector(
     source: str, *, node: str, sim_gpus: int = 4, dcgm_url: str = "", timeout: float = 2.0,
-    session: requests.Session | None = None,
+    session: requests.Session | None = None, sim_load: float = 0.6,
 ) -> Collector | None:
     """Build the GPU collector for ``[gpu] source``; None for ``off``.
 
@@ -42,8 +42,8 @@ def gpu_collector(
         return None
     if source not in GPU_SOURCES:
         raise ValueError(GPU_SOURCES.unknown(source))
-    settings = GpuSettings(node, sim_gpus=sim_gpus, dcgm_url=dcgm_url, timeout=timeout,
-                           session=session)
+    settings = GpuSettings(node, sim_gpus=sim_gpus, sim_load=sim_load, dcgm_url=dcgm_url,
+                           timeout=timeout, session=session)
     return GPU_SOURCES.load(source).from_settings(settings)
 
 

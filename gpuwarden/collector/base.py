@@ -51,6 +51,7 @@ class GpuSettings:
 
     node: str
     sim_gpus: int = 4
+    sim_load: float = 0.6  # the utilisation simulated GPUs drift around
     dcgm_url: str = ""
     timeout: float = 2.0
     session: requests.Session | None = None

@@ -102,7 +102,10 @@ class SimulatedGpuCollector(Collector):
         """``[gpu] source = "sim"``: ``sim_gpus`` fake GPUs, said loudly in the log."""
         log.warning("GPU source is SIMULATED: %d fake GPUs, not real hardware",
                     settings.sim_gpus)
-        return cls(settings.node, settings.sim_gpus)
+        collector = cls(settings.node, settings.sim_gpus)
+        for index in range(settings.sim_gpus):
+            collector.set_load(index, settings.sim_load)
+        return collector
 
     @staticmethod
     def _uuid(node: str, index: int) -> str:

@@ -39,6 +39,7 @@ from gpuwarden.config.values import (
     choice,
     duration_in,
     finite,
+    fraction,
     gpu_hour_price,
     gpu_list,
     header_table,
@@ -53,7 +54,7 @@ from gpuwarden.config.values import (
     str_table,
     type_name,
 )
-from gpuwarden.detectors.rule import AGGREGATIONS, RULE_OPS, SEVERITIES, RuleConfig
+from gpuwarden.detectors.rule import AGGREGATIONS, RULE_OPS, SCOPES, SEVERITIES, RuleConfig
 from gpuwarden.detectors.validate import (
     THRESHOLDED,
     detector_problem,
@@ -80,6 +81,7 @@ class GpuConfig:
     source: str = "auto"
     dcgm_url: str = "http://127.0.0.1:9400/metrics"
     sim_gpus: int = 4
+    sim_load: float = 0.6
     timeout: float = 2.0
 
 
@@ -157,6 +159,7 @@ GPU: Schema = {
     "source": ("source", choice(*GPU_SOURCE_CHOICES)),
     "dcgm_url": ("dcgm_url", http_url),
     "sim_gpus": ("sim_gpus", int_in(1, 64)),
+    "sim_load": ("sim_load", fraction),
     "timeout": ("timeout", _TIMEOUT),
 }
 SERVER: Schema = {
@@ -196,6 +199,7 @@ RULE: Schema = {
     "horizon": ("horizon", duration_in(1.0, 7 * DAY)),
     "min_points": ("min_points", int_in(2, 100_000)),
     "every": ("every", duration_in(0.0, DAY)),
+    "scope": ("scope", choice(*SCOPES)),
 }
 ACTION: Schema = {
     "name": ("name", nonempty),

@@ -62,6 +62,14 @@ def finite(value: Any) -> float:
     return number
 
 
+def fraction(value: Any) -> float:
+    """A number from 0 to 1 (a ratio, as every ratio signal is)."""
+    number = finite(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"must be between 0 and 1, got {shown(value)}")
+    return number
+
+
 def int_in(low: int, high: int) -> Callable[[Any], int]:
     """An integer in ``[low, high]``."""
 

@@ -130,6 +130,11 @@ class Alerting:
                 self.on_alert_events.remove(dispatcher)
             dispatcher.stop(timeout=timeout)
 
+    def deliver(self, events: list[AlertEvent]) -> None:
+        """Hand events evaluated elsewhere (the fleet rules, ``daemon/fleet.py``) to the
+        same delivery as the node's own; never raises."""
+        self._deliver(events)
+
     def _deliver(self, events: list[AlertEvent]) -> None:
         if self._early_events is not None:
             self._early_events.extend(events)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from gpuwarden.alerts.served_models import ServedModels
     from gpuwarden.api.exposition import Exposition, Snapshot
     from gpuwarden.collector.memory_budget import MemoryBudget
+    from gpuwarden.daemon.fleet import FleetMode
     from gpuwarden.storage.store import Store
     from gpuwarden.storage.writer import StoreWriter
 
@@ -98,6 +99,7 @@ class Cycle:
         self.store: Store | None = None
         self.writer: StoreWriter | None = None
         self.served_models: ServedModels | None = None
+        self.fleet: FleetMode | None = None  # on a PostgreSQL store (daemon/fleet.py)
         self._exposition: Exposition | None = None
         self._derived: list[Sample] = []
         self._derived_at: float | None = None
@@ -288,6 +290,8 @@ class Cycle:
 
         families = self_metrics(self.runner, self.stats, self.store, self.alerting,
                                 self.config)
+        if self.fleet is not None:
+            families = (*families, *self.fleet.self_metrics())
         info = {"node": self.config.node, "gpu_source": self.gpu_source}
         return Snapshot(samples=tuple(samples), self_metrics=families, info=info)
 

@@ -169,9 +169,12 @@ class Daemon:
             cycle.alerting.rule_failures_total += 1
             log.exception("cannot start the alert rule engine")
         cycle.served_models = wiring.build_served_models(store, self.config)
+        cycle.fleet = wiring.build_fleet(store, self.config, cycle.alerting.deliver, self.clock)
         cycle.guarded(first)
         self._start_writer(store)
         self._start_delivery(store)
+        if cycle.fleet is not None:
+            cycle.fleet.start()
 
         if self._http is None:
             self._start_http()
@@ -219,6 +222,8 @@ class Daemon:
             jobs.append(("served models", served_models.flush))
         if self._lock is not None and self._lock.kind == "postgres":
             jobs.append(("instance lock", self._hold_lock))
+        if self.cycle.fleet is not None:
+            jobs.append(("node heartbeat", self.cycle.fleet.heartbeat))
         writer = wiring.build_writer(store, self.config.interval, jobs)
         writer.start()
         self.cycle.writer = writer
@@ -321,6 +326,8 @@ class Daemon:
             if cycle.lock.acquire(timeout=SHUTDOWN_FLUSH_S):
                 cycle.lock.release()
         cycle.runner.close()
+        if cycle.fleet is not None:
+            cycle.fleet.stop()  # gives the lead up at once, before delivery stops
         cycle.alerting.stop_delivery(DELIVERY_STOP_S)  # the rest is dead-lettered
         store = cycle.store
         if cycle.writer is not None:

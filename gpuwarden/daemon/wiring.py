@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from gpuwarden.alerts.state import AlertStatePersister
     from gpuwarden.api.server import DaemonView, HttpServer
     from gpuwarden.collector.memory_budget import MemoryBudget
+    from gpuwarden.daemon.fleet import FleetMode
+    from gpuwarden.fleet.evaluator import EventSink
     from gpuwarden.storage.instance_lock import InstanceLock
     from gpuwarden.storage.store import Store
     from gpuwarden.storage.writer import StoreWriter
@@ -73,7 +75,7 @@ def build_collectors(config: Config, session: Callable[[], requests.Session]) ->
     gpu = config.gpu
     collectors: list[Collector] = []
     gpu_source = gpu_collector(gpu.source, node=config.node, sim_gpus=gpu.sim_gpus,
-                               dcgm_url=gpu.dcgm_url, timeout=gpu.timeout,
+                               sim_load=gpu.sim_load, dcgm_url=gpu.dcgm_url, timeout=gpu.timeout,
                                session=session() if gpu.source == "dcgm" else None)
     if gpu_source is not None:
         collectors.append(gpu_source)
@@ -177,6 +179,14 @@ def build_dispatcher(config: Config, store: Store, session: requests.Session,
     return Dispatcher(config.actions, engine=store.engine, session=session, node=config.node,
                       listen=config.listen, interval=config.interval,
                       served_models=served_models)
+
+
+def build_fleet(store: Store, config: Config, sink: EventSink,
+                clock: Callable[[], float]) -> FleetMode | None:
+    """Fleet mode's heartbeat and fleet rules (not started), on a PostgreSQL store only."""
+    from gpuwarden.daemon.fleet import FleetMode, fleet_capable
+
+    return FleetMode(store, config, sink, clock) if fleet_capable(store) else None
 
 
 def build_http_server(config: Config, view: DaemonView) -> HttpServer:

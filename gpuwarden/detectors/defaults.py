@@ -28,6 +28,7 @@ from typing import Any
 
 from gpuwarden.detectors import Finding
 from gpuwarden.detectors.drift_rules import default_drift_rules
+from gpuwarden.detectors.fleet_rules import DEFAULT_FLEET_RULE_NAMES
 from gpuwarden.detectors.rule import RuleConfig
 
 NOTIFY = ("notify",)
@@ -43,9 +44,14 @@ DEFAULT_RULES: tuple[RuleConfig, ...] = (
         summary="KV cache {value:.0%} on {server} ({model}) > {threshold:.0%}",
     ),
     RuleConfig(
+        # An early warning, so no `for` (it would spend the warning's lead); instead it
+        # keeps firing for a minute after the forecast last held. While a ramp is young
+        # the robust fit sits at its guards' margin and the forecast comes and goes for a
+        # few seconds (detectors/trend.py): without the hold one rise paged twice, 12 s
+        # apart (the demo's, and tests/incidents/traces/kv-jump-then-ramp.json).
         name="KVCacheSaturationSoon", signal="kv_cache_usage_ratio", detector="trend",
-        limit=1.0, horizon=300.0, window=30.0, min_points=10, severity="warning",
-        actions=NOTIFY,
+        limit=1.0, horizon=300.0, window=30.0, min_points=10, keep_firing_for=60.0,
+        severity="warning", actions=NOTIFY,
         summary="KV cache on {server} ({model}) forecast full in {value:.0f} s",
     ),
     RuleConfig(
@@ -172,7 +178,9 @@ def effective_rules(config_rules: Iterable[RuleConfig]) -> tuple[RuleConfig, ...
         rule = user.pop(default.name, default)
         if rule.enabled:
             out.append(rule)
-    out.extend(r for r in user.values() if r.enabled)
+    # Fleet rules (``fleet_rules.py``) run in the fleet's leader, not in each node.
+    out.extend(r for r in user.values() if r.enabled and r.scope == "node"
+               and r.name not in DEFAULT_FLEET_RULE_NAMES)
     return tuple(out)
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from gpuwarden.signals import DERIVED_INPUTS, SIGNALS, Kind
 
 RULE_OPS = (">", ">=", "<", "<=", "==", "!=")
+#: ``node``: evaluated by each daemon over its own samples; ``fleet``: by the fleet's
+#: leader over every node's samples in a shared PostgreSQL store (``gpuwarden/fleet/``).
+SCOPES = ("node", "fleet")
 AGGREGATIONS = ("last", "mean", "max", "min")
 SEVERITIES = ("info", "warning", "critical", "page")
 
@@ -38,6 +41,7 @@ class RuleConfig:
     horizon: float = 300.0  # trend: fire when the limit is forecast within this time
     min_points: int = 10  # trend: fewer samples in the window never fire
     every: float = 0.0  # evaluate at most this often (0: every cycle), for costly windows
+    scope: str = "node"  # one of SCOPES
 
 
 def counter_ratio_inputs(signal: str) -> tuple[str, str] | None:

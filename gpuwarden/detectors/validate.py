@@ -29,7 +29,12 @@ from gpuwarden.detectors.rule import AGGREGATIONS, RULE_OPS, RuleConfig, counter
 from gpuwarden.signals import DERIVED_INPUTS, SIGNALS, Kind, resolve_rule_signal
 
 # Detectors that compare against ``threshold`` (a rule for them cannot run without one).
-THRESHOLDED = ("threshold", "quantile")
+THRESHOLDED = ("threshold", "quantile", "fleet:KVHeadroom", "fleet:ModelQuantile",
+               "fleet:NodeStraggler")
+# Detectors of quantile signals: per server, or per model across the fleet.
+_QUANTILE_DETECTORS = ("threshold", "quantile", "fleet:ModelQuantile")
+# Read from the fleet's ``nodes`` table by the leader, never stored by a node.
+_FLEET_ONLY_SIGNALS = ("node_silence_intervals",)
 # Signals that are already a figure over a window: an aggregation over them means nothing.
 _COMPOSITE = "composite:"
 
@@ -69,8 +74,12 @@ def rule_problems(rule: RuleConfig) -> list[str]:
     if quantile and rule.aggregation != "last":
         problems.append("aggregation does not apply to a quantile signal: the quantile is "
                         "computed over `window` from the histogram")
-    if quantile and rule.detector not in THRESHOLDED:
+    if quantile and rule.detector not in _QUANTILE_DETECTORS:
         problems.append(f"a quantile signal needs the threshold detector, not {rule.detector!r}")
+    fleet_only = rule.detector.startswith("fleet:") or rule.signal in _FLEET_ONLY_SIGNALS
+    if fleet_only and rule.scope != "fleet":
+        problems.append(f"{rule.detector if rule.detector.startswith('fleet:') else rule.signal}"
+                        " reads every node's samples: it needs scope = \"fleet\"")
     derived = rule.signal in DERIVED_INPUTS
     if derived and rule.detector == "threshold" and rule.aggregation != "last":
         problems.append(f"{rule.signal} is already a window figure: aggregation does not apply")

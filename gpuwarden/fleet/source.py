@@ -1,0 +1,140 @@
+"""Every node's samples of a signal, read from the shared store for the fleet rules.
+
+The leader reads what the nodes have written: the ``chunks`` of the matching series and
+the ``head_log`` rows of every node (the cycles not cut into chunks yet; a cut moves a
+cycle from one to the other in one transaction, so a sample is in exactly one of them).
+Several signals are read together (:meth:`FleetSource.query_many`, which the rule
+engine prefers) so that one evaluation scans the head log once, however many signals
+its rules need. Samples a node has collected but not written yet are not seen: the
+fleet runs on what reached the database.
+
+``node_silence_intervals`` is not stored: it is computed from the ``nodes`` table
+(``nodes.NodeRow.silence_intervals``), one series per node that is running (not
+stopped cleanly), with one sample at the end of the range read (the evaluation time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from sqlalchemy import Connection, Engine, and_, select
+
+from gpuwarden.fleet.nodes import read_nodes
+from gpuwarden.model import Labels, SeriesData, labels_match
+from gpuwarden.storage import codec, schema
+from gpuwarden.storage.chunk_cut import MAX_CHUNK_SPAN_MS
+from gpuwarden.storage.series_registry import labels_from_json
+
+SILENCE_SIGNAL = "node_silence_intervals"
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+Ranges = Mapping[str, tuple[float, float]]
+
+
+def _ms(t: float, *, low: bool) -> int:
+    if math.isinf(t):
+        return _I64_MIN if low else _I64_MAX
+    return math.floor(t * 1000) - 1 if low else math.ceil(t * 1000) + 1
+
+
+class FleetSource:
+    """A rule engine's ``SeriesSource`` over every node of a shared store."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self._clock = clock
+
+    def query(self, signal: str, matchers: Mapping[str, str] | None = None,
+              start: float = -math.inf, end: float = math.inf) -> list[SeriesData]:
+        got, failed = self.query_many({signal: (start, end)})
+        if signal in failed:
+            raise failed[signal]
+        return [s for s in got[signal] if labels_match(s.labels, matchers)]
+
+    def query_many(
+        self, ranges: Ranges
+    ) -> tuple[dict[str, list[SeriesData]], dict[str, Exception]]:
+        """Each signal's series over its ``(start, end)``; a failed read fails them all
+        (one connection, one snapshot of the fleet)."""
+        try:
+            with self.engine.connect() as conn:
+                return self._read(conn, ranges), {}
+        except Exception as exc:
+            return {}, dict.fromkeys(ranges, exc)
+
+    def _read(self, conn: Connection, ranges: Ranges) -> dict[str, list[SeriesData]]:
+        out: dict[str, list[SeriesData]] = {}
+        stored = {s: r for s, r in ranges.items() if s != SILENCE_SIGNAL}
+        if SILENCE_SIGNAL in ranges:
+            # At the end of the range (the evaluation's ``now``): a sample stamped later,
+            # when the read happens, would fall outside the rule's window.
+            out[SILENCE_SIGNAL] = self._silence(conn, min(ranges[SILENCE_SIGNAL][1],
+                                                          self._clock()))
+        if not stored:
+            return out
+        st = schema.series
+        keys: dict[int, tuple[str, Labels]] = {}
+        for r in conn.execute(select(st.c.id, st.c.signal, st.c.labels)
+                              .where(st.c.signal.in_(sorted(stored)))):
+            keys[int(r.id)] = (r.signal, labels_from_json(r.labels))
+        lo = min(_ms(a, low=True) for a, _ in stored.values())
+        hi = max(_ms(b, low=False) for _, b in stored.values())
+        parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+        if keys:
+            self._chunks(conn, sorted(keys), lo, hi, parts)
+            self._head_log(conn, np.array(sorted(keys), dtype=np.int64), lo, hi, parts)
+        for signal in stored:
+            out[signal] = []
+        for sid, pieces in sorted(parts.items()):
+            signal, labels = keys[sid]
+            start, end = stored[signal]
+            ts = np.concatenate([p[0] for p in pieces]) / 1000.0
+            vals = np.concatenate([p[1] for p in pieces])
+            order = np.argsort(ts, kind="stable")
+            ts, vals = ts[order], vals[order]
+            keep = (ts >= start) & (ts <= end)
+            if keep.any():
+                out[signal].append(SeriesData(signal, labels, ts[keep], vals[keep]))
+        return out
+
+    @staticmethod
+    def _chunks(conn: Connection, ids: list[int], lo: int, hi: int,
+                parts: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> None:
+        c = schema.chunks
+        for k in range(0, len(ids), schema.IN_BATCH):
+            rows = conn.execute(
+                select(c.c.series_id, c.c.data).where(and_(
+                    c.c.series_id.in_(ids[k:k + schema.IN_BATCH]),
+                    c.c.t_min >= max(lo - MAX_CHUNK_SPAN_MS, _I64_MIN), c.c.t_min <= hi,
+                    c.c.t_max >= lo))
+            ).all()
+            for r in rows:
+                ts, vals = codec.decode_chunk(r.data)
+                parts[int(r.series_id)].append((ts, vals))
+
+    @staticmethod
+    def _head_log(conn: Connection, ids: np.ndarray, lo: int, hi: int,
+                  parts: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> None:
+        hl = schema.head_log
+        rows = conn.execute(select(hl.c.data).where(
+            and_(hl.c.t_max >= lo, hl.c.t_min <= hi))).all()
+        for r in rows:
+            sids, ts, vals = codec.decode_cycle(r.data)
+            mask = np.isin(sids, ids)
+            if not mask.any():
+                continue
+            for sid in np.unique(sids[mask]).tolist():
+                pick = sids == sid
+                parts[int(sid)].append((ts[pick], vals[pick]))
+
+    @staticmethod
+    def _silence(conn: Connection, now: float) -> list[SeriesData]:
+        out = []
+        for row in read_nodes(conn):
+            if row.stopped_at is not None and row.stopped_at >= row.last_write_at:
+                continue  # stopped on purpose: not expected to write
+            out.append(SeriesData(SILENCE_SIGNAL, (("node", row.node),), np.array([now]),
+                                  np.array([row.silence_intervals(now)])))
+        return out
