@@ -52,6 +52,13 @@ class FleetMode:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: its fleet rules and interval from the next pass on."""
+        self.interval = config.interval
+        self.servers = len(config.servers)
+        self.beat.interval = config.interval
+        self.evaluator.configure(effective_fleet_rules(config.rules), config.interval)
+
     def heartbeat(self) -> None:
         """The writer thread's job: this node wrote everything it collected, just now."""
         if self.store.pending_samples == 0:

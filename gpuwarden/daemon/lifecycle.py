@@ -387,6 +387,8 @@ class Daemon:
             cycle.gpu_source = wiring.effective_source(collectors, new)
             cycle.config = new
             cycle.alerting.reconfigure(rules, new.interval)  # alerts of kept rules live on
+            if cycle.fleet is not None:
+                cycle.fleet.reconfigure(new)
         close_collectors(old_collectors)
         if cycle.alerting.dispatcher is not None and old.actions != new.actions:
             # New actions, new guard rails: the new dispatcher reloads cooldowns, budgets

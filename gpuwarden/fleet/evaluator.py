@@ -71,6 +71,9 @@ class FleetEvaluator:
         self._state_store = FencedStateStore(engine, self.leadership)
         self._term: tuple[RuleEngine, AlertStatePersister] | None = None
         self._unsent: list[AlertEvent] = []
+        # A reload's rules, taken by the fleet thread at its next pass (no lock shared
+        # with the thread that reloads).
+        self._reloaded: tuple[tuple[RuleConfig, ...], float] | None = None
         self.evaluations_total = 0
         self.errors_total = 0
 
@@ -95,11 +98,21 @@ class FleetEvaluator:
         self._end_term()
         return []
 
+    def configure(self, rules: Sequence[RuleConfig], interval: float) -> None:
+        """New fleet rules (a config reload): alerts of rules that still exist live on."""
+        self._reloaded = (tuple(rules), interval)
+
     def stop(self) -> None:
         """Give up the lead (clean stop): another daemon continues at once."""
         self._end_term()
 
     def _run(self) -> list[AlertEvent]:
+        reloaded, self._reloaded = self._reloaded, None
+        if reloaded is not None:
+            self.rules, self.interval = reloaded
+            if self._term is not None:
+                self._term[0].interval = self.interval
+                self._term[0].configure(self.rules)
         if not self.leadership.refresh():
             if self._term is not None:
                 self._end_term()
