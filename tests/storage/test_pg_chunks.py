@@ -10,6 +10,8 @@ commit and its reply); the killed backend is a real ``pg_terminate_backend``.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -299,3 +301,28 @@ def admin_connection(backend: Backend) -> psycopg.Connection[Any]:
     url = make_url(backend.url)
     base = url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
     return psycopg.connect(base, options=str(url.query["options"]), autocommit=True)
+
+
+def test_a_table_made_before_partitioning_is_migrated_in_place(backend: Backend) -> None:
+    make_legacy(backend)
+    store = backend.open(chunk_span=10)
+    ks = list(range(0, 2000, 10))  # 1,000 s apart: five days' partitions
+    for k in ks:
+        store.write(spaced_cycle(k))
+    store.flush()
+    with store.engine.begin() as conn:  # a cut retried on the old table stored twice
+        conn.execute(text("INSERT INTO chunks (series_id, t_min, t_max, count, data) "
+                          "SELECT series_id, t_min, t_max, count, data FROM chunks LIMIT 3"))
+    store.close()
+    run = [sys.executable, "-m", "gpuwarden.storage.pg_migrate", backend.url]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"chunks partitioned: {len(ks) * 4} rows moved"
+    again = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert (again.returncode, again.stdout.strip()) == (
+        0, "nothing to migrate: chunks is missing or partitioned already")
+    reopened = backend.open(chunk_span=10)
+    assert reopened.chunk_table.layout == "partitioned"
+    assert partitions(reopened) == [f"chunks_p202311{d}" for d in range(14, 18)]
+    assert all(copies == 1 for _, _, copies in stored_rows(reopened))
+    assert_each_sample_once(reopened, ks, step=100.0)
