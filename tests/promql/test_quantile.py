@@ -1,15 +1,19 @@
 """Hand-worked and property tests for gpuwarden.promql.quantile (histogram_quantile).
 
-Every expected number is derived in a comment from the Prometheus 2.42 algorithm; the
-cases marked "2.42" distinguish it from later releases and were also checked against
-the installed binary (``promtool test rules`` / instant queries) while writing them.
-The end-to-end comparison with a live Prometheus is in test_windows_prometheus.py.
+Every expected number is derived in a comment from Prometheus' algorithm (2.49 and
+later: counts within a relative 1e-12 of each other are one count); the cases where it
+differs from 2.42 to 2.48 say so. The bucket sets with float noise are those of
+Prometheus' own unit test of forced monotonicity (``promql/quantile_test.go``), with its
+expected values. The end-to-end comparison with a live Prometheus (Debian's 2.42, on
+data without such noise) is in test_windows_prometheus.py; the same binary's answers on
+these sets, noisy ones included, in test_quantile_prometheus.py.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import struct
 
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuwarden.model import SeriesData, make_labels
-from gpuwarden.promql.quantile import histogram_quantile, window_quantile
+from gpuwarden.promql.quantile import almost_equal, histogram_quantile, window_quantile
 
 
 def arr(*xs: float) -> np.ndarray:
@@ -66,11 +70,95 @@ def test_non_monotonic_counts_are_flattened_to_their_envelope() -> None:
     assert histogram_quantile(0.5, [(0.1, 10.0), (math.inf, 3.0)]) == pytest.approx(0.05)
 
 
-def test_2_42_has_no_small_delta_tolerance() -> None:
-    # 2.42: le=0.2 count 1+1e-13 is a real (tiny) bucket; rank 1+0.6e-13 lands in it:
-    # 0.1 + 0.1 * 0.6e-13/1e-13 ~ 0.16. Later releases flatten deltas < 1e-12 and answer 0.2.
+def test_small_deltas_are_float_noise_not_a_bucket() -> None:
+    # le=0.2 count 1+1e-13: relative to the sum 2, 5e-14 < 1e-12, so it is taken as 1.
+    # rank 1+0.6e-13 then lies above every finite bucket -> the +Inf bucket -> 0.2.
+    # (2.42 to 2.48 kept the tiny bucket: 0.1 + 0.1 * 0.6e-13/1e-13 ~ 0.16.)
     b = [(0.1, 1.0), (0.2, 1.0000000000001), (math.inf, 2.0)]
-    assert histogram_quantile(0.50000000000003, b) == pytest.approx(0.16, rel=0.05)
+    assert histogram_quantile(0.50000000000003, b) == 0.2
+
+
+def test_one_real_observation_is_not_noise() -> None:
+    # 1e6 -> 1e6+1 is a relative 5e-7: a real observation in (1, 2], kept.
+    # q=1: rank 1e6+1 reached at le=2: 1 + 1 * (1/1) = 2 (flattened it would be 1).
+    b = [(1.0, 1e6), (2.0, 1e6 + 1), (math.inf, 1e6 + 1)]
+    assert histogram_quantile(1.0, b) == 2.0
+
+
+def test_noise_is_measured_against_the_count_kept() -> None:
+    # 10, 5, 10+1e-11: 5 is a real decrease, raised to 10; the third count is compared
+    # with the 10 kept (not with the 5 seen), is noise, and becomes 10 as well. So
+    # nothing lies above le=2 and q=1 answers le=1's bound... the rank 10 is reached
+    # at le=1: 0 + 1 * 10/10 = 1. Without the tolerance le=3 would hold 1e-11 of an
+    # observation and q=1 would answer 3.
+    b = [(1.0, 10.0), (2.0, 5.0), (3.0, 10.00000000001), (math.inf, 10.00000000001)]
+    assert histogram_quantile(1.0, b) == 1.0
+
+
+# Prometheus' unit test of histogram_quantile's monotonicity fixes: three bucket sets,
+# each once as recorded and once with float noise (a count a relative ~1e-13 above or
+# below its neighbours, as summing sharded or scaled buckets leaves). The noisy set
+# must give exactly the clean set's quantiles (relative 1e-12, as upstream checks).
+# The values in the comments are what Prometheus 2.42 to 2.48 answer for q=1 on the
+# noisy sets instead: the far edge of a bucket that holds only noise.
+INF = math.inf
+_STEP_BOUNDS = (10.0, 15.0, 20.0, 30.0, INF)
+_STEP_EXPECTED = {1.0: 15.0, 0.99: 14.85, 0.9: 13.5, 0.5: 7.5}
+_REAL_BOUNDS = (1.0, 5.0, 10.0, 25.0, 50.0, 64.0, 80.0, 100.0, 250.0, 1000.0, INF)
+_REAL_EXPECTED = {1.0: 64.0, 0.99: 49.64475715376406, 0.9: 46.39671690938454,
+                  0.5: 31.96098248992002}
+_SMALL_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0,
+                 50.0, 100.0, INF)
+_SMALL_EXPECTED = {1.0: 0.1, 0.99: 0.03468750000281261, 0.9: 0.00463541666671875,
+                   0.5: 0.0025752314815104174}
+_SMALL_TOP = 9.888888889
+UPSTREAM_CASES = {
+    # 10 observations up to 10, 5 more in (10, 15], none above.
+    "step, clean": (_STEP_BOUNDS, (10.0, 15.0, 15.0, 15.0, 15.0), _STEP_EXPECTED),
+    # le=20 reads 15.00000000001 (2.42: q=1 -> 20).
+    "step, noisy": (_STEP_BOUNDS, (10.0, 15.0, 15.00000000001, 15.0, 15.0), _STEP_EXPECTED),
+    # A production histogram of ~46 million observations, the top one in (50, 64].
+    "46M, clean": (_REAL_BOUNDS, (
+        6454661.3014166197, 8339611.2001912938, 14118319.2444762159, 14130031.5272856522,
+        46001270.3030008152, 46008473.8585563600, 46008473.8585563600, 46008473.8585563600,
+        46008473.8585563600, 46008473.8585563600, 46008473.8585563600), _REAL_EXPECTED),
+    # The same after a sharded sum: every count off in its last digits, le=80 and
+    # le=1000 a hair above the +Inf count (2.42: q=1 -> 80).
+    "46M, noisy": (_REAL_BOUNDS, (
+        6454661.3014166225, 8339611.2001912957, 14118319.2444762159, 14130031.5272856504,
+        46001270.3030008227, 46008473.8585563824, 46008473.8585563898, 46008473.8585563824,
+        46008473.8585563824, 46008473.8585563898, 46008473.8585563824), _REAL_EXPECTED),
+    # A rate of ~9.9 per second, all of it below 0.1 s.
+    "rate, clean": (_SMALL_BOUNDS, (9.6, 9.688888889, 9.755555556, 9.844444444, _SMALL_TOP,
+                                    *([_SMALL_TOP] * 10)), _SMALL_EXPECTED),
+    # le=10 reads 1e-12 above the rest, le=50 1e-12 below (2.42: q=1 -> 10).
+    "rate, noisy": (_SMALL_BOUNDS, (9.6, 9.688888889, 9.755555556, 9.844444444, _SMALL_TOP,
+                                    *([_SMALL_TOP] * 5), 9.888888889001, _SMALL_TOP,
+                                    9.888888888999, _SMALL_TOP, _SMALL_TOP), _SMALL_EXPECTED),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_CASES))
+def test_prometheus_monotonicity_cases(name: str) -> None:
+    bounds, counts, expected = UPSTREAM_CASES[name]
+    assert len(bounds) == len(counts)
+    for q, want in expected.items():
+        got = histogram_quantile(q, list(zip(bounds, counts, strict=True)))
+        assert got == pytest.approx(want, rel=1e-12), f"q={q}"
+
+
+def test_almost_equal_as_prometheus_defines_it() -> None:
+    # relative to |a| + |b|: 15 vs 15.00000000001 is 1e-11 / 30 = 3.3e-13 -> equal
+    assert almost_equal(15.0, 15.00000000001, 1e-12)
+    assert not almost_equal(15.0, 15.0001, 1e-12)
+    # against zero only a difference below epsilon smallest normals counts
+    assert almost_equal(0.0, 1e-320, 1e-12)
+    assert not almost_equal(0.0, 1e-300, 1e-12)
+    assert almost_equal(math.nan, math.nan, 1e-12)
+    assert not almost_equal(math.nan, 1.0, 1e-12)
+    stale = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+    assert almost_equal(stale, stale, 1e-12)
+    assert not almost_equal(stale, math.nan, 1e-12)
 
 
 def test_non_positive_first_bound() -> None:
