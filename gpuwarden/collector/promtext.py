@@ -39,6 +39,14 @@ are stored as float seconds. The payload is treated as OpenMetrics when it conta
 response Content-Type). Text-format timestamps are divided by 1000 exactly as
 ``prometheus_client`` does (``int(ts) / 1000``).
 
+Strict where Prometheus' text parser (``model/textparse/promparse.go``) is: in the text
+format, a sample line ends after its value and an optional timestamp of integer
+milliseconds (an int64), so a ``#`` there (an exemplar, which only OpenMetrics has) makes
+the line invalid; a ``# TYPE`` must name one of the format's types, exactly (one blank
+before the word, none after); values are what Go's ``ParseFloat`` reads as Prometheus
+calls it (no ``_``, no hex, no sign before NaN). Prometheus fails the scrape on such a
+line; here it is one rejected line like any other (counted, listed in ``errors``).
+
 Deliberately unsupported (rejected and recorded in ``errors``): Prometheus 3 quoted UTF-8
 metric/label names (``{"my.metric", "a.b"="x"}``) and ``{__name__="..."}`` without a
 leading name. Unquoted label names may contain ``-``, ``.`` and ``:`` (dcgm-exporter can
@@ -53,13 +61,16 @@ from functools import lru_cache
 
 from gpuwarden.collector.promtext_lexer import (
     INVALID_IN_RUN_RE,
+    LINE_OM_RE,
     LINE_RE,
     MAX_LINE_CHARS,
     META_RE,
     METRIC_NAME_RE,
     SECTION_RE,
+    SLOW_OM_RE,
     SLOW_RE,
     diagnose,
+    metric_types,
     parse_labels,
     snippet,
     timestamp_seconds,
@@ -125,14 +136,24 @@ class Exposition:
 def _add_meta(
     exp: Exposition, line_no: int, kind: str, name: str, rest: str, *, om: bool
 ) -> None:
-    """Record one ``# HELP``/``# TYPE`` line (its name already validated)."""
-    rest = rest.strip()
+    """Record one ``# HELP``/``# TYPE`` line (its name already validated).
+
+    ``rest`` is the text after the one blank that follows the name. A type must be
+    exactly one of the format's words, as Prometheus' parsers require: a misspelt type,
+    a second blank before it or one after it make the line invalid.
+    """
     if kind == "TYPE":
-        if rest:
+        if rest in metric_types(om):
             exp.types[name] = rest
-        else:
+        elif not rest.strip():
             exp.reject(line_no, f"# TYPE without a type: {name!r}")
+        else:
+            known = ", ".join(sorted(metric_types(om)))
+            exp.reject(line_no, f"invalid metric type {snippet(rest)} for {name!r} (the "
+                                f"{'OpenMetrics' if om else 'Prometheus text'} format "
+                                f"knows {known})")
     else:
+        rest = rest.strip()
         if "\\" in rest:
             rest = unescape_help(rest, openmetrics=om)
         exp.helps[name] = rest
@@ -156,7 +177,7 @@ def _slow_line(line: str, line_no: int, exp: Exposition, om: bool) -> bool:
     if s[0] == "#":
         if s == "# EOF":
             return True
-        m = META_RE.fullmatch(s)
+        m = META_RE.fullmatch(line.lstrip())  # trailing blanks belong to a type word
         if m is not None:
             kind, name, rest = m.groups()
             if name is None or METRIC_NAME_RE.fullmatch(name) is None:
@@ -164,15 +185,15 @@ def _slow_line(line: str, line_no: int, exp: Exposition, om: bool) -> bool:
             else:
                 _add_meta(exp, line_no, kind, name, rest or "", om=om)
         return False
-    sm = SLOW_RE.fullmatch(line)
+    sm = (SLOW_OM_RE if om else SLOW_RE).fullmatch(line)
     if sm is None:
-        exp.reject(line_no, diagnose(line))
+        exp.reject(line_no, diagnose(line, openmetrics=om))
         return False
     name, raw, value, ts = sm.groups()
     try:
         v = float(value)
         t = None if ts is None else timestamp_seconds(ts, om)
-    except ValueError:  # not expected after the regex; a bad line all the same
+    except ValueError:  # a timestamp beyond int64 milliseconds
         exp.reject(line_no, f"invalid value or timestamp: {snippet(s)}")
         return False
     exp.samples.setdefault(name, []).append((raw or "", v, t))
@@ -292,7 +313,8 @@ def parse(
     samples = exp.samples
     errors = exp.errors
     samples_get = samples.get
-    findall = LINE_RE.findall
+    # The format decides what may follow a value: only OpenMetrics has exemplars.
+    findall = (LINE_OM_RE if openmetrics else LINE_RE).findall
     values: dict[str, float] = {}
     values_get = values.get
 
@@ -347,7 +369,7 @@ def parse(
                     elif run:
                         more = run.count("\n") - 1
                         if more or len(errors) < _MAX_ERRORS:
-                            _run(exp, run, i + extra)
+                            _run(exp, run, i + extra, openmetrics)
                             extra += more
                         elif run.lstrip()[:1] not in ("#", ""):  # one line, past the cap
                             exp.invalid_lines += 1
@@ -365,7 +387,13 @@ def parse(
                     except ValueError:  # pragma: no cover - excluded by _VALUE
                         exp.reject(i + extra, f"{name}: invalid value {snippet(value)}")
                         continue
-                t = None if not ts else timestamp_seconds(ts, openmetrics)
+                t = None
+                if ts:  # rare: exporters seldom write timestamps
+                    try:
+                        t = timestamp_seconds(ts, openmetrics)
+                    except ValueError as exc:
+                        exp.reject(i + extra, f"{name}: {exc}")
+                        continue
                 lst = samples_get(name)
                 if lst is None:
                     lst = samples[name] = []
@@ -376,7 +404,7 @@ def parse(
     if tail is not None and not eof and not exp.truncated:
         s = tail.strip()
         if s.startswith("#"):
-            _slow_line(s, line_no + 1, exp, openmetrics)
+            _slow_line(tail, line_no + 1, exp, openmetrics)
         elif s:
             exp.reject(line_no + 1, f"no terminating newline, payload looks truncated: "
                                     f"{snippet(s)}")
@@ -405,7 +433,7 @@ def _chunk_end(text: str, pos: int, last: int) -> int:
     return text.rfind("\n", pos, pos + MAX_LINE_CHARS) + 1 or pos
 
 
-def _run(exp: Exposition, run: str, first_line: int) -> None:
+def _run(exp: Exposition, run: str, first_line: int, om: bool) -> None:
     """Count the invalid lines of a run of non-sample lines; explain the first ones.
 
     Blank and comment lines of the run cost nothing in Python: only the invalid lines
@@ -418,4 +446,4 @@ def _run(exp: Exposition, run: str, first_line: int) -> None:
             return
         line += run.count("\n", at, m.start())
         at = m.start()
-        exp.reject(line, diagnose(m.group()[:-1]))
+        exp.reject(line, diagnose(m.group()[:-1], openmetrics=om))

@@ -24,7 +24,11 @@ So the line numbers, the families skipped, the HELP/TYPE text and every sample's
 and labels are those of the template's payload, and ``parse`` would give the same
 result with the new values. A template is only made from a payload that parsed
 without a rejected line and within its time budget (so there is no error message to
-reproduce), and only after checking that it rebuilds that payload's parse exactly.
+reproduce), and only after checking that it rebuilds that payload's parse exactly. So
+the parser's strictness holds here too: a line it refuses (a ``#`` or a timestamp after
+a value in the text format, an unknown ``# TYPE`` word) is never in a template, a
+changed ``# TYPE`` line is a changed constant line, and a value token with anything
+after the number fails ``VALUES_RE``: each of them is a full ``parse``.
 Anything else (a new series, a timestamp, a changed comment, one bad value) is a full
 ``parse``, which learns the new layout. A server whose layout changes on every scrape
 (timestamps on its samples, a label holding a request id) stops being learned from:

@@ -40,9 +40,15 @@ def test_parse_label_set_is_uncached_and_says_why_it_fails() -> None:
 
 def test_timestamps_are_milliseconds_in_text_and_seconds_in_openmetrics() -> None:
     assert timestamp_seconds("1700000000500", openmetrics=False) == 1700000000.5
-    assert timestamp_seconds("-1500", openmetrics=False) == -1.5
-    assert timestamp_seconds("1.5e3", openmetrics=False) == 1.5
+    assert timestamp_seconds("0001500", openmetrics=False) == 1.5
+    # Prometheus reads text timestamps as int64 milliseconds: the largest one converts,
+    # one more is out of range (a 400-digit one used to overflow the division).
+    assert timestamp_seconds(str(2**63 - 1), openmetrics=False) == (2**63 - 1) / 1000
+    for too_big in (str(2**63), "9" * 400):
+        with pytest.raises(ValueError, match="out of range"):
+            timestamp_seconds(too_big, openmetrics=False)
     assert timestamp_seconds("1700000000.5", openmetrics=True) == 1700000000.5
+    assert timestamp_seconds("-1.5e3", openmetrics=True) == -1500.0
 
 
 def test_help_escapes_differ_between_the_formats() -> None:
@@ -59,6 +65,10 @@ def test_help_escapes_differ_between_the_formats() -> None:
     ("m", "missing value"),
     ("m 1 2 3", "unexpected text after value"),
     ("m 1 x", "invalid value or timestamp"),
+    ("m 1 # {a=\"b\"} 1", "'#' after the value (an exemplar or comment: OpenMetrics only"),
+    ("m 1 1000 # c", "'#' after the value"),
+    ("m 1 -5", "timestamp '-5' is not integer milliseconds"),
+    ("m 1 1.5e3", "timestamp '1.5e3' is not integer milliseconds"),
     ("m one", "m: invalid value 'one'"),
 ])
 def test_a_rejected_line_is_explained(line: str, why: str) -> None:

@@ -343,8 +343,12 @@ def test_collector_output_equals_parse_and_map_over_changing_scrapes(
     assert c._memo.hits > 10 and planned > 10
 
 
+# A value Go does not read, text after a value (an exemplar: OpenMetrics only), a
+# timestamp that is not integer milliseconds: lines Prometheus' text parser refuses.
+@pytest.mark.parametrize("value", ["1_000", "1. # 7954", '1 # {trace_id="t"} 1', "1 1.5",
+                                   "-NaN"])
 def test_invalid_lines_are_still_counted_after_the_memo_learned(
-        server: ThreadingHTTPServer) -> None:
+        server: ThreadingHTTPServer, value: str) -> None:
     port = server.server_address[1]
     c = ServerCollector(NODE, SERVER, "vllm", f"http://127.0.0.1:{port}/metrics",
                         scrape_session())
@@ -353,7 +357,29 @@ def test_invalid_lines_are_still_counted_after_the_memo_learned(
         c.collect()
     assert c._memo.hits == 2 and c.parse_errors_total == 0
     line = next(m for m in _SAMPLE.finditer(VLLM) if "num_requests_running" in m[0])
-    server.body = VLLM.replace(line[0], f"{line[1]} 1_000").encode()  # type: ignore[attr-defined]
+    server.body = VLLM.replace(line[0], f"{line[1]} {value}").encode()  # type: ignore[attr-defined]
     out = c.collect()
     assert c.parse_errors_total == 1
     assert not [s for s in out if s.signal == "requests_running"]
+    assert [s.value for s in out if s.signal == "server_up"] == [1.0]  # the rest is used
+
+
+def test_an_unknown_type_word_is_counted_after_the_memo_learned(
+        server: ThreadingHTTPServer) -> None:
+    port = server.server_address[1]
+    c = ServerCollector(NODE, SERVER, "vllm", f"http://127.0.0.1:{port}/metrics",
+                        scrape_session())
+    server.body = VLLM.encode()  # type: ignore[attr-defined]
+    for _ in range(3):
+        before = c.collect()
+    assert c._memo.hits == 2 and c.parse_errors_total == 0
+    typo = VLLM.replace("# TYPE vllm:num_requests_running gauge",
+                        "# TYPE vllm:num_requests_running gaugeeconds")
+    assert typo != VLLM
+    server.body = typo.encode()  # type: ignore[attr-defined]
+    for _ in range(2):  # never learned as a layout: counted on every scrape
+        out = c.collect()
+    assert c.parse_errors_total == 2 and c._memo.hits == 2
+    # The samples are still read: only the type line is refused.
+    assert [(s.labels, s.value) for s in out if s.signal == "requests_running"] == \
+        [(s.labels, s.value) for s in before if s.signal == "requests_running"] != []
