@@ -2,7 +2,8 @@
 
 Each other command group has its module in ``cli/`` with an ``add_commands`` that adds
 its parsers (``tools``: demo, backtest; ``client``: status, alerts; ``audit``;
-``actions``; ``export``: dashboards and rules). Exit codes are in ``cli/common.py``.
+``actions``; ``export``: dashboards and rules; ``fleet``: fleet status). Exit codes
+are in ``cli/common.py``.
 Nothing imports ``cli/``; the entry point is :func:`main`.
 """
 
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from gpuwarden import __version__
-from gpuwarden.cli import actions, audit, budget, client, export, tools
+from gpuwarden.cli import actions, audit, budget, client, export, fleet, tools
 from gpuwarden.cli.common import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check_config)
 
-    for group in (tools, client, audit, actions, export, budget):
+    for group in (tools, client, audit, actions, export, budget, fleet):
         group.add_commands(sub)
     return parser
 

@@ -21,13 +21,14 @@ from gpuwarden.cli.common import (
     config_problems,
     setup_logging,
 )
+from gpuwarden.cli.fleet import NOT_FLEET, is_postgresql
 from gpuwarden.errors import ConfigError, StoreError
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from gpuwarden.config import load_config
     from gpuwarden.durations import parse_duration
-    from gpuwarden.tools.backtest import dumps, format_table, run_backtest
+    from gpuwarden.tools.backtest import dumps, format_table, run_backtest, run_fleet_backtest
 
     try:
         since = parse_duration(args.since)
@@ -38,9 +39,15 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return config_problems(exc)
+    if args.fleet and not is_postgresql(config.storage.url):
+        print(f"backtest --fleet: {NOT_FLEET.format(url=config.storage.url)}", file=sys.stderr)
+        return EXIT_CONFIG
     setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or "warning")
     try:
-        result = run_backtest(config, since, now=time.time(), rule=args.rule)
+        if args.fleet:
+            result = run_fleet_backtest(config, since, now=time.time(), rule=args.rule)
+        else:
+            result = run_backtest(config, since, now=time.time(), rule=args.rule)
     except StoreError as exc:
         print(f"storage: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -78,5 +85,8 @@ def add_commands(subparsers: Subcommands) -> None:
                           "interval and rules; default rules included)")
     backtest.add_argument("--since", default="24h", help="how far back (default 24h)")
     backtest.add_argument("--rule", metavar="NAME", help="only this rule")
+    backtest.add_argument("--fleet", action="store_true", help="the fleet rules (scope = "
+                          "\"fleet\") over every node's samples in the shared PostgreSQL "
+                          "store, as the leader evaluates them (NodeSilent is not replayed)")
     backtest.add_argument("--json", action="store_true", help="machine-readable output")
     backtest.set_defaults(func=cmd_backtest)
