@@ -11,6 +11,16 @@ decode the same chunks thousands of times, so each input signal is read ONCE ove
 whole range (plus its lookback) and every step's window is cut from those arrays in
 memory with two binary searches per series (:class:`PrefetchedSource`), with exactly
 the inclusive ``start <= ts <= end`` semantics of ``Store.query``.
+
+Fleet rules (``--fleet``, :func:`run_fleet_backtest`): on a PostgreSQL store shared by
+a fleet, the rules with ``scope = "fleet"`` are replayed over every node's samples
+(``fleet/source.py``) by an engine with no node of its own, as the leader evaluates
+them (``fleet/evaluator.py``). A flag, not a default: a node's backtest reads that
+node's samples, a fleet's reads every node's, which on a large fleet is another order
+of cost; and the two answer different questions (this node's pages, the fleet's).
+``NodeSilent`` is left out and said so: the store keeps each node's last write, not
+the history of its writes, so past silences cannot be replayed (``gpuwarden fleet
+status`` shows the nodes silent now).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from gpuwarden.alerts.alert import AlertEvent, AlertState, EventKind, rfc3339
 from gpuwarden.alerts.engine import RuleEngine, SeriesSource
 from gpuwarden.config import Config
 from gpuwarden.detectors.defaults import effective_rules
+from gpuwarden.detectors.fleet_rules import effective_fleet_rules
 from gpuwarden.detectors.rule import RuleConfig
 from gpuwarden.durations import format_duration
 from gpuwarden.model import SeriesData, labels_match
@@ -84,13 +95,17 @@ class BacktestResult:
     steps: int
     rules: list[RuleReport]
     events: list[AlertEvent] = field(default_factory=list)
+    scope: str = "node"  # "fleet": the fleet rules over every node's samples
+    skipped: dict[str, str] = field(default_factory=dict)  # rule -> why not replayed
 
     def to_json(self) -> dict[str, object]:
         return {
+            "scope": self.scope,
             "start": rfc3339(self.start), "end": rfc3339(self.end), "interval": self.interval,
             "steps": self.steps,
             "rules": [{**asdict(r), "first_fired": [rfc3339(t) for t in r.first_fired]}
                       for r in self.rules],
+            "skipped": dict(self.skipped),
         }
 
 
@@ -154,8 +169,9 @@ def run_backtest(
     active = effective_rules(config.rules)
     rules = [r for r in active if rule is None or r.name == rule]
     if rule is not None and not rules:
-        raise LookupError(f"no rule named {rule!r} (known: "
-                          f"{', '.join(r.name for r in active)})")
+        is_fleet = any(r.name == rule for r in effective_fleet_rules(config.rules))
+        hint = f"{rule} is a fleet rule: add --fleet" if is_fleet else f"no rule named {rule!r}"
+        raise LookupError(f"{hint} (known: {', '.join(r.name for r in active)})")
     start = now - since
     if source is not None:
         return replay(rules, source, node=config.node, start=start, end=now,
@@ -172,9 +188,51 @@ def run_backtest(
         store.close()
 
 
+def run_fleet_backtest(config: Config, since: float, *, now: float,
+                       rule: str | None = None) -> BacktestResult:
+    """``backtest --fleet``: the config's fleet rules over every node's samples in its
+    shared PostgreSQL store. Raises ``StoreError`` (the store cannot be read, or is not
+    PostgreSQL) and ``LookupError`` (no such fleet rule)."""
+    from gpuwarden.errors import StoreError, one_line
+    from gpuwarden.fleet.source import SILENCE_SIGNAL, FleetSource
+    from gpuwarden.storage.engine import open_engine
+
+    active = effective_fleet_rules(config.rules)
+    chosen = [r for r in active if rule is None or r.name == rule]
+    if rule is not None and not chosen:
+        raise LookupError(f"no fleet rule named {rule!r} (known: "
+                          f"{', '.join(r.name for r in active)})")
+    skipped = {r.name: "not replayed: the store keeps each node's last write, not their "
+               "history (gpuwarden fleet status shows the nodes silent now)"
+               for r in chosen if r.signal == SILENCE_SIGNAL}
+    rules = [r for r in chosen if r.name not in skipped]
+    engine = RuleEngine(rules, node="", interval=config.interval)
+    start = now - since
+    db = open_engine(config.storage.url, busy_timeout_ms=5000)
+    shown = db.url.render_as_string(hide_password=True)
+    try:
+        if db.dialect.name != "postgresql":
+            raise StoreError(f"fleet rules read a fleet's shared PostgreSQL store; {shown} "
+                             "is one node's")
+        # Every input in one read of the fleet's chunks and head log, then sliced in
+        # memory step by step (as PrefetchedSource does for one node).
+        got, failed = FleetSource(db, lambda: now).query_many(
+            {s: (start - lookback, now) for s, lookback in engine.inputs.items()})
+    finally:
+        db.dispose()
+    if failed:
+        raise StoreError(f"cannot read the fleet's samples from {shown}: "
+                         f"{one_line(next(iter(failed.values())))}")
+    result = replay(rules, PrefetchedSource(got), node="", start=start, end=now,
+                    interval=config.interval, engine=engine)
+    result.scope, result.skipped = "fleet", skipped
+    return result
+
+
 def format_table(result: BacktestResult) -> str:
     """A table an SRE reads at a glance: one line per rule."""
-    head = (f"backtest {rfc3339(result.start)} .. {rfc3339(result.end)}, every "
+    what = "fleet rules over every node's samples, " if result.scope == "fleet" else ""
+    head = (f"backtest {what}{rfc3339(result.start)} .. {rfc3339(result.end)}, every "
             f"{format_duration(result.interval)} ({result.steps} evaluations)")
     cols = ("RULE", "SEVERITY", "FIRED", "FIRING", "LONGEST", "PENDING-ONLY", "FIRST FIRED")
     rows = []
@@ -195,6 +253,7 @@ def format_table(result: BacktestResult) -> str:
     lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
               for row in rows]
+    lines += [f"{name}: {why}" for name, why in result.skipped.items()]
     return "\n".join(lines)
 
 
