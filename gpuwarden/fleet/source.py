@@ -92,8 +92,10 @@ class FleetSource:
             start, end = stored[signal]
             ts = np.concatenate([p[0] for p in pieces]) / 1000.0
             vals = np.concatenate([p[1] for p in pieces])
-            order = np.argsort(ts, kind="stable")
-            ts, vals = ts[order], vals[order]
+            # Sorted, and one sample per timestamp: a cycle written twice (a commit whose
+            # acknowledgement was lost, then retried) must not count twice in a rate.
+            ts, first = np.unique(ts, return_index=True)
+            vals = vals[first]
             keep = (ts >= start) & (ts <= end)
             if keep.any():
                 out[signal].append(SeriesData(signal, labels, ts[keep], vals[keep]))

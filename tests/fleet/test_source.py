@@ -76,3 +76,15 @@ def test_silence_is_counted_in_each_nodes_own_intervals(fleet_url: str) -> None:
     gone.beat()  # it came back
     back = {s.label_map["node"] for s in source.query(SILENCE_SIGNAL, None, T0, now[0])}
     assert back == {"fast", "slow", "gone"}
+
+
+def test_a_cycle_written_twice_counts_once(fleet_url: str) -> None:
+    """A commit whose acknowledgement was lost is retried: the same cycle, two rows."""
+    _write(fleet_url, "node-a", 5, cut=False)
+    engine = open_store(fleet_url, node="reader").engine
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO head_log (writer, t_min, t_max, count, data) "
+                          "SELECT writer, t_min, t_max, count, data FROM head_log"))
+        assert conn.execute(text("SELECT count(*) FROM head_log")).scalar_one() == 10
+    series = FleetSource(engine, time.time).query("gpu_utilization_ratio")
+    assert [s.timestamps.tolist() for s in series] == [[T0 + i for i in range(5)]]
