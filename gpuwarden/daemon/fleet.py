@@ -51,6 +51,7 @@ class FleetMode:
                                         interval=config.interval, sink=sink, clock=clock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._alert_counts = self._fleet_alert_counts()  # gpuwarden_fleet_alerts
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: its fleet rules and interval from the next pass on."""
@@ -74,6 +75,7 @@ class FleetMode:
         while not self._stop.is_set():
             started = time.monotonic()
             self.evaluator.run_once()
+            self._alert_counts = self._fleet_alert_counts()
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def stop(self) -> None:
@@ -100,4 +102,22 @@ class FleetMode:
             SelfMetric("fleet_errors", "counter",
                        "Fleet-rule passes that failed (database, rules)",
                        (({}, float(ev.errors_total)),)),
+            SelfMetric("fleet_alerts", "gauge",
+                       "Fleet alert instances by rule and state, as this daemon evaluates "
+                       "them (0 while it does not lead: take the max over the fleet)",
+                       tuple(({"alertname": name, "state": state}, float(n))
+                             for (name, state), n in sorted(self._alert_counts.items()))),
         ]
+
+    def _fleet_alert_counts(self) -> dict[tuple[str, str], int]:
+        """The leader's counts after its last pass; zeros for every fleet rule's pending
+        and firing otherwise (the same label sets on every daemon: a failover moves no
+        series). Taken on the fleet thread, between passes: /metrics is rendered on
+        another thread, which must not walk the engine's alerts while a pass changes them."""
+        from gpuwarden.alerts.alert import AlertState
+
+        engine = self.evaluator.rule_engine()
+        if engine is not None:
+            return engine.counts()
+        return {(r.name, str(state)): 0 for r in self.evaluator.rules
+                for state in (AlertState.PENDING, AlertState.FIRING)}

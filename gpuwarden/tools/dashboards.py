@@ -34,7 +34,10 @@ SELF_METRICS = frozenset({
     "rule_evaluations_total", "rule_errors_total", "actions_total", "delivery_queue_length",
     "dead_letters", "process_resident_memory_bytes", "process_cpu_seconds_total",
     "cycles_skipped_total", "audit_queue_length", "audit_rows_dropped_total",
+    "fleet_leader", "fleet_alerts",
 })
+#: Only a daemon in fleet mode (a PostgreSQL store: ``daemon/fleet.py``) exports these.
+FLEET_SELF_METRICS = frozenset({"fleet_leader", "fleet_alerts"})
 
 # SLO lines drawn on the panels; the same numbers as the default rules (detectors/defaults.py).
 KV_NEAR_FULL = 0.90
@@ -163,8 +166,30 @@ def fleet() -> Dashboard:
                   stack=True, width=12,
                   description="Remediation and notification calls per action and outcome "
                               "(ok, failed, suppressed by cooldown, ...)."),
+            *_fleet_mode(),
         ),
         variables=(V_NODE, V_SERVER, V_MODEL),
+    )
+
+
+def _fleet_mode() -> tuple[Row | Panel, ...]:
+    """Who leads, the fleet rules' alerts (the leader's; others export 0: max), silence."""
+    return (
+        Row("Fleet mode (shared PostgreSQL store)"),
+        Panel("Fleet leader", (Target(f"max by (node) ({_by_node(selfm('fleet_leader'))})",
+                                      "{{node}}"),), type="status-history", min=0, max=1,
+              width=8, description="1 for the node evaluating the fleet rules (one at a time)."),
+        Panel("Fleet alerts", (Target(f"max by (alertname, state) ({selfm('fleet_alerts')})",
+                                      "{{alertname}} {{state}}"),),
+              stack=True, lines=((1, "red"),), width=8,
+              description="Fleet rule instances by state (not in gpuwarden_alerts)."),
+        Panel("Silent nodes (NodeSilent firing)", (Target("max(" + selfm(
+            "fleet_alerts", 'alertname="NodeSilent", state="firing"') + ")", "silent"),),
+              type="stat", lines=((1, "red"),), width=8,
+              description="No write for 3 intervals; `gpuwarden fleet status` names them."),
+        Panel("Samples written per node", (Target("sum by (node) (" + _by_node(
+            f"rate({selfm('samples_written_total')}[$__rate_interval])") + ")", "{{node}}"),),
+              width=24, description="A node whose line drops to 0 or ends is silent."),
     )
 
 

@@ -24,7 +24,7 @@ from gpuwarden.daemon import wiring
 from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.detectors.defaults import effective_rules
 from gpuwarden.storage.store import Store
-from gpuwarden.tools.dashboards import PREFIX, SELF_METRICS
+from gpuwarden.tools.dashboards import FLEET_SELF_METRICS, PREFIX, SELF_METRICS
 from gpuwarden.tools.demo import SimulatedVllmServer, SimulatedVllmState
 from tests.alerts.conftest import Recorder
 from tests.daemon.test_daemon import free_port
@@ -208,9 +208,11 @@ def test_an_alert_counts_up_from_the_zeros_and_every_dashboard_self_metric_exist
             (a, "no_action") for a in DEFAULT_ACTIONS}
         assert actions[("oncall", "failed")] == 0.0
         # Every self-metric the dashboards query is declared (scrape_errors_total has
-        # no series here: no server is configured).
+        # no series here: no server is configured), but fleet mode's: a SQLite store has
+        # no fleet (tests/fleet/test_fleet_metrics.py checks those on PostgreSQL).
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        missing = {name for name in SELF_METRICS if f"\n# TYPE {PREFIX}{name} " not in text}
+        missing = {name for name in SELF_METRICS - FLEET_SELF_METRICS
+                   if f"\n# TYPE {PREFIX}{name} " not in text}
         assert not missing, f"dashboards query self-metrics /metrics lacks: {missing}"
     finally:
         daemon.shutdown()

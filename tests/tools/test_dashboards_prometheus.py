@@ -135,6 +135,10 @@ def expected_empty(body: str) -> dict[tuple[str, str], str]:
         reason = "alert delivery is not wired into the daemon's /metrics in this build"
         out["gpuwarden-self", "panel 'Delivery queue' A"] = reason
         out["gpuwarden-self", "panel 'Dead letters' A"] = reason
+    if "gpuwarden_fleet_leader" not in body:
+        reason = "a SQLite store has no fleet mode (fleet metrics: tests/fleet/)"
+        for title in ("Fleet leader", "Fleet alerts", "Silent nodes (NodeSilent firing)"):
+            out["gpuwarden-fleet", f"panel {title!r} A"] = reason
     if "gpuwarden_actions_total{" not in body:
         out["gpuwarden-fleet", "panel 'Actions taken' A"] = "no action was called"
     return out
