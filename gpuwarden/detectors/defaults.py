@@ -45,10 +45,12 @@ DEFAULT_RULES: tuple[RuleConfig, ...] = (
     ),
     RuleConfig(
         # An early warning, so no `for` (it would spend the warning's lead); instead it
-        # keeps firing for a minute after the forecast last held. While a ramp is young
-        # the robust fit sits at its guards' margin and the forecast comes and goes for a
-        # few seconds (detectors/trend.py): without the hold one rise paged twice, 12 s
-        # apart (the demo's, and tests/incidents/traces/kv-jump-then-ramp.json).
+        # keeps firing for a minute after the forecast last held: one rise, one page.
+        # The forecast comes and goes where the fit sits at a guard's margin
+        # (detectors/trend.py): a young ramp after a jump, a forecast near the 5 min
+        # horizon, a full cache whose noisy samples reach the limit only now and then.
+        # Without the hold one rise paged 2, 8 and 43 times (tests/incidents/traces/
+        # kv-jump-then-ramp, kv-ramp-to-saturation, kv-full-noisy).
         name="KVCacheSaturationSoon", signal="kv_cache_usage_ratio", detector="trend",
         limit=1.0, horizon=300.0, window=30.0, min_points=10, keep_firing_for=60.0,
         severity="warning", actions=NOTIFY,

@@ -19,7 +19,8 @@ Format (times are seconds from the start of the trace)::
       ],
       "expect": [                  # exactly these (rule, labels subset) fire, nothing else
         {"rule": "KVCacheNearFull", "match": {"server": "vllm-0"},
-         "fires": [670, 700], "resolves": [905, 935]}       # first FIRING / last RESOLVED
+         "fires": [670, 700], "resolves": [905, 935],       # first FIRING / last RESOLVED
+         "episodes": 1}                                     # FIRING events (optional)
       ],
       "may_fire": ["KVCacheSaturationSoon"],  # allowed, not required (judgement calls)
       "extra": [                   # series the background lacks (added after it)

@@ -106,9 +106,28 @@ def write_all(trace: Trace, store: Store, batch: int = 60) -> None:
         store.write(pending)
 
 
+#: Rules that page at most once per alert instance in any trace: one incident, one page
+#: (KVCacheSaturationSoon's keep_firing_for, detectors/defaults.py).
+PAGE_ONCE = ("KVCacheSaturationSoon",)
+
+
+def firing_episodes(got: Outcome) -> dict[str, int]:
+    """FIRING events per alert instance (fingerprint): more than one is a flap."""
+    counts: dict[str, int] = {}
+    for e in got.events:
+        if e.kind is EventKind.FIRING:
+            counts[e.alert.fingerprint] = counts.get(e.alert.fingerprint, 0) + 1
+    return counts
+
+
 def check_expectations(trace: Trace, got: Outcome) -> None:
-    """Exactly the expected alerts fired (plus allowed ones), each in its time window."""
+    """Exactly the expected alerts fired (plus allowed ones), each in its time window,
+    as many times as expected (``episodes``), and no ``PAGE_ONCE`` rule twice."""
     problems = []
+    names = {e.alert.fingerprint: (e.alert.name, dict(e.alert.labels)) for e in got.events}
+    for fp, count in firing_episodes(got).items():
+        if names[fp][0] in PAGE_ONCE and count > 1:
+            problems.append(f"{names[fp][0]} {names[fp][1]} flapped: fired {count} times")
     matched: set[int] = set()
     for exp in trace.expect:
         hits = [i for i, (name, labels, _, _) in enumerate(got.fired)
@@ -118,6 +137,15 @@ def check_expectations(trace: Trace, got: Outcome) -> None:
             problems.append(f"{exp['rule']} {exp.get('match')} never fired")
             continue
         matched.update(hits)
+        if "episodes" in exp:
+            fired = [e for e in got.events if e.kind is EventKind.FIRING
+                     and e.alert.name == exp["rule"]
+                     and all(dict(e.alert.labels).get(k) == v
+                             for k, v in exp.get("match", {}).items())]
+            if len(fired) != exp["episodes"]:
+                problems.append(f"{exp['rule']} fired {len(fired)} times (at t="
+                                f"{', '.join(f'{e.at - T0:g}' for e in fired)}), expected "
+                                f"{exp['episodes']}")
         at = min(got.fired[i][2] for i in hits)
         lo, hi = exp["fires"]
         if not lo <= at <= hi:
