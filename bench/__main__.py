@@ -5,7 +5,8 @@ table with its reference measured in the same run. The soak benchmark runs for 3
 minutes, so it is not in the default set: ``python -m bench soak [--minutes N]``; nor
 is ``python -m bench faults [--tree CHECKOUT]``, the fault figures of a checkout (its
 reference is the same script run on an older one), nor ``python -m bench vs-prometheus``,
-gpuwarden and a Prometheus doing the same scraping and rules side by side (minutes).
+gpuwarden and a Prometheus doing the same scraping and rules side by side (minutes), nor
+``python -m bench fleet-ingest``, N nodes writing into one PostgreSQL (~2.5 minutes).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 BENCHMARKS = ("bench_storage", "bench_parser", "bench_rules", "bench_daemon", "bench_nvml")
 #: Run by name only (``python -m bench NAME [args]``), never by default.
 ON_REQUEST = {"soak": "bench_soak", "faults": "bench_faults",
-              "vs-prometheus": "bench_vs_prometheus"}
+              "vs-prometheus": "bench_vs_prometheus", "fleet-ingest": "bench_fleet_ingest"}
 
 
 def main() -> int:
