@@ -6,5 +6,5 @@ PostgreSQL advisory lock (:mod:`leader`) and evaluates the rules with
 ``scope = "fleet"`` (``detectors/fleet_rules.py``) over every node's samples
 (:mod:`source`), keeping their alert state in ``fleet_alerts`` so that the next
 leader continues where it stopped (:mod:`evaluator`). ``gpuwarden fleet status``
-reads the same tables (:mod:`status`).
+reads the same tables (``tools/fleet_status.py``).
 """
