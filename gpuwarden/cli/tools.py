@@ -8,11 +8,12 @@ threshold before shipping it. The tools are imported when the command runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
 
-from gpuwarden.address import DEFAULT_LISTEN
+from gpuwarden.address import DEFAULT_LISTEN, split_host_port
 from gpuwarden.cli.common import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -58,14 +59,43 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def demo_duration(text: str) -> float:
+    """``--duration``: seconds (``45``) or a duration (``45s``, ``5m``); 0: until Ctrl-C."""
+    from gpuwarden.durations import parse_duration
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return seconds
+
+
+def listen_address(text: str) -> str:
+    """``--listen``: HOST:PORT, checked before anything starts."""
+    try:
+        split_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gpuwarden.tools.demo import run_demo
 
-    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or "info")
+    # Warnings only: the demo's own lines (where it listens, the timeline, the alerts)
+    # are the story; the daemon's start-up lines would interleave with them.
+    setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or "warning")
     try:
         return run_demo(args.duration, args.listen, args.dir)
     except OSError as exc:
-        print(f"demo: cannot start: {exc}", file=sys.stderr)
+        hint = (" (a gpuwarden daemon already there? --listen 127.0.0.1:0 takes a free port)"
+                if exc.errno == errno.EADDRINUSE else "")
+        print(f"demo: cannot start on {args.listen}: {exc}{hint}", file=sys.stderr)
         return EXIT_RUNTIME
 
 
@@ -73,9 +103,12 @@ def add_commands(subparsers: Subcommands) -> None:
     """``gpuwarden demo`` and ``gpuwarden backtest``."""
     demo = subparsers.add_parser("demo", help="the whole loop on a simulated node (no GPU "
                                  "needed)")
-    demo.add_argument("--duration", type=float, default=0.0,
-                      help="seconds to run (default: until Ctrl-C)")
-    demo.add_argument("--listen", default=DEFAULT_LISTEN, help="HTTP address")
+    demo.add_argument("--duration", type=demo_duration, default=0.0,
+                      help="how long to run: seconds or a duration like 45s, 5m (default: "
+                           "until Ctrl-C; the first alert fires ~20 s in)")
+    demo.add_argument("--listen", type=listen_address, default=DEFAULT_LISTEN,
+                      help="HTTP address (default: the "
+                      f"daemon's, {DEFAULT_LISTEN}; 127.0.0.1:0 takes a free port)")
     demo.add_argument("--dir", help="where the demo's SQLite store goes (default: a temp dir)")
     demo.set_defaults(func=cmd_demo)
 

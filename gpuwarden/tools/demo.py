@@ -7,6 +7,10 @@ speculative draft are reported as vLLM reports them), playing a scripted inciden
 start, then on ``vllm-0`` the KV cache fills at 1 %/s, preemptions start and token
 latency climbs, while one GPU turns into a straggler. The daemon scrapes them exactly
 as it would scrape a real server.
+
+``build_incident`` is the story, once: the demo plays its steps and prints them as the
+timeline up front (``Incident.timeline``); what it prints, where it listens and the
+alerts as they change, is ``tools/demo_report.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import bisect
 import logging
 import random
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -271,32 +276,62 @@ class SimulatedVllmServer:
         self._server.server_close()
 
 
+@dataclass(frozen=True, slots=True)
+class IncidentStep:
+    """One step of the scripted story: when (seconds from the start), what happens (and
+    which rule should notice), and the change to the simulated node."""
+
+    at: float
+    text: str
+    action: Callable[[], None]
+
+
 @dataclass(slots=True)
 class Incident:
-    """The scripted story: (start second, description, what to change)."""
+    """The scripted story, played by the demo's loop; its timeline is what the demo
+    prints before it starts."""
 
-    steps: list[tuple[float, str, Callable[[], None]]]
+    steps: list[IncidentStep]
     done: set[int] = field(default_factory=set)
 
-    def play(self, elapsed: float) -> None:
-        for i, (at, text, action) in enumerate(self.steps):
-            if i not in self.done and elapsed >= at:
+    def play(self, elapsed: float) -> list[IncidentStep]:
+        """Start the steps due by ``elapsed`` seconds; return them, in order."""
+        started = []
+        for i, step in enumerate(self.steps):
+            if i not in self.done and elapsed >= step.at:
                 self.done.add(i)
-                log.warning("demo incident t=%3.0fs: %s", at, text)
-                action()
+                log.info("demo incident t=%3.0fs: %s", step.at, step.text)
+                step.action()
+                started.append(step)
+        return started
+
+    def timeline(self) -> list[tuple[float, str]]:
+        return [(step.at, step.text) for step in self.steps]
+
+
+# The story's times, seconds from the start. The KV cache starts climbing early, from
+# where it is, so that a short run (``--duration 45``) still shows a firing alert:
+# KVCacheSaturationSoon fires about 10 s into a smooth ramp. (A ramp that starts with
+# a jump fires only once the jump has left its 30 s window: detectors/trend.py, no
+# step over half the rise.) Recovery waits until GPUUtilizationSpread (a 60 s mean,
+# then `for` 2 minutes) has fired for the straggler; the foreign process stays until
+# VRAMHeadroomLow (`for` 5 minutes) has fired.
+FOREIGN_PROCESS_AT, KV_RAMP_AT, LATENCY_AT, STRAGGLER_AT = 5.0, 10.0, 40.0, 55.0
+RECOVERY_AT, FOREIGN_EXIT_AT = 240.0, 360.0
 
 
 def build_incident(gpus: Any, servers: list[SimulatedVllmState], speed: float = 1.0) -> Incident:
     s0 = servers[0]
+    last_gpu = len(gpus.gpus) - 1
 
     def kv_ramp() -> None:
-        s0.kv_usage, s0.kv_ramp_per_s = 0.5, 0.01
+        s0.kv_ramp_per_s = 0.01
 
     def latency_regression() -> None:
         s0.itl_base = 0.06
 
     def straggler() -> None:
-        gpus.set_load(len(gpus.gpus) - 1, 0.25)
+        gpus.set_load(last_gpu, 0.25)
 
     def foreign_process() -> None:
         gpus.set_memory(0, 0.96)
@@ -306,18 +341,27 @@ def build_incident(gpus: Any, servers: list[SimulatedVllmState], speed: float = 
 
     def recover() -> None:
         s0.kv_ramp_per_s, s0.kv_target, s0.itl_base = 0.0, 0.4, 0.035
-        gpus.set_load(len(gpus.gpus) - 1, gpus.gpus[0].load)
+        gpus.set_load(last_gpu, gpus.gpus[0].load)
 
-    return Incident([
-        (0 / speed, "calm: all GPUs ~60 % busy, KV cache ~35 %", lambda: None),
-        (20 / speed, "gpu 0: a foreign process takes device memory, headroom falls to 4 % "
-                     "(VRAMHeadroomLow after 5 minutes of it)", foreign_process),
-        (30 / speed, "vllm-0: KV cache starts filling at 1 %/s from 50 %", kv_ramp),
-        (60 / speed, "vllm-0: per-token latency regresses (p95 above 130 ms)", latency_regression),
-        (75 / speed, f"gpu {len(gpus.gpus) - 1}: becomes a straggler (25 % busy)", straggler),
-        (150 / speed, "recovery: KV pressure relieved, straggler back", recover),
-        (420 / speed, "gpu 0: the foreign process exits, headroom back", foreign_process_exits),
-    ])
+    return Incident([IncidentStep(at / speed, text, action) for at, text, action in (
+        (0.0, "healthy: all GPUs ~60 % busy, KV cache ~35 %, ITL p95 ~50 ms", lambda: None),
+        (FOREIGN_PROCESS_AT, "gpu 0: a foreign process takes device memory, headroom falls "
+                             "to 4 % (VRAMHeadroomLow pending within seconds, fires after "
+                             "5 min of it)",
+         foreign_process),
+        (KV_RAMP_AT, "vllm-0: KV cache climbs 1 %/s from ~35 % (KVCacheSaturationSoon ~10 s "
+                     "later; KVCacheNearFull 30 s after it passes 90 %)", kv_ramp),
+        (LATENCY_AT, "vllm-0: per-token latency regresses; with the full KV cache, ITL p95 "
+                     "passes 130 ms and TTFT p95 2 s (TokenLatencyP95High, TTFTP95High)",
+         latency_regression),
+        (STRAGGLER_AT, f"gpu {last_gpu}: becomes a straggler at 25 % busy "
+                       "(GPUUtilizationSpread after its 60 s mean and 2 min `for`)", straggler),
+        (RECOVERY_AT, "recovery: vllm-0's KV pressure relieved, latency and the straggler "
+                      "back (their alerts resolve within ~1 min; KVCapacityTooSmall looks "
+                      "back 10 min)", recover),
+        (FOREIGN_EXIT_AT, "gpu 0: the foreign process exits; headroom comes back over "
+                          "~40 s (VRAMHeadroomLow resolves above 17 %)", foreign_process_exits),
+    )])
 
 
 DEMO_GPUS = 8
@@ -333,11 +377,17 @@ def demo_gpus(index: int, n_servers: int, n_gpus: int) -> range:
     return range(start, start + per)
 
 
-def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int = 2) -> int:
-    """Run the simulated node and the daemon for ``duration`` seconds (0: until Ctrl-C)."""
+def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int = 2,
+             out: TextIO | None = None) -> int:
+    """Run the simulated node and the daemon for ``duration`` seconds (0: until Ctrl-C),
+    telling the story on ``out`` (default: stdout): where it listens, the incident's
+    timeline, the alerts as they change (``tools/demo_report.py``)."""
+    from gpuwarden.address import DEFAULT_LISTEN
     from gpuwarden.collector.sim import SimulatedGpuCollector
     from gpuwarden.config import parse_config
     from gpuwarden.daemon.lifecycle import Daemon
+    from gpuwarden.detectors.defaults import effective_rules
+    from gpuwarden.tools.demo_report import DemoReport, base_url
 
     directory = Path(workdir or tempfile.mkdtemp(prefix="gpuwarden-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -369,20 +419,35 @@ def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int =
     collectors = [gpus, *(server_collector(s, node=config.node, session=session)
                           for s in config.servers)]
     daemon = Daemon(config, collectors=collectors)
-    daemon.start()
-    daemon.install_signal_handlers()
+    report = DemoReport(out or sys.stdout, effective_rules(config.rules), time.time())
+    daemon.on_alert_events.append(report.on_events)
     incident = build_incident(gpus, states)
-    print(f"gpuwarden demo: metrics at http://{listen}/metrics, alerts at "
-          f"http://{listen}/api/v1/alerts, store in {directory}", flush=True)
-    started = time.monotonic()
     try:
-        while duration <= 0 or time.monotonic() - started < duration:
-            elapsed = time.monotonic() - started
-            incident.play(elapsed)
+        daemon.start()
+    except BaseException:
+        session.close()
+        for server in servers:
+            server.stop()
+        raise
+    daemon.install_signal_handlers()
+    host, _ = config.listen_host_port
+    report.started = time.time()
+    started = time.monotonic()
+    report.banner(base_url(host, daemon.http_port), str(directory / "gpuwarden.db"),
+                  duration=duration, servers=[s.name for s in config.servers], gpus=DEMO_GPUS,
+                  default_port=listen == DEFAULT_LISTEN)
+    report.timeline(incident.timeline(), duration)
+    elapsed = 0.0
+    try:
+        while duration <= 0 or elapsed < duration:
+            for step in incident.play(elapsed):
+                report.step(step.at, step.text)
             for state in states:
                 state.advance(1.0)
+            report.poll(daemon.alerts_json(), time.time())
             if daemon.wait_stop(1.0):
                 break
+            elapsed = time.monotonic() - started
     except KeyboardInterrupt:
         pass
     finally:
@@ -390,4 +455,5 @@ def run_demo(duration: float, listen: str, workdir: str | None, n_servers: int =
         session.close()
         for server in servers:
             server.stop()
+        report.summary(time.monotonic() - started)
     return 0

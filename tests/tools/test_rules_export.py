@@ -28,7 +28,7 @@ README_DEFAULTS = (
     RuleConfig("KVCacheNearFull", "kv_cache_usage_ratio", ">", 0.90, clear=0.85, for_=30.0,
                actions=("notify",)),
     RuleConfig("KVCacheSaturationSoon", "kv_cache_usage_ratio", detector="trend", limit=1.0,
-               window=300.0, horizon=300.0, actions=("notify",)),
+               window=300.0, horizon=300.0, keep_firing_for=60.0, actions=("notify",)),
     RuleConfig("TokenLatencyP95High", "itl_p95_seconds", ">", 0.130, for_=30.0,
                actions=("warm-restart",)),
     RuleConfig("TTFTP95High", "ttft_p95_seconds", ">", 2.0, for_=60.0, actions=("notify",)),
