@@ -17,7 +17,8 @@ import sys
 BENCHMARKS = ("bench_storage", "bench_parser", "bench_rules", "bench_daemon", "bench_nvml")
 #: Run by name only (``python -m bench NAME [args]``), never by default.
 ON_REQUEST = {"soak": "bench_soak", "faults": "bench_faults",
-              "vs-prometheus": "bench_vs_prometheus", "fleet-ingest": "bench_fleet_ingest"}
+              "vs-prometheus": "bench_vs_prometheus", "fleet-ingest": "bench_fleet_ingest",
+              "fleet-rules": "bench_fleet_rules"}
 
 
 def main() -> int:

@@ -112,8 +112,8 @@ class FleetSource:
                     c.c.t_min >= max(lo - MAX_CHUNK_SPAN_MS, _I64_MIN), c.c.t_min <= hi,
                     c.c.t_max >= lo))
             ).all()
-            for r in rows:
-                ts, vals = codec.decode_chunk(r.data)
+            decoded = codec.decode_chunks([r.data for r in rows])
+            for r, (ts, vals) in zip(rows, decoded, strict=True):
                 parts[int(r.series_id)].append((ts, vals))
 
     @staticmethod
@@ -122,14 +122,29 @@ class FleetSource:
         hl = schema.head_log
         rows = conn.execute(select(hl.c.data).where(
             and_(hl.c.t_max >= lo, hl.c.t_min <= hi))).all()
+        if not rows:
+            return
+        # Every row's wanted samples gathered first, then split by series once: a
+        # per-row, per-series split costs a numpy call per series and cycle.
+        wanted = np.zeros(int(ids.max()) + 2, dtype=bool)  # a table: np.isin sorts per row
+        wanted[ids] = True
+        picked = []
         for r in rows:
             sids, ts, vals = codec.decode_cycle(r.data)
-            mask = np.isin(sids, ids)
-            if not mask.any():
-                continue
-            for sid in np.unique(sids[mask]).tolist():
-                pick = sids == sid
-                parts[int(sid)].append((ts[pick], vals[pick]))
+            mask = wanted[np.minimum(sids, wanted.size - 1)]
+            if mask.any():
+                picked.append((sids[mask], ts[mask], vals[mask]))
+        if not picked:
+            return
+        sids = np.concatenate([p[0] for p in picked])
+        ts = np.concatenate([p[1] for p in picked])
+        vals = np.concatenate([p[2] for p in picked])
+        order = np.argsort(sids, kind="stable")
+        sids, ts, vals = sids[order], ts[order], vals[order]
+        bounds = np.flatnonzero(np.diff(sids)) + 1
+        for sid_part, ts_part, val_part in zip(np.split(sids, bounds), np.split(ts, bounds),
+                                               np.split(vals, bounds), strict=True):
+            parts[int(sid_part[0])].append((ts_part, val_part))
 
     @staticmethod
     def _silence(conn: Connection, now: float) -> list[SeriesData]:

@@ -93,6 +93,19 @@ def from_head(
     return out
 
 
+def own_node(matchers: Mapping[str, str] | None, node: str) -> dict[str, str]:
+    """``matchers`` limited to ``node``'s series, unless they name a node themselves.
+
+    A store shared by a fleet (PostgreSQL) holds every node's series; a node reads its
+    own, as its head holds only its own: its rules must not alert on another node's
+    samples (each node would page for the whole fleet). The fleet's reads are
+    ``fleet/source.py``'s.
+    """
+    own = dict(matchers or {})
+    own.setdefault("node", node)
+    return own
+
+
 def read_database(
     conn: Connection, requests: Sequence[Request], matchers: Mapping[str, str] | None
 ) -> list[DbRows]:

@@ -62,6 +62,7 @@ from gpuwarden.storage.queries import (
     DbRows,
     from_head,
     local_by_labels,
+    own_node,
     plan,
     read_database,
     unreadable,
@@ -378,10 +379,9 @@ class Store:
     ) -> list[SeriesData]:
         """Samples of ``signal`` with ``start <= ts <= end`` (Unix seconds), per series.
 
-        Matchers are exact label equalities. A window that the in-memory head covers
-        is answered without touching the database; otherwise chunks are read and
-        merged with the head. Series without samples in the range are left out.
-        """
+        Matchers are exact label equalities; a node reads its own series unless they name
+        another (``queries.own_node``). A window the in-memory head covers is answered
+        without the database; otherwise chunks are read and merged with the head."""
         got, failed = self._query({signal: (start, end)}, matchers)
         if failed:
             raise failed[signal]
@@ -408,7 +408,7 @@ class Store:
         def read_db() -> _DbRead:
             with self._cut_lock:
                 with self.engine.connect() as conn:
-                    rows = read_database(conn, database, matchers)
+                    rows = read_database(conn, database, own_node(matchers, self.node))
                 with self._lock:  # the uncut cycles as of the chunks read: each sample once
                     return rows, list(self._entries), [
                         local_by_labels(r, db_series, registry.local_of_db)

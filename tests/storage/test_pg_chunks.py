@@ -112,9 +112,13 @@ def test_new_database_partitions_chunks_by_day_and_reads_across_them(backend: Ba
             "SELECT tableoid::regclass::text, sum(count) FROM chunks GROUP BY 1")).all())
     assert per_partition == {"chunks_p20231114": 64 * 4, "chunks_p20231115": 36 * 4}
     assert_each_sample_once(store, ks, step=100.0)
-    reopened = backend.open(node="node-b")  # another node reads what node-a cut
-    (s,) = reopened.query("gpu_utilization_ratio", {"gpu": "2"}, T0 + 6300, T0 + 6600)
+    reopened = backend.open(node="node-b")  # another node reads what node-a cut...
+    (s,) = reopened.query("gpu_utilization_ratio", {"node": "node-a", "gpu": "2"},
+                          T0 + 6300, T0 + 6600)
     np.testing.assert_array_equal(s.timestamps, T0 + 100.0 * np.arange(63, 67))
+    # ...when it names node-a: unasked, a node's reads are its own (its rules must not
+    # alert on the fleet's samples; the fleet's leader reads those, fleet/source.py).
+    assert reopened.query("gpu_utilization_ratio", {"gpu": "2"}, T0 + 6300, T0 + 6600) == []
 
 
 def test_a_cut_whose_commit_reply_is_lost_is_retried_without_duplicates(

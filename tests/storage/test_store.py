@@ -162,8 +162,9 @@ def test_nodes_sharing_a_database_replay_only_their_own_head_log(backend: Backen
     assert _count(a2, hl, hl.c.writer == "node-b") == 5
     assert _count(a2, hl, hl.c.writer == "node-a") == 0
     b.flush()
-    (up,) = a2.query("server_up")  # after the cut, chunks are shared
+    (up,) = a2.query("server_up", {"node": "node-b"})  # after the cut, chunks are shared
     assert len(up) == 5
+    assert a2.query("server_up") == []  # but a node reads its own unless it names another
 
 
 def test_retention_deletes_old_chunks_in_batches(backend: Backend) -> None:
