@@ -6,7 +6,8 @@ minutes, so it is not in the default set: ``python -m bench soak [--minutes N]``
 is ``python -m bench faults [--tree CHECKOUT]``, the fault figures of a checkout (its
 reference is the same script run on an older one), nor ``python -m bench vs-prometheus``,
 gpuwarden and a Prometheus doing the same scraping and rules side by side (minutes), nor
-``python -m bench fleet-ingest``, N nodes writing into one PostgreSQL (~2.5 minutes).
+``python -m bench fleet-ingest``, N nodes writing into one PostgreSQL (~2.5 minutes), nor
+``python -m bench fleet-rules``, the fleet leader's pass by fleet size (~30 s).
 """
 
 from __future__ import annotations
