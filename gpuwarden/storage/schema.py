@@ -38,6 +38,8 @@ schema version cover the whole database (a table added later is created by that 
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -132,21 +134,23 @@ rollups_1m = Table(
     Index("ix_rollups_1m_t", "t"),
 )
 
-alerts = Table(
-    "alerts",
-    metadata,
-    Column("fingerprint", String(64), primary_key=True),
-    Column("rule", String(200), nullable=False),
-    Column("labels", Text, nullable=False),  # JSON object
-    Column("annotations", Text, nullable=False),  # JSON object
-    Column("state", String(16), nullable=False),  # pending | firing | resolved
-    Column("value", Float),
-    Column("active_at", Float),  # Unix seconds
-    Column("fired_at", Float),
-    Column("resolved_at", Float),
-    Column("updated_at", Float, nullable=False),
-    Index("ix_alerts_state", "state"),
-)
+def _alert_columns() -> list[Column[Any]]:
+    """The columns of one alert instance (``alerts`` and ``fleet_alerts``)."""
+    return [
+        Column("fingerprint", String(64), primary_key=True),
+        Column("rule", String(200), nullable=False),
+        Column("labels", Text, nullable=False),  # JSON object
+        Column("annotations", Text, nullable=False),  # JSON object
+        Column("state", String(16), nullable=False),  # pending | firing | resolved
+        Column("value", Float),
+        Column("active_at", Float),  # Unix seconds
+        Column("fired_at", Float),
+        Column("resolved_at", Float),
+        Column("updated_at", Float, nullable=False),
+    ]
+
+
+alerts = Table("alerts", metadata, *_alert_columns(), Index("ix_alerts_state", "state"))
 
 audit = Table(
     "audit",
@@ -214,20 +218,7 @@ nodes = Table(
 #: so that a new leader continues pending and firing alerts where the old one stopped.
 #: Same columns as ``alerts``; a table of its own because a fleet alert's ``node`` label
 #: names the node it is about (``NodeSilent``), not the node that evaluated it.
-fleet_alerts = Table(
-    "fleet_alerts",
-    metadata,
-    Column("fingerprint", String(64), primary_key=True),
-    Column("rule", String(200), nullable=False),
-    Column("labels", Text, nullable=False),
-    Column("annotations", Text, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("value", Float),
-    Column("active_at", Float),
-    Column("fired_at", Float),
-    Column("resolved_at", Float),
-    Column("updated_at", Float, nullable=False),
-)
+fleet_alerts = Table("fleet_alerts", metadata, *_alert_columns())
 
 __all__ = [
     "IN_BATCH",
