@@ -79,10 +79,23 @@ class FleetMode:
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def stop(self) -> None:
-        """Stop evaluating, give the lead up and say this node stopped on purpose."""
+        """Stop evaluating, give the lead up and say this node stopped on purpose.
+
+        Bounded: a database that does not answer (stopped, frozen) must not hold up the
+        daemon's stop. The farewell runs on a thread of its own and is given up on after
+        ``STOP_WAIT_S``; the lead then ends with the process (its session closes)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(STOP_WAIT_S)
+        farewell = threading.Thread(target=self._farewell, name="gpuwarden-fleet-stop",
+                                    daemon=True)
+        farewell.start()
+        farewell.join(STOP_WAIT_S)
+        if farewell.is_alive():
+            log.warning("fleet: the database did not answer within %gs; stopping without "
+                        "marking this node stopped (NodeSilent will report it)", STOP_WAIT_S)
+
+    def _farewell(self) -> None:
         self.evaluator.stop()
         try:
             self.beat.stopped()

@@ -163,3 +163,26 @@ def drain(sock: socket.socket) -> list[str]:
             out.append(sock.recv(4096).decode())
         except BlockingIOError:
             return out
+
+
+def test_sigterm_while_postgres_frozen_stops_in_bounded_time(
+        pg: PgCluster, pg_url: str, daemons: Daemons) -> None:
+    """On PostgreSQL the daemon also leads the fleet rules and keeps a heartbeat row: a
+    stop must give those up without waiting on a database that does not answer."""
+    proc = daemons.start(pg_url, interval="200ms")
+    proc.wait_healthy()
+    deadline = time.monotonic() + 20
+    while proc.metric("gpuwarden_fleet_leader") != 1.0:  # the lock's session is open
+        assert time.monotonic() < deadline, "the only daemon never led the fleet rules"
+        time.sleep(0.2)
+    pg.freeze()
+    try:
+        started = time.monotonic()
+        code = proc.stop(timeout=40)
+        took = time.monotonic() - started
+    finally:
+        pg.thaw()
+    assert code == 0, proc.log_text()[-3000:]
+    # The writer's flush (5 s), delivery (3 s) and the fleet's farewell (5 + 5 s) are
+    # each given up on; nothing waits for the database itself.
+    assert took < 25, (took, proc.log_text()[-3000:])
