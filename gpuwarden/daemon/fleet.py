@@ -49,7 +49,7 @@ class FleetMode:
         self.evaluator = FleetEvaluator(store.engine, config.node,
                                         effective_fleet_rules(config.rules),
                                         interval=config.interval, sink=sink, clock=clock)
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # also ends the heartbeat: see stop()
         self._thread: threading.Thread | None = None
         self._alert_counts = self._fleet_alert_counts()  # gpuwarden_fleet_alerts
 
@@ -62,6 +62,8 @@ class FleetMode:
 
     def heartbeat(self) -> None:
         """The writer thread's job: this node wrote everything it collected, just now."""
+        if self._stop.is_set():  # stopped: the writer's last pass must not undo the farewell
+            return
         if self.store.pending_samples == 0:
             self.beat.gpus = len(self.store.latest("gpu_up"))
             self.beat.servers = self.servers

@@ -20,7 +20,7 @@ DEFAULT_FLEET_RULES: tuple[RuleConfig, ...] = (
     RuleConfig(
         name="NodeSilent", signal="node_silence_intervals", op=">", threshold=3.0,
         severity="critical", actions=("notify",), labels=FLEET, scope="fleet",
-        summary="node {node} wrote nothing for {value:.0f} of its intervals: its daemon, "
+        summary="node {node} wrote nothing for {value:.1f} of its intervals: its daemon, "
                 "host or network is down, and its own alerts with it",
     ),
     RuleConfig(

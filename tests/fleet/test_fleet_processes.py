@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine
 
+from gpuwarden.fleet.nodes import read_nodes
 from gpuwarden.fleet.source import FleetSource
 from gpuwarden.tools.demo import SimulatedVllmServer, SimulatedVllmState
 from tests.alerts.conftest import Recorder
@@ -220,3 +221,16 @@ def test_fleet_rules_fire_once_fail_over_and_the_dead_node_is_noticed(
     for node in nodes:
         assert node.proc is not None
         assert node.proc.alive(), node.proc.log_text()[-2000:]
+
+    # A clean stop is not silence: the row says stopped, NodeSilent leaves it alone.
+    assert c.proc is not None and c.proc.stop() == 0
+    engine = create_engine(fleet_url)
+    try:
+        with engine.connect() as conn:
+            rows = {row.node: row for row in read_nodes(conn)}
+    finally:
+        engine.dispose()
+    stopped = rows["node-c"]
+    assert stopped.stopped_at is not None and stopped.stopped_at >= stopped.last_write_at
+    time.sleep(6 * INTERVAL)
+    assert _count(webhook, "NodeSilent", "firing", node="node-c") == 0
