@@ -108,6 +108,15 @@ def condition(rule: RuleConfig) -> str:
         return f"increase of {rule.signal} over {window} {compared}"
     if detector in ("falling", "composite:PrefixCacheHitFalling"):
         return f"drop of {rule.signal} over {window} against the {window} before {compared}"
+    if detector == "fleet:ModelQuantile":
+        return (f"{rule.signal} of each model, all its servers' buckets summed, over "
+                f"{window} {compared}")
+    if detector == "fleet:NodeStraggler":
+        return (f"a node's mean {rule.signal} over {window} below the mean of the nodes "
+                f"serving its model by {compared}")
+    if detector == "fleet:KVHeadroom":
+        return (f"each model's {rule.signal} across its servers, weighted by their KV "
+                f"capacity in tokens, {compared}")
     if detector == "composite:PreemptionsRising":
         return f"rate of {rule.signal} over {window} {compared} per second"
     if detector == "composite:QueueGrowing":
@@ -170,8 +179,22 @@ def summary(lines: list[RuleLine]) -> str:
     return text + (f"; {fleet} for the fleet's leader)" if fleet else ")")
 
 
-def render(config_rules: Iterable[RuleConfig], defined_actions: Collection[str]) -> list[str]:
-    """check-config's rule section: the count, then one line per rule."""
+def render(config_rules: Iterable[RuleConfig], defined_actions: Collection[str], *,
+           fleet: bool = False) -> list[str]:
+    """check-config's rule section: the count, then one line per rule; with ``fleet`` (a
+    shared PostgreSQL store) the fleet's rules follow, as its leader will run them."""
+    config_rules = tuple(config_rules)
     lines = rule_set(config_rules)
+    if fleet:
+        lines = [ln for ln in lines if ln.origin != ELSEWHERE]  # listed below instead
     width = max((len(ln.rule.name) for ln in lines), default=0)
-    return [summary(lines) + ":", *(describe(ln, defined_actions, width) for ln in lines)]
+    out = [summary(lines) + ":", *(describe(ln, defined_actions, width) for ln in lines)]
+    if fleet:
+        from gpuwarden.detectors.fleet_rules import effective_fleet_rules
+
+        rules = effective_fleet_rules(config_rules)
+        width = max((len(r.name) for r in rules), default=0)
+        out.append(f"{len(rules)} fleet rule{'s' if len(rules) != 1 else ''} (evaluated once "
+                   "for every node of the shared store, by the fleet's leader):")
+        out += [describe(RuleLine(ELSEWHERE, r), defined_actions, width) for r in rules]
+    return out

@@ -126,3 +126,24 @@ def test_invalid_file_still_exits_2_with_one_line_per_problem(
     assert captured.out == ""
     problems = captured.err.strip().splitlines()
     assert [p.split(": ")[1] for p in problems] == ["rules[0].for", "rules[0].signal"]
+
+
+def test_a_postgresql_store_lists_the_fleet_rules_its_leader_will_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = ('node = "n1"\n[storage]\nurl = "postgresql+psycopg://gw@db.example/gw"\n'
+            '[[rules]]\nname = "NodeStraggler"\nenabled = false\n'
+            '[[rules]]\nname = "MineFleetWide"\nscope = "fleet"\n'
+            'signal = "kv_cache_usage_ratio"\nop = ">"\nthreshold = 0.5\n')
+    lines = check(tmp_path, text, capsys)
+    head = next(i for i, ln in enumerate(lines) if "fleet rules (evaluated once" in ln)
+    assert "MineFleetWide" not in "\n".join(lines[:head])  # not in this node's own engine
+    assert lines[head].startswith("4 fleet rules")
+    assert [ln.split()[1] for ln in lines[head + 1:]] == [
+        "NodeSilent", "ModelLatencyP95High", "FleetKVHeadroomLow", "MineFleetWide"]
+    assert "node_silence_intervals > 3" in lines[head + 1]
+
+
+def test_a_sqlite_store_lists_no_fleet_rules(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = check(tmp_path, 'node = "n1"\n[storage]\nurl = "sqlite:////tmp/gw.db"\n', capsys)
+    assert not any("fleet rule" in ln for ln in lines)
