@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -75,31 +76,34 @@ def alertmanager_binary() -> str | None:
         found = shutil.which(name)
         if found:
             return found
-    return None
+    debian = Path("/usr/bin/prometheus-alertmanager")
+    return str(debian) if debian.is_file() else None
 
 
 class Alertmanager:
-    """One Alertmanager on loopback whose root route notifies ``webhook_url``
-    (group_wait 0 s, group_interval 1 s), stopped by PID."""
+    """One Alertmanager on loopback whose root route ``receiver`` notifies ``webhook_url``
+    (group_wait 0 s, group_interval 1 s), stopped by PID; ``external_url`` None leaves
+    Alertmanager's own default."""
 
-    def __init__(self, binary: str, tmp: Path, webhook_url: str) -> None:
+    def __init__(self, binary: str, tmp: Path, webhook_url: str, *,
+                 receiver: str = RECEIVER, external_url: str | None = EXTERNAL_URL) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {  # JSON is YAML
-            "route": {"receiver": RECEIVER, "group_by": ["alertname"], "group_wait": "0s",
+            "route": {"receiver": receiver, "group_by": ["alertname"], "group_wait": "0s",
                       "group_interval": "1s", "repeat_interval": "1h"},
-            "receivers": [{"name": RECEIVER, "webhook_configs": [
+            "receivers": [{"name": receiver, "webhook_configs": [
                 {"url": webhook_url, "send_resolved": True}]}],
         }
         (tmp / "am.yml").write_text(json.dumps(config))
         (tmp / "am-data").mkdir()
         self.log_path = tmp / "am.log"
         self.log = self.log_path.open("wb")
+        external = [f"--web.external-url={external_url}"] if external_url else []
         self.proc = subprocess.Popen(
             [binary, f"--config.file={tmp / 'am.yml'}", f"--storage.path={tmp / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}",
-             f"--web.external-url={EXTERNAL_URL}", "--cluster.listen-address=",
-             "--log.level=warn"],
+             f"--web.listen-address=127.0.0.1:{self.port}", *external,
+             "--cluster.listen-address=", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
         try:
             self._wait_ready(15.0)
@@ -119,6 +123,12 @@ class Alertmanager:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"alertmanager did not become ready in {seconds:g} s")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts Alertmanager holds (``/api/v2/alerts``)."""
+        resp = requests.get(self.url + "/api/v2/alerts", timeout=2)
+        resp.raise_for_status()
+        return list(resp.json())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
