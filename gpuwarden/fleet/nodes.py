@@ -35,6 +35,11 @@ class NodeRow:
     gpus: int
     servers: int
 
+    @property
+    def stopped(self) -> bool:
+        """Stopped cleanly after its last write: the fleet expects no writes from it."""
+        return self.stopped_at is not None and self.stopped_at >= self.last_write_at
+
     def silence_intervals(self, now: float) -> float:
         """How many of its intervals ago this node last wrote (0 when it just did)."""
         return max(0.0, now - self.last_write_at) / max(self.interval_s, 1e-3)

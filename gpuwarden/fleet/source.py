@@ -25,18 +25,10 @@ from sqlalchemy import Connection, Engine, and_, select
 from gpuwarden.fleet.nodes import read_nodes
 from gpuwarden.model import Labels, SeriesData, labels_match
 from gpuwarden.storage import codec, schema
-from gpuwarden.storage.chunk_cut import MAX_CHUNK_SPAN_MS
-from gpuwarden.storage.series_registry import labels_from_json
+from gpuwarden.storage.queries import ms_bounds, read_chunks, series_of
 
 SILENCE_SIGNAL = "node_silence_intervals"
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 Ranges = Mapping[str, tuple[float, float]]
-
-
-def _ms(t: float, *, low: bool) -> int:
-    if math.isinf(t):
-        return _I64_MIN if low else _I64_MAX
-    return math.floor(t * 1000) - 1 if low else math.ceil(t * 1000) + 1
 
 
 class FleetSource:
@@ -74,13 +66,12 @@ class FleetSource:
                                                           self._clock()))
         if not stored:
             return out
-        st = schema.series
-        keys: dict[int, tuple[str, Labels]] = {}
-        for r in conn.execute(select(st.c.id, st.c.signal, st.c.labels)
-                              .where(st.c.signal.in_(sorted(stored)))):
-            keys[int(r.id)] = (r.signal, labels_from_json(r.labels))
-        lo = min(_ms(a, low=True) for a, _ in stored.values())
-        hi = max(_ms(b, low=False) for _, b in stored.values())
+        keys: dict[int, tuple[str, Labels]] = {
+            db_id: (signal, labels)
+            for signal, found in series_of(conn, sorted(stored), None).items()
+            for db_id, labels in found}
+        bounds = [ms_bounds(start, end) for start, end in stored.values()]
+        lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
         parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
         if keys:
             self._chunks(conn, sorted(keys), lo, hi, parts)
@@ -104,17 +95,10 @@ class FleetSource:
     @staticmethod
     def _chunks(conn: Connection, ids: list[int], lo: int, hi: int,
                 parts: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> None:
-        c = schema.chunks
-        for k in range(0, len(ids), schema.IN_BATCH):
-            rows = conn.execute(
-                select(c.c.series_id, c.c.data).where(and_(
-                    c.c.series_id.in_(ids[k:k + schema.IN_BATCH]),
-                    c.c.t_min >= max(lo - MAX_CHUNK_SPAN_MS, _I64_MIN), c.c.t_min <= hi,
-                    c.c.t_max >= lo))
-            ).all()
-            decoded = codec.decode_chunks([r.data for r in rows])
-            for r, (ts, vals) in zip(rows, decoded, strict=True):
-                parts[int(r.series_id)].append((ts, vals))
+        rows = read_chunks(conn, ids, lo, hi)
+        for (sid, _), (ts, vals) in zip(rows, codec.decode_chunks([b for _, b in rows]),
+                                        strict=True):
+            parts[sid].append((ts, vals))
 
     @staticmethod
     def _head_log(conn: Connection, ids: np.ndarray, lo: int, hi: int,
@@ -150,7 +134,7 @@ class FleetSource:
     def _silence(conn: Connection, now: float) -> list[SeriesData]:
         out = []
         for row in read_nodes(conn):
-            if row.stopped_at is not None and row.stopped_at >= row.last_write_at:
+            if row.stopped:
                 continue  # stopped on purpose: not expected to write
             out.append(SeriesData(SILENCE_SIGNAL, (("node", row.node),), np.array([now]),
                                   np.array([row.silence_intervals(now)])))

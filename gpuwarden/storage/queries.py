@@ -30,6 +30,14 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 DbRows = tuple[list[tuple[int, Labels]], list[tuple[int, bytes]]]
 
 
+def ms_bounds(start: float, end: float) -> tuple[int, int]:
+    """``[start, end]`` (Unix seconds, infinite for unbounded) in ms, a millisecond wider
+    on each side (samples are searched in whole ms)."""
+    lo = _I64_MIN if start == -math.inf else math.floor(start * 1000) - 1
+    hi = _I64_MAX if end == math.inf else math.ceil(end * 1000) + 1
+    return lo, hi
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One signal of a read: ``start <= ts <= end`` (Unix seconds) of the series whose
@@ -43,12 +51,11 @@ class Request:
 
     @property
     def lo(self) -> int:
-        """``start`` in ms, a millisecond early (the head is searched in whole ms)."""
-        return _I64_MIN if self.start == -math.inf else math.floor(self.start * 1000) - 1
+        return ms_bounds(self.start, self.end)[0]
 
     @property
     def hi(self) -> int:
-        return _I64_MAX if self.end == math.inf else math.ceil(self.end * 1000) + 1
+        return ms_bounds(self.start, self.end)[1]
 
     @property
     def wanted(self) -> Wanted:

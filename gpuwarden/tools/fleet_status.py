@@ -111,7 +111,7 @@ def _time(ts: float | None) -> str | None:
 
 
 def node_state(row: NodeRow, now: float, silent_after_intervals: float) -> str:
-    if row.stopped_at is not None and row.stopped_at >= row.last_write_at:
+    if row.stopped:
         return STOPPED
     return SILENT if row.silence_intervals(now) > silent_after_intervals else WRITING
 
