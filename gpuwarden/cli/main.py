@@ -67,7 +67,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     # The effective rule set, not the file's [[rules]] count: the defaults run too.
     rule_lines = render(config.rules, {a.name for a in config.actions},
-                        fleet=config.storage.url.startswith("postgresql"))
+                        fleet=fleet.is_postgresql(config.storage.url))
     print(f"{args.file}: OK (node {config.node}, {_count(len(config.servers), 'server')}, "
           f"{_count(len(config.actions), 'action')})")
     print("\n".join(rule_lines))
