@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from gpuwarden.detectors.defaults import DEFAULT_RULE_NAMES, effective_rules
 from gpuwarden.detectors.rule import RuleConfig
+from gpuwarden.detectors.thresholds import effective_threshold
 from gpuwarden.durations import format_duration
 from gpuwarden.signals import resolve_rule_signal
 
@@ -56,24 +57,9 @@ def _num(value: float | None) -> str:
     return "(default)" if value is None else f"{value:g}"
 
 
-def _threshold(rule: RuleConfig) -> float | None:
-    """The threshold the detector uses: the rule's, else the detector's own default."""
-    if rule.threshold is not None:
-        return rule.threshold
-    if rule.detector.startswith("composite:"):
-        from gpuwarden.detectors.composite import DEFAULT_THRESHOLDS
-
-        return DEFAULT_THRESHOLDS.get(rule.detector.partition(":")[2])
-    if rule.detector == "falling":
-        from gpuwarden.detectors.falling import DEFAULT_THRESHOLD
-
-        return DEFAULT_THRESHOLD
-    return None
-
-
 def _compared(rule: RuleConfig) -> str:
     """``op threshold`` plus where the alert resolves when ``clear`` is set."""
-    text = f"{rule.op} {_num(_threshold(rule))}"
+    text = f"{rule.op} {_num(effective_threshold(rule))}"
     if rule.clear is not None and rule.op in _RESOLVES_AT:
         text += f" (resolves at {_RESOLVES_AT[rule.op]} {rule.clear:g})"
     return text

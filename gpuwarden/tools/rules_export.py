@@ -45,11 +45,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gpuwarden import __version__
-from gpuwarden.detectors.composite import DEFAULT_THRESHOLDS as COMPOSITE_THRESHOLDS
 from gpuwarden.detectors.composite import GPU_BUSY, KV_FULL
-from gpuwarden.detectors.falling import DEFAULT_THRESHOLD as FALLING_THRESHOLD
 from gpuwarden.detectors.falling import MIN_TOKENS, PrefixCacheHitFalling
 from gpuwarden.detectors.rule import RuleConfig, counter_ratio_inputs
+from gpuwarden.detectors.thresholds import effective_threshold
 from gpuwarden.durations import format_duration
 from gpuwarden.promql.derived import DEFAULT_WINDOW, QUANTILES
 from gpuwarden.signals import SIGNALS, Kind, resolve_rule_signal
@@ -165,16 +164,6 @@ def capacity_expr(rule: RuleConfig) -> str:
 CAPACITY = "composite:KVCapacityTooSmall"
 
 
-def _threshold(rule: RuleConfig) -> float | None:
-    if rule.threshold is None and rule.detector in FALLING_DETECTORS:
-        return FALLING_THRESHOLD
-    if rule.threshold is None and rule.detector == CAPACITY:
-        return COMPOSITE_THRESHOLDS["KVCapacityTooSmall"]
-    if rule.threshold is None and rule.detector == PREEMPTIONS:
-        return COMPOSITE_THRESHOLDS["PreemptionsRising"]
-    return rule.threshold
-
-
 def _aggregate(base: str, rule: RuleConfig, window: str) -> str:
     func = _AGG.get(rule.aggregation)
     return f"{func}({base}[{window}])" if func else base
@@ -217,7 +206,7 @@ def translate(rule: RuleConfig) -> Exported:
                              *FALLING_DETECTORS, CAPACITY, PREEMPTIONS):
         return Exported(rule.name, None, f"detector {rule.detector!r} (a composite or custom "
                                          "diagnostic) has no faithful PromQL equivalent")
-    threshold = _threshold(rule)
+    threshold = effective_threshold(rule)
     if threshold is None:
         return Exported(rule.name, None, "no threshold")
     breach = f"{expr} {rule.op} {_num(threshold)}"
@@ -272,13 +261,13 @@ def _annotations(rule: RuleConfig) -> list[tuple[str, str]]:
         cond = f"{what} forecast to reach {_num(limit or 0)} within {format_duration(rule.horizon)}"
     elif rule.detector == CAPACITY:
         cond = (f"kv_cache_capacity_sequences / peak running + waiting over "
-                f"{format_duration(rule.window)} {rule.op} {_num(_threshold(rule) or 0)}")
+                f"{format_duration(rule.window)} {rule.op} {_num(effective_threshold(rule) or 0)}")
     elif rule.detector == PREEMPTIONS:
         cond = (f"rate of preemptions_total over {format_duration(rule.window)} {rule.op} "
-                f"{_num(_threshold(rule) or 0)}/s")
+                f"{_num(effective_threshold(rule) or 0)}/s")
     elif rule.detector in FALLING_DETECTORS:
         cond = (f"{FALLING_DETECTORS[rule.detector] or what} down {rule.op} "
-                f"{_num(_threshold(rule) or 0)} against the previous "
+                f"{_num(effective_threshold(rule) or 0)} against the previous "
                 f"{format_duration(rule.window)}")
     else:
         cond = f"{what} {rule.op} {_num(rule.threshold or 0)}"
