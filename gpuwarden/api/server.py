@@ -4,12 +4,20 @@ A stdlib ``ThreadingHTTPServer``: the handlers only copy cached bytes or seriali
 small list, so a framework would add start-up time and memory for nothing. It binds
 to loopback unless the config says otherwise; nothing here writes state except the
 routes later issues add behind a token.
+
+The accept loop sleeps until a connection or ``shutdown``: socketserver's
+``serve_forever`` wakes every ``poll_interval`` only to see whether ``shutdown`` was
+called (its own source says so), which costs an idle daemon CPU all day; here
+``shutdown`` wakes the loop through a socketpair instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import selectors
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -137,10 +145,76 @@ class _Server(ThreadingHTTPServer):
         }
         self.post_routes: dict[str, Route] = {"/api/v1/quality": _quality}
         if ":" in address[0]:
-            import socket
-
             self.address_family = socket.AF_INET6
+        # serve_forever's wake-up: shutdown() writes a byte, the loop's select sees it.
+        # Made first: a bind that fails calls server_close from the base __init__.
+        self._wake_recv, self._wake_send = socket.socketpair()
+        self._wake_recv.setblocking(False)
+        self._wake_send.setblocking(False)
+        self._stop_requested = False
+        self._stopped = threading.Event()
         super().__init__(address, _Handler)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """socketserver's loop without its poll (module doc): handle connections until
+        ``shutdown``; ``poll_interval`` is accepted for the signature and ignored."""
+        self._stopped.clear()
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_recv, selectors.EVENT_READ)
+                while not self._stop_requested:
+                    ready = [key.fileobj for key, _ in selector.select()]
+                    if self._stop_requested:
+                        break
+                    if self._wake_recv in ready:
+                        self._drain_wake()
+                    if self in ready:
+                        self._accept_one()
+                    self.service_actions()
+        finally:
+            self._drain_wake()  # a later serve_forever must not see this stop's byte
+            self._stop_requested = False
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever and wait until it has returned; as socketserver's, call it
+        from another thread while serve_forever runs (or it waits for one to run)."""
+        self._stop_requested = True
+        with contextlib.suppress(OSError):  # the buffer is full: a wake-up is pending
+            self._wake_send.send(b"\0")
+        self._stopped.wait()
+
+    def _accept_one(self) -> None:
+        """Accept the connection the select saw and hand it to a thread (socketserver's
+        handle_request without its select, through its documented methods)."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:  # gone again before accept (reset): nothing to serve
+            return
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_recv.recv(64):
+                pass
+        except OSError:  # BlockingIOError: drained
+            pass
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_recv.close()
+        self._wake_send.close()
 
 
 class HttpServer:
@@ -148,10 +222,8 @@ class HttpServer:
 
     def __init__(self, host: str, port: int, view: DaemonView) -> None:
         self._server = _Server((host, port), view)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-            name="gpuwarden-http", daemon=True,
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="gpuwarden-http", daemon=True)
 
     @property
     def port(self) -> int:
@@ -161,6 +233,9 @@ class HttpServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        started = self._thread.ident is not None
+        if started:  # shutdown() waits for serve_forever, which runs once started
+            self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
+        if started:
+            self._thread.join(timeout=5)

@@ -7,6 +7,14 @@ the HTTP endpoints, opens the store, starts the rules, the store's writer thread
 delivery, then the schedule (``schedule.py``). The parts are built by ``wiring.py``; the cycle is
 ``cycle.py``.
 
+The main thread sleeps in ``run_forever`` until something happens: a stop request, or a
+signal. Python runs signal handlers on the main thread only, and only once it runs
+Python code again; a signal the kernel hands to another thread does not interrupt the
+main thread's wait. So the main thread sleeps on a socketpair that
+``signal.set_wakeup_fd`` writes to when any handled signal arrives (and
+``request_stop`` writes to from any thread), rather than waking every half second to
+look: an idle daemon then costs nothing there, and SIGHUP/SIGTERM are acted on at once.
+
 Failure policy (ARCHITECTURE.md, convention 9): every scheduled job sits in a catch-all
 that logs, counts and carries on; a reload that fails keeps the running config; stopping
 never waits on a database that does not answer for longer than ``SHUTDOWN_FLUSH_S``.
@@ -14,8 +22,11 @@ never waits on a database that does not answer for longer than ``SHUTDOWN_FLUSH_
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +68,69 @@ DELIVERY_STOP_S = 3.0
 MALLOC_ARENAS = 2
 
 
+class _Wakeup:
+    """What the main thread sleeps on (module doc): a socketpair whose writing end gets a
+    byte from :meth:`wake` (any thread, signal handlers too) and, once
+    :meth:`catch_signals` ran, from Python's C-level signal handler."""
+
+    def __init__(self) -> None:
+        self._recv: socket.socket | None = None
+        self._send: socket.socket | None = None
+        self._poll: select.poll | None = None
+        self._previous_fd: int | None = None  # set_wakeup_fd's, while ours is installed
+
+    def open(self) -> None:
+        """Create the pair (by the sleeping thread, before it looks at what to do)."""
+        if self._recv is None:
+            recv, send = socket.socketpair()
+            recv.setblocking(False)
+            send.setblocking(False)
+            poll = select.poll()  # not select.select: no FD_SETSIZE limit
+            poll.register(recv, select.POLLIN)
+            self._recv, self._poll, self._send = recv, poll, send
+
+    def catch_signals(self) -> None:
+        """Wake on every signal that has a Python handler (main thread only)."""
+        self.open()
+        if self._previous_fd is None and self._send is not None:
+            self._previous_fd = signal.set_wakeup_fd(self._send.fileno(),
+                                                     warn_on_full_buffer=False)
+
+    def wake(self) -> None:
+        send = self._send
+        if send is not None:
+            # Full: a wake-up is pending anyway. Closed: nobody sleeps any more.
+            with contextlib.suppress(OSError):
+                send.send(b"\0")
+
+    def sleep(self, timeout: float | None) -> None:
+        """Until a wake-up (one pending returns at once) or ``timeout`` seconds."""
+        self.open()
+        assert self._poll is not None and self._recv is not None
+        ms = None if timeout is None else max(0, int(timeout * 1000) + 1)
+        if self._poll.poll(ms):
+            try:
+                while self._recv.recv(64):
+                    pass
+            except OSError:  # BlockingIOError: drained
+                pass
+
+    def close(self) -> None:
+        """Give the previous wake-up fd back and close the pair. Not possible off the main
+        thread while ours is installed: the pair then stays open, or a signal would
+        write into whatever file reuses its number."""
+        if self._previous_fd is not None:
+            if threading.current_thread() is not threading.main_thread():
+                return
+            signal.set_wakeup_fd(self._previous_fd)
+            self._previous_fd = None
+        recv, send = self._recv, self._send
+        self._send = self._recv = self._poll = None
+        for sock in (send, recv):
+            if sock is not None:
+                sock.close()
+
+
 class Daemon:
     """Owns the parts -- store, collectors, cycle, schedule, HTTP -- and runs them.
 
@@ -77,6 +151,7 @@ class Daemon:
         self.exit_code = 0  # what run_forever returns (1: another instance took the store)
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._wakeup = _Wakeup()  # what the main thread sleeps on (module doc)
         self._session = wiring.LazySession()  # deliveries
         self._scrape_session = wiring.LazySession(for_scrapes=True)
         self._collectors_built = collectors is not None
@@ -240,7 +315,7 @@ class Daemon:
         except InstanceLocked as exc:
             log.error("lost the instance lock while the database was away: %s; stopping", exc)
             self.exit_code = 1
-            self._stop.set()
+            self.request_stop()
 
     def _start_delivery(self, store: Store) -> None:
         """The dispatcher (guard rails, retries, audit) on its own threads."""
@@ -278,39 +353,55 @@ class Daemon:
     # --- signals -------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop, SIGHUP reloads; handled on the main thread's next wait."""
+        """SIGTERM/SIGINT stop, SIGHUP reloads; handled on the main thread, which they
+        wake from ``wait_stop`` (module doc). Main thread only."""
+        self._wakeup.catch_signals()
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
 
-    def wait_stop(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for a stop request, doing any pending reload first."""
-        if self._reload.is_set():
-            self._reload.clear()
-            try:
-                self.reload()
-            except Exception:  # the running config stays; the daemon must not die here
-                log.exception("config reload failed; keeping the running config")
-                self.notifier.ready()
-        return self._stop.wait(timeout)
+    def wait_stop(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) for a stop request; True once
+        stopping. A reload asked for (SIGHUP) before or during the wait is done at once,
+        on this thread, and the wait goes on. Only one thread may wait."""
+        end = None if timeout is None else time.monotonic() + timeout
+        self._wakeup.open()  # before looking: a wake-up from now on ends the sleep below
+        while True:
+            if self._reload.is_set():
+                self._reload.clear()
+                try:
+                    self.reload()
+                except Exception:  # the running config stays; the daemon must not die here
+                    log.exception("config reload failed; keeping the running config")
+                    self.notifier.ready()
+            if self._stop.is_set():
+                return True
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._wakeup.sleep(left)
 
     def run_forever(self) -> int:
         """Block until SIGTERM/SIGINT; handle SIGHUP reloads. Returns the exit code."""
         self.install_signal_handlers()
-        while not self.wait_stop(0.5):
-            pass
+        self.wait_stop()
         self.shutdown()
         return self.exit_code
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: flushing and stopping", signal.Signals(signum).name)
-        self._stop.set()
+        self.request_stop()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self._reload.set()
+        # set_wakeup_fd woke the sleep already, maybe before this handler ran and the
+        # flag was set: one more wake-up so that wait_stop looks again.
+        self._wakeup.wake()
 
     def request_stop(self) -> None:
+        """Stop: ``wait_stop`` returns True (from any thread, and signal handlers)."""
         self._stop.set()
+        self._wakeup.wake()
 
     # --- stop ----------------------------------------------------------------------------
 
@@ -348,6 +439,7 @@ class Daemon:
         self._session.close()
         self._scrape_session.close()
         self.notifier.close()
+        self._wakeup.close()
         log.info("stopped")
 
     # --- reload --------------------------------------------------------------------------

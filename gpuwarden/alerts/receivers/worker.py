@@ -41,6 +41,8 @@ class WorkerHost(Protocol):
     """What a :class:`DeliveryWorker` reports to (the dispatcher)."""
 
     retry: RetryPolicy
+    #: Set when the workers are to exit once their queue is empty; the host then
+    #: notifies every worker's ``cv`` (an idle worker waits on it without a timeout).
     workers_exit: threading.Event
 
     def clock(self) -> float: ...
@@ -199,7 +201,9 @@ class DeliveryWorker:
             if not self.pending:
                 if self.host.workers_exit.is_set():
                     return None
-                self.cv.wait(0.5)
+                # No timeout: put() notifies, and so does the host after setting
+                # workers_exit; an idle worker costs nothing until then.
+                self.cv.wait()
                 continue
             now, stopping = self.host.clock(), self.host.is_stopping()
             taken: set[str] = set()
