@@ -7,7 +7,8 @@ is ``python -m bench faults [--tree CHECKOUT]``, the fault figures of a checkout
 reference is the same script run on an older one), nor ``python -m bench vs-prometheus``,
 gpuwarden and a Prometheus doing the same scraping and rules side by side (minutes), nor
 ``python -m bench fleet-ingest``, N nodes writing into one PostgreSQL (~2.5 minutes), nor
-``python -m bench fleet-rules``, the fleet leader's pass by fleet size (~30 s).
+``python -m bench fleet-rules``, the fleet leader's pass by fleet size (~30 s), nor
+``python -m bench http-clients``, CPU per scrape of requests, urllib3 and libcurl (~30 s).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ BENCHMARKS = ("bench_storage", "bench_parser", "bench_rules", "bench_daemon", "b
 #: Run by name only (``python -m bench NAME [args]``), never by default.
 ON_REQUEST = {"soak": "bench_soak", "faults": "bench_faults",
               "vs-prometheus": "bench_vs_prometheus", "fleet-ingest": "bench_fleet_ingest",
-              "fleet-rules": "bench_fleet_rules"}
+              "fleet-rules": "bench_fleet_rules", "http-clients": "bench_http_clients"}
 
 
 def main() -> int:

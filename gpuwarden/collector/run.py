@@ -11,6 +11,16 @@ A collector that hangs (a scrape of a server that accepts and never answers) is 
 waited for past the deadline: it reads as failed for that cycle and is left to finish
 in its worker, and it is not started again until it has, so a dead inference server can
 never stall GPU sampling or pile up threads.
+
+Scrapes of plain-http servers (:class:`FetchesFirst`, ``scrape.ServerCollector``) do not
+take a worker each: their transfers all run at once on the calling thread through one
+libcurl multi handle (``curl_fetch.MultiFetch``), and each body is parsed on that thread
+as it arrives. A thread hop per scrape cost more CPU than the fetch itself
+(``python -m bench http-clients``). Same rules: a transfer still running at the deadline
+reads as failed for the cycle, goes on at the next one and is not started again until it
+has ended (libcurl and ``MultiFetch`` bound it by the server's timeout); a body that
+arrives after the deadline is parsed on a worker, so that a huge payload cannot hold the
+cycle either.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from gpuwarden.collector.base import Collector
+from gpuwarden.collector.curl_fetch import Fetch, MultiFetch
 from gpuwarden.errors import GpuwardenError
 from gpuwarden.model import Sample, SelfMetric
 from gpuwarden.ratelog import RateLimitedLog
@@ -46,6 +57,23 @@ class CollectorRun:
     @property
     def succeeded(self) -> bool:
         return self.error is None and self.reported_error is None
+
+
+@runtime_checkable
+class FetchesFirst(Protocol):
+    """A collector whose run is a libcurl transfer, then work on its result: the runner
+    drives the transfers of all of them at once (module docstring)."""
+
+    name: str
+
+    def begin_fetch(self) -> Fetch | None:
+        """The transfer to run for this cycle, reserved; None: run ``collect`` instead."""
+        ...
+
+    def finish_fetch(self, fetch: Fetch, code: int, message: str) -> list[Sample]:
+        """This cycle's samples from the finished transfer (libcurl's code and message);
+        gives the transfer back."""
+        ...
 
 
 @runtime_checkable
@@ -109,6 +137,20 @@ def run_collector(collector: Collector) -> CollectorRun:
     return CollectorRun(samples, time.perf_counter() - started, None, collector.last_error)
 
 
+def finish_collector(collector: FetchesFirst, fetch: Fetch, code: int, message: str,
+                     started: float) -> CollectorRun:
+    """:func:`run_collector` for the second half of a :class:`FetchesFirst` collector."""
+    try:
+        samples = collector.finish_fetch(fetch, code, message)
+    except GpuwardenError as exc:
+        return CollectorRun([], time.perf_counter() - started, str(exc) or type(exc).__name__)
+    except Exception as exc:
+        log.exception("collector %s raised", collector.name)
+        return CollectorRun([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+    return CollectorRun(samples, time.perf_counter() - started, None,
+                        getattr(collector, "last_error", None))
+
+
 def close_collectors(collectors: Iterable[Collector]) -> None:
     """Close each collector; one that raises is logged and the others are still closed."""
     for collector in collectors:
@@ -129,6 +171,9 @@ class CollectorRunner:
                  max_workers: int = MAX_WORKERS) -> None:
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="gpuwarden-collect")
         self._in_flight: dict[str, Future[CollectorRun]] = {}
+        self._multi = MultiFetch()
+        # name -> (collector, its transfer, when its run started) while the transfer runs
+        self._fetching: dict[str, tuple[FetchesFirst, Fetch, float]] = {}
         self._log = RateLimitedLog(log)
         self._success: dict[str, float] = {}
         self._duration: dict[str, float] = {}
@@ -154,6 +199,11 @@ class CollectorRunner:
         is for Prometheus."""
         old, self._collectors = self._collectors, tuple(collectors)
         self._in_flight.clear()
+        # The old collectors' transfers stop (the caller closes them); the connection
+        # cache stays, for the new collectors of the same servers.
+        self._multi.cancel()
+        self._multi.set_max_connections(2 * len(self._collectors) + 8)
+        self._fetching.clear()
         names = [c.name for c in self._collectors]
         self._success = {n: v for n, v in self._success.items() if n in names}
         self._duration = {n: v for n, v in self._duration.items() if n in names}
@@ -170,25 +220,58 @@ class CollectorRunner:
         """Run every collector (those still running are not started again) and return
         the samples of those that finished within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        busy = self._in_flight.keys() | self._fetching.keys()
         for collector in self._collectors:
-            if collector.name not in self._in_flight:
-                self._in_flight[collector.name] = self._pool.submit(run_collector, collector)
+            if collector.name in busy:
+                continue
+            if isinstance(collector, FetchesFirst):
+                fetch = collector.begin_fetch()
+                if fetch is not None:
+                    self._multi.add(fetch)
+                    self._fetching[collector.name] = (collector, fetch, time.perf_counter())
+                    continue
+            self._in_flight[collector.name] = self._pool.submit(run_collector, collector)
+        done: dict[str, CollectorRun] = {}
+        self._drive_fetches(deadline, done)
         wait_futures(list(self._in_flight.values()),
                      timeout=max(0.0, deadline - time.monotonic()))
-        samples: list[Sample] = []
         for name, future in list(self._in_flight.items()):
-            if not future.done():
+            if future.done():
+                del self._in_flight[name]
+                done[name] = future.result()
+        samples: list[Sample] = []
+        for collector in self._collectors:
+            name = collector.name
+            result = done.get(name)
+            if result is not None:
+                self._record(name, result)
+                samples.extend(result.samples)
+            elif name in self._in_flight or name in self._fetching:
                 # Still running (a hung scrape): count it once per cycle, keep waiting.
                 self._success[name] = 0.0
                 self._errors[name] += 1
                 self._log.warning(f"slow:{name}", "collector %s is still running past the "
                                   "cycle deadline; not starting it again until it returns", name)
-                continue
-            del self._in_flight[name]
-            result = future.result()
-            self._record(name, result)
-            samples.extend(result.samples)
         return samples
+
+    def _drive_fetches(self, deadline: float, done: dict[str, CollectorRun]) -> None:
+        """Run the transfers until they end or ``deadline``; each finished one is worked
+        on here before the deadline, on a worker after it."""
+        if not self._fetching:
+            return
+        owner = {id(fetch): name for name, (_, fetch, _) in self._fetching.items()}
+
+        def on_done(fetch: Fetch) -> None:
+            name = owner[id(fetch)]
+            collector, _, started = self._fetching.pop(name)
+            code, message = self._multi.result_of(fetch)
+            if time.monotonic() < deadline:
+                done[name] = finish_collector(collector, fetch, code, message, started)
+            else:
+                self._in_flight[name] = self._pool.submit(finish_collector, collector, fetch,
+                                                          code, message, started)
+
+        self._multi.drive(deadline, on_done)
 
     def _record(self, name: str, result: CollectorRun) -> None:
         self._duration[name] = result.duration
@@ -204,6 +287,8 @@ class CollectorRunner:
     def close(self) -> None:
         """Stop the workers (a hung run is not waited for) and close every collector."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._multi.close()
+        self._fetching.clear()
         close_collectors(self._collectors)
 
     def metrics(self) -> tuple[SelfMetric, ...]:

@@ -5,11 +5,14 @@ ServerDown rule), not a collector crash: every expected failure ends in exactly 
 ``server_up 0`` sample, a per-reason counter and one rate-limited warning line. Only
 programming errors escape ``collect()``, to the daemon's catch-all wrapper.
 
-Why the body is streamed: ``requests``' timeout bounds each socket operation, not the
-transfer, and a misbehaving server can send an endless body. Reading in chunks lets
-the collector stop at ``max_bytes`` (counted after gzip decoding, so a compressed bomb
-stops too) and at a total deadline of ``timeout`` after the response headers, so one
-slow server cannot hold a worker of the daemon's pool much beyond its timeout.
+How the body is fetched: a plain-http target (the usual one: a server on the node) with
+libcurl (``curl_fetch.py``), which the daemon's collector runner drives for every server
+at once on its own thread (``run.py``); anything else (https, credentials in the URL, a
+session with a proxy or authentication, a target that redirects) with ``requests``.
+Either way the body is streamed: a misbehaving server can send an endless body, so the
+collector stops at ``max_bytes`` (counted after gzip decoding, so a compressed bomb stops
+too), at ``timeout`` waiting for the response headers and at ``timeout`` after them for
+the body, so one slow server cannot hold the cycle much beyond its timeout.
 
 Failure semantics, as an operator sees them (``gpuwarden_scrape_errors_total{reason}``,
 ``gpuwarden_scrape_invalid_lines_total``, ``server_up``):
@@ -47,13 +50,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3.exceptions
 
 from gpuwarden.collector.base import Collector
+from gpuwarden.collector.curl_fetch import Fetch, MultiFetch
 from gpuwarden.collector.httpbody import DEFAULT_MAX_BYTES, read_raw_body
 from gpuwarden.collector.promtext import Exposition
 from gpuwarden.collector.promtext_memo import ParseMemo, Template
@@ -194,16 +198,94 @@ class ServerCollector(Collector):
         self._memo = ParseMemo()
         # (layout, its plan, retry the plan after this many memo hits, its models)
         self._plan: tuple[Template, MappingPlan | None, int, tuple[str, ...]] | None = None
-        # The request path for fetching without requests (``_fetch_direct``): plain
-        # http URLs without credentials; anything else goes through requests.
-        self._direct = _direct_path(metrics_url)
-        self._pool: tuple[object, urllib3.HTTPConnectionPool] | None = None  # adapter, pool
+        # Plain http URLs without credentials are fetched with libcurl (``curl_fetch``);
+        # anything else, and a target that redirects, goes through requests.
+        self._direct = _direct_path(metrics_url) is not None
+        self._fetch: Fetch | None = None  # the kept handle (and so connection)
+        self._fetch_busy = threading.Lock()  # held while a transfer runs on it
+        self._lone: MultiFetch | None = None  # runs collect()'s own transfers
 
     # ----------------------------------------------------------------------- collect
 
     def collect(self) -> list[Sample]:
+        """Fetch (libcurl where it can, else requests), parse and map one scrape."""
+        fetch = self.begin_fetch()
+        if fetch is None:
+            if self._direct and self._curl_allowed():  # a concurrent collect holds it
+                fetch = self._new_fetch()
+                multi = MultiFetch(max_connections=1)
+                try:
+                    return self.finish_fetch(fetch, *fetch.perform(multi), kept=False)
+                finally:
+                    multi.close()
+                    fetch.close()
+            return self._samples(self._fetch_with_requests)
+        if self._lone is None:
+            self._lone = MultiFetch(max_connections=1)
         try:
-            got, ts = self._scrape()
+            result = fetch.perform(self._lone)
+        except BaseException:
+            self._fetch_busy.release()
+            raise
+        return self.finish_fetch(fetch, *result)
+
+    def begin_fetch(self) -> Fetch | None:
+        """The kept libcurl transfer for this target, reserved for one scrape (give it
+        back with :meth:`finish_fetch`); None when this scrape must go through
+        ``requests`` (:meth:`collect`) or the transfer is in use."""
+        if not (self._direct and self._curl_allowed()):
+            return None
+        if not self._fetch_busy.acquire(blocking=False):
+            return None
+        if self._fetch is None:
+            self._fetch = self._new_fetch()
+        return self._fetch
+
+    def finish_fetch(self, fetch: Fetch, code: int, message: str, *,
+                     kept: bool = True) -> list[Sample]:
+        """This scrape's samples from a finished libcurl transfer (libcurl's ``code`` and
+        ``message``); gives the kept transfer back. A redirect is left to ``requests``,
+        now and from then on (it follows them)."""
+        try:
+            if code == 0 and fetch.redirected:
+                self._direct = False
+                return self._samples(self._fetch_with_requests)
+            return self._samples(lambda: self._curl_body(fetch, code, message))
+        finally:
+            if kept:
+                self._fetch_busy.release()
+
+    def _curl_body(self, fetch: Fetch, code: int, message: str) -> bytes:
+        try:
+            return fetch.outcome(code, message)
+        except ScrapeFailure as f:
+            if f.reason == "http_status":
+                raise self._http_status(fetch.status, f.detail) from None
+            raise
+
+    def _http_status(self, status: int, detail: str) -> ScrapeFailure:
+        hint = self._mapping.metrics_hint
+        if status in (404, 501) and hint:
+            detail += f" ({hint})"  # the usual cause: metrics not switched on
+        return ScrapeFailure("http_status", detail)
+
+    def _new_fetch(self) -> Fetch:
+        headers = {k: v if isinstance(v, str) else v.decode("latin-1")
+                   for k, v in self.session.headers.items()}
+        headers["Accept"] = _ACCEPT
+        return Fetch(self.metrics_url, headers, timeout=self.timeout, max_bytes=self.max_bytes)
+
+    def _curl_allowed(self) -> bool:
+        """Whether a plain GET is what ``requests`` would send with this session: no proxy,
+        authentication, query parameters or cookie of its own."""
+        session = self.session
+        return not (session.trust_env or session.proxies or session.auth or session.params
+                    or session.cookies)
+
+    def _samples(self, fetch: Callable[[], bytes]) -> list[Sample]:
+        """Parse and map the body ``fetch`` returns; a failure is ``server_up 0``."""
+        try:
+            got, ts = self._scrape(fetch)
         except ScrapeFailure as f:
             return self._failed(f.reason, f.detail)
         except ExpositionParseError as e:
@@ -260,13 +342,14 @@ class ServerCollector(Collector):
         return exp, map_exposition(self._mapping, exp, node=self.node, server=self.server,
                                    ts=ts), None
 
-    def _scrape(self) -> tuple[Exposition | tuple[Template, list[float]], float]:
+    def _scrape(self, fetch: Callable[[], bytes],
+                ) -> tuple[Exposition | tuple[Template, list[float]], float]:
         """Fetch and parse; the body is freed (and its pages returned) before returning.
 
         A payload whose lines are the last one's with new values comes back as that
         layout and its values (``promtext_memo``), anything else as its full parse.
         """
-        body = self._fetch()
+        body = fetch()
         ts = time.time()
         size = len(body)
         try:
@@ -284,14 +367,7 @@ class ServerCollector(Collector):
             raise ScrapeFailure("parse", f"no valid sample in {got.invalid_lines} lines")
         return got, ts
 
-    def _fetch(self) -> bytes:
-        if self._direct is not None:
-            pool = self._direct_pool()
-            if pool is not None:
-                body = self._fetch_direct(pool, self._direct)
-                if body is not None:
-                    return body
-                self._direct = None  # a redirect: requests follows those, from now on
+    def _fetch_with_requests(self) -> bytes:
         try:
             resp = self.session.get(
                 self.metrics_url,
@@ -304,65 +380,10 @@ class ServerCollector(Collector):
         with resp:
             return self._body(resp.raw)
 
-    def _direct_pool(self) -> urllib3.HTTPConnectionPool | None:
-        """The session's connection pool for the target, when a plain GET on it is what
-        ``requests`` would send (no proxy, no authentication, no query parameters, no
-        cookie: a server that sets one is scraped through ``requests`` from then on)."""
-        session = self.session
-        if (session.trust_env or session.proxies or session.auth or session.params
-                or session.cookies):
-            return None
-        adapter = session.get_adapter(self.metrics_url)
-        kept = self._pool
-        if kept is not None and kept[0] is adapter and kept[1].pool is not None:
-            # The adapter's pool for the target. One it evicted stays open (urllib3 2
-            # closes evicted pools only when they are collected) and keeps its
-            # connection: still one per target.
-            return kept[1]
-        manager = getattr(adapter, "poolmanager", None)
-        if not isinstance(manager, urllib3.PoolManager):
-            return None
-        pool = manager.connection_from_url(self.metrics_url)
-        if not isinstance(pool, urllib3.HTTPConnectionPool):
-            return None
-        self._pool = (adapter, pool)
-        return pool
-
-    def _fetch_direct(self, pool: urllib3.HTTPConnectionPool, path: str) -> bytes | None:
-        """The body, fetched on the pool ``requests`` keeps for the target without going
-        through ``requests`` (its per-request work, ~40 % of a scrape's client CPU,
-        decides nothing for a plain GET); None for a redirect, which is left to it."""
-        # http.client sends a str header as latin-1 and bytes as they are: the same bytes.
-        headers = {k: v if isinstance(v, str) else v.decode("latin-1")
-                   for k, v in self.session.headers.items()}
-        headers["Accept"] = _ACCEPT
-        try:
-            raw = pool.urlopen("GET", path, headers=headers, retries=False, redirect=False,
-                               preload_content=False, decode_content=True,
-                               timeout=urllib3.Timeout(connect=self.timeout,
-                                                       read=self.timeout))
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise ScrapeFailure(_classify(e), one_line(e)) from e
-        done = False
-        try:
-            if raw.get_redirect_location():
-                return None
-            body = self._body(raw)
-            done = True
-            return body
-        finally:
-            if not done:
-                raw.close()  # unread bytes: the connection cannot serve another request
-            raw.release_conn()
-
     def _body(self, raw: urllib3.BaseHTTPResponse) -> bytes:
         """The body of a response whose headers are in: checked, then read."""
         if not 200 <= raw.status < 300:
-            detail = f"HTTP {raw.status} {raw.reason}"
-            hint = self._mapping.metrics_hint
-            if raw.status in (404, 501) and hint:
-                detail += f" ({hint})"  # the usual cause: metrics not switched on
-            raise ScrapeFailure("http_status", detail)
+            raise self._http_status(raw.status, f"HTTP {raw.status} {raw.reason}")
         declared = raw.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes and not raw.headers.get(
             "Content-Encoding"
@@ -374,6 +395,15 @@ class ServerCollector(Collector):
             raise
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
             raise ScrapeFailure(_classify(e), one_line(e)) from e
+
+    def close(self) -> None:
+        """Close the kept transfer and its connection."""
+        if self._lone is not None:
+            self._lone.close()
+            self._lone = None
+        if self._fetch is not None:
+            self._fetch.close()
+            self._fetch = None
 
     # ------------------------------------------------------------------- bookkeeping
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from gpuwarden.collector.curl_fetch import MultiFetch
 from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.scrape import ServerCollector, redact_url
 from gpuwarden.collector.session import scrape_session
@@ -48,7 +49,18 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     behaviour: Behaviour
     requests = 0
+    connections = 0  # accepted
+    open_connections = 0  # accepted and not yet closed by either end
     stop: threading.Event
+
+    def process_request_thread(self, request: socket.socket,  # type: ignore[override]
+                               client_address: tuple[str, int]) -> None:
+        self.connections += 1
+        self.open_connections += 1
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.open_connections -= 1
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client hanging up mid-response is what several tests do on purpose
@@ -490,23 +502,49 @@ def test_a_redirect_is_followed_by_requests(http: _Server, session: requests.Ses
         assert any(s.signal == "kv_cache_usage_ratio" for s in out)
 
 
-def test_the_collector_keeps_its_pool_until_it_is_closed(http: _Server) -> None:
-    """The collector keeps the session's pool for its target between scrapes. A pool the
-    session evicts (more targets than it keeps pools for) stays open in urllib3 2, and
-    keeps serving with its one connection; a closed one is not used again."""
-    from requests.adapters import HTTPAdapter
-
+def test_one_connection_is_kept_across_scrapes_until_closed(http: _Server) -> None:
+    """With the daemon's session the collector's libcurl transfer keeps its connection
+    from one scrape to the next, alone (``collect``) or driven with others by a
+    ``MultiFetch`` (the collector runner's way), and closes it when closed: no new
+    connection per scrape, no socket left in TIME-WAIT per scrape."""
     with scrape_session() as s:
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
-        s.mount("http://", adapter)
         c = make(s, url(http))
-        assert up(c.collect()) == 1.0
-        first = adapter.poolmanager.connection_from_url(url(http))
-        adapter.poolmanager.connection_from_url("http://127.0.0.1:9/")  # evicts it
-        assert up(c.collect()) == 1.0, c.last_error
-        assert first.num_requests == 2 and first.num_connections == 1
-        first.close()
-        assert up(c.collect()) == 1.0, c.last_error
-        now = adapter.poolmanager.connection_from_url(url(http))
-        assert now is not first and now.num_requests == 1
-        assert http.requests == 3
+        for _ in range(3):
+            assert up(c.collect()) == 1.0, c.last_error
+        multi = MultiFetch()
+        try:
+            for _ in range(3):
+                fetch = c.begin_fetch()
+                assert fetch is not None
+                done: list[object] = []
+                multi.add(fetch)
+                multi.drive(time.monotonic() + 5, done.append)
+                assert done == [fetch]
+                assert up(c.finish_fetch(fetch, *multi.result_of(fetch))) == 1.0, c.last_error
+        finally:
+            multi.close()
+        assert http.requests == 6
+        # One connection for the lone scrapes, one in the runner's connection cache.
+        assert http.connections == 2
+        c.close()
+        deadline = time.monotonic() + 5
+        while http.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert http.open_connections == 0
+
+
+def test_a_transfer_in_use_is_not_handed_out_twice(http: _Server) -> None:
+    with scrape_session() as s:
+        c = make(s, url(http))
+        fetch = c.begin_fetch()
+        assert fetch is not None
+        assert c.begin_fetch() is None  # reserved until finish_fetch
+        assert up(c.collect()) == 1.0, c.last_error  # a collect meanwhile uses another
+        multi = MultiFetch()
+        try:
+            multi.add(fetch)
+            multi.drive(time.monotonic() + 5, lambda _f: None)
+            assert up(c.finish_fetch(fetch, *multi.result_of(fetch))) == 1.0
+        finally:
+            multi.close()
+        assert c.begin_fetch() is fetch
