@@ -39,11 +39,29 @@ def without_le(labels: Labels) -> Labels:
     return tuple(pair for pair in labels if pair[0] != "le")
 
 
+#: ``split_le`` answers by label set; cleared when full (label sets churn as servers and
+#: models come and go, and a cleared cache only costs re-parsing).
+_SPLIT: dict[Labels, tuple[Labels, float | None]] = {}
+_SPLIT_MAX = 1 << 14
+
+
+def split_le(labels: Labels) -> tuple[Labels, float | None]:
+    """``(without_le(labels), le_of(labels))``, remembered per label set: the same bucket
+    series are grouped and their bounds parsed every few seconds, and a dictionary look-up
+    costs a fraction of the tuple rebuild and the float parse."""
+    got = _SPLIT.get(labels)
+    if got is None:
+        if len(_SPLIT) >= _SPLIT_MAX:
+            _SPLIT.clear()
+        got = _SPLIT[labels] = (without_le(labels), le_of(labels))
+    return got
+
+
 def by_histogram(bucket_series: Iterable[SeriesData]) -> dict[Labels, list[SeriesData]]:
     """Bucket series grouped per histogram (labels without ``le``), as ``by (le)`` keeps."""
     groups: dict[Labels, list[SeriesData]] = defaultdict(list)
     for series in bucket_series:
-        groups[without_le(series.labels)].append(series)
+        groups[split_le(series.labels)[0]].append(series)
     return groups
 
 

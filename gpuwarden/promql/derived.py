@@ -45,15 +45,14 @@ import numpy as np
 
 from gpuwarden.model import Labels, Sample, SeriesData
 from gpuwarden.promql.aggregation import aggregate, by_labels, in_window, median, values_in
-from gpuwarden.promql.buckets import by_histogram
 from gpuwarden.promql.efficiency import (
     bandwidth_utilization,
     cost_per_million_tokens,
     flops_utilization,
 )
-from gpuwarden.promql.quantile import window_quantile, window_quantiles
+from gpuwarden.promql.quantile import quantiles_by_histogram, quantiles_of_families
 from gpuwarden.promql.staleness import is_live, no_spacing
-from gpuwarden.promql.windows import counter_rate, ratio_of_increases
+from gpuwarden.promql.windows import increases, rates
 from gpuwarden.signals import DERIVED_INPUTS
 
 QUANTILES = (0.5, 0.95, 0.99)
@@ -69,12 +68,9 @@ LabelledValue = tuple[Labels, float]
 def tokens_per_second(tokens: Iterable[SeriesData], start: float,
                       end: float) -> list[LabelledValue]:
     """``rate(generation_tokens_total[w])`` per series that has one."""
-    out = []
-    for series in tokens:
-        rate = counter_rate(series, start, end)
-        if rate is not None:
-            out.append((series.labels, rate))
-    return out
+    series = list(tokens)
+    return [(s.labels, rate) for s, rate in zip(series, rates(series, start, end), strict=True)
+            if rate is not None]
 
 
 def increase_ratio(num: Iterable[SeriesData], den: Iterable[SeriesData], start: float,
@@ -82,14 +78,12 @@ def increase_ratio(num: Iterable[SeriesData], den: Iterable[SeriesData], start: 
     """``increase(num[w]) / increase(den[w])`` per label set that has both, e.g. prefix-cache
     hits / queries; none where ``den`` did not increase (``windows.ratio_of_increases``)."""
     den_by_labels = by_labels(den)
-    out = []
-    for series in num:
-        match = den_by_labels.get(series.labels)
-        if match is not None:
-            ratio = ratio_of_increases(series, match, start, end)
-            if ratio is not None:
-                out.append((series.labels, ratio))
-    return out
+    pairs = [(s, match) for s in num if (match := den_by_labels.get(s.labels)) is not None]
+    nums = increases([n for n, _ in pairs], start, end)
+    dens = increases([d for _, d in pairs], start, end)
+    # as windows.ratio_of_increases, for all pairs at once
+    return [(n.labels, a / b) for (n, _), a, b in zip(pairs, nums, dens, strict=True)
+            if a is not None and b is not None and b > 0]
 
 
 class Spread(NamedTuple):
@@ -168,11 +162,29 @@ def latency_quantiles(source: SeriesSource, hist: str, now: float,
                       window: float = DEFAULT_WINDOW) -> list[Sample]:
     """p50/p95/p99 of one histogram per server and model, labelled ``quantile``."""
     start = now - window
+    return _quantile_samples(hist, quantiles_by_histogram(
+        QUANTILES, source.query(f"{hist}_bucket", None, start, now), start, now), now)
+
+
+def latency_quantiles_all(source: SeriesSource, now: float,
+                          window: float = DEFAULT_WINDOW) -> list[Sample]:
+    """:func:`latency_quantiles` of every histogram of ``LATENCY_HISTOGRAMS``, in that
+    order, computed together (``quantile.quantiles_of_families``)."""
+    start = now - window
+    families = [source.query(f"{hist}_bucket", None, start, now) for hist in LATENCY_HISTOGRAMS]
     out = []
-    for labels, buckets in by_histogram(source.query(f"{hist}_bucket", None, start,
-                                                     now)).items():
-        for q, value in zip(QUANTILES, window_quantiles(QUANTILES, buckets, start, now),
-                            strict=True):
+    for hist, histograms in zip(LATENCY_HISTOGRAMS,
+                                quantiles_of_families(QUANTILES, families, start, now),
+                                strict=True):
+        out += _quantile_samples(hist, histograms, now)
+    return out
+
+
+def _quantile_samples(hist: str, histograms: Iterable[tuple[Labels, list[float | None]]],
+                      now: float) -> list[Sample]:
+    out = []
+    for labels, values in histograms:
+        for q, value in zip(QUANTILES, values, strict=True):
             if value is not None and not math.isnan(value):  # NaN: no requests in window
                 out.append(Sample(hist, (*labels, ("quantile", str(q))), value, now))
     return out
@@ -185,8 +197,7 @@ def _samples(signal: str, values: Sequence[LabelledValue], now: float) -> list[S
 def _p95_by_histogram(buckets: Iterable[SeriesData], start: float,
                      end: float) -> dict[Labels, float]:
     out = {}
-    for labels, series in by_histogram(buckets).items():
-        value = window_quantile(0.95, series, start, end)
+    for labels, (value,) in quantiles_by_histogram((0.95,), list(buckets), start, end):
         if value is not None and not math.isnan(value):
             out[labels] = value
     return out
@@ -323,8 +334,7 @@ def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
                   for name, lookback in input_lookbacks(signal, window).items()]
         out += _samples(signal, derive_signal(signal, inputs, start, now, interval=interval),
                         now)
-    for hist in LATENCY_HISTOGRAMS:
-        out.extend(latency_quantiles(read, hist, now, window))
+    out.extend(latency_quantiles_all(read, now, window))
     return out
 
 
