@@ -229,8 +229,7 @@ def quantiles_of_families(
     out: list[list[tuple[Labels, list[float | None]]]] = [[] for _ in families]
     plain: list[int] = []
     for f, family in enumerate(families):
-        signal = family[0].signal if family else ""
-        if any(s.signal != signal for s in family):
+        if len({s.signal for s in family}) > 1:
             out[f] = [(labels, window_quantiles(qs, group, start, end))
                       for labels, group in by_histogram(family).items()]
         else:
