@@ -21,17 +21,21 @@ from gpuwarden.storage.head import Entry
 LoggedCycle = tuple[int, I64Array, I64Array, F64Array]
 
 
+#: The row insert, built once: every cycle runs it, and building it per row (``values()``
+#: and its coercions, a fresh cache key) cost as much as the insert itself on SQLite.
+_INSERT_ROW = insert(schema.head_log)
+
+
 def write_cycles(
     conn: Connection, node: str, cycles: Sequence[Entry], db_ids: I64Array
 ) -> list[int]:
     """Insert one row per cycle (``db_ids``: database id by local id); the rows' ids."""
-    hl = schema.head_log
     log_ids: list[int] = []
     for e in cycles:
         ids, ts, vals = e.columns()
         blob = codec.encode_cycle(db_ids[ids], ts, vals)
-        row = {"writer": node, "t_min": e.t_min, "t_max": e.t_max}
-        res = conn.execute(insert(hl).values(count=e.count, data=blob, **row))
+        res = conn.execute(_INSERT_ROW, {"writer": node, "t_min": e.t_min, "t_max": e.t_max,
+                                         "count": e.count, "data": blob})
         pk = res.inserted_primary_key
         assert pk is not None
         log_ids.append(int(pk[0]))

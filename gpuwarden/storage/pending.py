@@ -26,25 +26,26 @@ class PendingBuffer:
         self.max_samples = max_samples
         self._lock = threading.Lock()
         self._entries: deque[Entry] = deque()
+        self._samples = 0  # of the entries, kept as they come and go: add() runs every cycle
         self._in_flight: set[int] = set()  # ids of entries a persist is writing
 
     @property
     def samples(self) -> int:
         with self._lock:
-            return sum(e.count for e in self._entries)
+            return self._samples
 
     def add(self, entry: Entry) -> list[Entry]:
         """Queue one cycle; return the cycles dropped to stay within the bounds."""
         dropped: list[Entry] = []
         with self._lock:
             self._entries.append(entry)
-            pending = sum(e.count for e in self._entries)
+            self._samples += entry.count
             # The oldest cycle goes first, unless a persist is writing it right now.
             while len(self._entries) > 1 and (
-                len(self._entries) > self.max_cycles or pending > self.max_samples
+                len(self._entries) > self.max_cycles or self._samples > self.max_samples
             ) and id(self._entries[0]) not in self._in_flight:
                 old = self._entries.popleft()
-                pending -= old.count
+                self._samples -= old.count
                 dropped.append(old)
         return dropped
 
@@ -60,7 +61,7 @@ class PendingBuffer:
         meanwhile, and cannot drop them while they are being written)."""
         with self._lock:
             for _ in range(count):
-                self._entries.popleft()
+                self._samples -= self._entries.popleft().count
 
     def done_writing(self) -> None:
         """The write started by :meth:`start_writing` is over, written or not."""
