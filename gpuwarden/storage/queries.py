@@ -2,8 +2,8 @@
 time range when it cannot.
 
 The store answers a window its in-memory head covers without the database; only an
-older window (or a signal with no series in the head) comes here, and the store merges
-what is read with its head (``Store.query``). Several signals read together
+older window (or another node's signal with no series in the head) comes here, and the
+store merges what is read with its head (``Store.query``). Several signals read together
 (``Store.query_many``: the rules' inputs, the derived signals') walk the head once
 (:func:`from_head`) and the database in one read (:func:`read_database`): per signal,
 the walk, the sort and a thread hop to the read deadline cost more than the samples.
@@ -67,15 +67,24 @@ def plan(
     ranges: Mapping[str, tuple[float, float]],
     matchers: Mapping[str, str] | None,
     cover_ms: int,
+    node: str,
 ) -> tuple[list[Request], list[Request]]:
-    """The requests for ``signal: (start, end)`` that the head answers alone (it has series
-    of the signal and holds every sample from ``cover_ms`` on), and the others."""
+    """The requests for ``signal: (start, end)`` that the head answers alone, and the others.
+
+    The head holds every sample of ``node`` (the store's own) from ``cover_ms`` on (see
+    ``Store._cover_ms``): a window from there on is answered from memory when the head
+    has series of the signal, and, for a read of the node's own series
+    (:func:`own_node`), also when it has none: the database has none there either
+    (the rules read signals nobody writes, GPU signals without a GPU source, every
+    cycle). A read naming another node goes to the database unless the head has its
+    series."""
+    own = matchers is None or matchers.get("node", node) == node
     memory: list[Request] = []
     database: list[Request] = []
     for signal, (start, end) in ranges.items():
         local = registry.matching(signal, matchers)
         r = Request(signal, start, end, local, [registry.keys[i][1] for i in local])
-        (memory if local and r.lo >= cover_ms else database).append(r)
+        (memory if (local or own) and r.lo >= cover_ms else database).append(r)
     return memory, database
 
 
@@ -87,7 +96,8 @@ def from_head(
     range reaches), each request cut to its own range, as a read of it alone is."""
     groups: dict[tuple[int, int], list[int]] = {}
     for k, r in enumerate(requests):
-        groups.setdefault((r.lo, r.hi), []).append(k)
+        if r.local:  # a request without series in the head has nothing to gather
+            groups.setdefault((r.lo, r.hi), []).append(k)
     out: list[list[SeriesData]] = [[] for _ in requests]
     for (lo, hi), members in groups.items():
         got = Gathered()
@@ -154,7 +164,7 @@ def with_database(
     position = {labels: i for i, labels in enumerate(keys)}
     target_of_db = {db_id: position[labels] for db_id, labels in db_series}
     got = Gathered()
-    got.add_chunks(chunk_rows, target_of_db)
+    got.add_chunks(chunk_rows, target_of_db, request.lo, request.hi)
     got.add_head(entries, [by_labels[k] for k in keys], request.lo, request.hi)
     return got.to_series(request.signal, keys, request.start, request.end)
 

@@ -43,6 +43,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,8 @@ from gpuwarden.storage.series_registry import (
 log = logging.getLogger(__name__)
 
 _I64_MIN = -(2**63)
+_SIGNAL, _LABELS = attrgetter("signal"), attrgetter("labels")
+_TS, _VALUE = attrgetter("ts"), attrgetter("value")
 #: What a read of the database hands back from its thread (see ``Store._query``).
 _DbRead = tuple[list[DbRows], list[Entry], list[dict[Labels, int]]]
 
@@ -120,8 +123,18 @@ class Store:
         self._pending = PendingBuffer(max_cycles=max_pending_cycles,
                                       max_samples=max_pending_samples)
         self._last_ids: I64Array = np.empty(0, np.int64)
+        # The last appended cycle's (signals, labels) and their local ids: a scrape's
+        # mapping plan yields the same sequence every cycle (see ``_local_ids``).
+        self._last_keys: tuple[list[str], list[Labels], I64Array] | None = None
         self._newest_ms = _I64_MIN
-        self._cover_ms = _I64_MIN  # every sample at or after this is in memory
+        # Every sample of this node at or after this is in memory: the replay loads every
+        # uncut head-log row of the node, this store is the node's only writer (the
+        # daemon's instance lock) and a block leaves memory only with its samples below
+        # the new cover (``_evict``). So a read of this node's own series over a covered
+        # window needs no database, even for a signal the head has no series of
+        # (``queries.plan``). A store opened beside the running daemon (a CLI tool, which
+        # writes nothing) answers such a window as of its opening, for every signal.
+        self._cover_ms = _I64_MIN
         self.samples_written_total = 0
         self.write_errors: Counter[str] = Counter()  # by reason, see write_error_reason
         self.dropped_samples_total = 0
@@ -251,18 +264,18 @@ class Store:
         return written
 
     def _append(self, samples: Sequence[Sample]) -> None:
-        get = self._series.local.get
-        lid_list = [get((s.signal, s.labels), -1) for s in samples]
-        if -1 in lid_list:
-            with self._lock:
-                register = self._series.register
-                lid_list = [register((s.signal, s.labels)) for s in samples]
-        ts = np.array([s.ts for s in samples], dtype=np.float64)
+        # Each field as one list, read in C. Not ``zip(*samples)``: its thousands of live
+        # iterators are garbage-collected objects, enough to start a few collections of
+        # the daemon's whole heap every cycle.
+        signals = list(map(_SIGNAL, samples))
+        labels = list(map(_LABELS, samples))
+        lids = self._local_ids(signals, labels)
+        ts = np.array(list(map(_TS, samples)), dtype=np.float64)
         if not np.isfinite(ts).all():
             raise ValueError("sample timestamps must be finite")
-        vals = np.array([s.value for s in samples], dtype=np.float64)
+        vals = np.array(list(map(_VALUE, samples)), dtype=np.float64)
         ts_ms = np.rint(ts * 1000.0).astype(np.int64)
-        entry = self._make_entry(np.array(lid_list, dtype=np.int64), ts_ms, vals)
+        entry = self._make_entry(lids, ts_ms, vals)
         self._add_to_head(entry)
         dropped = self._pending.add(entry)
         for old in dropped:
@@ -272,6 +285,29 @@ class Store:
         if dropped:
             log.warning("pending buffer full: dropped %d cycles of %d samples", len(dropped),
                         sum(e.count for e in dropped))
+
+    def _local_ids(self, signals: list[str], labels: list[Labels]) -> I64Array:
+        """The local id of each (signal, labels), registering new series.
+
+        A cycle with the same (signal, labels) sequence as the last one has its ids: a
+        series' local id never changes, and comparing the sequences costs a pointer
+        comparison per sample where the label tuples are the same objects as last
+        cycle's (a scrape's mapping plan reuses them), an equality test where they are
+        not, against a tuple build, a hash and a dict lookup per sample.
+        """
+        last = self._last_keys
+        if last is not None and last[1] == labels and last[0] == signals:
+            return last[2]
+        get = self._series.local.get
+        lid_list = [get(k, -1) for k in zip(signals, labels, strict=True)]
+        if -1 in lid_list:
+            with self._lock:
+                register = self._series.register
+                lid_list = [register(k) for k in zip(signals, labels, strict=True)]
+        lids = np.array(lid_list, dtype=np.int64)
+        lids.flags.writeable = False  # shared by the cycles of this sequence
+        self._last_keys = (signals, labels, lids)
+        return lids
 
     @property
     def pending_samples(self) -> int:
@@ -399,7 +435,7 @@ class Store:
     ) -> tuple[dict[str, list[SeriesData]], dict[str, StoreUnavailable]]:
         registry = self._series
         with self._lock:
-            memory, database = plan(registry, ranges, matchers, self._cover_ms)
+            memory, database = plan(registry, ranges, matchers, self._cover_ms, self.node)
             snap, blocks = (list(self._entries), list(self._blocks)) if memory else ([], [])
         got = dict(zip([r.signal for r in memory], from_head(snap, blocks, memory), strict=True))
         if not database:

@@ -109,13 +109,17 @@ def test_a_failed_database_read_costs_only_the_signals_that_needed_it(
     monkeypatch.setattr(store.engine, "connect", down)
     asked = {"kv_cache_usage_ratio": (now - 30, now),  # in memory
              "ttft_seconds_bucket": (now - 150, now),  # older than the memory: database
-             "gpu_up": (now - 30, now)}  # never written here: database
+             "gpu_up": (now - 150, now),  # never written here, older: database
+             "gpu_xid_errors_total": (now - 30, now)}  # never written, in memory: none
     got, failed = store.query_many(asked)
-    assert set(got) == {"kv_cache_usage_ratio"} and len(got["kv_cache_usage_ratio"]) == 3
+    assert set(got) == {"kv_cache_usage_ratio", "gpu_xid_errors_total"}
+    assert len(got["kv_cache_usage_ratio"]) == 3 and got["gpu_xid_errors_total"] == []
     assert set(failed) == {"ttft_seconds_bucket", "gpu_up"}
     assert all(isinstance(e, StoreUnavailable) and "database is down" in str(e)
                for e in failed.values())
     with pytest.raises(StoreUnavailable, match="database is down"):
-        store.query("gpu_up", None, now - 30, now)
+        store.query("gpu_up", None, now - 150, now)
+    with pytest.raises(StoreUnavailable, match="database is down"):  # another node's
+        store.query("gpu_up", {"node": "m"}, now - 30, now)
     monkeypatch.undo()
     store.close()
