@@ -11,7 +11,7 @@ signals that join a server's counters to its GPUs.
   price per second over its generated tokens per second, x 1e6. A GPU's price
   (``gpu_cost_per_hour_usd``) is split evenly between the servers that use it.
 
-The rates are ``counter_rate`` over the window, as Prometheus' ``rate``. vLLM's (and
+The rates are ``windows.rates`` over the window, as Prometheus' ``rate``. vLLM's (and
 SGLang's) ``estimated_*`` counters are already *per GPU* of the engine, so the per-GPU
 bandwidth and the MFU divide them by one GPU's peak, not by the sum of the peaks. (A
 server with N data-parallel engines exports the sum of their per-GPU estimates, which
@@ -49,7 +49,7 @@ from gpuwarden.gpu_specs import peak_bf16_flops
 from gpuwarden.model import Labels, SeriesData, make_labels
 from gpuwarden.promql.aggregation import aggregate, in_window
 from gpuwarden.promql.staleness import is_live
-from gpuwarden.promql.windows import counter_rate
+from gpuwarden.promql.windows import rates
 
 Values = list[tuple[Labels, float]]
 #: (node, gpu)
@@ -101,12 +101,10 @@ def _node_gpus(gpus: Mapping[GpuKey, GpuValue], node: str) -> list[GpuValue]:
 
 def _rates(counters: Iterable[SeriesData], start: float,
            end: float) -> dict[Labels, float]:
-    out = {}
-    for series in counters:
-        rate = counter_rate(series, start, end)
-        if rate is not None:
-            out[series.labels] = rate
-    return out
+    """``rate()`` of each counter that has one, computed for all of them at once."""
+    series = list(counters)
+    return {s.labels: rate for s, rate in zip(series, rates(series, start, end), strict=True)
+            if rate is not None}
 
 
 def bandwidth_utilization(read: Iterable[SeriesData], write: Iterable[SeriesData],
