@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from gpuwarden.model import Labels
 
@@ -97,7 +98,10 @@ AUDIT_RESULTS = ("sent", "failed", "suppressed", "dry_run", "disabled", "dead_le
                  "escalated", "replayed", "no_action", "superseded")
 
 
+@lru_cache(maxsize=1024)
 def rfc3339(ts: float) -> str:
+    """``ts`` as RFC 3339 UTC with milliseconds; cached: an alert's ``active_at`` and
+    ``fired_at`` are written every time ``/api/v1/alerts`` is republished."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )

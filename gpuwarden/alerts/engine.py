@@ -19,6 +19,12 @@ Determinism: ``evaluate`` depends only on the rules, the sequence of ``now`` val
 and what the source returns; findings are processed in fingerprint order and there is
 no wall clock inside. That is what makes ``gpuwarden backtest`` and the incident
 corpus replay exactly what the live daemon would have done.
+
+Cost: it runs every cycle, and most cycles find what the last one found. So each rule
+remembers its findings' labels and fingerprints, an instance is re-annotated only when
+its finding changed, and each rule's step walks only that rule's instances. None of
+this changes what anyone sees: tests/alerts/test_engine_memo.py replays random scripts
+against the engine without it.
 """
 
 from __future__ import annotations
@@ -93,6 +99,11 @@ class _CompiledRule:
     config: RuleConfig
     detector: Detector
     inputs: dict[str, float]
+    #: A finding's labels -> the alert's labels and fingerprint, for the label sets of
+    #: the rule's last evaluation. Both depend only on the finding's labels and the rule
+    #: (``RuleEngine._labels``), and most label sets find again every cycle: hashing
+    #: the same labels anew each time cost more than the state machine itself.
+    identities: dict[Labels, tuple[Labels, str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -140,6 +151,13 @@ class RuleEngine:
         self._alerts: dict[str, Alert] = {}
         self._changed: dict[str, Alert] = {}
         self._dropped: set[str] = set()
+        # fingerprint -> (alert, rule, finding) its value and annotations were last made
+        # from: a finding equal to that one would make them again, identical (``_refresh``).
+        self._shown: dict[str, tuple[Alert, RuleConfig, Finding]] = {}
+        #: Changes whenever what ``alerts()`` returns may have changed (an instance
+        #: created, refreshed with another value, transitioned, dropped; a reload), so a
+        #: reader can tell "nothing to redo" without comparing every instance.
+        self.revision = 0
         self.stats = RuleStats()
         #: Pending instances dropped by the last evaluation without ever firing.
         self.last_pending_dropped: list[Alert] = []
@@ -171,6 +189,7 @@ class RuleEngine:
                 needed[signal] = max(needed.get(signal, 0.0), lookback)
         self._rules = compiled
         self._needed = needed
+        self.revision += 1  # alerts() orders by rule
         # Every rule's error counter from 0 (a rule that could not be built keeps its
         # count); a rule gone from the config is gone from /metrics too.
         errors = self.stats.rule_errors_total
@@ -225,6 +244,7 @@ class RuleEngine:
         window = Window(now=now, interval=self.interval, data=data)
         events: list[AlertEvent] = []
         self.last_pending_dropped = []
+        live = self._live_by_rule()
         for rule in due:
             self._last_evaluated[rule.config.name] = now
             missing = sorted(unreadable.intersection(rule.inputs))
@@ -233,14 +253,14 @@ class RuleEngine:
                 continue
             try:
                 findings = rule.detector.evaluate(window)
-                matched = self._match(rule.config, findings)
+                matched = self._match(rule, findings)
             except Exception:
                 log.exception("rule %s: evaluation failed; its alerts are left as they were",
                               rule.config.name)
                 self._count_error(rule.config.name)
                 continue
-            self._step(rule.config, matched, now, events)
-        self._resolve_orphans(now, events)
+            self._step(rule.config, matched, now, events, live.get(rule.config.name, ()))
+        self._resolve_orphans(now, events, live)
         self._expire(now)
         for event in events:
             kind = str(event.kind)
@@ -259,18 +279,39 @@ class RuleEngine:
         merged["severity"] = rule.severity
         return tuple(sorted(merged.items()))
 
+    def _live_by_rule(self) -> dict[str, list[str]]:
+        """Fingerprints of the pending and firing instances, per rule, in order.
+
+        Taken once per evaluation: a rule's step changes only its own instances, so each
+        rule's share stays what its step needs (plus what the step itself creates), and
+        no step has to walk every rule's instances.
+        """
+        live: dict[str, list[str]] = {}
+        for fp, alert in sorted(self._alerts.items()):
+            if alert.state is not AlertState.RESOLVED:
+                live.setdefault(alert.name, []).append(fp)
+        return live
+
     def _match(
-        self, rule: RuleConfig, findings: Iterable[Finding]
+        self, rule: _CompiledRule, findings: Iterable[Finding]
     ) -> dict[str, tuple[Labels, Finding]]:
         matched: dict[str, tuple[Labels, Finding]] = {}
+        known = rule.identities
+        seen: dict[Labels, tuple[Labels, str]] = {}
         for finding in findings:
-            labels = self._labels(rule, finding.labels)
-            fp = fingerprint(labels)
+            identity = known.get(finding.labels)
+            if identity is None:
+                labels = self._labels(rule.config, finding.labels)
+                identity = (labels, fingerprint(labels))
+            seen[finding.labels] = identity
+            labels, fp = identity
             if fp in matched:
                 raise DuplicateLabelSetError(
-                    f"two findings of rule {rule.name} have the same label set {dict(labels)}"
+                    f"two findings of rule {rule.config.name} have the same label set "
+                    f"{dict(labels)}"
                 )
             matched[fp] = (labels, finding)
+        rule.identities = seen  # only the current label sets: no growth with churn
         return dict(sorted(matched.items()))
 
     def _annotations(
@@ -294,31 +335,39 @@ class RuleEngine:
         matched: Mapping[str, tuple[Labels, Finding]],
         now: float,
         events: list[AlertEvent],
+        live: Sequence[str],
     ) -> None:
-        """Prometheus' ``AlertingRule.Eval`` state update for one rule."""
+        """Prometheus' ``AlertingRule.Eval`` state update for one rule.
+
+        ``live``: the rule's pending and firing instances before this step, in
+        fingerprint order (``_live_by_rule``).
+        """
         held: set[str] = set()  # instances the condition (BREACH or HOLD) keeps alive
+        created: list[str] = []
         for fp, (labels, finding) in matched.items():
             alert = self._alerts.get(fp)
-            live = alert is not None and alert.state is not AlertState.RESOLVED
-            if alert is not None and live:
+            if alert is not None and alert.state is not AlertState.RESOLVED:
                 if alert.state is AlertState.PENDING and finding.status is Status.HOLD:
                     continue  # HOLD never advances a pending alert: treated as gone
-                alert.value = finding.value
-                alert.annotations = self._annotations(rule, finding, labels)
-                alert.actions = rule.actions
+                self._refresh(alert, rule, finding, labels)
                 held.add(fp)
             elif finding.status is Status.BREACH:
-                self._alerts[fp] = Alert(
+                alert = Alert(
                     name=rule.name, labels=labels,
                     annotations=self._annotations(rule, finding, labels),
                     state=AlertState.PENDING, value=finding.value, active_at=now,
                     actions=rule.actions, fingerprint=fp,
                 )
-                self._changed[fp] = self._alerts[fp]
+                self._alerts[fp] = alert
+                self._shown[fp] = (alert, rule, finding)
+                self._changed[fp] = alert
                 self._dropped.discard(fp)
+                self.revision += 1
                 held.add(fp)
-        for fp, alert in sorted(self._alerts.items()):
-            if alert.name != rule.name or alert.state is AlertState.RESOLVED:
+                created.append(fp)
+        for fp in sorted({*live, *created}) if created else live:
+            alert = self._alerts.get(fp)
+            if alert is None or alert.name != rule.name or alert.state is AlertState.RESOLVED:
                 continue
             if fp in held:
                 if alert.keep_firing_since is not None:
@@ -328,9 +377,29 @@ class RuleEngine:
                     alert.state = AlertState.FIRING
                     alert.fired_at = now
                     self._changed[fp] = alert
+                    self.revision += 1
                     events.append(AlertEvent(EventKind.FIRING, _snapshot(alert), now))
                 continue
             self._inactive(alert, now, rule.keep_firing_for, events)
+
+    def _refresh(self, alert: Alert, rule: RuleConfig, finding: Finding,
+                 labels: Labels) -> None:
+        """A live instance's value and annotations from this evaluation's finding.
+
+        Made again only when the finding differs from the one they were made from: the
+        annotations are a function of the rule, the finding and the labels (one
+        fingerprint, one label set), and a steady condition (a server down, a setting too
+        high) finds the same every cycle.
+        """
+        alert.actions = rule.actions
+        shown = self._shown.get(alert.fingerprint)
+        if (shown is not None and shown[0] is alert and shown[1] is rule
+                and _same_finding(shown[2], finding)):
+            return
+        alert.value = finding.value
+        alert.annotations = self._annotations(rule, finding, labels)
+        self._shown[alert.fingerprint] = (alert, rule, finding)
+        self.revision += 1
 
     def _inactive(
         self, alert: Alert, now: float, keep_firing_for: float, events: list[AlertEvent]
@@ -338,7 +407,9 @@ class RuleEngine:
         """The condition no longer holds for a live alert."""
         fp = alert.fingerprint
         if alert.state is AlertState.PENDING:
+            self.revision += 1
             del self._alerts[fp]
+            self._shown.pop(fp, None)
             self._changed.pop(fp, None)
             self._dropped.add(fp)
             self.last_pending_dropped.append(alert)
@@ -349,16 +420,25 @@ class RuleEngine:
                 self._changed[fp] = alert
             if now - alert.keep_firing_since < keep_firing_for:
                 return
+        self.revision += 1
         alert.state = AlertState.RESOLVED
         alert.resolved_at = now
         alert.keep_firing_since = None
         self._changed[fp] = alert
         events.append(AlertEvent(EventKind.RESOLVED, _snapshot(alert), now))
 
-    def _resolve_orphans(self, now: float, events: list[AlertEvent]) -> None:
-        """Alerts whose rule is gone (reload, disabled): resolve or drop them now."""
-        for _fp, alert in sorted(self._alerts.items()):
-            if alert.name not in self._rules and alert.state is not AlertState.RESOLVED:
+    def _resolve_orphans(self, now: float, events: list[AlertEvent],
+                         live: Mapping[str, Sequence[str]]) -> None:
+        """Alerts whose rule is gone (reload, disabled): resolve or drop them now.
+
+        ``live``: the pending and firing instances per rule before the rules' steps
+        (``_live_by_rule``); no step touches another rule's instances.
+        """
+        orphans = [fp for name, fps in live.items() if name not in self._rules for fp in fps]
+        for fp in sorted(orphans):
+            alert = self._alerts.get(fp)
+            if (alert is not None and alert.name not in self._rules
+                    and alert.state is not AlertState.RESOLVED):
                 self._inactive(alert, now, 0.0, events)
 
     def _expire(self, now: float) -> None:
@@ -369,8 +449,10 @@ class RuleEngine:
                 and now - alert.resolved_at > self.resolved_retention
             ):
                 del self._alerts[fp]
+                self._shown.pop(fp, None)
                 self._changed.pop(fp, None)
                 self._dropped.add(fp)
+                self.revision += 1
 
     def _count_error(self, rule: str) -> None:
         self.stats.rule_errors_total[rule] = self.stats.rule_errors_total.get(rule, 0) + 1
@@ -420,6 +502,7 @@ class RuleEngine:
                 alert.actions = rule.config.actions
             self._alerts[alert.fingerprint] = alert
             adopted += 1
+        self.revision += 1
         return adopted
 
 
@@ -450,6 +533,13 @@ def alert_self_metrics(
         SelfMetric("alert_delivery_errors", "counter", "Alert delivery callbacks that raised",
                    (({}, float(delivery_errors)),)),
     ]
+
+
+def _same_finding(a: Finding, b: Finding) -> bool:
+    """Whether ``a`` and ``b`` would be shown the same: equal, down to the value's type
+    and the sign of a zero (``-0`` and ``0`` compare equal but print differently)."""
+    return (a == b and type(a.value) is type(b.value)
+            and math.copysign(1.0, a.value) == math.copysign(1.0, b.value))
 
 
 def _snapshot(alert: Alert) -> Alert:

@@ -4,7 +4,9 @@ Each cycle the rule engine evaluates the due rules over the store; what changed 
 persisted (on the store's writer thread once it runs), the transitions (``AlertEvent``
 FIRING/RESOLVED, in order) go to every callback of ``on_alert_events`` -- the
 dispatcher's among them -- and an immutable copy of the pending and firing alerts is
-published for ``/api/v1/alerts``, so the HTTP thread never reads the engine.
+published for ``/api/v1/alerts``, so the HTTP thread never reads the engine. It is
+made again only when the engine's ``revision`` moved, and then only for the instances
+that changed: most cycles change nothing a reader of the list would see.
 
 Nothing here kills a cycle: an evaluation that raises is logged and counted, a
 callback that raises is logged and counted and the others still get the events.
@@ -19,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gpuwarden.alerts.alert import AlertEvent
+    from gpuwarden.alerts.alert import Alert, AlertEvent
     from gpuwarden.alerts.dispatch import Dispatcher
     from gpuwarden.alerts.engine import RuleEngine
     from gpuwarden.alerts.state import AlertStatePersister
@@ -45,6 +47,12 @@ class Alerting:
         self.rule_failures_total = 0  # evaluations that raised past the engine's guards
         self.delivery_errors_total = 0
         self._published: list[dict[str, object]] = []
+        # The engine and its ``revision`` that ``_published`` shows: an unchanged one has
+        # nothing new to show, and rebuilding every instance's JSON every cycle for it
+        # cost more than evaluating a rule.
+        self._published_of: tuple[RuleEngine, int] | None = None
+        # Per fingerprint, the instance's JSON and what it was made from (``_shown_as``).
+        self._api: dict[str, tuple[tuple[object, ...], dict[str, object]]] = {}
         # The events of the cycles before delivery started; None once it has (or failed).
         self._early_events: list[AlertEvent] | None = []
 
@@ -94,9 +102,23 @@ class Alerting:
         """An immutable copy for the HTTP thread: it never reads the engine's state."""
         from gpuwarden.alerts.alert import AlertState
 
-        if self.rule_engine is not None:
-            live = self.rule_engine.alerts(AlertState.PENDING, AlertState.FIRING)
-            self._published = [a.to_api() for a in live]
+        engine = self.rule_engine
+        if engine is None:
+            return
+        of = self._published_of
+        if of is not None and of[0] is engine and of[1] == engine.revision:
+            return
+        live = engine.alerts(AlertState.PENDING, AlertState.FIRING)
+        before, api = self._api, {}
+        for alert in live:
+            made_from = _shown_as(alert)
+            kept = before.get(alert.fingerprint)
+            if kept is None or not _same_objects(kept[0], made_from):
+                kept = (made_from, alert.to_api())
+            api[alert.fingerprint] = kept
+        self._api = api
+        self._published = [json for _, json in api.values()]
+        self._published_of = (engine, engine.revision)
 
     def alerts_json(self) -> list[dict[str, object]]:
         """Pending and firing alerts as of the last evaluation (``/api/v1/alerts``)."""
@@ -147,3 +169,17 @@ class Alerting:
         except Exception:
             self.delivery_errors_total += 1
             log.exception("alert delivery callback %r failed", callback)
+
+
+def _shown_as(alert: Alert) -> tuple[object, ...]:
+    """The objects ``Alert.to_api`` reads: the same objects, the same JSON.
+
+    Compared by identity: the engine replaces a field to change it (never mutates the
+    annotations in place), and identity cannot mistake -0.0 for 0.0 or miss a NaN.
+    """
+    return (alert, alert.name, alert.state, alert.labels, alert.annotations, alert.value,
+            alert.active_at, alert.fired_at, alert.fingerprint)
+
+
+def _same_objects(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return all(x is y for x, y in zip(a, b, strict=True))
