@@ -52,7 +52,7 @@ from gpuwarden.detectors.trend import theil_sen
 from gpuwarden.model import SeriesData
 from gpuwarden.promql.aggregation import aggregate, in_window, peak_of_sum, values_in
 from gpuwarden.promql.derived import derive_signal, input_lookbacks
-from gpuwarden.promql.windows import counter_rate
+from gpuwarden.promql.windows import counter_rate, rates
 
 if TYPE_CHECKING:
     from gpuwarden.detectors.rule import RuleConfig
@@ -139,9 +139,10 @@ class PreemptionsRising(Composite):
 
     def evaluate(self, window: Window) -> list[Finding]:
         now, w = window.now, self.rule.window
+        live = list(live_series(window, "preemptions_total"))
         out = []
-        for s in live_series(window, "preemptions_total"):
-            rate = counter_rate(s, now - w, now)
+        # Every server's rate in one go: ``rates`` is ``counter_rate`` per series, vectorised.
+        for s, rate in zip(live, rates(live, now - w, now), strict=True):
             if rate is None:
                 continue
             status = classify(rate, self.rule.op, self.threshold, self.rule.clear)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from gpuwarden.detectors import Finding, Window, breakdown
 from gpuwarden.detectors.condition import classify, is_live_in, require_op
 from gpuwarden.promql.buckets import by_histogram, finite_bounds
-from gpuwarden.promql.quantile import window_quantile
+from gpuwarden.promql.quantile import quantiles_by_histogram
 from gpuwarden.signals import resolve_rule_signal
 
 if TYPE_CHECKING:
@@ -91,12 +91,16 @@ class QuantileDetector:
 
     def evaluate(self, window: Window) -> list[Finding]:
         start = window.now - self.rule.window
+        # A server whose scrapes stopped must not keep its last window's p95 alive.
+        live = [(labels, buckets)
+                for labels, buckets in by_histogram(window.series(self.bucket_signal)).items()
+                if any(is_live_in(window, b) for b in buckets)]
+        # Every server's quantile in one go (bit-identical to ``window_quantile`` per
+        # histogram, ``promql/quantile.py``), in the order of ``live``.
+        answers = quantiles_by_histogram(
+            (self.q,), [s for _, buckets in live for s in buckets], start, window.now)
         out = []
-        for labels, buckets in by_histogram(window.series(self.bucket_signal)).items():
-            # A server whose scrapes stopped must not keep its last window's p95 alive.
-            if not any(is_live_in(window, b) for b in buckets):
-                continue
-            value = window_quantile(self.q, buckets, start, window.now)
+        for (labels, buckets), (_, (value,)) in zip(live, answers, strict=True):
             if value is None or math.isnan(value):
                 continue
             status = classify(value, self.rule.op, self.threshold, self.rule.clear)
