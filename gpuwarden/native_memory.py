@@ -10,6 +10,14 @@ returned 40 MiB. So the daemon caps the number of arenas at start
 (:func:`limit_arenas`) and hands freed pages back after the big frees it knows of: a
 chunk cut, an oversized body (:func:`release_freed_memory`).
 
+Other frees are not known where they happen: a cycle's peaks (the derived signals'
+window reads every few seconds, the hour of histograms every minute: ~15-20 MiB each
+at 280 KB server payloads) leave holes that later, longer-lived allocations pin, and
+RSS ratchets up with every peak. :class:`PeriodicTrim` hands them back after a cycle
+at most every ``every_s`` seconds: ``malloc_trim(0)`` costs 0.2-0.7 ms there, so at
+10 s it is a few hundredths of a millisecond per 1 s cycle (measured: 113-118 MiB
+instead of 116-128 MiB after 3 minutes, 8 simulated GPUs + 4 servers of 280 KB).
+
 Everything here is a no-op where the C library is not glibc (musl, macOS).
 """
 
@@ -55,3 +63,28 @@ def release_freed_memory(size: int = TRIM_AFTER_BYTES) -> None:
     libc = _libc()
     if size >= TRIM_AFTER_BYTES and libc is not None:
         libc.malloc_trim(0)
+
+
+class PeriodicTrim:
+    """Hands freed pages back at most once every ``every_s`` seconds (module docstring).
+
+    Called by one thread (the daemon's cycle, after each cycle); ``due`` compares the
+    monotonic clock the caller passes, so the call itself costs nothing until a trim is
+    due.
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._next = 0.0
+        self.trims = 0  # for tests
+
+    def due(self, now: float) -> bool:
+        """Trim now (and not again for ``every_s`` seconds) if the last trim is old enough."""
+        if now < self._next:
+            return False
+        self._next = now + self.every_s
+        libc = _libc()
+        if libc is not None:
+            libc.malloc_trim(0)
+        self.trims += 1
+        return True

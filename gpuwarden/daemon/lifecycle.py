@@ -50,6 +50,7 @@ from gpuwarden.daemon.schedule import (
 from gpuwarden.daemon.sdnotify import SystemdNotifier
 from gpuwarden.errors import ConfigError, GpuwardenError, InstanceLocked, StoreError
 from gpuwarden.model import Sample
+from gpuwarden.native_memory import PeriodicTrim, limit_arenas
 from gpuwarden.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ SHUTDOWN_FLUSH_S = 5.0
 DELIVERY_STOP_S = 3.0
 #: glibc malloc arenas for the whole process (default: 8 per core), see native_memory.
 MALLOC_ARENAS = 2
+#: Seconds between two hand-backs of freed memory after a cycle (native_memory).
+TRIM_EVERY_S = 10.0
 
 
 class _Wakeup:
@@ -163,6 +166,7 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self._http: HttpServer | None = None
         self._log = RateLimitedLog(log)
+        self._trim = PeriodicTrim(TRIM_EVERY_S)
 
     # --- what callers read ---------------------------------------------------------------
 
@@ -215,8 +219,6 @@ class Daemon:
         daemon on the same store and node raises :class:`InstanceLocked` having written
         nothing.
         """
-        from gpuwarden.native_memory import limit_arenas
-
         limit_arenas(MALLOC_ARENAS)  # before the threads: see native_memory
         cycle = self.cycle
         first: FirstCycle | None = None
@@ -231,6 +233,9 @@ class Daemon:
                     # the store, the rules and delivery come up (~0.3-0.5 s of imports).
                     cycle.publish_early(first)
                     self._start_http()
+                    # Rendered here, before the store's imports: on the HTTP thread the
+                    # first scrape's render would share the GIL with them (~2x longer).
+                    cycle.exposition.body  # noqa: B018 - renders and caches the text
             store = wiring.open_store(self.config)
             if first is not None and first.stored:
                 # Written by this process, if not through Store.write: count them.
@@ -254,7 +259,7 @@ class Daemon:
         if self._http is None:
             self._start_http()
         assert self._http is not None
-        self._scheduler = start_scheduler(interval=self.config.interval, cycle=cycle.guarded,
+        self._scheduler = start_scheduler(interval=self.config.interval, cycle=self._cycle_job,
                                           retention=self._guarded_retention,
                                           on_skipped=self._on_cycle_skipped)
         self.notifier.ready(f"collecting every {self.config.interval:g}s")
@@ -328,6 +333,15 @@ class Daemon:
     def run_cycle(self, first: FirstCycle | None = None) -> list[Sample]:
         """One cycle now (``Cycle.run``); returns what was collected."""
         return self.cycle.run(first)
+
+    def _cycle_job(self) -> None:
+        """What the schedule runs: a cycle, then the freed memory of its peaks handed back
+        to the OS every ``TRIM_EVERY_S`` (``native_memory.PeriodicTrim``)."""
+        self.cycle.guarded()
+        try:
+            self._trim.due(time.monotonic())
+        except Exception as exc:  # never worth a failed cycle
+            self._log.warning("trim", "handing freed memory back failed: %s", exc)
 
     def _on_cycle_skipped(self, event: JobEvent) -> None:
         if event.job_id != CYCLE_JOB:
