@@ -14,9 +14,9 @@ Same limits as ``httpbody.read_raw_body``, enforced while the bytes arrive:
 * ``max_bytes`` after decoding (libcurl hands the write callback decoded gzip/deflate
   pieces, so a compressed bomb stops at the cap), and a ``Content-Length`` over it fails
   before the body is read;
-* ``timeout`` to connect, ``timeout`` from the request to the end of the response
-  headers, and ``timeout`` from the headers to the end of the body (a server dribbling a
-  byte at a time is cut off), checked by :class:`MultiFetch` between socket events;
+* ``timeout`` to connect, ``timeout`` from the request to the first byte of the answer,
+  and ``timeout`` from there to the end of the body (a server dribbling a byte at a time
+  is cut off), checked by :class:`MultiFetch` between socket events;
 * no proxy from the environment, no redirect followed (:attr:`Fetch.redirected` says so:
   the caller hands the target to ``requests``), no retry: the next cycle is the retry.
 
@@ -35,8 +35,9 @@ import pycurl
 from gpuwarden.errors import ScrapeFailure
 from gpuwarden.native_memory import release_freed_memory
 
-#: What libcurl reads of the socket per call (and so the most a write call hands over).
-_BUFFER = 64 * 1024
+#: What libcurl reads of the socket per call (and so the most a write call hands over):
+#: each call into Python takes the GIL, which a busy daemon may make it wait for.
+_BUFFER = 128 * 1024
 #: Encodings asked for (and decoded by libcurl), as ``requests`` asks by default.
 ACCEPT_ENCODING = "gzip, deflate"
 
@@ -72,40 +73,32 @@ class Fetch:
         curl.setopt(pycurl.TIMEOUT_MS, _ms(3 * timeout))
         curl.setopt(pycurl.MAXFILESIZE_LARGE, max_bytes)
         curl.setopt(pycurl.BUFFERSIZE, _BUFFER)
+        # The body only: what is read of the status and headers is asked of libcurl
+        # (getinfo), with no Python call per header line.
         curl.setopt(pycurl.WRITEFUNCTION, self._write)
-        curl.setopt(pycurl.HEADERFUNCTION, self._header)
         self._chunks: list[bytes] = []
         self._size = 0
-        self._status_line = b""
-        self._location = False
         self.started = 0.0
-        self.headers_at: float | None = None
+        self.answered_at: float | None = None  # when the first byte of the answer came
         self._cut: ScrapeFailure | None = None  # why a callback stopped the transfer
 
     def start(self) -> None:
         """Forget the last transfer; the clock of this one starts now."""
         self._chunks = []
         self._size = 0
-        self._status_line = b""
-        self._location = False
-        self.headers_at = None
+        self.answered_at = None
         self._cut = None
         self.started = time.monotonic()
 
     @property
     def deadline(self) -> float:
-        """When the phase the transfer is in (headers, then body) runs out of time."""
-        return (self.started if self.headers_at is None else self.headers_at) + self.timeout
-
-    def _header(self, line: bytes) -> None:
-        if line.startswith(b"HTTP/"):  # a new response (after a 100 Continue too)
-            self._status_line = line.strip()
-            self.headers_at = None
-            self._location = False
-        elif line in (b"\r\n", b"\n"):
-            self.headers_at = time.monotonic()
-        elif line[:9].lower() == b"location:":
-            self._location = True
+        """When the phase the transfer is in (waiting for the answer, then reading it)
+        runs out of time."""
+        if self.answered_at is None:
+            first_byte = self.curl.getinfo(pycurl.STARTTRANSFER_TIME)  # 0.0 until then
+            if first_byte > 0:
+                self.answered_at = self.started + first_byte
+        return (self.started if self.answered_at is None else self.answered_at) + self.timeout
 
     def _write(self, data: bytes) -> int | None:
         self._size += len(data)
@@ -124,8 +117,7 @@ class Fetch:
     @property
     def redirected(self) -> bool:
         """The last transfer's answer was a redirect (3xx with a Location)."""
-        status = self.status
-        return 300 <= status < 400 and self._location
+        return 300 <= self.status < 400 and bool(self.curl.getinfo(pycurl.REDIRECT_URL))
 
     @property
     def status(self) -> int:
@@ -142,9 +134,7 @@ class Fetch:
             status = self.status
             if 200 <= status < 300:
                 return b"".join(chunks)
-            reason = self._status_line.split(b" ", 2)[2:]
-            text = reason[0].decode("latin-1") if reason else ""
-            failure = ScrapeFailure("http_status", f"HTTP {status} {text}".rstrip())
+            failure = ScrapeFailure("http_status", f"HTTP {status}")
         size = self._size
         del chunks  # a refused body's pages go back to the OS before the next scrape
         release_freed_memory(size)
@@ -234,7 +224,7 @@ class MultiFetch:
                     break
             now = time.monotonic()
             for fetch in [f for f in self._active.values() if f.deadline <= now]:
-                phase = "headers" if fetch.headers_at is None else "body"
+                phase = "answer" if fetch.answered_at is None else "body"
                 fetch.cut_off(ScrapeFailure("timeout", f"{phase} not read within "
                                                        f"{fetch.timeout}s"))
                 self._done(fetch.curl, pycurl.E_OPERATION_TIMEDOUT, "", on_done)
