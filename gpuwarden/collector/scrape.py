@@ -11,8 +11,8 @@ at once on its own thread (``run.py``); anything else (https, credentials in the
 session with a proxy or authentication, a target that redirects) with ``requests``.
 Either way the body is streamed: a misbehaving server can send an endless body, so the
 collector stops at ``max_bytes`` (counted after gzip decoding, so a compressed bomb stops
-too), at ``timeout`` waiting for the response headers and at ``timeout`` after them for
-the body, so one slow server cannot hold the cycle much beyond its timeout.
+too), at ``timeout`` waiting for the answer and at ``timeout`` after it starts for the
+body, so one slow server cannot hold the cycle much beyond its timeout.
 
 Failure semantics, as an operator sees them (``gpuwarden_scrape_errors_total{reason}``,
 ``gpuwarden_scrape_invalid_lines_total``, ``server_up``):
