@@ -90,19 +90,18 @@ def redact_url(url: str) -> str:
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9/._~:@!$&'()*+,;=%?-]*")
 
 
-def _direct_path(url: str) -> str | None:
-    """The path (and query) to request for ``url`` without ``requests``, or None when
-    ``requests`` must handle it (https, credentials, an unusual spelling)."""
+def _plain_http(url: str) -> bool:
+    """Whether libcurl may fetch ``url``: plain http, no credentials, spelled as
+    ``requests`` would send it (so both send the same request line); anything else
+    (https, credentials, an unusual spelling) is left to ``requests``."""
     try:
         parts = urllib3.util.parse_url(url)
     except urllib3.exceptions.LocationParseError:
-        return None
+        return False
     path = parts.request_uri
-    if (parts.scheme != "http" or parts.auth or not parts.host or parts.fragment
-            or _PLAIN_PATH.fullmatch(path) is None
-            or url != f"http://{parts.netloc}{path}"):
-        return None
-    return path
+    return not (parts.scheme != "http" or parts.auth or not parts.host or parts.fragment
+                or _PLAIN_PATH.fullmatch(path) is None
+                or url != f"http://{parts.netloc}{path}")
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -200,7 +199,7 @@ class ServerCollector(Collector):
         self._plan: tuple[Template, MappingPlan | None, int, tuple[str, ...]] | None = None
         # Plain http URLs without credentials are fetched with libcurl (``curl_fetch``);
         # anything else, and a target that redirects, goes through requests.
-        self._direct = _direct_path(metrics_url) is not None
+        self._direct = _plain_http(metrics_url)
         self._fetch: Fetch | None = None  # the kept handle (and so connection)
         self._fetch_busy = threading.Lock()  # held while a transfer runs on it
         self._lone: MultiFetch | None = None  # runs collect()'s own transfers

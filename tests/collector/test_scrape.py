@@ -83,7 +83,7 @@ def http() -> Iterator[_Server]:
 @pytest.fixture(params=["requests", "direct"])
 def session(request: pytest.FixtureRequest) -> Iterator[requests.Session]:
     """A plain requests session, and the daemon's (``scrape_session``), which the
-    collector fetches with on urllib3 directly (``ServerCollector._fetch_direct``): every
+    collector fetches with libcurl (``collector/curl_fetch.py``): every
     test runs with both, so both paths fail and succeed the same way."""
     with (requests.Session() if request.param == "requests" else scrape_session()) as s:
         yield s
@@ -461,7 +461,7 @@ def test_a_server_of_another_kind_is_up_and_says_so(
 def test_the_daemons_session_fetches_without_requests(http: _Server,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``scrape_session`` (no proxy from the environment) a plain http target is
-    fetched on requests' pool directly, and sends what requests would send."""
+    fetched with libcurl, not requests, and sends what requests would send."""
     seen: dict[str, str] = {}
 
     def run(h: BaseHTTPRequestHandler) -> None:
