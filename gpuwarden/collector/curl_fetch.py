@@ -3,11 +3,12 @@
 Why not ``requests`` for these: a scrape of a plain-http target on the node is a GET on a
 kept connection, and everything ``requests`` and urllib3 do around it in Python (request
 preparation, ``http.client``'s header parsing through the ``email`` package, the thread
-hop to a pool worker per target) cost ~0.58 ms of CPU per scrape of a 54 KB vLLM payload
-on this project's 2-core machine; libcurl's multi interface fetches the same bodies for
-~0.12 ms each, all targets on the calling thread (``python -m bench http-clients``
-measures both, interleaved). ``requests`` stays the client for what needs it (https,
-credentials, a redirect, a proxy from the environment: ``scrape.ServerCollector``).
+hop to a pool worker per target) cost 0.4-0.8 ms of CPU per scrape of a 53 KB vLLM
+payload on this project's 2-core machine; libcurl's multi interface fetches the same
+bodies for 0.1-0.3 ms each, all targets on the calling thread (``python -m bench
+http-clients`` measures both, interleaved). ``requests`` stays the client for what needs
+it (https, credentials, a redirect, a proxy from the environment:
+``scrape.ServerCollector``).
 
 Same limits as ``httpbody.read_raw_body``, enforced while the bytes arrive:
 
