@@ -13,7 +13,6 @@ called (its own source says so), which costs an idle daemon CPU all day; here
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import selectors
@@ -24,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Protocol
 
 from gpuwarden.api.exposition import CONTENT_TYPE
+from gpuwarden.wakeup import WakeupPair
 
 if TYPE_CHECKING:
     from gpuwarden.api.quality_push import Headers
@@ -146,11 +146,9 @@ class _Server(ThreadingHTTPServer):
         self.post_routes: dict[str, Route] = {"/api/v1/quality": _quality}
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        # serve_forever's wake-up: shutdown() writes a byte, the loop's select sees it.
+        # serve_forever's wake-up: shutdown() wakes it, the loop's select sees it.
         # Made first: a bind that fails calls server_close from the base __init__.
-        self._wake_recv, self._wake_send = socket.socketpair()
-        self._wake_recv.setblocking(False)
-        self._wake_send.setblocking(False)
+        self._wake = WakeupPair()
         self._stop_requested = False
         self._stopped = threading.Event()
         super().__init__(address, _Handler)
@@ -162,18 +160,18 @@ class _Server(ThreadingHTTPServer):
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)
-                selector.register(self._wake_recv, selectors.EVENT_READ)
+                selector.register(self._wake.reader, selectors.EVENT_READ)
                 while not self._stop_requested:
                     ready = [key.fileobj for key, _ in selector.select()]
                     if self._stop_requested:
                         break
-                    if self._wake_recv in ready:
-                        self._drain_wake()
+                    if self._wake.reader in ready:
+                        self._wake.drain()
                     if self in ready:
                         self._accept_one()
                     self.service_actions()
         finally:
-            self._drain_wake()  # a later serve_forever must not see this stop's byte
+            self._wake.drain()  # a later serve_forever must not see this stop's wake-up
             self._stop_requested = False
             self._stopped.set()
 
@@ -181,8 +179,7 @@ class _Server(ThreadingHTTPServer):
         """Stop serve_forever and wait until it has returned; as socketserver's, call it
         from another thread while serve_forever runs (or it waits for one to run)."""
         self._stop_requested = True
-        with contextlib.suppress(OSError):  # the buffer is full: a wake-up is pending
-            self._wake_send.send(b"\0")
+        self._wake.wake()
         self._stopped.wait()
 
     def _accept_one(self) -> None:
@@ -204,17 +201,9 @@ class _Server(ThreadingHTTPServer):
             self.shutdown_request(request)
             raise
 
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_recv.recv(64):
-                pass
-        except OSError:  # BlockingIOError: drained
-            pass
-
     def server_close(self) -> None:
         super().server_close()
-        self._wake_recv.close()
-        self._wake_send.close()
+        self._wake.close()
 
 
 class HttpServer:

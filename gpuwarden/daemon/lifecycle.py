@@ -22,11 +22,9 @@ never waits on a database that does not answer for longer than ``SHUTDOWN_FLUSH_
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import select
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +50,7 @@ from gpuwarden.errors import ConfigError, GpuwardenError, InstanceLocked, StoreE
 from gpuwarden.model import Sample
 from gpuwarden.native_memory import PeriodicTrim, limit_arenas
 from gpuwarden.ratelog import RateLimitedLog
+from gpuwarden.wakeup import WakeupPair
 
 if TYPE_CHECKING:
     from gpuwarden.api.quality_push import Headers
@@ -72,51 +71,42 @@ TRIM_EVERY_S = 10.0
 
 
 class _Wakeup:
-    """What the main thread sleeps on (module doc): a socketpair whose writing end gets a
-    byte from :meth:`wake` (any thread, signal handlers too) and, once
-    :meth:`catch_signals` ran, from Python's C-level signal handler."""
+    """What the main thread sleeps on (module doc): a :class:`WakeupPair` woken by
+    :meth:`wake` (any thread, signal handlers too) and, once :meth:`catch_signals` ran,
+    by Python's C-level signal handler."""
 
     def __init__(self) -> None:
-        self._recv: socket.socket | None = None
-        self._send: socket.socket | None = None
+        self._pair: WakeupPair | None = None
         self._poll: select.poll | None = None
         self._previous_fd: int | None = None  # set_wakeup_fd's, while ours is installed
 
     def open(self) -> None:
         """Create the pair (by the sleeping thread, before it looks at what to do)."""
-        if self._recv is None:
-            recv, send = socket.socketpair()
-            recv.setblocking(False)
-            send.setblocking(False)
+        if self._pair is None:
+            pair = WakeupPair()
             poll = select.poll()  # not select.select: no FD_SETSIZE limit
-            poll.register(recv, select.POLLIN)
-            self._recv, self._poll, self._send = recv, poll, send
+            poll.register(pair.reader, select.POLLIN)
+            self._pair, self._poll = pair, poll
 
     def catch_signals(self) -> None:
         """Wake on every signal that has a Python handler (main thread only)."""
         self.open()
-        if self._previous_fd is None and self._send is not None:
-            self._previous_fd = signal.set_wakeup_fd(self._send.fileno(),
+        if self._previous_fd is None and self._pair is not None:
+            self._previous_fd = signal.set_wakeup_fd(self._pair.writer.fileno(),
                                                      warn_on_full_buffer=False)
 
     def wake(self) -> None:
-        send = self._send
-        if send is not None:
-            # Full: a wake-up is pending anyway. Closed: nobody sleeps any more.
-            with contextlib.suppress(OSError):
-                send.send(b"\0")
+        pair = self._pair
+        if pair is not None:
+            pair.wake()
 
     def sleep(self, timeout: float | None) -> None:
         """Until a wake-up (one pending returns at once) or ``timeout`` seconds."""
         self.open()
-        assert self._poll is not None and self._recv is not None
+        assert self._poll is not None and self._pair is not None
         ms = None if timeout is None else max(0, int(timeout * 1000) + 1)
         if self._poll.poll(ms):
-            try:
-                while self._recv.recv(64):
-                    pass
-            except OSError:  # BlockingIOError: drained
-                pass
+            self._pair.drain()
 
     def close(self) -> None:
         """Give the previous wake-up fd back and close the pair. Not possible off the main
@@ -127,11 +117,9 @@ class _Wakeup:
                 return
             signal.set_wakeup_fd(self._previous_fd)
             self._previous_fd = None
-        recv, send = self._recv, self._send
-        self._send = self._recv = self._poll = None
-        for sock in (send, recv):
-            if sock is not None:
-                sock.close()
+        pair, self._pair, self._poll = self._pair, None, None
+        if pair is not None:
+            pair.close()
 
 
 class Daemon:
