@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -65,6 +65,7 @@ class FetchesFirst(Protocol):
     drives the transfers of all of them at once (module docstring)."""
 
     name: str
+    last_error: str | None
 
     def begin_fetch(self) -> Fetch | None:
         """The transfer to run for this cycle, reserved; None: run ``collect`` instead."""
@@ -126,29 +127,30 @@ def _scrape_error_samples(name: str, counters: CountsScrapeErrors, zeros: _ZeroR
 
 def run_collector(collector: Collector) -> CollectorRun:
     """Run ``collector`` once, timed; whatever it raises becomes the run's error."""
-    started = time.perf_counter()
-    try:
-        samples = list(collector.collect())
-    except GpuwardenError as exc:
-        return CollectorRun([], time.perf_counter() - started, str(exc) or type(exc).__name__)
-    except Exception as exc:  # a bug in one collector must not stop the others
-        log.exception("collector %s raised", collector.name)
-        return CollectorRun([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
-    return CollectorRun(samples, time.perf_counter() - started, None, collector.last_error)
+    return _timed(collector.name, time.perf_counter(), collector.collect,
+                  lambda: collector.last_error)
 
 
 def finish_collector(collector: FetchesFirst, fetch: Fetch, code: int, message: str,
                      started: float) -> CollectorRun:
     """:func:`run_collector` for the second half of a :class:`FetchesFirst` collector."""
+    return _timed(collector.name, started,
+                  lambda: collector.finish_fetch(fetch, code, message),
+                  lambda: collector.last_error)
+
+
+def _timed(name: str, started: float, work: Callable[[], Iterable[Sample]],
+           reported: Callable[[], str | None]) -> CollectorRun:
+    """The run of ``work`` begun at ``started``: its samples and ``reported()`` (the
+    collector's ``last_error``) after a normal return, else what it raised."""
     try:
-        samples = collector.finish_fetch(fetch, code, message)
+        samples = list(work())
     except GpuwardenError as exc:
         return CollectorRun([], time.perf_counter() - started, str(exc) or type(exc).__name__)
-    except Exception as exc:
-        log.exception("collector %s raised", collector.name)
+    except Exception as exc:  # a bug in one collector must not stop the others
+        log.exception("collector %s raised", name)
         return CollectorRun([], time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
-    return CollectorRun(samples, time.perf_counter() - started, None,
-                        getattr(collector, "last_error", None))
+    return CollectorRun(samples, time.perf_counter() - started, None, reported())
 
 
 def close_collectors(collectors: Iterable[Collector]) -> None:
