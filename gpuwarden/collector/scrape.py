@@ -208,17 +208,16 @@ class ServerCollector(Collector):
 
     def collect(self) -> list[Sample]:
         """Fetch (libcurl where it can, else requests), parse and map one scrape."""
-        fetch = self.begin_fetch()
-        if fetch is None:
-            if self._direct and self._curl_allowed():  # a concurrent collect holds it
-                fetch = self._new_fetch()
-                multi = MultiFetch(max_connections=1)
-                try:
-                    return self.finish_fetch(fetch, *fetch.perform(multi), kept=False)
-                finally:
-                    multi.close()
-                    fetch.close()
+        if not (self._direct and self._curl_allowed()):
             return self._samples(self._fetch_with_requests)
+        fetch = self.begin_fetch()
+        if fetch is None:  # a concurrent collect holds the kept transfer: one of its own
+            fetch, multi = self._new_fetch(), MultiFetch(max_connections=1)
+            try:
+                return self._fetched_samples(fetch, *fetch.perform(multi))
+            finally:
+                multi.close()
+                fetch.close()
         if self._lone is None:
             self._lone = MultiFetch(max_connections=1)
         try:
@@ -240,19 +239,21 @@ class ServerCollector(Collector):
             self._fetch = self._new_fetch()
         return self._fetch
 
-    def finish_fetch(self, fetch: Fetch, code: int, message: str, *,
-                     kept: bool = True) -> list[Sample]:
-        """This scrape's samples from a finished libcurl transfer (libcurl's ``code`` and
-        ``message``); gives the kept transfer back. A redirect is left to ``requests``,
-        now and from then on (it follows them)."""
+    def finish_fetch(self, fetch: Fetch, code: int, message: str) -> list[Sample]:
+        """This scrape's samples from the kept transfer, finished with libcurl's ``code``
+        and ``message``; gives the transfer back."""
         try:
-            if code == 0 and fetch.redirected:
-                self._direct = False
-                return self._samples(self._fetch_with_requests)
-            return self._samples(lambda: self._curl_body(fetch, code, message))
+            return self._fetched_samples(fetch, code, message)
         finally:
-            if kept:
-                self._fetch_busy.release()
+            self._fetch_busy.release()
+
+    def _fetched_samples(self, fetch: Fetch, code: int, message: str) -> list[Sample]:
+        """The samples of a finished libcurl transfer. A redirect is left to ``requests``,
+        now and from then on (it follows them)."""
+        if code == 0 and fetch.redirected:
+            self._direct = False
+            return self._samples(self._fetch_with_requests)
+        return self._samples(lambda: self._curl_body(fetch, code, message))
 
     def _curl_body(self, fetch: Fetch, code: int, message: str) -> bytes:
         try:
