@@ -36,3 +36,58 @@ print(",".join(m for m in {HEAVY!r} if m in sys.modules))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "", f"imported before the first write: {out.stdout.strip()}"
+
+
+def test_a_node_scraping_plain_http_servers_never_imports_requests(tmp_path: Path) -> None:
+    """``requests`` (~4 MiB of RSS) is for https, credentials, redirects and deliveries:
+    a daemon whose servers are plain http (fetched with libcurl) and that has no
+    receiver runs its cycles, alert rules and delivery threads without importing it."""
+    fixture = Path(__file__).parent / "fixtures" / "metrics" / "vllm-0.32-cpu-after-load.prom"
+    code = """
+import socket, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+body = Path(FIXTURE).read_bytes()
+db = DATABASE
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server.daemon_threads = True
+threading.Thread(target=server.serve_forever, daemon=True).start()
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+from gpuwarden.config import parse_config
+from gpuwarden.daemon.lifecycle import Daemon
+
+config = parse_config(
+    f'node = "n"\\ninterval = "10s"\\nlisten = "127.0.0.1:{port}"\\n[storage]\\n'
+    f'url = "sqlite:///{db}"\\n[gpu]\\nsource = "sim"\\n[[servers]]\\nname = "v"\\n'
+    f'kind = "vllm"\\nmetrics_url = "http://127.0.0.1:{server.server_address[1]}/metrics"\\n')
+daemon = Daemon(config)
+daemon.start()
+try:
+    for _ in range(3):
+        samples = daemon.run_cycle()
+        assert [s.value for s in samples if s.signal == "server_up"] == [1.0], samples
+        assert any(s.signal == "kv_cache_usage_ratio" for s in samples)
+finally:
+    daemon.shutdown()
+print(",".join(m for m in ("requests", "charset_normalizer", "certifi") if m in sys.modules))
+""".replace("FIXTURE", repr(str(fixture))).replace("DATABASE", repr(str(tmp_path / "gw.db")))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "", f"imported: {out.stdout.strip()}"

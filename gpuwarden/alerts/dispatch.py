@@ -92,7 +92,7 @@ class Dispatcher:
         actions: Sequence[ActionConfig],
         *,
         engine: Engine | None,
-        session: requests.Session,
+        session: requests.Session | Callable[[], requests.Session],
         node: str,
         listen: str = DEFAULT_LISTEN,
         clock: Callable[[], float] = time.time,

@@ -10,6 +10,7 @@ never this package, and the builders find them by name through
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,8 +55,12 @@ def nvidia_driver_present() -> bool:
     return Path("/dev/nvidiactl").exists() or ctypes.util.find_library("nvidia-ml") is not None
 
 
-def server_collector(server: ServerSpec, *, node: str, session: requests.Session) -> Collector:
+def server_collector(server: ServerSpec, *, node: str,
+                     session: requests.Session | Callable[[], requests.Session]) -> Collector:
     """Build the scrape collector for one ``[[servers]]`` entry.
+
+    ``session``: the scrape session (``collector/session.py``), or what makes it when a
+    scrape first needs ``requests`` (plain-http targets are fetched with libcurl).
 
     ``ConfigError`` when ``server.kind`` is not in ``registry.SERVER_KINDS``.
     """

@@ -9,6 +9,9 @@ How the body is fetched: a plain-http target (the usual one: a server on the nod
 libcurl (``curl_fetch.py``), which the daemon's collector runner drives for every server
 at once on its own thread (``run.py``); anything else (https, credentials in the URL, a
 session with a proxy or authentication, a target that redirects) with ``requests``.
+The session may be given as a callable that makes it: ``requests`` (~4 MiB of RSS) is then
+imported only by the first scrape that needs it, so a node whose servers are all plain
+http never loads it for scraping.
 Either way the body is streamed: a misbehaving server can send an endless body, so the
 collector stops at ``max_bytes`` (counted after gzip decoding, so a compressed bomb stops
 too), at ``timeout`` waiting for the answer and at ``timeout`` after it starts for the
@@ -51,10 +54,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
 import urllib3.exceptions
+import urllib3.util
 
 from gpuwarden.collector.base import Collector
 from gpuwarden.collector.curl_fetch import Fetch, MultiFetch
@@ -64,9 +68,13 @@ from gpuwarden.collector.promtext_memo import ParseMemo, Template
 from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.collector.servers.base import map_exposition, served_models
 from gpuwarden.collector.servers.compiled import MappingPlan, compile_mapping
+from gpuwarden.collector.session import SCRAPE_USER_AGENT
 from gpuwarden.errors import ConfigError, ExpositionParseError, ScrapeFailure, one_line
 from gpuwarden.model import Sample, make_labels
 from gpuwarden.native_memory import release_freed_memory
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +128,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _classify(exc: BaseException) -> str:
     """Map a requests / urllib3 / socket exception onto the counted reason."""
+    import requests
+
     chain = list(_chain(exc))
     if any(isinstance(e, ConnectionRefusedError) for e in chain):
         return "refused"
@@ -169,7 +179,7 @@ class ServerCollector(Collector):
         server: str,
         kind: str,
         metrics_url: str,
-        session: requests.Session,
+        session: requests.Session | Callable[[], requests.Session],
         timeout: float = 2.0,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
@@ -183,7 +193,10 @@ class ServerCollector(Collector):
         self.kind = kind
         self._mapping = SERVER_KINDS.load(kind)
         self.metrics_url = metrics_url
-        self.session = session
+        # A session, or what makes it on first use (module docstring): not called
+        # while every scrape goes through libcurl.
+        self._session: requests.Session | None = None if callable(session) else session
+        self._make_session = session if callable(session) else None
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.name = f"server:{server}"
@@ -269,16 +282,30 @@ class ServerCollector(Collector):
             detail += f" ({hint})"  # the usual cause: metrics not switched on
         return ScrapeFailure("http_status", detail)
 
+    @property
+    def session(self) -> requests.Session:
+        """The ``requests`` session of this collector's scrapes (made on first use)."""
+        if self._session is None:
+            assert self._make_session is not None
+            self._session = self._make_session()
+        return self._session
+
     def _new_fetch(self) -> Fetch:
-        headers = {k: v if isinstance(v, str) else v.decode("latin-1")
-                   for k, v in self.session.headers.items()}
+        if self._session is None:  # the scrape session's own, unmade: its User-Agent
+            headers = {"User-Agent": SCRAPE_USER_AGENT}
+        else:
+            headers = {k: v if isinstance(v, str) else v.decode("latin-1")
+                       for k, v in self._session.headers.items()}
         headers["Accept"] = _ACCEPT
         return Fetch(self.metrics_url, headers, timeout=self.timeout, max_bytes=self.max_bytes)
 
     def _curl_allowed(self) -> bool:
         """Whether a plain GET is what ``requests`` would send with this session: no proxy,
-        authentication, query parameters or cookie of its own."""
-        session = self.session
+        authentication, query parameters or cookie of its own. An unmade session is the
+        daemon's scrape session (``collector/session.py``), which has none of them."""
+        session = self._session
+        if session is None:
+            return True
         return not (session.trust_env or session.proxies or session.auth or session.params
                     or session.cookies)
 
@@ -368,6 +395,8 @@ class ServerCollector(Collector):
         return got, ts
 
     def _fetch_with_requests(self) -> bytes:
+        import requests
+
         try:
             resp = self.session.get(
                 self.metrics_url,
@@ -393,7 +422,7 @@ class ServerCollector(Collector):
             return read_raw_body(raw, self.max_bytes, self.timeout)
         except ScrapeFailure:
             raise
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # requests' own are OSErrors
             raise ScrapeFailure(_classify(e), one_line(e)) from e
 
     def close(self) -> None:

@@ -29,6 +29,8 @@ from gpuwarden import __version__
 if TYPE_CHECKING:
     import requests
 
+#: The User-Agent of every scrape, through ``requests`` or libcurl.
+SCRAPE_USER_AGENT = f"gpuwarden/{__version__}"
 #: Distinct host:port targets whose connections are kept open between cycles.
 MAX_TARGETS = 256
 #: Connections kept per target: its scrape, and a canary request to the same server.
@@ -42,7 +44,7 @@ def scrape_session() -> requests.Session:
 
     session = requests.Session()
     session.trust_env = False
-    session.headers["User-Agent"] = f"gpuwarden/{__version__}"
+    session.headers["User-Agent"] = SCRAPE_USER_AGENT
     adapter = HTTPAdapter(pool_connections=MAX_TARGETS, pool_maxsize=CONNECTIONS_PER_TARGET,
                           max_retries=0)
     session.mount("http://", adapter)

@@ -314,7 +314,7 @@ class Daemon:
         """The dispatcher (guard rails, retries, audit) on its own threads."""
         served_models = self.cycle.served_models
         self.cycle.alerting.start_delivery(
-            lambda: wiring.build_dispatcher(self.config, store, self._session(), served_models))
+            lambda: wiring.build_dispatcher(self.config, store, self._session, served_models))
 
     # --- scheduled jobs ------------------------------------------------------------------
 

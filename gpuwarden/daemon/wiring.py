@@ -9,6 +9,7 @@ stored, and that path must not load SQLAlchemy, numpy, prometheus_client or APSc
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -37,27 +38,35 @@ STORE_READ_TIMEOUT_S = 0.5
 
 class LazySession:
     """A ``requests.Session`` made on the first call, so a node with only NVML or
-    simulated GPUs never imports ``requests`` (ARCHITECTURE.md, convention 7): the
-    daemon has one for its scrapes (``for_scrapes``: ``collector/session.py``, one kept
-    connection per target, no proxy from the environment) and one for deliveries, which
-    honours the environment's proxies as receivers off the node may need."""
+    simulated GPUs, plain-http servers (fetched with libcurl) and no receiver never
+    imports ``requests`` (ARCHITECTURE.md, convention 7): the daemon has one for its
+    scrapes (``for_scrapes``: ``collector/session.py``, one kept connection per target,
+    no proxy from the environment) and one for deliveries, which honours the
+    environment's proxies as receivers off the node may need."""
 
     def __init__(self, *, for_scrapes: bool = False) -> None:
         self._session: requests.Session | None = None
         self._for_scrapes = for_scrapes
+        # Scrapes that need ``requests`` run on pool workers: the first two must not
+        # each make (and one of them leak) a session.
+        self._making = threading.Lock()
 
     def __call__(self) -> requests.Session:
-        if self._session is None:
-            if self._for_scrapes:
-                from gpuwarden.collector.session import scrape_session
+        with self._making:
+            if self._session is None:
+                self._session = self._make()
+            return self._session
 
-                self._session = scrape_session()
-            else:
-                import requests
+    def _make(self) -> requests.Session:
+        if self._for_scrapes:
+            from gpuwarden.collector.session import scrape_session
 
-                self._session = requests.Session()
-                self._session.headers["User-Agent"] = f"gpuwarden/{__version__}"
-        return self._session
+            return scrape_session()
+        import requests
+
+        session = requests.Session()
+        session.headers["User-Agent"] = f"gpuwarden/{__version__}"
+        return session
 
     def close(self) -> None:
         if self._session is not None:
@@ -67,8 +76,9 @@ class LazySession:
 def build_collectors(config: Config, session: Callable[[], requests.Session]) -> list[Collector]:
     """The collectors a config asks for: one GPU source, one per server, the canaries.
 
-    ``session`` is called only when a collector makes HTTP requests, so a node with
-    only NVML or simulated GPUs never imports ``requests``.
+    ``session`` is called only when a collector makes HTTP requests through
+    ``requests``, so a node with only NVML or simulated GPUs and plain-http servers
+    (fetched with libcurl) never imports it for collection.
     """
     from gpuwarden.collector import gpu_collector, server_collector
 
@@ -79,7 +89,7 @@ def build_collectors(config: Config, session: Callable[[], requests.Session]) ->
                                session=session() if gpu.source == "dcgm" else None)
     if gpu_source is not None:
         collectors.append(gpu_source)
-    collectors.extend(server_collector(s, node=config.node, session=session())
+    collectors.extend(server_collector(s, node=config.node, session=session)
                       for s in config.servers)
     if config.quality.canaries and any(s.api_url for s in config.servers):
         from gpuwarden.collector.quality.canary import quality_collector
@@ -171,9 +181,11 @@ def build_served_models(store: Store, config: Config) -> ServedModels:
     return ServedModels(store.engine, node=config.node)
 
 
-def build_dispatcher(config: Config, store: Store, session: requests.Session,
+def build_dispatcher(config: Config, store: Store,
+                     session: requests.Session | Callable[[], requests.Session],
                      served_models: ServedModels | None) -> Dispatcher:
-    """Alert delivery (guard rails, retries, audit), not started."""
+    """Alert delivery (guard rails, retries, audit), not started. ``session`` may be
+    what makes it (a :class:`LazySession`), called by the first HTTP delivery."""
     from gpuwarden.alerts.dispatch import Dispatcher
 
     return Dispatcher(config.actions, engine=store.engine, session=session, node=config.node,

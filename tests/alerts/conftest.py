@@ -201,8 +201,8 @@ class Harness:
         kw.setdefault("retry", FAST)
         if "clock" in kw:  # a FakeTime wakes nobody when moved: the router looks often
             kw.setdefault("poll", 0.02)
-        d = Dispatcher(list(actions), engine=self.store.engine, session=self.session,
-                       node="n1",
+        kw.setdefault("session", self.session)
+        d = Dispatcher(list(actions), engine=self.store.engine, node="n1",
                        listen="127.0.0.1:9842", **kw)
         d.start()
         self.dispatchers.append(d)

@@ -7,6 +7,7 @@ import logging
 import time
 
 import pytest
+import requests
 
 from gpuwarden.alerts.dispatch import Dispatcher
 from gpuwarden.alerts.receivers.base import RetryPolicy
@@ -173,3 +174,21 @@ def test_alertmanager_resends_while_firing(harness: Harness, recorder: Recorder)
     time.sleep(0.4)
     assert len(recorder.requests) == n  # resolved resends stopped after 0.4 s
     assert [r.result for r in harness.audit()] == ["sent", "sent"]  # resends not audited
+
+
+def test_a_session_maker_is_called_by_the_first_delivery_not_before(
+        harness: Harness, recorder: Recorder) -> None:
+    # The daemon passes what makes its session, so a node that never delivers over
+    # HTTP never imports requests (daemon/wiring.py LazySession).
+    made: list[int] = []
+
+    def make() -> requests.Session:
+        made.append(1)
+        return harness.session
+
+    d = harness(action(url=recorder.url, secret_env=None), session=make)
+    assert made == []
+    d.submit([firing(make_alert())])
+    assert len(recorder.wait(1)) == 1
+    assert d.wait_idle()
+    assert made and [r.result for r in harness.audit()] == ["sent"]

@@ -22,7 +22,7 @@ import requests
 from gpuwarden.collector.curl_fetch import MultiFetch
 from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.scrape import ServerCollector, redact_url
-from gpuwarden.collector.session import scrape_session
+from gpuwarden.collector.session import SCRAPE_USER_AGENT, scrape_session
 from gpuwarden.errors import ConfigError
 from gpuwarden.model import Sample
 
@@ -93,7 +93,8 @@ def url(server: _Server) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}/metrics"
 
 
-def make(session: requests.Session, target: str, *, timeout: float = 2.0,
+def make(session: requests.Session | Callable[[], requests.Session], target: str, *,
+         timeout: float = 2.0,
          max_bytes: int = 16 * 1024 * 1024) -> ServerCollector:
     return ServerCollector("node-a", "vllm-0", "vllm", target, session, timeout, max_bytes)
 
@@ -500,6 +501,47 @@ def test_a_redirect_is_followed_by_requests(http: _Server, session: requests.Ses
         out = c.collect()
         assert up(out) == 1.0, c.last_error
         assert any(s.signal == "kv_cache_usage_ratio" for s in out)
+
+
+def test_a_session_maker_is_called_only_when_requests_must_fetch(http: _Server) -> None:
+    """The daemon hands its collectors what makes the scrape session: plain-http targets
+    (fetched with libcurl) never call it, so ``requests`` is not imported for them; the
+    first scrape that needs requests (here a redirect) makes it."""
+    made: list[requests.Session] = []
+    seen: dict[str, str] = {}
+
+    def maker() -> requests.Session:
+        made.append(scrape_session())
+        return made[-1]
+
+    def run(h: BaseHTTPRequestHandler) -> None:
+        seen.update({k.lower(): v for k, v in h.headers.items()})
+        serve(KV_PRESSURE)(h)
+
+    http.behaviour = run
+    c = make(maker, url(http))
+    for _ in range(3):
+        assert up(c.collect()) == 1.0
+    assert made == []
+    assert seen["user-agent"] == SCRAPE_USER_AGENT
+
+    def redirect(h: BaseHTTPRequestHandler) -> None:
+        if h.path == "/metrics":
+            h.send_response(302)
+            h.send_header("Location", "/real-metrics")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        else:
+            serve(KV_PRESSURE)(h)
+
+    http.behaviour = redirect
+    try:
+        assert up(c.collect()) == 1.0, c.last_error
+        assert len(made) == 1 and c.session is made[0]
+    finally:
+        c.close()
+        for s in made:
+            s.close()
 
 
 def test_one_connection_is_kept_across_scrapes_until_closed(http: _Server) -> None:

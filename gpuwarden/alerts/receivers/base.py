@@ -47,7 +47,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -124,14 +124,23 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class ReceiverContext:
-    """What receivers need besides their action: the shared session and where we are."""
+    """What receivers need besides their action: the shared session and where we are.
 
-    session: requests.Session
+    ``session`` may be what makes the session: ``requests`` is then imported by the
+    first delivery over HTTP, not by a daemon that never sends one (:meth:`http`).
+    """
+
+    session: requests.Session | Callable[[], requests.Session]
     node: str
     external_url: str  # e.g. http://gpu-node-01:9842
     interval: float = 1.0  # the daemon's evaluation interval
     am_resend: float = 60.0  # Alertmanager resend period (Prometheus' resend-delay)
     clock: Any = time.time
+
+    def http(self) -> requests.Session:
+        """The shared session (made by the first call when given as its maker)."""
+        session = self.session
+        return session() if callable(session) else session
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +299,7 @@ class HttpReceiver(Receiver):
             return Outcome(ok=False, error=f"cannot build request: {exc}", reached=False)
         url = self.url_for(delivery)
         try:
-            resp = self.ctx.session.post(url, data=body, headers=headers,
+            resp = self.ctx.http().post(url, data=body, headers=headers,
                                          timeout=self.action.timeout, allow_redirects=False)
         except requests.ConnectTimeout:
             return Outcome(ok=False, retryable=True, reached=False,
