@@ -41,7 +41,8 @@ print(",".join(m for m in {HEAVY!r} if m in sys.modules))
 def test_a_node_scraping_plain_http_servers_never_imports_requests(tmp_path: Path) -> None:
     """``requests`` (~4 MiB of RSS) is for https, credentials, redirects and deliveries:
     a daemon whose servers are plain http (fetched with libcurl) and that has no
-    receiver runs its cycles, alert rules and delivery threads without importing it."""
+    receiver runs its cycles, alert rules and delivery threads without importing it.
+    prometheus_client (~1.8 MiB) it never imports: it writes the text format itself."""
     fixture = Path(__file__).parent / "fixtures" / "metrics" / "vllm-0.32-cpu-after-load.prom"
     code = """
 import socket, sys, threading
@@ -85,7 +86,8 @@ try:
         assert any(s.signal == "kv_cache_usage_ratio" for s in samples)
 finally:
     daemon.shutdown()
-print(",".join(m for m in ("requests", "charset_normalizer", "certifi") if m in sys.modules))
+print(",".join(m for m in ("requests", "charset_normalizer", "certifi", "prometheus_client")
+               if m in sys.modules))
 """.replace("FIXTURE", repr(str(fixture))).replace("DATABASE", repr(str(tmp_path / "gw.db")))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=False)

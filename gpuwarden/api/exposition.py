@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gpuwarden import __version__
-from gpuwarden.api.textformat import family_header, go_float, line_prefix
+from gpuwarden.api.textformat import family_header, line_prefix
 from gpuwarden.model import Labels, Sample, SelfMetric
+from gpuwarden.promql.gofloat import go_float
 from gpuwarden.signals import SIGNALS, Kind
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import resource
 
-from gpuwarden.api.textformat import go_float
+from gpuwarden.promql.gofloat import go_float
 
 PREFIX = "gpuwarden_process_"
 

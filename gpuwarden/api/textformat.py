@@ -1,8 +1,8 @@
 """The Prometheus text format (0.0.4) as prometheus_client's ``generate_latest`` prints it.
 
-Values as Go prints floats, names with the runes the classic format cannot spell turned
-into '_', label values and help texts escaped, and a family's ``# HELP``/``# TYPE`` lines
-with the client's munging of types and names. ``exposition.py`` and
+Values as Go prints floats (``promql/gofloat.py``), names with the runes the classic
+format cannot spell turned into '_', label values and help texts escaped, and a family's
+``# HELP``/``# TYPE`` lines with the client's munging of types and names. ``exposition.py`` and
 ``process_metrics.py`` write ``/metrics`` with these; the test in
 tests/api/test_exposition_reference.py compares the result with prometheus_client's.
 """
@@ -19,19 +19,6 @@ _LEGACY_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LEGACY_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _NOT_METRIC_RUNE = re.compile(r"[^a-zA-Z0-9_:]")
 _NOT_LABEL_RUNE = re.compile(r"[^a-zA-Z0-9_]")
-
-
-def go_float(value: float) -> str:
-    """A float as Go prints it in the text format (prometheus_client's floatToGoString)."""
-    d = float(value)
-    s = repr(d)
-    if s[-1] in "fn":  # inf, -inf, nan
-        return "+Inf" if s == "inf" else "-Inf" if s == "-inf" else "NaN"
-    if d > 0 and len(s) > 7 and (dot := s.find(".")) > 6:
-        # Go switches to exponents sooner than Python.
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return s
 
 
 def _metric_name(name: str) -> str:

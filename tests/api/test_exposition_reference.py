@@ -25,13 +25,13 @@ from prometheus_client.registry import Collector as PromCollector
 from gpuwarden import __version__
 from gpuwarden.api.exposition import Exposition, Snapshot
 from gpuwarden.api.process_metrics import ProcessMetrics
-from gpuwarden.api.textformat import go_float
 from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.collector.servers.base import map_exposition
 from gpuwarden.collector.sim import SimulatedGpuCollector
 from gpuwarden.daemon.self_metrics import CycleStats, cycle_metrics
 from gpuwarden.model import Sample, SelfMetric, make_labels
+from gpuwarden.promql.gofloat import go_float
 from gpuwarden.signals import SIGNALS, Kind
 
 PAYLOAD = Path(__file__).resolve().parent.parent / "fixtures" / "metrics" / \

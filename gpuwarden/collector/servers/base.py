@@ -73,20 +73,8 @@ from gpuwarden.collector.servers.table import (
 )
 from gpuwarden.model import Labels, Sample, make_labels
 from gpuwarden.promql.buckets import parse_le
+from gpuwarden.promql.gofloat import go_float
 from gpuwarden.signals import Kind
-
-
-def _format_le(le: float) -> str:
-    """prometheus-client's own rendering of a bound ("0.001", "1.0", "+Inf"), so that
-    stored ``le`` values read exactly as gpuwarden's exposition prints them.
-
-    Imported on first use (each label tuple is built once and cached): prometheus_client
-    costs ~20 ms of the daemon's start-up, before its first sample is stored.
-    """
-    from prometheus_client.utils import floatToGoString
-
-    return str(floatToGoString(le))  # type: ignore[no-untyped-call]
-
 
 # An info label's number: plain decimal or exponent notation, no sign (sizes, counts and
 # fractions are never negative), so "None", "", "auto", "-1", "nan", "inf" and Python's
@@ -244,7 +232,7 @@ class _OutputLabels:
         if got is None:
             if len(self._buckets) >= _CACHE_MAX:
                 self._buckets.clear()
-            got = make_labels(self._base, model=model, le=_format_le(le))
+            got = make_labels(self._base, model=model, le=go_float(le))
             self._buckets[(model, le)] = got
         return got
 
