@@ -196,6 +196,9 @@ def learn(text: str, exp: Exposition, only: frozenset[str] | None) -> Template |
                 const.append(i)  # the verification below fails if this was a sample
         line = end
     const.extend(range(line, len(lines)))  # the empty piece after the last newline
+    # One slice object per prefix length, not per line (56 bytes each; a 280 KB payload
+    # has ~6,500 sample lines and a few hundred distinct prefix lengths).
+    by_length: dict[int, slice] = {}
     template = Template(
         only=only,
         n_lines=len(lines),
@@ -203,7 +206,8 @@ def learn(text: str, exp: Exposition, only: frozenset[str] | None) -> Template |
         const_lines=tuple(lines[i] for i in const),
         checked_get=_getter(checked + free),  # type: ignore[arg-type]
         prefixes=tuple(prefixes + free_prefixes),
-        value_slices=tuple(slice(len(p), None) for p in prefixes),
+        value_slices=tuple(by_length.setdefault(len(p), slice(len(p), None))
+                           for p in prefixes),
         layout=tuple((name, tuple(raws), tuple(slots), _getter(slots))  # type: ignore[misc]
                      for name, (raws, slots) in names.items()),
         types=dict(exp.types),
