@@ -24,8 +24,8 @@ kept for ``memory_window``, the head holds at most
 - uncut entries: the cycles since the last boundary, ``chunk_span / interval + 1`` of
   them, at ``S x 16`` bytes (int64 timestamp + float64 value; the id array is shared by
   cycles with the same series set) plus ``ENTRY_OVERHEAD`` bytes of objects each; a
-  worst case: paged cycles keep their timestamps by group, usually ~8 bytes a sample
-  less (:class:`Page`);
+  worst case: paged cycles keep their timestamps, and the values of series that did
+  not change, by group (:class:`Page`), usually 8 bytes a sample or more less;
 - blocks: ``memory_window + chunk_span`` of cut samples (a block is evicted once its
   newest sample is older than the window), ``S x (memory_window + chunk_span) /
   interval`` samples at the chunks' compressed size (``CHUNK_SAMPLE_BYTES``: 1-3 bytes a
@@ -68,13 +68,13 @@ CHUNK_OVERHEAD = 96
 class Part:
     """Samples of one cycle with unique local series ids, sorted by id.
 
-    ``ts`` is None once the part's entry is paged: the page keeps its timestamps by
-    group (:class:`Page`), and :func:`part_ts` derives them.
+    ``ts`` and ``vals`` are None once the part's entry is paged: the page keeps them by
+    group (:class:`Page`), and :func:`part_ts` and :func:`part_vals` derive them.
     """
 
     ids: I64Array
     ts: I64Array | None
-    vals: F64Array
+    vals: F64Array | None
 
 
 @dataclass(slots=True, eq=False)
@@ -92,11 +92,11 @@ class Entry:
     def columns(self) -> tuple[I64Array, I64Array, F64Array]:
         if len(self.parts) == 1:
             p = self.parts[0]
-            return p.ids, part_ts(self, p), p.vals
+            return p.ids, part_ts(self, p), part_vals(self, p)
         return (
             np.concatenate([p.ids for p in self.parts]),
             np.concatenate([part_ts(self, p) for p in self.parts]),
-            np.concatenate([p.vals for p in self.parts]),
+            np.concatenate([part_vals(self, p) for p in self.parts]),
         )
 
 
@@ -114,6 +114,17 @@ def part_ts(entry: Entry, part: Part, sel: slice | I64Array | None = None) -> I6
         row: I64Array = pg.stamps[entry.row]
         return row[pg.group if sel is None else pg.group[sel]]
     return ts if sel is None else ts[sel]
+
+
+def part_vals(entry: Entry, part: Part, sel: slice | I64Array | None = None) -> F64Array:
+    """The values of ``part``, or of its samples ``sel`` (as :func:`part_ts`)."""
+    vals = part.vals
+    if vals is None:
+        pg = entry.page
+        assert pg is not None
+        row: F64Array = pg.columns[entry.row]
+        return row[pg.vgroup if sel is None else pg.vgroup[sel]]
+    return vals if sel is None else vals[sel]
 
 
 @dataclass(slots=True, eq=False)
@@ -134,22 +145,28 @@ class Block:
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
 class Page:
-    """Consecutive uncut cycles of one series set, as (cycle x series) matrices.
+    """Consecutive uncut cycles of one series set, as (cycle x series) matrices kept by
+    distinct column.
 
-    Its ``rows`` entries (consecutive, in write order) each hold one part whose
-    ``vals`` are a row of ``vals`` here, so a query gathers a page's samples with one
-    fancy index instead of one per cycle. Timestamps are kept by group: series whose
-    timestamps are the same in every row of the page (those of one scrape: a server's
-    series all carry its scrape's time) share a column of ``stamps`` (cycle x group),
-    and ``group`` gives each series' column, so the timestamp of series ``j`` in row
-    ``r`` is ``stamps[r, group[j]]``. A node's few sources make a few groups: the
-    page's timestamps cost ~4 bytes a series instead of 8 a sample (6.6 of the 13 MiB
-    a 280 KB-payload node's uncut cycles held). Where no two series share their
-    timestamps, ``group`` is every series' own column (no saving, no loss). Entries are only ever
-    appended after and removed from the store's list, so finding row 0 ``rows - 1``
-    places before the last row means the whole page is still there. The page does not
-    point back at its entries: no reference cycle, so a cut page is freed at once
-    rather than at the cyclic collector's next full pass.
+    Its ``rows`` entries (consecutive, in write order) each hold one part whose samples
+    are a row here, so a query gathers a page's samples with one fancy index instead of
+    one per cycle. Series whose timestamps are the same in every row of the page (those
+    of one scrape: a server's series all carry its scrape's time) share a column of
+    ``stamps`` (cycle x group), and ``group`` gives each series' column: the timestamp
+    of series ``j`` in row ``r`` is ``stamps[r, group[j]]``. Values likewise: series
+    whose values are bit for bit the same in every row share a column of ``columns``
+    through ``vgroup`` (a counter that did not move, the buckets of a model with no
+    traffic, a histogram's empty low buckets). A node's few sources make a few
+    timestamp groups, so a page's timestamps cost ~4 bytes a series instead of 8 a
+    sample; values cost 8 bytes a sample for series that changed, 4 bytes a series for
+    those that did not (up to half of the 25 MiB of uncut cycles a 280 KB-payload node
+    holds just before a cut, 6,744 series). Where no two series share anything, each
+    keeps its own column (no saving, no loss).
+
+    Entries are only ever appended after and removed from the store's list, so finding
+    row 0 ``rows - 1`` places before the last row means the whole page is still there.
+    The page does not point back at its entries: no reference cycle, so a cut page is
+    freed at once rather than at the cyclic collector's next full pass.
     ``reach`` is the newest ``t_max`` of this page and every entry older than it when
     the page was made: a query going backwards stops at a page whose reach is before
     its range.
@@ -158,7 +175,8 @@ class Page:
     ids: I64Array
     stamps: I64Array
     group: I32Array
-    vals: F64Array
+    columns: F64Array
+    vgroup: I32Array
     rows: int
     t_min: int
     t_max: int
@@ -168,17 +186,22 @@ class Page:
         """The (cycle x series) timestamps of the series at positions ``idx``."""
         return self.stamps[:, self.group[idx]]
 
+    def vals(self, idx: I64Array) -> F64Array:
+        """The (cycle x series) values of the series at positions ``idx``."""
+        return self.columns[:, self.vgroup[idx]]
 
-def timestamp_groups(ts: I64Array) -> tuple[I64Array, I32Array]:
-    """(stamps, group) of a (cycle x series) timestamp matrix: ``stamps[:, group]`` is
-    ``ts``, and series share a column of ``stamps`` when their timestamps are equal in
-    every row (see :class:`Page`)."""
-    n = ts.shape[1]
+
+def column_groups(matrix: I64Array) -> tuple[I64Array, I32Array]:
+    """(distinct, group) of a (cycle x series) matrix: ``distinct[:, group]`` is
+    ``matrix``, and series share a column of ``distinct`` when they are equal in every
+    row (see :class:`Page`; float values are compared as their int64 bit patterns, so
+    -0.0 and 0.0, and NaNs of other payloads, stay apart)."""
+    n = matrix.shape[1]
     if n == 0:
-        return ts, np.empty(0, np.int32)
+        return matrix, np.empty(0, np.int32)
     # Rows are few (a page's) and series many: sort the columns by every row.
-    order = np.lexsort(ts[::-1])
-    srt = ts[:, order]
+    order = np.lexsort(matrix[::-1])
+    srt = matrix[:, order]
     new = np.empty(n, bool)
     new[0] = True
     np.any(srt[:, 1:] != srt[:, :-1], axis=0, out=new[1:])
@@ -243,7 +266,7 @@ def cut_slices(
     for a in range(0, int(first.size), step):
         b = min(a + step, int(first.size))
         ts2 = np.stack([part_ts(e, e.parts[0], slice(a, b)) for e in entries])
-        vals2 = np.stack([e.parts[0].vals[a:b] for e in entries])
+        vals2 = np.stack([part_vals(e, e.parts[0], slice(a, b)) for e in entries])
         lids = np.repeat(first[a:b], n)
         if n < 2 or bool((ts2[1:] >= ts2[:-1]).all()):
             yield lids, ts2.T.reshape(-1), vals2.T.reshape(-1)
@@ -269,22 +292,22 @@ def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int = PAGE_RO
     def close() -> None:
         nonlocal paged, reach
         if len(run) > 1:
-            stamps, group = timestamp_groups(np.stack([part_ts(e, e.parts[0]) for e in run]))
-            vals = np.stack([e.parts[0].vals for e in run])
+            stamps, group = column_groups(np.stack([part_ts(e, e.parts[0]) for e in run]))
+            bits, vgroup = column_groups(
+                np.stack([part_vals(e, e.parts[0]) for e in run]).view(np.int64))
             t_max = max(e.t_max for e in run)
             reach = max(reach, t_max)
-            page = Page(run[0].parts[0].ids, stamps, group, vals, len(run),
-                        min(e.t_min for e in run), t_max, reach)
+            page = Page(run[0].parts[0].ids, stamps, group, bits.view(np.float64), vgroup,
+                        len(run), min(e.t_min for e in run), t_max, reach)
             for k, e in enumerate(run):
                 part = e.parts[0]
-                part.vals = vals[k]
-                # Row and page first, timestamps dropped last: compact() runs on the
-                # store's writer thread while queries read entries on others; whoever
-                # sees ``page`` must see its ``row``, and a part without ``ts`` its page
-                # (``part_ts``).
+                # Row and page first, samples dropped last: compact() runs on the store's
+                # writer thread while queries read entries on others; whoever sees
+                # ``page`` must see its ``row``, and a part without samples its page
+                # (``part_ts``, ``part_vals``).
                 e.row = k
                 e.page = page
-                part.ts = None
+                part.ts = part.vals = None
             paged += len(run)
         else:
             reach = max([reach, *(e.t_max for e in run)])
@@ -447,7 +470,7 @@ class Gathered:
                 if hit.size:
                     self.targets.append(np.tile(order[hit], pg.rows))
                     self.ts.append(pg.ts(idx).reshape(-1))
-                    self.vals.append(pg.vals[:, idx].reshape(-1))
+                    self.vals.append(pg.vals(idx).reshape(-1))
                 continue
             j -= 1
             if e.t_max < lo or e.t_min > hi:
@@ -459,7 +482,7 @@ class Gathered:
                 if hit.size:
                     self.targets.append(order[hit])
                     self.ts.append(part_ts(e, p, idx))
-                    self.vals.append(p.vals[idx])
+                    self.vals.append(part_vals(e, p, idx))
 
     def to_series(
         self, signal: str, keys: Sequence[Labels], start: float, end: float
@@ -537,10 +560,10 @@ def newest(
                 return out
             hit, idx = _locate(p.ids, want)
             fresh = ~found[hit]
-            ts = part_ts(e, p, idx[fresh])
-            for j, i, t in zip(hit[fresh].tolist(), idx[fresh].tolist(), ts.tolist(),
-                               strict=True):
-                out[int(want[j])] = (t, float(p.vals[i]))
+            ts = part_ts(e, p, idx[fresh]).tolist()
+            vals = part_vals(e, p, idx[fresh]).tolist()
+            for j, t, v in zip(hit[fresh].tolist(), ts, vals, strict=True):
+                out[int(want[j])] = (t, v)
             found[hit] = True
     # Series not written since the last cut (a server gone quiet): its last chunk.
     for b in blocks_newest_first:
@@ -588,9 +611,10 @@ def head_bytes(entries: Iterable[Entry], blocks: Iterable[Block]) -> tuple[int, 
         pg = e.page
         if pg is not None and id(pg) not in seen:
             seen.add(id(pg))
-            uncut += pg.stamps.nbytes + pg.group.nbytes
+            uncut += pg.stamps.nbytes + pg.group.nbytes + pg.columns.nbytes + pg.vgroup.nbytes
         for p in e.parts:
-            uncut += p.vals.nbytes + (p.ts.nbytes if p.ts is not None else 0)
+            uncut += (p.ts.nbytes if p.ts is not None else 0) + (
+                p.vals.nbytes if p.vals is not None else 0)
             if id(p.ids) not in seen:
                 seen.add(id(p.ids))
                 uncut += p.ids.nbytes
