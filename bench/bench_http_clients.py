@@ -36,8 +36,7 @@ ACCEPT = {"Accept": "text/plain;version=0.0.4;q=1.0, */*;q=0.1"}
 #: The payload servers' process: prints its ports, serves until stdin closes.
 SERVE = """
 import sys
-from bench.bench_daemon import PAYLOAD, serve_payloads
-from bench.bench_vs_prometheus import AdvancingPayload
+from bench.bench_daemon import PAYLOAD, AdvancingPayload, serve_payloads
 body = PAYLOAD.read_text()
 servers = [s for _ in range(int(sys.argv[1]))
            for s in serve_payloads(AdvancingPayload(body).render, 1)]

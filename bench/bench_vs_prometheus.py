@@ -33,21 +33,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-from bench.bench_daemon import PAYLOAD, cpu_seconds, free_port, metric, rss_mib, serve_payloads
+from bench.bench_daemon import (
+    PAYLOAD,
+    AdvancingPayload,
+    cpu_seconds,
+    free_port,
+    metric,
+    rss_mib,
+    serve_payloads,
+)
 
 #: Prometheus rules equivalent to gpuwarden's server-side default rules (the ones with a
 #: PromQL form; ``gpuwarden rules export`` writes the same rules over gpuwarden's names).
@@ -84,34 +90,6 @@ groups:
     expr: delta(vllm:num_requests_waiting[1m]) > 5 and delta(vllm:num_requests_running[1m]) < 1
     for: 30s
 """
-
-_COUNTER_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*?(?:_total|_count|_sum|_bucket))"
-                           r"(\{[^}]*\})? (\S+)$")
-
-
-class AdvancingPayload:
-    """The recorded scrape with every counter and histogram series advanced by one per
-    GET (each histogram gains one observation in its first bucket, so buckets stay
-    cumulative), as a server under steady traffic reports it."""
-
-    def __init__(self, text: str) -> None:
-        self._parts: list[tuple[str, float | None]] = []
-        for line in text.splitlines():
-            m = _COUNTER_LINE.match(line)
-            if m and not line.startswith("#"):
-                self._parts.append((line[: m.start(3)], float(m.group(3))))
-            else:
-                self._parts.append((line, None))
-        self._gets = 0
-        self._lock = threading.Lock()
-
-    def render(self) -> bytes:
-        with self._lock:
-            self._gets += 1
-            k = self._gets
-        out = [head if base is None else f"{head}{base + k!r}" for head, base in self._parts]
-        return ("\n".join(out) + "\n").encode()
-
 
 @dataclass
 class Reading:
