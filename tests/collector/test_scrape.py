@@ -485,17 +485,19 @@ def test_the_daemons_session_fetches_without_requests(http: _Server,
         assert http.requests == 3
 
 
-def test_a_redirect_is_followed_by_requests(http: _Server, session: requests.Session) -> None:
-    def run(h: BaseHTTPRequestHandler) -> None:
-        if h.path == "/metrics":
-            h.send_response(302)
-            h.send_header("Location", "/real-metrics")
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-        else:
-            serve(KV_PRESSURE)(h)
+def redirect_to_real_metrics(h: BaseHTTPRequestHandler) -> None:
+    """``/metrics`` answers 302 to ``/real-metrics``, which serves the payload."""
+    if h.path == "/metrics":
+        h.send_response(302)
+        h.send_header("Location", "/real-metrics")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+    else:
+        serve(KV_PRESSURE)(h)
 
-    http.behaviour = run
+
+def test_a_redirect_is_followed_by_requests(http: _Server, session: requests.Session) -> None:
+    http.behaviour = redirect_to_real_metrics
     c = make(session, url(http))
     for _ in range(2):
         out = c.collect()
@@ -525,16 +527,7 @@ def test_a_session_maker_is_called_only_when_requests_must_fetch(http: _Server) 
     assert made == []
     assert seen["user-agent"] == SCRAPE_USER_AGENT
 
-    def redirect(h: BaseHTTPRequestHandler) -> None:
-        if h.path == "/metrics":
-            h.send_response(302)
-            h.send_header("Location", "/real-metrics")
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-        else:
-            serve(KV_PRESSURE)(h)
-
-    http.behaviour = redirect
+    http.behaviour = redirect_to_real_metrics
     try:
         assert up(c.collect()) == 1.0, c.last_error
         assert len(made) == 1 and c.session is made[0]
