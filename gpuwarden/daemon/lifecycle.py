@@ -48,7 +48,7 @@ from gpuwarden.daemon.schedule import (
 from gpuwarden.daemon.sdnotify import SystemdNotifier
 from gpuwarden.errors import ConfigError, GpuwardenError, InstanceLocked, StoreError
 from gpuwarden.model import Sample
-from gpuwarden.native_memory import PeriodicTrim, limit_arenas
+from gpuwarden.native_memory import PeriodicTrim, fix_mmap_threshold, limit_arenas
 from gpuwarden.ratelog import RateLimitedLog
 from gpuwarden.wakeup import WakeupPair
 
@@ -66,6 +66,8 @@ SHUTDOWN_FLUSH_S = 5.0
 DELIVERY_STOP_S = 3.0
 #: glibc malloc arenas for the whole process (default: 8 per core), see native_memory.
 MALLOC_ARENAS = 2
+#: Blocks from this size get their own mapping, returned when freed (native_memory).
+MMAP_THRESHOLD_BYTES = 256 * 1024
 #: Seconds between two hand-backs of freed memory after a cycle (native_memory).
 TRIM_EVERY_S = 10.0
 
@@ -208,6 +210,7 @@ class Daemon:
         nothing.
         """
         limit_arenas(MALLOC_ARENAS)  # before the threads: see native_memory
+        fix_mmap_threshold(MMAP_THRESHOLD_BYTES)
         cycle = self.cycle
         first: FirstCycle | None = None
         store = cycle.store
