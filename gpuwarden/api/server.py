@@ -17,6 +17,7 @@ import json
 import logging
 import selectors
 import socket
+import socketserver
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,6 +153,15 @@ class _Server(ThreadingHTTPServer):
         self._stop_requested = False
         self._stopped = threading.Event()
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind, without ``HTTPServer``'s reverse DNS lookup of the listen address
+        (``socket.getfqdn``, for a ``server_name`` nothing here reads): a node whose
+        resolver is slow or away would wait for it before serving its first scrape, and
+        the lookup loads the IDNA codec and unicodedata (~0.8 MiB) for good."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """socketserver's loop without its poll (module doc): handle connections until

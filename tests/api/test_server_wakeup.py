@@ -114,3 +114,21 @@ def test_serve_again_after_shutdown(wakeups: list[float]) -> None:
         loop.join(10)
     finally:
         srv.server_close()
+
+
+def test_binding_does_not_look_the_address_up_in_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPServer's own bind does a reverse DNS lookup of the listen address: a node
+    whose resolver hangs would not answer its first scrape until it timed out."""
+    looked_up: list[object] = []
+
+    def resolver(*args: object) -> tuple[str, list[str], list[str]]:
+        looked_up.append(args)
+        raise AssertionError("reverse DNS lookup at bind")
+
+    monkeypatch.setattr(socket, "gethostbyaddr", resolver)
+    http = started()
+    try:
+        assert requests.get(f"http://127.0.0.1:{http.port}/healthz", timeout=5).ok
+        assert looked_up == []
+    finally:
+        stop_within(http, 10)
