@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -109,10 +110,7 @@ def part_ts(entry: Entry, part: Part, sel: slice | I64Array | None = None) -> I6
     """
     ts = part.ts
     if ts is None:
-        pg = entry.page
-        assert pg is not None
-        row: I64Array = pg.stamps[entry.row]
-        return row[pg.group if sel is None else pg.group[sel]]
+        return _page(entry).ts.row(entry.row, sel)
     return ts if sel is None else ts[sel]
 
 
@@ -120,11 +118,15 @@ def part_vals(entry: Entry, part: Part, sel: slice | I64Array | None = None) -> 
     """The values of ``part``, or of its samples ``sel`` (as :func:`part_ts`)."""
     vals = part.vals
     if vals is None:
-        pg = entry.page
-        assert pg is not None
-        row: F64Array = pg.columns[entry.row]
-        return row[pg.vgroup if sel is None else pg.vgroup[sel]]
+        return _page(entry).vals.row(entry.row, sel)
     return vals if sel is None else vals[sel]
+
+
+def _page(entry: Entry) -> Page:
+    """The page of an entry whose part has dropped its samples (:func:`compact`)."""
+    pg = entry.page
+    assert pg is not None
+    return pg
 
 
 @dataclass(slots=True, eq=False)
@@ -150,17 +152,15 @@ class Page:
 
     Its ``rows`` entries (consecutive, in write order) each hold one part whose samples
     are a row here, so a query gathers a page's samples with one fancy index instead of
-    one per cycle. Series whose timestamps are the same in every row of the page (those
-    of one scrape: a server's series all carry its scrape's time) share a column of
-    ``stamps`` (cycle x group), and ``group`` gives each series' column: the timestamp
-    of series ``j`` in row ``r`` is ``stamps[r, group[j]]``. Values likewise: series
-    whose values are bit for bit the same in every row share a column of ``columns``
-    through ``vgroup`` (a counter that did not move, the buckets of a model with no
-    traffic, a histogram's empty low buckets). A node's few sources make a few
-    timestamp groups, so a page's timestamps cost ~4 bytes a series instead of 8 a
-    sample; values cost 8 bytes a sample for series that changed, 4 bytes a series for
-    those that did not (up to half of the 25 MiB of uncut cycles a 280 KB-payload node
-    holds just before a cut, 6,744 series). Where no two series share anything, each
+    one per cycle. Both matrices are :class:`Grouped`: series whose timestamps are the
+    same in every row of the page (those of one scrape: a server's series all carry its
+    scrape's time) share a column of ``ts``; series whose values are bit for bit the
+    same in every row share a column of ``vals`` (a counter that did not move, the
+    buckets of a model with no traffic, a histogram's empty low buckets). A node's few
+    sources make a few timestamp groups, so a page's timestamps cost ~4 bytes a series
+    instead of 8 a sample; values cost 8 bytes a sample for series that changed, 4 bytes
+    a series for those that did not (up to half of the 25 MiB of uncut cycles a 280
+    KB-payload node holds just before a cut, 6,744 series). Where no two series share anything, each
     keeps its own column (no saving, no loss).
 
     Entries are only ever appended after and removed from the store's list, so finding
@@ -173,22 +173,37 @@ class Page:
     """
 
     ids: I64Array
-    stamps: I64Array
-    group: I32Array
-    columns: F64Array
-    vgroup: I32Array
+    ts: Grouped[np.int64]
+    vals: Grouped[np.float64]
     rows: int
     t_min: int
     t_max: int
     reach: int
 
-    def ts(self, idx: I64Array) -> I64Array:
-        """The (cycle x series) timestamps of the series at positions ``idx``."""
-        return self.stamps[:, self.group[idx]]
 
-    def vals(self, idx: I64Array) -> F64Array:
-        """The (cycle x series) values of the series at positions ``idx``."""
-        return self.columns[:, self.vgroup[idx]]
+_Item = TypeVar("_Item", np.int64, np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class Grouped(Generic[_Item]):
+    """A (cycle x series) matrix kept by distinct column: series ``j``'s column is
+    ``distinct[:, group[j]]`` (:func:`column_groups`)."""
+
+    distinct: npt.NDArray[_Item]
+    group: I32Array
+
+    def columns(self, idx: I64Array) -> npt.NDArray[_Item]:
+        """The (cycle x series) matrix of the series at positions ``idx``."""
+        return self.distinct[:, self.group[idx]]
+
+    def row(self, r: int, sel: slice | I64Array | None = None) -> npt.NDArray[_Item]:
+        """Row ``r`` of every series, or of the series at positions ``sel``."""
+        row: npt.NDArray[_Item] = self.distinct[r]
+        return row[self.group if sel is None else self.group[sel]]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.distinct.nbytes + self.group.nbytes)
 
 
 def column_groups(matrix: I64Array) -> tuple[I64Array, I32Array]:
@@ -292,13 +307,14 @@ def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int = PAGE_RO
     def close() -> None:
         nonlocal paged, reach
         if len(run) > 1:
-            stamps, group = column_groups(np.stack([part_ts(e, e.parts[0]) for e in run]))
-            bits, vgroup = column_groups(
+            ts = Grouped(*column_groups(np.stack([part_ts(e, e.parts[0]) for e in run])))
+            bits, group = column_groups(
                 np.stack([part_vals(e, e.parts[0]) for e in run]).view(np.int64))
+            vals = Grouped(bits.view(np.float64), group)
             t_max = max(e.t_max for e in run)
             reach = max(reach, t_max)
-            page = Page(run[0].parts[0].ids, stamps, group, bits.view(np.float64), vgroup,
-                        len(run), min(e.t_min for e in run), t_max, reach)
+            page = Page(run[0].parts[0].ids, ts, vals, len(run),
+                        min(e.t_min for e in run), t_max, reach)
             for k, e in enumerate(run):
                 part = e.parts[0]
                 # Row and page first, samples dropped last: compact() runs on the store's
@@ -469,8 +485,8 @@ class Gathered:
                     hit, idx = _locate(pg.ids, want)
                 if hit.size:
                     self.targets.append(np.tile(order[hit], pg.rows))
-                    self.ts.append(pg.ts(idx).reshape(-1))
-                    self.vals.append(pg.vals(idx).reshape(-1))
+                    self.ts.append(pg.ts.columns(idx).reshape(-1))
+                    self.vals.append(pg.vals.columns(idx).reshape(-1))
                 continue
             j -= 1
             if e.t_max < lo or e.t_min > hi:
@@ -611,7 +627,7 @@ def head_bytes(entries: Iterable[Entry], blocks: Iterable[Block]) -> tuple[int, 
         pg = e.page
         if pg is not None and id(pg) not in seen:
             seen.add(id(pg))
-            uncut += pg.stamps.nbytes + pg.group.nbytes + pg.columns.nbytes + pg.vgroup.nbytes
+            uncut += pg.ts.nbytes + pg.vals.nbytes
         for p in e.parts:
             uncut += (p.ts.nbytes if p.ts is not None else 0) + (
                 p.vals.nbytes if p.vals is not None else 0)
