@@ -20,12 +20,13 @@ Delivery must not wait on the database. The dispatcher's log is ``background=Tru
 order, up to 500 rows per transaction. A PostgreSQL that hangs (processes stopped: the
 TCP connection open, no answer) then stalls only that thread; alerts keep being sent.
 A transient failure (connection lost, timeout, locked SQLite) keeps the batch and
-retries it with backoff (0.5 s doubling to 30 s), so rows reach the table in the order
-they were made once the database answers; a permanent one (a constraint, a bad
-statement) drops the rows it concerns. Rows that do not fit in a full queue are
-dropped: counted (``dropped_total``, ``errors_total``) and logged at most once a
-minute. The command line's log (``gpuwarden audit``, ``actions replay``) writes
-synchronously (retried once, then logged and counted).
+retries it with backoff (0.5 s doubling to 30 s), with a warning at most once a minute,
+so rows reach the table in the order they were made once the database answers; a
+permanent one (a constraint, a bad statement) drops the rows it concerns, with an
+error. Rows that do not fit in a full queue are dropped: counted (``dropped_total``,
+``errors_total``) and logged at most once a minute. The command line's log
+(``gpuwarden audit``, ``actions replay``) writes synchronously (retried once, then
+logged and counted).
 """
 
 from __future__ import annotations
@@ -322,10 +323,16 @@ class AuditLog:
             loud = now - self._last_error_log >= 60
             if loud:
                 self._last_error_log = now
-        if loud:
-            log.error("audit/dead-letter write failed (%s): %s", type(exc).__name__,
-                      f"{rows} rows kept, retrying" if retrying
-                      else f"{self.errors_total} rows lost so far")
+        if not loud:
+            return
+        # Kept rows are a wait (a SQLite busy with the store's chunk cut, a database
+        # restarting), logged like the store's own kept samples; lost rows are an error.
+        if retrying:
+            log.warning("audit/dead-letter write failed (%s): %d rows kept, retrying",
+                        type(exc).__name__, rows)
+        else:
+            log.error("audit/dead-letter write failed (%s): %d rows lost so far",
+                      type(exc).__name__, self.errors_total)
 
     def _write(self, fn: Callable[[Connection], object]) -> bool:
         for attempt in (1, 2):

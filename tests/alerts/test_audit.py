@@ -3,8 +3,11 @@ and PostgreSQL (the ``backend`` fixture of the storage tests)."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
+
+import pytest
 
 from gpuwarden.alerts.audit import AuditLog, target_text
 from gpuwarden.alerts.receivers.base import RetryPolicy
@@ -93,3 +96,31 @@ def test_full_audit_queue_drops_and_counts_instead_of_blocking(dstore: Store) ->
     small.close(1)
     kept = [r.fingerprint for r in AuditLog(dstore.engine).query(since=T0 - 1)]
     assert kept == [f"g{i:02d}" for i in range(5)]
+
+
+def test_locked_store_is_a_warning_and_keeps_the_rows(dstore: Store,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite busy with another writer (the store's chunk cut, here another process's
+    transaction) past the busy timeout: the rows wait and land in order once it is
+    free; the log says so as a warning, not an error (nothing was lost)."""
+    blocker = sqlite3.connect(str(dstore.engine.url.database), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    log = AuditLog(dstore.engine, clock=lambda: T0, background=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gpuwarden.alerts.audit"):
+            for i in range(3):
+                log.record(action="hook", result="sent", fingerprint=f"w{i}")
+            deadline = time.monotonic() + 10
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.02)
+            blocker.execute("ROLLBACK")
+            assert log.flush(20)
+    finally:
+        blocker.close()
+        log.close(5)
+    assert [r.fingerprint for r in AuditLog(dstore.engine).query(since=T0 - 1)] == [
+        "w0", "w1", "w2"]
+    assert log.errors_total == 0
+    levels = {r.levelname for r in caplog.records}
+    assert levels == {"WARNING"}, caplog.text
+    assert "3 rows kept, retrying" in caplog.text
