@@ -62,11 +62,12 @@ def fix_mmap_threshold(nbytes: int) -> bool:
     """Blocks of ``nbytes`` or more get their own mapping from now on, for good.
 
     glibc starts at 128 KiB but raises the threshold to the size of each mapped block
-    freed (up to 32 MiB), so once the store has freed one page of the head (64 cycles
-    x series x 8 bytes: 3.4 MiB at 280 KB payloads) every block below that size comes
-    from the heap, where the long-lived ones (the next pages, a cut's blocks) pin the
-    holes the cycle's short-lived ones leave: the heap grew to ~55 MiB with 23 MiB of it
-    free at 280 KB payloads. A fixed threshold keeps big blocks out of the heap.
+    freed (up to 32 MiB), so once the store has freed a page of the head (its rows x
+    series x 8 bytes: 3.4 MiB at 280 KB payloads with 64-row pages) every block below
+    that size comes from the heap, where the long-lived ones (the next pages, a cut's
+    blocks) pin the holes the cycle's short-lived ones leave: the heap grew to ~55 MiB
+    with 23 MiB of it free at 280 KB payloads. A fixed threshold keeps big blocks out of
+    the heap.
     """
     libc = _libc()
     return bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, nbytes))

@@ -160,8 +160,8 @@ class Page:
     sources make a few timestamp groups, so a page's timestamps cost ~4 bytes a series
     instead of 8 a sample; values cost 8 bytes a sample for series that changed, 4 bytes
     a series for those that did not (up to half of the 25 MiB of uncut cycles a 280
-    KB-payload node holds just before a cut, 6,744 series). Where no two series share anything, each
-    keeps its own column (no saving, no loss).
+    KB-payload node holds just before a cut, 6,744 series). Where no two series share
+    anything, each keeps its own column (no saving, no loss).
 
     Entries are only ever appended after and removed from the store's list, so finding
     row 0 ``rows - 1`` places before the last row means the whole page is still there.
@@ -225,8 +225,22 @@ def column_groups(matrix: I64Array) -> tuple[I64Array, I32Array]:
     return np.ascontiguousarray(srt[:, new]), group
 
 
-#: Rows a page is made of (fewer where a chunk window or the series set ends first).
+#: Rows a page is made of (fewer where a chunk window or the series set ends first),
+#: at most; :func:`page_rows` takes fewer for cycles of many series.
 PAGE_ROWS = 64
+#: Rows a page is made of, at least.
+MIN_PAGE_ROWS = 16
+#: Bytes of cycles not yet paged (16 bytes a sample) that a page's rows may hold:
+#: 64-row pages let the tail of a 280 KB-payload node (6,744 series) reach 6.8 MiB
+#: before each paging, 16-row ones 1.6 MiB. Small nodes keep 64-row pages, so that a
+#: minute-long query at a 100 ms interval walks 10 pages rather than 40.
+PAGE_TAIL_BYTES = 1 << 20
+
+
+def page_rows(series: int) -> int:
+    """Rows of a page of cycles of ``series`` series: as many as hold at most
+    :data:`PAGE_TAIL_BYTES`, within [:data:`MIN_PAGE_ROWS`, :data:`PAGE_ROWS`]."""
+    return max(MIN_PAGE_ROWS, min(PAGE_ROWS, PAGE_TAIL_BYTES // (16 * max(series, 1))))
 
 
 def split_cycle(
@@ -291,13 +305,14 @@ def cut_slices(
             yield lids[order], ts[order], vals[order]
 
 
-def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int = PAGE_ROWS) -> int:
+def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int | None = None) -> int:
     """Make pages of the unpaged entries ``tail`` (oldest first, newest last).
 
     ``reach``: the newest ``t_max`` of every entry older than ``tail``. A run of
     single-part entries sharing one id array and one chunk window (so that one cut takes
-    all of it) becomes a page once it has ``rows`` entries or is followed by an entry
-    that ends it; the open run at the end is left for a later call. The parts' arrays
+    all of it) becomes a page once it has ``rows`` entries (by default
+    :func:`page_rows` of its series count) or is followed by an entry that ends it; the
+    open run at the end is left for a later call. The parts' arrays
     are replaced by equal rows of the page: readers holding either see the same values.
     Returns the number of entries paged.
     """
@@ -337,7 +352,7 @@ def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int = PAGE_RO
             reach = max(reach, e.t_max)
             continue
         run.append(e)
-        if len(run) == rows:
+        if len(run) == (rows or page_rows(int(run[0].parts[0].ids.size))):
             close()
     return paged
 

@@ -25,12 +25,17 @@ from sqlalchemy import event
 from gpuwarden.model import Sample, SeriesData, make_labels
 from gpuwarden.storage import Store, open_store
 from gpuwarden.storage.head import (
+    ENTRY_OVERHEAD,
+    MIN_PAGE_ROWS,
+    PAGE_ROWS,
+    PAGE_TAIL_BYTES,
     Entry,
     Gathered,
     column_groups,
     compact,
     head_bytes,
     memory_bound,
+    page_rows,
     part_ts,
     part_vals,
     split_cycle,
@@ -215,6 +220,29 @@ def test_query_work_follows_the_range_not_the_uncut_cycles_before_it() -> None:
     assert visited[1_024] == visited[2_048] <= 12, visited
 
 
+def test_wide_nodes_page_sooner_so_the_unpaged_tail_stays_small() -> None:
+    """Unpaged cycles cost 16 bytes a sample: a node of 280 KB payloads (6,744 series)
+    pages every 16 cycles, so they hold at most 15 cycles (1.6 MiB) rather than 63
+    (6.8 MiB); a small node's pages stay 64 cycles long (fewer pages for a query to
+    walk). Every sample still reads back exactly."""
+    for series, rows in ((50, PAGE_ROWS), (6_744, MIN_PAGE_ROWS)):
+        entries = _cycles(2 * PAGE_ROWS, series, 1_000, 0)
+        tail: list[Entry] = []
+        worst = 0
+        for e in entries:
+            tail.append(e)
+            compact(tail, -(2**63), 600_000)
+            tail = [t for t in tail if t.page is None]
+            worst = max(worst, head_bytes(tail, [])[0] - len(tail) * ENTRY_OVERHEAD)
+        pages = {id(e.page): e.page.rows for e in entries if e.page is not None}
+        assert set(pages.values()) == {rows}, (series, pages)
+        assert page_rows(series) == rows
+        if series > 1_000:
+            assert PAGE_TAIL_BYTES < worst <= MIN_PAGE_ROWS * series * 16
+        got = _gather(entries, [7], 0, 10**9).to_series("x", [make_labels(s="7")], 0, 10**6)
+        assert _pairs(got[0]) == _brute_force(entries, 7, 0, 10**9)
+
+
 def test_pages_partly_cut_or_thinned_still_answer_exactly() -> None:
     """Cycles removed from under a page (a cut of persisted cycles only, the pending
     buffer dropping its oldest) leave the rest answered sample for sample."""
@@ -286,7 +314,8 @@ def test_paging_keeps_every_timestamp_at_a_fraction_of_the_memory() -> None:
     """A page keeps the timestamps of series scraped together once per cycle: every
     entry's samples read back exactly as written, and the uncut cycles' memory drops
     from 16 to about 8 bytes a sample (the values)."""
-    entries = _scraped_cycles(256, per_source=500, sources=5, t0_ms=600_000 * 1_666_667)
+    n = 10 * page_rows(2_500)  # whole pages
+    entries = _scraped_cycles(n, per_source=500, sources=5, t0_ms=600_000 * 1_666_667)
     before = [tuple(a.copy() for a in e.columns()) for e in entries]
     unpaged, _ = head_bytes(entries, [])
     assert compact(entries, -(2**63), 600_000) == len(entries)
@@ -296,9 +325,10 @@ def test_paging_keeps_every_timestamp_at_a_fraction_of_the_memory() -> None:
         np.testing.assert_array_equal(now[1], ts)
         np.testing.assert_array_equal(now[2], vals)
     paged, _ = head_bytes(entries, [])
-    samples = 256 * 2_500
-    # 8 bytes a value, the timestamps' few groups and the entries' own objects.
-    assert unpaged >= 16 * samples and paged <= 8.5 * samples, (unpaged, paged)
+    samples = n * 2_500
+    # 8 bytes a value, the timestamps' few groups, each page's column indexes (8 bytes
+    # a series, over 26 rows here) and the entries' own objects.
+    assert unpaged >= 16 * samples and paged <= 9 * samples, (unpaged, paged)
     lo, hi = entries[100].t_min, entries[180].t_max
     got = _gather(entries, [3, 2_499], lo, hi).to_series(
         "x", [make_labels(s="3"), make_labels(s="2499")], lo / 1000, hi / 1000)
