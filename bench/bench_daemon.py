@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -85,21 +86,42 @@ def scaled_payload(kb: int | None) -> bytes:
 
 _COUNTER_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*?(?:_total|_count|_sum|_bucket))"
                            r"(\{[^}]*\})? (\S+)$")
+_LE_LABEL = re.compile(r',?le="[^"]*"')
+_HISTOGRAM_SUFFIX = re.compile(r"_(bucket|count|sum)$")
+
+
+def _advance(name: str, labels: str) -> tuple[float, float]:
+    """(offset, step per GET) of one cumulative series, from its histogram's identity.
+
+    A histogram's buckets, count and sum share the identity (name without the suffix,
+    labels without ``le``), so they advance together and stay cumulative; series of
+    other models or labels get other offsets and rates, as under real traffic, where
+    no two models' counters move in step.
+    """
+    rest = _LE_LABEL.sub("", labels or "").replace("{,", "{")
+    identity = f"{_HISTOGRAM_SUFFIX.sub('', name)}{'' if rest == '{}' else rest}"
+    h = zlib.crc32(identity.encode())
+    offset, step = float(h % 1000), float(1 + (h >> 10) % 7)
+    if name.endswith("_sum"):  # the observations' values: fractions of a second
+        return offset * 0.125, step * 0.0625
+    return offset, step
 
 
 class AdvancingPayload:
-    """The recorded scrape with every counter and histogram series advanced by one per
-    GET (each histogram gains one observation in its first bucket, so buckets stay
-    cumulative), as a server under steady traffic reports it."""
+    """The recorded scrape with every counter and histogram series advancing on every
+    GET, as a server under steady traffic reports it: each series from its own offset
+    at its own rate (:func:`_advance`), so copies of a model's series (``scaled_payload``)
+    do not repeat one another's values, which would flatter what the daemon keeps."""
 
     def __init__(self, text: str) -> None:
-        self._parts: list[tuple[str, float | None]] = []
+        self._parts: list[tuple[str, float, float] | str] = []
         for line in text.splitlines():
             m = _COUNTER_LINE.match(line)
             if m and not line.startswith("#"):
-                self._parts.append((line[: m.start(3)], float(m.group(3))))
+                offset, step = _advance(m.group(1), m.group(2))
+                self._parts.append((line[: m.start(3)], float(m.group(3)) + offset, step))
             else:
-                self._parts.append((line, None))
+                self._parts.append(line)
         self._gets = 0
         self._lock = threading.Lock()
 
@@ -107,7 +129,7 @@ class AdvancingPayload:
         with self._lock:
             self._gets += 1
             k = self._gets
-        out = [head if base is None else f"{head}{base + k!r}" for head, base in self._parts]
+        out = [p if isinstance(p, str) else f"{p[0]}{p[1] + p[2] * k!r}" for p in self._parts]
         return ("\n".join(out) + "\n").encode()
 
 
