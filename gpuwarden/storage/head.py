@@ -33,8 +33,8 @@ kept for ``memory_window``, the head holds at most
   bytes per chunk.
 
 At the defaults (240 s span, 600 s window) and 1 s cycles of 2,400 series that is
-17.8 MiB (9.0 uncut + 8.8 of blocks); at 100 ms cycles of the 424 series of 8 GPUs and
-4 vLLM servers, 31.1 MiB (17.3 uncut). Cycles not yet in the database (a store outage)
+17.8 MiB (9.0 uncut + 8.8 of blocks); at 100 ms cycles of the 920 series of 8 GPUs and
+4 vLLM servers, 65.4 MiB (35.5 uncut). Cycles not yet in the database (a store outage)
 stay uncut on top of this, up to the store's ``max_pending_samples`` x 16 bytes.
 """
 
@@ -312,9 +312,9 @@ def compact(tail: Sequence[Entry], reach: int, span_ms: int, rows: int | None = 
     single-part entries sharing one id array and one chunk window (so that one cut takes
     all of it) becomes a page once it has ``rows`` entries (by default
     :func:`page_rows` of its series count) or is followed by an entry that ends it; the
-    open run at the end is left for a later call. The parts' arrays
-    are replaced by equal rows of the page: readers holding either see the same values.
-    Returns the number of entries paged.
+    open run at the end is left for a later call. The parts' arrays are replaced by
+    equal rows of the page: readers holding either see the same values. Returns the
+    number of entries paged.
     """
     paged = 0
     run: list[Entry] = []
