@@ -136,10 +136,17 @@ def acquire_lock(config: Config) -> InstanceLock:
 
 
 def open_store(config: Config) -> Store:
-    """The store, with a deadline on the reads the collection loop makes."""
+    """The store, with a deadline on the reads the collection loop makes.
+
+    Its cut waits until a boundary is a window-signal window behind (``cut_delay``): the
+    rules and window signals that read the last minute every few seconds then read the
+    head's columns, not chunks decoded anew for each read in the minute after each cut.
+    """
+    from gpuwarden.promql.derived import DEFAULT_WINDOW
     from gpuwarden.storage import open_store
 
-    return open_store(config.storage.url, node=config.node, read_timeout=STORE_READ_TIMEOUT_S)
+    return open_store(config.storage.url, node=config.node, read_timeout=STORE_READ_TIMEOUT_S,
+                      cut_delay=DEFAULT_WINDOW)
 
 
 def stall_after(interval: float) -> float:

@@ -21,9 +21,10 @@ Memory bound (:func:`memory_bound`, measured by :func:`head_bytes`): with ``S`` 
 written every ``interval``, a cut at every aligned ``chunk_span`` boundary and blocks
 kept for ``memory_window``, the head holds at most
 
-- uncut entries: the cycles since the last boundary, ``chunk_span / interval + 1`` of
-  them, at ``S x 16`` bytes (int64 timestamp + float64 value; the id array is shared by
-  cycles with the same series set) plus ``ENTRY_OVERHEAD`` bytes of objects each; a
+- uncut entries: the cycles since the last boundary cut, ``(chunk_span + cut_delay) /
+  interval + 1`` of them (``Store``'s ``cut_delay`` keeps the newest ones uncut a while
+  longer), at ``S x 16`` bytes (int64 timestamp + float64 value; the id array is shared
+  by cycles with the same series set) plus ``ENTRY_OVERHEAD`` bytes of objects each; a
   worst case: paged cycles keep their timestamps, and the values of series that did
   not change, by group (:class:`Page`), usually 8 bytes a sample or more less;
 - blocks: ``memory_window + chunk_span`` of cut samples (a block is evicted once its
@@ -32,10 +33,11 @@ kept for ``memory_window``, the head holds at most
   sample measured on node data, see the storage benchmark) plus ``CHUNK_OVERHEAD``
   bytes per chunk.
 
-At the defaults (240 s span, 600 s window) and 1 s cycles of 2,400 series that is
-17.8 MiB (9.0 uncut + 8.8 of blocks); at 100 ms cycles of the 920 series of 8 GPUs and
-4 vLLM servers, 65.4 MiB (35.5 uncut). Cycles not yet in the database (a store outage)
-stay uncut on top of this, up to the store's ``max_pending_samples`` x 16 bytes.
+At the defaults (240 s span, 600 s window, no delay) and 1 s cycles of 2,400 series that
+is 17.8 MiB (9.0 uncut + 8.8 of blocks); at 100 ms cycles of the 920 series of 8 GPUs
+and 4 vLLM servers, 65.4 MiB (35.5 uncut). The daemon's 60 s cut delay makes them 20.0
+and 74.2 MiB. Cycles not yet in the database (a store outage) stay uncut on top of
+this, up to the store's ``max_pending_samples`` x 16 bytes.
 """
 
 from __future__ import annotations
@@ -615,11 +617,12 @@ def memory_bound(
     chunk_span: float,
     memory_window: float,
     *,
+    cut_delay: float = 0.0,
     chunk_sample_bytes: float = CHUNK_SAMPLE_BYTES,
 ) -> int:
     """The most bytes the head holds for ``series`` series written every ``interval``
     seconds (see the module doc), the pending backlog of a store outage aside."""
-    uncut_cycles = math.ceil(chunk_span / interval) + 1
+    uncut_cycles = math.ceil((chunk_span + cut_delay) / interval) + 1
     cut_cycles = math.ceil((memory_window + chunk_span) / interval) + 1
     chunks = series * (math.ceil((memory_window + chunk_span) / chunk_span) + 1)
     return math.ceil(

@@ -11,7 +11,11 @@ restart replays this node's head-log rows, so nothing acknowledged is lost.
 
 Cut cycles stay in memory for ``memory_window`` (default 10 min) so that detector windows
 are answered from memory without touching the database: as the compressed chunks the cut
-just wrote (``head.Block``), not as raw columns (see ``head.py``).
+just wrote (``head.Block``), not as raw columns (see ``head.py``). A window that reaches
+into a block decodes its chunks, whole, on every read. ``cut_delay`` keeps the cycles of
+that many seconds before a boundary uncut until the boundary is that far behind: the
+daemon sets it to its minute-long rule and window-signal windows, which would otherwise
+decode every series' newest chunk, every evaluation, for the minute after each cut.
 
 Failure handling: ``append()`` puts a cycle in the head (so detectors keep working) and
 in a bounded pending buffer (``pending.py``) without touching the database;
@@ -98,6 +102,7 @@ class Store:
         node: str,
         chunk_span: float = 240.0,
         memory_window: float = 600.0,
+        cut_delay: float = 0.0,
         max_pending_cycles: int = 600,
         max_pending_samples: int = 2_000_000,
         zlib_level: int = 6,
@@ -105,10 +110,13 @@ class Store:
     ) -> None:
         if not 0 < chunk_span * 1000 <= MAX_CHUNK_SPAN_MS:
             raise ValueError(f"chunk_span must be in (0, {MAX_CHUNK_SPAN_MS // 1000}] seconds")
+        if not 0 <= cut_delay < math.inf:
+            raise ValueError("cut_delay must be a finite number of seconds >= 0")
         self.engine = engine
         self.node = node
         self._span_ms = round(chunk_span * 1000)
         self._memory_ms = round(memory_window * 1000)
+        self._cut_delay_ms = round(cut_delay * 1000)
         self._level = zlib_level
         self._lock = threading.Lock()
         self._write_lock = threading.RLock()
@@ -363,7 +371,8 @@ class Store:
 
     def _cut(self, *, force: bool) -> None:
         with self._lock:
-            boundary = self._newest_ms // self._span_ms * self._span_ms
+            boundary = ((self._newest_ms - self._cut_delay_ms) // self._span_ms
+                        * self._span_ms)
             chosen = [
                 e
                 for e in self._entries
@@ -531,6 +540,6 @@ def open_store(url: str, *, node: str, busy_timeout_ms: int = 300, **options: An
     engine = open_engine(url, busy_timeout_ms=busy_timeout_ms)
     try:
         return Store(engine, node=node, **options)
-    except TypeError:
+    except (TypeError, ValueError):  # a bad option: nothing opened stays open
         engine.dispose()
         raise

@@ -18,6 +18,7 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import event
@@ -254,16 +255,17 @@ def test_pages_partly_cut_or_thinned_still_answer_exactly() -> None:
     assert _pairs(got[0]) == want
 
 
-def test_head_stays_within_its_documented_memory_bound(tmp_path: Path) -> None:
+@pytest.mark.parametrize("delay", [0.0, 15.0])
+def test_head_stays_within_its_documented_memory_bound(tmp_path: Path, delay: float) -> None:
     """Cycle after cycle, through cuts and evictions, the head holds no more than
-    ``memory_bound`` for its series count, interval, span and window, and at its peak
-    a good part of it (the bound is not vacuous)."""
+    ``memory_bound`` for its series count, interval, span, window and cut delay, and at
+    its peak a good part of it (the bound is not vacuous)."""
     series, span, window = 200, 20.0, 60.0
     store = open_store(f"sqlite:///{tmp_path}/b.db", node="node-a", chunk_span=span,
-                       memory_window=window)
+                       memory_window=window, cut_delay=delay)
     labels = [make_labels(node="node-a", gpu=str(g), le=str(b)) for g in range(20)
               for b in range(10)]
-    bound = memory_bound(series, 1.0, span, window)
+    bound = memory_bound(series, 1.0, span, window, cut_delay=delay)
     seen = []
     try:
         for k in range(400):  # 400 s: 20 cuts, the window full from ~80 s on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from gpuwarden.errors import StoreError, StoreUnavailable
 from gpuwarden.model import Sample, make_labels
-from gpuwarden.storage import Store, open_store, schema
+from gpuwarden.storage import Store, codec, open_store, schema
 from tests.storage.conftest import T0, Backend, TcpProxy, gpu_cycle, make_legacy
 
 
@@ -91,6 +92,44 @@ def test_chunk_cut_and_query_across_chunks_and_head(backend: Backend) -> None:
     assert _count(store, schema.head_log) == 0
     assert _count(store, schema.chunks) == 20
     _assert_series(store, range(47))
+
+
+def test_cut_delay_keeps_the_last_window_uncut_and_answers_alike(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``cut_delay=5`` a window is cut once its boundary is 5 s behind, so a read of
+    the last 5 s never decodes a chunk, even right after a cut; every read answers what
+    it did without the delay, and a flush still cuts everything."""
+    decoded: list[int] = []
+    real_decode = codec.decode_chunks
+    monkeypatch.setattr(codec, "decode_chunks",
+                        lambda blobs: decoded.append(len(blobs)) or real_decode(blobs))
+    store = backend.open(chunk_span=10, memory_window=30, cut_delay=5)
+    for k in range(47):
+        store.write(gpu_cycle(k))
+        decoded.clear()
+        recent = store.query("gpu_utilization_ratio", None, T0 + k - 5, T0 + k)
+        assert [len(s) for s in recent] == [min(k, 5) + 1] * 4
+        assert decoded == [], k  # the head holds it in columns
+        if k == 44:  # 40 is 4 s behind: [30, 40) stays uncut
+            assert _count(store, schema.chunks) == 12
+            assert _count(store, schema.head_log) == 15
+        if k == 45:  # and now 5 s: cut
+            assert _count(store, schema.chunks) == 16
+            assert _count(store, schema.head_log) == 6
+    _assert_series(store, range(47))
+    (s,) = store.query("gpu_utilization_ratio", {"gpu": "3"}, T0 + 5.5, T0 + 42)
+    np.testing.assert_array_equal(s.timestamps, T0 + np.arange(6, 43))
+    np.testing.assert_array_equal(s.values, (np.arange(6, 43) + 3) / 100)
+    store.flush()
+    assert _count(store, schema.head_log) == 0
+    assert _count(store, schema.chunks) == 20
+    _assert_series(store, range(47))
+
+
+def test_cut_delay_must_be_a_finite_non_negative_number(backend: Backend) -> None:
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="cut_delay"):
+            backend.open(cut_delay=bad)
 
 
 def test_recent_window_is_answered_without_the_database(backend: Backend) -> None:
