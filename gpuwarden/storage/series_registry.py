@@ -14,6 +14,7 @@ its head, so that a query sees the series and their samples consistently.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Mapping, Sequence
 from sys import intern
@@ -76,7 +77,11 @@ class SeriesRegistry:
             lid = len(self.keys)
             self.keys.append(canon)
             self.local[canon] = lid
-            self.by_signal.setdefault(canon[0], []).append(lid)
+            # In label order, as a read of the database gives them: a read answers in
+            # the same order whether its window is in memory or not.
+            keys = self.keys
+            bisect.insort(self.by_signal.setdefault(canon[0], []), lid,
+                          key=lambda i: keys[i][1])
             if lid >= self.db_ids.size:  # replaced, not resized: readers may hold the old
                 grown = np.full(self.db_ids.size * 2, -1, dtype=np.int64)
                 grown[: self.db_ids.size] = self.db_ids
@@ -98,7 +103,7 @@ class SeriesRegistry:
             self.local_of_db[db_id] = lid
 
     def matching(self, signal: str, matchers: Mapping[str, str] | None) -> list[int]:
-        """Local ids of the series of ``signal`` whose labels match, in first-seen order."""
+        """Local ids of the series of ``signal`` whose labels match, in label order."""
         keys = self.keys
         return [lid for lid in self.by_signal.get(signal, ())
                 if labels_match(keys[lid][1], matchers)]
