@@ -42,6 +42,7 @@ from gpuwarden.detectors import Detector, Finding, Status, Window, build_detecto
 from gpuwarden.detectors.defaults import render_summary
 from gpuwarden.errors import DuplicateLabelSetError
 from gpuwarden.model import Labels, SeriesData
+from gpuwarden.promql.prefetch import widest
 from gpuwarden.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -220,6 +221,11 @@ class RuleEngine:
                 due.append(rule)
         return due
 
+    def due_inputs(self, now: float) -> dict[str, float]:
+        """What an evaluation at ``now`` reads: each input of the rules due then, and how
+        far back (seconds), the furthest any of them needs it."""
+        return widest(*(r.inputs for r in self._due(now)))
+
     def evaluate(self, now: float, source: SeriesSource) -> list[AlertEvent]:
         """One evaluation at ``now``: read inputs once, run every due detector, step states."""
         started = time.perf_counter()
@@ -227,11 +233,7 @@ class RuleEngine:
         unreadable: set[str] = set()
         first_error = ""
         due = self._due(now)
-        needed: dict[str, float] = {}
-        for rule in due:
-            for signal, lookback in rule.inputs.items():
-                needed[signal] = max(needed.get(signal, 0.0), lookback)
-        for signal, got in read_inputs(source, needed, now).items():
+        for signal, got in read_inputs(source, widest(*(r.inputs for r in due)), now).items():
             if isinstance(got, Exception):
                 unreadable.add(signal)
                 first_error = first_error or f"{signal}: {got}"

@@ -40,7 +40,8 @@ from gpuwarden.capacity.reading import (
 )
 from gpuwarden.capacity.what_if import WhatIf, what_if
 from gpuwarden.promql.aggregation import peak_of_sum
-from gpuwarden.promql.derived import LENGTHS_WINDOW, SeriesSource
+from gpuwarden.promql.derived import LENGTHS_WINDOW
+from gpuwarden.promql.prefetch import SeriesSource
 
 GIB = float(1 << 30)
 #: Free memory a GPU should keep: planning practice for inference (issue 13).

@@ -17,12 +17,8 @@ from gpuwarden.durations import format_duration
 from gpuwarden.model import Labels, SeriesData
 from gpuwarden.promql.aggregation import aggregate
 from gpuwarden.promql.buckets import by_histogram
-from gpuwarden.promql.derived import (
-    DERIVATIONS,
-    SeriesSource,
-    derive_signal,
-    input_lookbacks,
-)
+from gpuwarden.promql.derived import DERIVATIONS, derive_signal, input_lookbacks
+from gpuwarden.promql.prefetch import SeriesSource
 from gpuwarden.promql.quantile import window_quantiles
 from gpuwarden.signals import DERIVED_INPUTS
 

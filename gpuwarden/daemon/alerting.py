@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gpuwarden.alerts.alert import Alert, AlertEvent
     from gpuwarden.alerts.dispatch import Dispatcher
-    from gpuwarden.alerts.engine import RuleEngine
+    from gpuwarden.alerts.engine import RuleEngine, SeriesSource
     from gpuwarden.alerts.state import AlertStatePersister
     from gpuwarden.detectors.rule import RuleConfig
-    from gpuwarden.storage.store import Store
     from gpuwarden.storage.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -71,8 +70,9 @@ class Alerting:
             self.rule_engine.interval = interval
             self.rule_engine.configure(rules)
 
-    def evaluate(self, now: float, store: Store, writer: StoreWriter | None) -> None:
-        """Evaluate, persist what changed, hand events to delivery; never raises.
+    def evaluate(self, now: float, source: SeriesSource, writer: StoreWriter | None) -> None:
+        """Evaluate over ``source`` (the store, or the cycle's reads of it), persist what
+        changed, hand events to delivery; never raises.
 
         ``writer``: the store's writer thread, which writes the alert state once it runs.
         """
@@ -83,7 +83,7 @@ class Alerting:
             if (self.state is not None and not self.state.restored
                     and not (writer is not None and writer.status().degraded)):
                 self.state.restore(engine, now)  # before evaluating: no re-fire
-            events = engine.evaluate(now, store)
+            events = engine.evaluate(now, source)
             if self.state is not None:
                 if writer is not None and writer.running:
                     self.state.collect(engine, now)  # the writer writes it

@@ -40,6 +40,7 @@ from gpuwarden.model import Sample
 from gpuwarden.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
+    from gpuwarden.alerts.engine import SeriesSource
     from gpuwarden.alerts.served_models import ServedModels
     from gpuwarden.api.exposition import Exposition, Snapshot
     from gpuwarden.collector.memory_budget import MemoryBudget
@@ -202,8 +203,10 @@ class Cycle:
                 if not first.stored:
                     self._write(samples + first.pushed)
             self._observe_models(samples)
-            self.evaluate_rules()
-            derived = self._derive()
+            now = self.clock()
+            reads = self._window_reads(now)
+            self.evaluate_rules(now, reads)
+            derived = self._derive(now, reads)
             stats = self.stats
             stats.cycles_total += 1
             stats.last_cycle_seconds = time.perf_counter() - started
@@ -246,32 +249,58 @@ class Cycle:
         except Exception as exc:
             self._log.warning("models", "recording served models failed: %s", exc)
 
-    def evaluate_rules(self) -> None:
-        """Evaluate the alert rules over the store as of now (``alerting.py``)."""
-        if self.store is not None:
-            self.alerting.evaluate(self.clock(), self.store, self.writer)
+    def _window_reads(self, now: float) -> SeriesSource | None:
+        """One read of what the rules due now and the window signals read, if due: they
+        read the same minute of the same series (``promql/prefetch.py``)."""
+        store = self.store
+        if store is None:
+            return None
+        from gpuwarden.promql.derived import LONG_LOOKBACK, derive_lookbacks
+        from gpuwarden.promql.prefetch import Prefetched, widest
 
-    def _derive(self) -> list[Sample]:
-        """Window signals (quantiles, rates, GPU spread) from the store; a failure costs
+        engine = self.alerting.rule_engine
+        wanted = [engine.due_inputs(now)] if engine is not None else []
+        due, long_due = self._derive_due(now)
+        if due:
+            wanted.append(derive_lookbacks(skip=() if long_due else LONG_LOOKBACK))
+        try:
+            return Prefetched(store, widest(*wanted), now)
+        except Exception as exc:  # each reader then reads for itself, and fails alone
+            self._log.warning("reads", "reading the rules' and window signals' inputs "
+                              "failed: %s", exc)
+            return store
+
+    def evaluate_rules(self, now: float, reads: SeriesSource | None) -> None:
+        """Evaluate the alert rules as of ``now`` over ``reads`` (``alerting.py``)."""
+        if reads is not None:
+            self.alerting.evaluate(now, reads, self.writer)
+
+    def _derive_due(self, now: float) -> tuple[bool, bool]:
+        """Whether the window signals are due at ``now``, and their hour-long ones."""
+        due = self._derived_at is None or now - self._derived_at >= DERIVE_EVERY_S
+        long_due = (self._long_derived_at is None
+                    or now - self._long_derived_at >= LONG_DERIVE_EVERY_S)
+        return due, long_due
+
+    def _derive(self, now: float, reads: SeriesSource | None) -> list[Sample]:
+        """Window signals (quantiles, rates, GPU spread) from ``reads``; a failure costs
         only them.
 
         They summarise 60 s windows, so recomputing them every second adds nothing a
         15 s Prometheus scrape could see: they are refreshed every DERIVE_EVERY_S and
         the last values exported in between (at most that much older).
         """
-        if self.store is None:
+        if reads is None:
             return []
         from gpuwarden.promql.derived import LONG_LOOKBACK, derive
 
-        now = self.clock()
-        if self._derived_at is not None and now - self._derived_at < DERIVE_EVERY_S:
+        due, long_due = self._derive_due(now)
+        if not due:
             return self._derived
         # An hour of histograms is read from the database (~35 ms on a 2-server node):
         # once a minute, and the last values kept in between.
-        long_due = (self._long_derived_at is None
-                    or now - self._long_derived_at >= LONG_DERIVE_EVERY_S)
         try:
-            derived = derive(self.store, now, interval=self.config.interval,
+            derived = derive(reads, now, interval=self.config.interval,
                              skip=() if long_due else LONG_LOOKBACK)
             if long_due:
                 self._long_derived_at = now

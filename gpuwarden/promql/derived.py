@@ -39,17 +39,18 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import numpy as np
 
 from gpuwarden.model import Labels, Sample, SeriesData
-from gpuwarden.promql.aggregation import aggregate, by_labels, in_window, median, values_in
+from gpuwarden.promql.aggregation import aggregate, by_labels, median, values_in
 from gpuwarden.promql.efficiency import (
     bandwidth_utilization,
     cost_per_million_tokens,
     flops_utilization,
 )
+from gpuwarden.promql.prefetch import Prefetched, SeriesSource, widest
 from gpuwarden.promql.quantile import quantiles_by_histogram, quantiles_of_families
 from gpuwarden.promql.staleness import is_live, no_spacing
 from gpuwarden.promql.windows import increases, rates
@@ -151,11 +152,6 @@ def utilization_spread_ratio(utilization: Iterable[SeriesData], start: float, en
     """``gpu_utilization_spread_ratio{node}`` from ``gpu_utilization_ratio``, stale GPUs out."""
     return [((("node", s.node),), s.spread)
             for s in utilization_spread(utilization, start, end, interval=interval)]
-
-
-class SeriesSource(Protocol):
-    def query(self, signal: str, matchers: None = None, start: float = ...,
-              end: float = ...) -> list[SeriesData]: ...
 
 
 def latency_quantiles(source: SeriesSource, hist: str, now: float,
@@ -310,25 +306,30 @@ def derive_signal(signal: str, inputs: Sequence[Iterable[SeriesData]], start: fl
     return DERIVATIONS[signal].compute(inputs, start, end, interval)
 
 
+def derive_lookbacks(window: float = DEFAULT_WINDOW, *,
+                     skip: Iterable[str] = ()) -> dict[str, float]:
+    """What :func:`derive` reads: each input signal and how far back, the furthest any
+    derived signal but those in ``skip`` needs it."""
+    skipped = frozenset(skip)
+    return widest(*(input_lookbacks(signal, window) for signal in DERIVED_INPUTS
+                    if signal not in skipped),
+                  {f"{hist}_bucket": window for hist in LATENCY_HISTOGRAMS})
+
+
 def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
            interval: float = 1.0, skip: Iterable[str] = ()) -> list[Sample]:
     """Every derived window signal but those in ``skip``, as of ``now`` (``interval``: the
     collection interval), then p50/p95/p99 of every latency histogram.
 
     Every input is read once, as far back as the furthest reader needs it, and in one
-    go from a source that can (``Store.query_many``): :class:`_Prefetched`.
+    go from a source that can (``Store.query_many``): ``prefetch.Prefetched``. A source
+    that is itself one, holding those ranges, answers without reading again.
     """
     start = now - window
     out: list[Sample] = []
     skipped = frozenset(skip)
     signals = [signal for signal in DERIVED_INPUTS if signal not in skipped]
-    lookbacks: dict[str, float] = {}
-    for signal in signals:
-        for name, lookback in input_lookbacks(signal, window).items():
-            lookbacks[name] = max(lookbacks.get(name, 0.0), lookback)
-    for hist in LATENCY_HISTOGRAMS:
-        lookbacks[f"{hist}_bucket"] = max(lookbacks.get(f"{hist}_bucket", 0.0), window)
-    read = _Prefetched(source, lookbacks, now)
+    read = Prefetched(source, derive_lookbacks(window, skip=skipped), now)
     for signal in signals:
         inputs = [read.query(name, None, now - lookback, now)
                   for name, lookback in input_lookbacks(signal, window).items()]
@@ -336,41 +337,3 @@ def derive(source: SeriesSource, now: float, window: float = DEFAULT_WINDOW, *,
                         now)
     out.extend(latency_quantiles_all(read, now, window))
     return out
-
-
-class _Prefetched:
-    """``derive``'s inputs read once up front; ``query`` answers from them what the
-    source's ``query`` would: the series with samples in ``[start, end]``, cut to it.
-
-    The first read error is raised at the query of its signal, as reading it alone would.
-    """
-
-    def __init__(self, source: SeriesSource, lookbacks: Mapping[str, float],
-                 now: float) -> None:
-        self._got: dict[str, list[SeriesData] | Exception] = {}
-        self._ranges = {name: (now - lookback, now) for name, lookback in lookbacks.items()}
-        many = getattr(source, "query_many", None)
-        if many is not None:
-            got, failed = many(self._ranges)
-            self._got.update(got)
-            self._got.update(failed)
-        else:
-            for name, (start, end) in self._ranges.items():
-                try:
-                    self._got[name] = source.query(name, None, start, end)
-                except Exception as exc:
-                    self._got[name] = exc
-
-    def query(self, signal: str, matchers: None = None, start: float = -math.inf,
-              end: float = math.inf) -> list[SeriesData]:
-        got = self._got[signal]
-        if isinstance(got, Exception):
-            raise got
-        if self._ranges[signal] == (start, end):
-            return got
-        out = []
-        for s in got:
-            ts, vs = in_window(s, start, end)
-            if ts.size:
-                out.append(SeriesData(s.signal, s.labels, ts, vs))
-        return out

@@ -51,9 +51,9 @@ def test_overrunning_cycles_are_counted_and_logged_once(
     try:
         evaluate = daemon.cycle.evaluate_rules
 
-        def slow_rules() -> Any:
+        def slow_rules(*args: Any) -> Any:
             time.sleep(3.5 * INTERVAL)  # each cycle overruns the next ~3 scheduled runs
-            return evaluate()
+            return evaluate(*args)
 
         monkeypatch.setattr(daemon.cycle, "evaluate_rules", slow_rules)
         time.sleep(3.0)

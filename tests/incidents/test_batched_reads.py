@@ -3,12 +3,16 @@
 The engine reads a store's signals together (``Store.query_many``); a source with only
 ``query`` (the backtest's) is read a signal at a time. Both engines here evaluate every
 cycle of every trace over the same store, so every transition, every value and every
-annotation of every alert must be identical, cycle by cycle. The store keeps 2 minutes
-in memory so the reads reach cut blocks and the database as well as the head.
+annotation of every alert must be identical, cycle by cycle. The daemon goes one step
+further: one read a cycle for the rules and the window signals together
+(``promql/prefetch.py``); that too must change no alert and no window signal. The store
+keeps 2 minutes in memory so the reads reach cut blocks and the database as well as the
+head.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +21,9 @@ import pytest
 from gpuwarden.alerts.engine import RuleEngine
 from gpuwarden.config import parse_config
 from gpuwarden.detectors.defaults import effective_rules
-from gpuwarden.model import SeriesData
+from gpuwarden.model import Sample, SeriesData
+from gpuwarden.promql.derived import LONG_LOOKBACK, derive, derive_lookbacks
+from gpuwarden.promql.prefetch import Prefetched, widest
 from gpuwarden.storage import Store, open_store
 from tests.incidents.corpus import load, names
 
@@ -69,3 +75,60 @@ def test_batched_and_per_signal_reads_give_identical_alerts(name: str, tmp_path:
     assert sum(batched.stats.rule_errors_total.values()) == 0
     if trace.expect:
         assert fired, "the trace's alerts must fire for the comparison to mean something"
+
+
+class Counted:
+    """The store, counting the reads made of it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reads = 0
+
+    def query(self, signal: str, matchers: Mapping[str, str] | None = None,
+              start: float = 0.0, end: float = 0.0) -> list[SeriesData]:
+        self.reads += 1
+        return self.store.query(signal, matchers, start, end)
+
+    def query_many(self, ranges: Mapping[str, tuple[float, float]]) -> Any:
+        self.reads += 1
+        return self.store.query_many(ranges)
+
+
+def _exact(samples: list[Sample]) -> list[tuple[Any, ...]]:
+    """Samples compared bit for bit (NaN equal to NaN)."""
+    return [(s.signal, s.labels, s.ts, struct.pack("<d", s.value)) for s in samples]
+
+
+@pytest.mark.parametrize("name", TRACES)
+def test_one_read_for_rules_and_window_signals_gives_what_reading_apart_gives(
+        name: str, tmp_path: Any) -> None:
+    """The daemon reads what the rules due and the window signals need in one go, once a
+    cycle (``Cycle._window_reads``, ``promql/prefetch.py``): every alert, every
+    annotation and every window signal is what each reading the store for itself gives."""
+    trace = load(name)
+    rules = effective_rules(parse_config(trace.rules).rules)
+    apart = RuleEngine(rules, node=trace.node, interval=1.0)
+    shared = RuleEngine(rules, node=trace.node, interval=1.0)
+    signals = 0
+    with open_store(f"sqlite:///{tmp_path / 's.db'}", node=trace.node, chunk_span=60.0,
+                    memory_window=120.0) as store:
+        for k, (ts, samples) in enumerate(trace.cycles()):
+            store.write(samples)
+            derive_due = k % 5 == 0  # as the daemon: every 5 s, the hour-long ones each 60
+            skip = () if k % 60 == 0 else LONG_LOOKBACK
+            wanted = [shared.due_inputs(ts)]
+            if derive_due:
+                wanted.append(derive_lookbacks(skip=skip))
+            counted = Counted(store)
+            reads = Prefetched(counted, widest(*wanted), ts)
+            a = apart.evaluate(ts, store)
+            b = shared.evaluate(ts, reads)
+            assert [(e.kind, e.at, e.alert) for e in a] == [(e.kind, e.at, e.alert) for e in b]
+            assert _state(apart) == _state(shared), ts
+            if derive_due:
+                alone = derive(store, ts, skip=skip)
+                assert _exact(derive(reads, ts, skip=skip)) == _exact(alone), ts
+                signals += len(alone)
+            assert counted.reads == 1, ts
+    assert sum(shared.stats.rule_errors_total.values()) == 0
+    assert signals, "the window signals must have values for the comparison to mean something"
