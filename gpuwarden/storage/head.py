@@ -412,6 +412,49 @@ def series_order(tgt: I64Array, ms: I64Array) -> I64Array:
     return np.lexsort((ms / 1000.0, tgt))
 
 
+def by_target_if_in_time(
+    tgt: I64Array, ms: I64Array
+) -> tuple[npt.NDArray[np.intp], I64Array, I64Array] | None:
+    """(permutation, tgt, ms sorted by it) of a stable sort by target alone where it
+    leaves every target's timestamps strictly increasing, else None.
+
+    Then it is :func:`series_order`'s permutation of the same samples (no two share a
+    target and a millisecond, so gathered order decides nothing), in linear time: the
+    targets fit in 16 bits, which numpy sorts stably by radix, where a (target, time)
+    key of 64 bits takes a comparison sort. Samples gathered oldest first are usually
+    in time order per target: a page's rows, then the next page.
+    """
+    if not tgt.size:
+        return np.empty(0, np.intp), tgt, ms
+    if not (int(tgt.min()) >= 0 and int(tgt.max()) < 2**16
+            and int(ms.min()) > -_SECONDS_EXACT_MS and int(ms.max()) < _SECONDS_EXACT_MS):
+        return None
+    srt = np.argsort(tgt.astype(np.uint16), kind="stable")
+    t, m = tgt[srt], ms[srt]
+    if not ((m[1:] > m[:-1]) | (t[1:] != t[:-1])).all():
+        return None
+    return srt, t, m
+
+
+def _in_ranges(wanted: Sequence[Wanted], tgt: I64Array, ms: I64Array, vals: F64Array
+               ) -> tuple[I64Array, I64Array, F64Array]:
+    """The samples inside their target's ``Wanted`` range (seconds, both ends)."""
+    # Seconds grow with ms: when the oldest and newest samples are inside every
+    # range, all are, and the filter below would keep everything.
+    if ms.size and ms.min() / 1000.0 >= max(w.start for w in wanted) and (
+            ms.max() / 1000.0 <= min(w.end for w in wanted)):
+        return tgt, ms, vals
+    secs = ms / 1000.0
+    if len(wanted) == 1:
+        keep = (secs >= wanted[0].start) & (secs <= wanted[0].end)
+    else:
+        counts = [len(w.keys) for w in wanted]
+        starts = np.repeat([w.start for w in wanted], counts)
+        ends = np.repeat([w.end for w in wanted], counts)
+        keep = (secs >= starts[tgt]) & (secs <= ends[tgt])
+    return tgt[keep], ms[keep], vals[keep]
+
+
 def _trims_exactly(lo: int, hi: int) -> bool:
     """Whether dropping the samples outside ``[lo, hi]`` (a request's ``ms_bounds``) drops
     none that its seconds filter (``Gathered.split``) keeps: the bounds are a millisecond
@@ -427,6 +470,9 @@ class Gathered:
     ts: list[I64Array] = field(default_factory=list)
     vals: list[F64Array] = field(default_factory=list)
     visited: int = 0  # entries and pages add_head stepped through
+    #: (first, end) of the pieces each add_head gathered, newest first; every other
+    #: piece (chunks, oldest first) is older than the head's.
+    head_runs: list[tuple[int, int]] = field(default_factory=list)
 
     def _add_blobs(self, targets: Sequence[int], blobs: Sequence[bytes], lo: int,
                    hi: int) -> None:
@@ -483,6 +529,15 @@ class Gathered:
         order, want = _wanted(lids)
         if not want.size:
             return
+        first = len(self.ts)
+        try:
+            self._walk_head(entries, order, want, lo, hi)
+        finally:
+            if len(self.ts) > first:
+                self.head_runs.append((first, len(self.ts)))
+
+    def _walk_head(self, entries: Sequence[Entry], order: I64Array, want: I64Array, lo: int,
+                   hi: int) -> None:
         prev_ids: I64Array | None = None
         hit = idx = np.empty(0, np.int64)
         j = len(entries) - 1
@@ -517,6 +572,21 @@ class Gathered:
                     self.ts.append(part_ts(e, p, idx))
                     self.vals.append(part_vals(e, p, idx))
 
+    def _oldest_first(self) -> list[int]:
+        """The pieces' indices, oldest samples first: each add_head's run reversed."""
+        order = list(range(len(self.ts)))
+        for first, end in self.head_runs:
+            order[first:end] = reversed(order[first:end])
+        return order
+
+    def _concatenated(self, pieces: Sequence[int]) -> tuple[I64Array, I64Array, F64Array]:
+        if len(pieces) == 1:
+            k = pieces[0]
+            return self.targets[k], self.ts[k], self.vals[k]
+        return (np.concatenate([self.targets[k] for k in pieces]),
+                np.concatenate([self.ts[k] for k in pieces]),
+                np.concatenate([self.vals[k] for k in pieces]))
+
     def to_series(
         self, signal: str, keys: Sequence[Labels], start: float, end: float
     ) -> list[SeriesData]:
@@ -534,25 +604,18 @@ class Gathered:
         out: list[list[SeriesData]] = [[] for _ in wanted]
         if not self.ts:
             return out
-        tgt = np.concatenate(self.targets)
-        ms = np.concatenate(self.ts)
-        vals = np.concatenate(self.vals)
-        # Seconds grow with ms: when the oldest and newest samples are inside every
-        # range, all are, and the filter below would keep everything.
-        if not (ms.size and ms.min() / 1000.0 >= max(w.start for w in wanted)
-                and ms.max() / 1000.0 <= min(w.end for w in wanted)):
-            secs = ms / 1000.0
-            if len(wanted) == 1:
-                keep = (secs >= wanted[0].start) & (secs <= wanted[0].end)
-            else:
-                counts = [len(w.keys) for w in wanted]
-                starts = np.repeat([w.start for w in wanted], counts)
-                ends = np.repeat([w.end for w in wanted], counts)
-                keep = (secs >= starts[tgt]) & (secs <= ends[tgt])
-            tgt, ms, vals = tgt[keep], ms[keep], vals[keep]
-        srt = series_order(tgt, ms)
-        tgt, vals = tgt[srt], vals[srt]
-        secs = ms[srt] / 1000.0
+        # Gathered oldest first, each series' samples are usually in time order already:
+        # then a linear sort by target alone orders them (:func:`by_target_if_in_time`).
+        tgt, ms, vals = _in_ranges(wanted, *self._concatenated(self._oldest_first()))
+        fast = by_target_if_in_time(tgt, ms)
+        if fast is not None:
+            srt, tgt, ms = fast
+        else:  # ties or disorder: the general sort, ties in gathered order
+            tgt, ms, vals = _in_ranges(wanted, *self._concatenated(range(len(self.ts))))
+            srt = series_order(tgt, ms)
+            tgt, ms = tgt[srt], ms[srt]
+        vals = vals[srt]
+        secs = ms / 1000.0
         if not tgt.size:
             return out
         heads = np.concatenate(([0], np.flatnonzero(tgt[1:] != tgt[:-1]) + 1))

@@ -1,11 +1,14 @@
 """Gathered.split orders and filters samples exactly as it did with one ``np.lexsort`` over
 (seconds, target) after a seconds filter: the one-key stable sort (``series_order``),
-the skipped filter when every sample is inside every range, and chunks trimmed to a
-request's millisecond bounds before the filter change no answer, ties, duplicates,
-clock steps and timestamps of any size included."""
+the linear sort by target of samples already in time order (``by_target_if_in_time``,
+over the head's pieces taken oldest first), the skipped filter when every sample is
+inside every range, and chunks trimmed to a request's millisecond bounds before the
+filter change no answer, ties, duplicates, clock steps and timestamps of any size
+included."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -15,7 +18,7 @@ from hypothesis import strategies as st
 
 from gpuwarden.model import SeriesData
 from gpuwarden.storage import codec
-from gpuwarden.storage.head import Gathered, Wanted, series_order
+from gpuwarden.storage.head import Gathered, Wanted, by_target_if_in_time, series_order
 from gpuwarden.storage.queries import ms_bounds
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
@@ -81,6 +84,62 @@ def test_series_order_is_lexsort_by_target_then_seconds(raw: list[list[tuple[int
     got = _gathered(raw, 6)
     tgt, ms = np.concatenate(got.targets), np.concatenate(got.ts)
     assert series_order(tgt, ms).tolist() == np.lexsort((ms / 1000.0, tgt)).tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces)
+def test_the_linear_sort_is_series_order_where_it_applies(
+        raw: list[list[tuple[int, int]]]) -> None:
+    got = _gathered(raw, 6)
+    tgt, ms = np.concatenate(got.targets), np.concatenate(got.ts)
+    fast = by_target_if_in_time(tgt, ms)
+    srt = series_order(tgt, ms)
+    if fast is not None:
+        assert fast[1].tolist() == tgt[srt].tolist() and fast[2].tolist() == ms[srt].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=6), st.integers(1, 7),
+       st.lists(st.integers(0, 30), min_size=1, max_size=40), st.data())
+def test_pages_gathered_newest_first_take_the_linear_sort(
+        rows: list[int], targets: int, steps: list[int], data: st.DataObject) -> None:
+    """Pieces as the head gives them: pages of rows x series, time-major, in time order,
+    gathered newest first (one head run); the answer is the reference's, and the
+    linear sort applies wherever no series has two samples in one millisecond."""
+    got = Gathered()
+    clock = 1_700_000_000_000
+    stamps = itertools.cycle(steps)
+    pages = []
+    for n in rows:
+        ts = np.empty((n, targets), np.int64)
+        for r in range(n):
+            for t in range(targets):
+                ts[r, t] = clock + next(stamps)
+            clock += 1000
+        order = np.array(data.draw(st.permutations(range(targets))), dtype=np.int64)
+        pages.append((np.tile(order, n), ts[:, order].reshape(-1)))
+    for tgt, ms in reversed(pages):  # newest first, as add_head walks
+        got.targets.append(tgt)
+        got.ts.append(ms)
+        got.vals.append(np.arange(ms.size, dtype=np.float64) + len(got.vals) * 1000)
+    got.head_runs = [(0, len(pages))]
+    wanted = [Wanted("s", [(("k", str(i)),) for i in range(targets)], -math.inf, math.inf)]
+    assert _plain(got.split(wanted)) == _plain(reference_split(got, wanted))
+    oldest = np.concatenate([ms for _, ms in pages]), np.concatenate([t for t, _ in pages])
+    if all(s < 1000 for s in steps):  # each row within its second: in time order
+        assert by_target_if_in_time(oldest[1], oldest[0]) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces, st.data())
+def test_split_gives_what_it_gave_whichever_pieces_are_the_heads(
+        raw: list[list[tuple[int, int]]], data: st.DataObject) -> None:
+    got = _gathered(raw, 6)
+    first = data.draw(st.integers(0, len(raw)))
+    end = data.draw(st.integers(first, len(raw)))
+    got.head_runs = [(first, end)] if end > first else []
+    wanted = [Wanted("s", [(("k", str(i)),) for i in range(6)], -math.inf, math.inf)]
+    assert _plain(got.split(wanted)) == _plain(reference_split(got, wanted))
 
 
 bound = st.one_of(
