@@ -24,6 +24,8 @@ per stored sample at the end.
 
     .venv/bin/python -m bench.bench_vs_prometheus [--servers 1,4,16] [--seconds 60]
     .venv/bin/python -m bench vs-prometheus --quick
+    # 10 minutes in minute-long windows: work done once a minute and growing windows count
+    .venv/bin/python -m bench vs-prometheus --servers 4 --seconds 540 --window 60 --warmup 60
 
 Skips (exit 0, with a message) where no ``prometheus`` binary is installed; ``.ci/run``
 installs it (``apt-get install prometheus``).
@@ -288,10 +290,10 @@ def run_one(n: int, seconds: float, window: float, warmup: float) -> Result:
         cpu_ratio_per_window=ratios)
 
 
-def report(results: list[Result], seconds: float, window: float) -> None:
+def report(results: list[Result], seconds: float, window: float, warmup: float) -> None:
     g, p = "gpuwarden", "prometheus"
     print(f"\n## gpuwarden vs Prometheus, same work, one run ({seconds:.0f} s per row in "
-          f"{window:.0f} s windows, medians; {os.cpu_count()} cores)\n")
+          f"{window:.0f} s windows after {warmup:.0f} s, medians; {os.cpu_count()} cores)\n")
     print("| servers | gpuwarden CPU/cycle | Prometheus CPU/cycle | ratio (per-window "
           "range) | CPU per stored sample, ratio | samples/cycle g / P |")
     print("|---|---|---|---|---|---|")
@@ -327,6 +329,9 @@ def main() -> int:
                         "--quick 20)")
     parser.add_argument("--window", type=float, default=10.0, help="window length, seconds "
                         "(CPU is counted in 10 ms ticks: 1 ms a cycle at 10 s)")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds both run before "
+                        "the first window (default 10; the rules' 10-minute windows fill "
+                        "over the first 10 minutes)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if shutil.which("prometheus") is None:
@@ -338,8 +343,8 @@ def main() -> int:
     results = []
     for n in counts:
         print(f"running N = {n} ...", file=sys.stderr, flush=True)
-        results.append(run_one(n, seconds, args.window, warmup=10.0))
-    report(results, seconds, args.window)
+        results.append(run_one(n, seconds, args.window, warmup=args.warmup))
+    report(results, seconds, args.window, args.warmup)
     return 0
 
 
