@@ -26,6 +26,7 @@ from gpuwarden.promql.derived import LONG_LOOKBACK, derive, derive_lookbacks
 from gpuwarden.promql.prefetch import Prefetched, widest
 from gpuwarden.storage import Store, open_store
 from tests.incidents.corpus import load, names
+from tests.promql.test_prefetch import Counted
 
 
 class OneAtATime:
@@ -75,23 +76,6 @@ def test_batched_and_per_signal_reads_give_identical_alerts(name: str, tmp_path:
     assert sum(batched.stats.rule_errors_total.values()) == 0
     if trace.expect:
         assert fired, "the trace's alerts must fire for the comparison to mean something"
-
-
-class Counted:
-    """The store, counting the reads made of it."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.reads = 0
-
-    def query(self, signal: str, matchers: Mapping[str, str] | None = None,
-              start: float = 0.0, end: float = 0.0) -> list[SeriesData]:
-        self.reads += 1
-        return self.store.query(signal, matchers, start, end)
-
-    def query_many(self, ranges: Mapping[str, tuple[float, float]]) -> Any:
-        self.reads += 1
-        return self.store.query_many(ranges)
 
 
 def _exact(samples: list[Sample]) -> list[tuple[Any, ...]]:

@@ -83,11 +83,15 @@ def test_chunk_cut_and_query_across_chunks_and_head(backend: Backend) -> None:
     # windows [0,10) .. [30,40) are cut: 4 windows x 4 series; 40..46 still in the head log
     assert _count(store, schema.chunks) == 16
     assert _count(store, schema.head_log) == 7
+    _assert_47_cycles_then_flush(store)
+
+
+def _assert_47_cycles_then_flush(store: Store) -> None:
+    """Cycles 0..46 of 4 GPUs read back whole and in part, then again once all is cut."""
     _assert_series(store, range(47))
     (s,) = store.query("gpu_utilization_ratio", {"gpu": "3"}, T0 + 5.5, T0 + 42)
     np.testing.assert_array_equal(s.timestamps, T0 + np.arange(6, 43))
     np.testing.assert_array_equal(s.values, (np.arange(6, 43) + 3) / 100)
-
     store.flush()
     assert _count(store, schema.head_log) == 0
     assert _count(store, schema.chunks) == 20
@@ -116,14 +120,7 @@ def test_cut_delay_keeps_the_last_window_uncut_and_answers_alike(
         if k == 45:  # and now 5 s: cut
             assert _count(store, schema.chunks) == 16
             assert _count(store, schema.head_log) == 6
-    _assert_series(store, range(47))
-    (s,) = store.query("gpu_utilization_ratio", {"gpu": "3"}, T0 + 5.5, T0 + 42)
-    np.testing.assert_array_equal(s.timestamps, T0 + np.arange(6, 43))
-    np.testing.assert_array_equal(s.values, (np.arange(6, 43) + 3) / 100)
-    store.flush()
-    assert _count(store, schema.head_log) == 0
-    assert _count(store, schema.chunks) == 20
-    _assert_series(store, range(47))
+    _assert_47_cycles_then_flush(store)
 
 
 def test_cut_delay_must_be_a_finite_non_negative_number(backend: Backend) -> None:
