@@ -418,8 +418,8 @@ def by_target_if_in_time(
     """(permutation, tgt, ms sorted by it) of a stable sort by target alone where it
     leaves every target's timestamps strictly increasing, else None.
 
-    Then it is :func:`series_order`'s permutation of the same samples (no two share a
-    target and a millisecond, so gathered order decides nothing), in linear time: the
+    Then the samples come out in :func:`series_order`'s order (no two share a target
+    and a millisecond, so gathered order decides nothing), in linear time: the
     targets fit in 16 bits, which numpy sorts stably by radix, where a (target, time)
     key of 64 bits takes a comparison sort. Samples gathered oldest first are usually
     in time order per target: a page's rows, then the next page.
