@@ -42,7 +42,7 @@ from gpuwarden.detectors import Detector, Finding, Status, Window, build_detecto
 from gpuwarden.detectors.defaults import render_summary
 from gpuwarden.errors import DuplicateLabelSetError
 from gpuwarden.model import Labels, SeriesData
-from gpuwarden.promql.prefetch import widest
+from gpuwarden.promql.prefetch import read_ranges, widest
 from gpuwarden.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -82,17 +82,8 @@ def read_inputs(
     walk, the sort and the read deadline's thread hop once per signal. Same series
     either way (``tests/incidents/test_batched_reads.py``).
     """
-    many = getattr(source, "query_many", None)
-    if many is not None:
-        got, failed = many({s: (now - lb, now) for s, lb in lookbacks.items()})
-        return {s: failed[s] if s in failed else got[s] for s in lookbacks}
-    out: dict[str, list[SeriesData] | Exception] = {}
-    for signal, lookback in lookbacks.items():
-        try:
-            out[signal] = source.query(signal, None, now - lookback, now)
-        except Exception as exc:
-            out[signal] = exc
-    return out
+    got = read_ranges(source, {s: (now - lb, now) for s, lb in lookbacks.items()})
+    return {s: got[s] for s in lookbacks}
 
 
 @dataclass(slots=True)
@@ -184,12 +175,8 @@ class RuleEngine:
                 self._count_error(rule.name)
                 continue
             compiled[rule.name] = _CompiledRule(rule, detector, inputs)
-        needed: dict[str, float] = {}
-        for c in compiled.values():
-            for signal, lookback in c.inputs.items():
-                needed[signal] = max(needed.get(signal, 0.0), lookback)
         self._rules = compiled
-        self._needed = needed
+        self._needed = widest(*(c.inputs for c in compiled.values()))
         self.revision += 1  # alerts() orders by rule
         # Every rule's error counter from 0 (a rule that could not be built keeps its
         # count); a rule gone from the config is gone from /metrics too.

@@ -530,14 +530,6 @@ class Gathered:
         if not want.size:
             return
         first = len(self.ts)
-        try:
-            self._walk_head(entries, order, want, lo, hi)
-        finally:
-            if len(self.ts) > first:
-                self.head_runs.append((first, len(self.ts)))
-
-    def _walk_head(self, entries: Sequence[Entry], order: I64Array, want: I64Array, lo: int,
-                   hi: int) -> None:
         prev_ids: I64Array | None = None
         hit = idx = np.empty(0, np.int64)
         j = len(entries) - 1
@@ -571,6 +563,8 @@ class Gathered:
                     self.targets.append(order[hit])
                     self.ts.append(part_ts(e, p, idx))
                     self.vals.append(part_vals(e, p, idx))
+        if len(self.ts) > first:
+            self.head_runs.append((first, len(self.ts)))
 
     def _oldest_first(self) -> list[int]:
         """The pieces' indices, oldest samples first: each add_head's run reversed."""
