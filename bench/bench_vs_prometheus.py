@@ -26,6 +26,8 @@ per stored sample at the end.
     .venv/bin/python -m bench vs-prometheus --quick
     # 10 minutes in minute-long windows: work done once a minute and growing windows count
     .venv/bin/python -m bench vs-prometheus --servers 4 --seconds 540 --window 60 --warmup 60
+    # Prometheus also recording gpuwarden's window signals (what its dashboards show)
+    .venv/bin/python -m bench vs-prometheus --window-signals
 
 Skips (exit 0, with a message) where no ``prometheus`` binary is installed; ``.ci/run``
 installs it (``apt-get install prometheus``).
@@ -92,6 +94,42 @@ groups:
     expr: delta(vllm:num_requests_waiting[1m]) > 5 and delta(vllm:num_requests_running[1m]) < 1
     for: 30s
 """
+
+#: vLLM's histograms behind gpuwarden's ``LATENCY_HISTOGRAMS`` (p50/p95/p99 of each).
+_LATENCY_HISTOGRAMS = ("time_to_first_token_seconds", "inter_token_latency_seconds",
+                       "e2e_request_latency_seconds", "request_queue_time_seconds",
+                       "request_prefill_time_seconds", "request_decode_time_seconds")
+#: (ratio, hits counter, queries counter) behind gpuwarden's ``increase_ratio`` signals.
+_RATIOS = (("prefix_cache_hit", "prefix_cache_hits_total", "prefix_cache_queries_total"),
+           ("kv_offload_hit", "external_prefix_cache_hits_total",
+            "external_prefix_cache_queries_total"),
+           ("spec_decode_acceptance", "spec_decode_num_accepted_tokens_total",
+            "spec_decode_num_draft_tokens_total"))
+
+
+def window_signal_rules() -> str:
+    """Recording rules for what gpuwarden computes besides its alert rules and exports on
+    ``/metrics``: its window signals (``promql/derived.py``), at gpuwarden's cadence
+    (every 5 s; the hour-long KV capacity once a minute). With them Prometheus does the
+    work gpuwarden does for its dashboards, not only its alerts (``--window-signals``).
+    The capacity's join of the p95 lengths to ``kv_cache_size_tokens`` (a label of
+    ``vllm:cache_config_info``) is left out: reading the hour of buckets is the work."""
+    quantiles = "".join(
+        f"  - record: vllm:{h}:p{round(q * 100)}_1m\n"
+        f"    expr: histogram_quantile({q}, rate(vllm:{h}_bucket[1m]))\n"
+        for h in _LATENCY_HISTOGRAMS for q in (0.5, 0.95, 0.99))
+    ratios = "".join(
+        f"  - record: vllm:{name}_ratio:1m\n"
+        f"    expr: increase(vllm:{hits}[1m]) / (increase(vllm:{queries}[1m]) > 0)\n"
+        for name, hits, queries in _RATIOS)
+    return (
+        "- name: window-signals\n  interval: 5s\n  rules:\n" + quantiles
+        + "  - record: vllm:generation_tokens:rate1m\n"
+        "    expr: rate(vllm:generation_tokens_total[1m])\n" + ratios
+        + "- name: window-signals-hourly\n  interval: 1m\n  rules:\n"
+        "  - record: vllm:request_length_tokens:p95_sum_1h\n"
+        "    expr: histogram_quantile(0.95, rate(vllm:request_prompt_tokens_bucket[1h]))\n"
+        "      + histogram_quantile(0.95, rate(vllm:request_generation_tokens_bucket[1h]))\n")
 
 @dataclass
 class Reading:
@@ -167,10 +205,10 @@ def first_answer(url: str, started: float, proc: subprocess.Popen[bytes],
     return None
 
 
-def start_prometheus(work: Path, ports: list[int]) -> Side:
+def start_prometheus(work: Path, ports: list[int], window_signals: bool) -> Side:
     port = free_port()
     targets = ", ".join(f"'127.0.0.1:{p}'" for p in ports)
-    (work / "rules.yml").write_text(RULES)
+    (work / "rules.yml").write_text(RULES + (window_signal_rules() if window_signals else ""))
     (work / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"rule_files: ['{work / 'rules.yml'}']\n"
@@ -231,7 +269,8 @@ class Result:
     cpu_ratio_per_window: list[float]
 
 
-def run_one(n: int, seconds: float, window: float, warmup: float) -> Result:
+def run_one(n: int, seconds: float, window: float, warmup: float,
+            window_signals: bool = False) -> Result:
     body = PAYLOAD.read_text()
     # Each side its own payload servers, so both see every counter advance alike.
     servers = {name: [server for _ in range(n)
@@ -242,7 +281,8 @@ def run_one(n: int, seconds: float, window: float, warmup: float) -> Result:
     sides: list[Side] = []
     session = requests.Session()
     try:
-        sides = [start_gpuwarden(work, ports["gw"]), start_prometheus(work, ports["prom"])]
+        sides = [start_gpuwarden(work, ports["gw"]),
+                 start_prometheus(work, ports["prom"], window_signals)]
         for side in sides:
             if side.first_answer_s is None:
                 raise RuntimeError(f"{side.name} did not answer /metrics; see {work}")
@@ -290,9 +330,12 @@ def run_one(n: int, seconds: float, window: float, warmup: float) -> Result:
         cpu_ratio_per_window=ratios)
 
 
-def report(results: list[Result], seconds: float, window: float, warmup: float) -> None:
+def report(results: list[Result], seconds: float, window: float, warmup: float,
+           window_signals: bool = False) -> None:
     g, p = "gpuwarden", "prometheus"
-    print(f"\n## gpuwarden vs Prometheus, same work, one run ({seconds:.0f} s per row in "
+    rules = ("alert rules and recording rules for gpuwarden's window signals"
+             if window_signals else "alert rules")
+    print(f"\n## gpuwarden vs Prometheus ({rules}), one run ({seconds:.0f} s per row in "
           f"{window:.0f} s windows after {warmup:.0f} s, medians; {os.cpu_count()} cores)\n")
     print("| servers | gpuwarden CPU/cycle | Prometheus CPU/cycle | ratio (per-window "
           "range) | CPU per stored sample, ratio | samples/cycle g / P |")
@@ -332,6 +375,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds both run before "
                         "the first window (default 10; the rules' 10-minute windows fill "
                         "over the first 10 minutes)")
+    parser.add_argument("--window-signals", action="store_true", help="Prometheus also "
+                        "records gpuwarden's window signals (p50/p95/p99 of six histograms, "
+                        "token rate, hit ratios, hour-long length p95s) at gpuwarden's "
+                        "cadence: the dashboards' work as well as the alerts'")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if shutil.which("prometheus") is None:
@@ -343,8 +390,9 @@ def main() -> int:
     results = []
     for n in counts:
         print(f"running N = {n} ...", file=sys.stderr, flush=True)
-        results.append(run_one(n, seconds, args.window, warmup=args.warmup))
-    report(results, seconds, args.window, args.warmup)
+        results.append(run_one(n, seconds, args.window, warmup=args.warmup,
+                               window_signals=args.window_signals))
+    report(results, seconds, args.window, args.warmup, args.window_signals)
     return 0
 
 
