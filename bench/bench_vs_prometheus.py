@@ -131,6 +131,7 @@ def window_signal_rules() -> str:
         "    expr: histogram_quantile(0.95, rate(vllm:request_prompt_tokens_bucket[1h]))\n"
         "      + histogram_quantile(0.95, rate(vllm:request_generation_tokens_bucket[1h]))\n")
 
+
 @dataclass
 class Reading:
     cpu: float
