@@ -132,6 +132,12 @@ def window_signal_rules() -> str:
         "      + histogram_quantile(0.95, rate(vllm:request_generation_tokens_bucket[1h]))\n")
 
 
+def prometheus_rules(window_signals: bool) -> str:
+    """The Prometheus side's rule file: :data:`RULES`, and with ``window_signals``
+    :func:`window_signal_rules` too."""
+    return RULES + (window_signal_rules() if window_signals else "")
+
+
 @dataclass
 class Reading:
     cpu: float
@@ -209,7 +215,7 @@ def first_answer(url: str, started: float, proc: subprocess.Popen[bytes],
 def start_prometheus(work: Path, ports: list[int], window_signals: bool) -> Side:
     port = free_port()
     targets = ", ".join(f"'127.0.0.1:{p}'" for p in ports)
-    (work / "rules.yml").write_text(RULES + (window_signal_rules() if window_signals else ""))
+    (work / "rules.yml").write_text(prometheus_rules(window_signals))
     (work / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"rule_files: ['{work / 'rules.yml'}']\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.bench_daemon import PAYLOAD
-from bench.bench_vs_prometheus import RULES, window_signal_rules
+from bench.bench_vs_prometheus import RULES, prometheus_rules, window_signal_rules
 from tests.tools.test_rules_export import needs_promtool, promtool
 
 #: What the recorded vLLM 0.32 CPU server does not export: it runs without a draft model.
@@ -34,7 +34,7 @@ def payload_metrics() -> set[str]:
 @pytest.mark.parametrize("window_signals", [False, True])
 def test_the_rules_pass_promtool(tmp_path: Path, window_signals: bool) -> None:
     path = tmp_path / "rules.yml"
-    path.write_text(RULES + (window_signal_rules() if window_signals else ""))
+    path.write_text(prometheus_rules(window_signals))
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     count = 8 + (23 if window_signals else 0)  # the alert rules, then the recording rules
@@ -44,7 +44,7 @@ def test_the_rules_pass_promtool(tmp_path: Path, window_signals: bool) -> None:
 def test_the_rules_read_what_the_payload_has() -> None:
     alert = read_metrics(RULES)
     recording = read_metrics(window_signal_rules())
-    # The quantiles of six histograms, the token rate, two hit ratios, the lengths' p95s.
+    # Six latency histograms (their quantiles) and two length histograms (the p95s).
     assert len({m for m in recording if m.endswith("_bucket")}) == 8
     assert alert - payload_metrics() == set()
     assert recording - payload_metrics() == NOT_IN_PAYLOAD
