@@ -4,8 +4,10 @@ The daemon hands over an immutable :class:`Snapshot` at the end of every cycle. 
 text is rendered at most once per snapshot, by the first scrape that wants it, and
 later scrapes of the same snapshot get the cached bytes: Prometheus scrapes every
 15-60 s while cycles run every second, so rendering every cycle up front would be
-mostly wasted. A GPU that vanished simply is not in the next snapshot: there are no
-long-lived gauges to clean up (ARCHITECTURE.md, convention 2).
+mostly wasted. (Once more after the store writer moved the snapshot's live figures,
+if a scrape came in between: see :class:`Snapshot`.) A GPU that vanished simply is not
+in the next snapshot: there are no long-lived gauges to clean up (ARCHITECTURE.md,
+convention 2).
 
 The text is byte for byte what prometheus_client's ``generate_latest`` printed over
 the same families (a custom collector building a ``Metric`` per family and a sample
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -41,11 +43,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything ``/metrics`` shows, as of the end of one cycle."""
+    """Everything ``/metrics`` shows, as of the end of one cycle; ``live``'s families as
+    of the render (figures another thread moves after the cycle: the store writer's).
+    Whoever moves them calls :meth:`Exposition.refresh` so that the next scrape sees it."""
 
     samples: tuple[Sample, ...] = ()
     self_metrics: tuple[SelfMetric, ...] = ()
     info: Mapping[str, str] = field(default_factory=dict)
+    live: Callable[[], tuple[SelfMetric, ...]] | None = None
 
 
 class _Family:
@@ -96,7 +101,8 @@ class _Renderer:
                     prefix = prefixes[s.labels] = line_prefix(name, s.labels)
                     self._cached += 1
                 out.append(f"{prefix}{go_float(s.value)}\n")
-        self._render_self(snap.self_metrics, out)
+        self._render_self(snap.self_metrics + (snap.live() if snap.live is not None else ()),
+                          out)
         if snap.info:
             out.append(family_header(PREFIX + "build", "gpuwarden version and data sources",
                                      "info"))
@@ -164,12 +170,21 @@ class Exposition:
         self._lock = threading.Lock()
         self._body = b""
         self._unrendered: Snapshot | None = None
+        self._rendered: Snapshot | None = None  # what _body shows
         self.renders_total = 0
 
     def update(self, snapshot: Snapshot) -> None:
         """Make ``snapshot`` what the next scrape shows (rendered then, not now)."""
         with self._lock:
             self._unrendered = snapshot
+
+    def refresh(self) -> None:
+        """The latest snapshot's live figures moved: the next scrape renders it again
+        rather than serve the text rendered before they moved."""
+        with self._lock:
+            if self._unrendered is None and self._rendered is not None \
+                    and self._rendered.live is not None:
+                self._unrendered = self._rendered
 
     def render(self, snapshot: Snapshot) -> bytes:
         with self._lock:  # the renderer's caches are shared by every render
@@ -185,5 +200,5 @@ class Exposition:
         with self._lock:
             if self._unrendered is not None:
                 self._body = self._render(self._unrendered)
-                self._unrendered = None
+                self._rendered, self._unrendered = self._unrendered, None
             return self._body

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from gpuwarden.collector.run import CollectorRunner
@@ -34,7 +35,7 @@ from gpuwarden.daemon import wiring
 from gpuwarden.daemon.alerting import Alerting
 from gpuwarden.daemon.pushed import PushedSamples
 from gpuwarden.daemon.sdnotify import SystemdNotifier
-from gpuwarden.daemon.self_metrics import CycleStats, self_metrics
+from gpuwarden.daemon.self_metrics import CycleStats, sample_flow_metrics, self_metrics
 from gpuwarden.errors import StoreError
 from gpuwarden.model import Sample
 from gpuwarden.ratelog import RateLimitedLog
@@ -317,12 +318,12 @@ class Cycle:
     def _snapshot(self, samples: list[Sample]) -> Snapshot:
         from gpuwarden.api.exposition import Snapshot
 
-        families = self_metrics(self.runner, self.stats, self.store, self.alerting,
-                                self.config)
+        families = self_metrics(self.runner, self.stats, self.alerting, self.config)
         if self.fleet is not None:
             families = (*families, *self.fleet.self_metrics())
         info = {"node": self.config.node, "gpu_source": self.gpu_source}
-        return Snapshot(samples=tuple(samples), self_metrics=families, info=info)
+        return Snapshot(samples=tuple(samples), self_metrics=families, info=info,
+                        live=partial(sample_flow_metrics, self.stats, self.store))
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """``/healthz``: alive when a cycle ended within three intervals, and never less

@@ -283,7 +283,10 @@ class Daemon:
 
     def _start_writer(self, store: Store) -> None:
         """From now on every database write of the loop goes through the writer thread."""
-        jobs: list[tuple[str, Callable[[], object]]] = []
+        # First: the samples just written (or failed) show on the next scrape, before the
+        # other jobs' waits on the database (``Snapshot.live``).
+        jobs: list[tuple[str, Callable[[], object]]] = [
+            ("metrics refresh", self.cycle.exposition.refresh)]
         alert_state = self.cycle.alerting.state
         if alert_state is not None:
             jobs.append(("alert state", alert_state.flush))

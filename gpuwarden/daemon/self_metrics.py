@@ -3,6 +3,8 @@
 Each part reports its share from its own typed figures: the collector runner
 (success, duration and errors per collector, the scrapes' counters), the cycle, the
 store (written, failed, pending, dropped samples), the rule engine and the dispatcher.
+All but the samples' flow are taken as a cycle ends, into its snapshot; the flow is read
+when ``/metrics`` is rendered (:func:`sample_flow_metrics` says why).
 A part that is not running (no store yet, alerting that could not start) adds nothing
 but the zeros below. Every family name here is listed in ``tools/dashboards.py``'s ``SELF_METRICS``.
 
@@ -69,14 +71,30 @@ def cycle_metrics(stats: CycleStats) -> tuple[SelfMetric, ...]:
         SelfMetric("cycles_skipped", "counter",
                    "Scheduled cycles skipped because the previous one was still running",
                    _one(stats.cycles_skipped_total)),
-        SelfMetric("samples_collected", "counter", "Samples returned by collectors",
-                   _one(stats.samples_collected_total)),
     )
 
 
+def sample_flow_metrics(stats: CycleStats, store: Store | None) -> tuple[SelfMetric, ...]:
+    """Samples collected, written, pending and dropped, read as ``/metrics`` is rendered.
+
+    Why not with the cycle's snapshot: the writer thread writes a cycle after the cycle
+    hands it over, so figures taken as the cycle ends race that write. On a loaded node
+    the write lost the race cycle after cycle, and ``/metrics`` showed the last cycle
+    as pending and written one cycle behind collected, on a store that was keeping up.
+    Read here, in this order (written before collected, both only grow), written never
+    shows above collected, and both are equal whenever the writer has caught up.
+    """
+    written = store_metrics(store) if store is not None else ()
+    collected = SelfMetric("samples_collected", "counter", "Samples returned by collectors",
+                           _one(stats.samples_collected_total))
+    return (collected, *written)
+
+
 def store_metrics(store: Store) -> tuple[SelfMetric, ...]:
-    reasons = sorted(set(WRITE_ERROR_REASONS) | set(store.write_errors))
-    write_errors = tuple(({"reason": r}, float(store.write_errors.get(r, 0))) for r in reasons)
+    # One C-level copy of each: the writer thread may add a reason while this reads.
+    errors = dict(store.write_errors)
+    reasons = sorted(set(WRITE_ERROR_REASONS) | set(errors))
+    write_errors = tuple(({"reason": r}, float(errors.get(r, 0))) for r in reasons)
     return (
         SelfMetric("samples_written", "counter", "Samples durably written to the store",
                    _one(store.samples_written_total)),
@@ -188,11 +206,9 @@ def alerting_metrics(alerting: Alerting, config: Config | None = None) -> tuple[
     return tuple(out)
 
 
-def self_metrics(runner: CollectorRunner, stats: CycleStats, store: Store | None,
-                 alerting: Alerting, config: Config | None = None) -> tuple[SelfMetric, ...]:
-    """Every self-metric family, in the order ``/metrics`` shows them (``config``: the
-    running one, whose known counter label sets are exported at 0)."""
-    families = runner.metrics() + cycle_metrics(stats)
-    if store is not None:
-        families += store_metrics(store)
-    return families + alerting_metrics(alerting, config)
+def self_metrics(runner: CollectorRunner, stats: CycleStats, alerting: Alerting,
+                 config: Config | None = None) -> tuple[SelfMetric, ...]:
+    """The self-metric families of a cycle's snapshot, in the order ``/metrics`` shows
+    them (``config``: the running one, whose known counter label sets are exported at
+    0); :func:`sample_flow_metrics` adds the samples' flow as the text is rendered."""
+    return runner.metrics() + cycle_metrics(stats) + alerting_metrics(alerting, config)

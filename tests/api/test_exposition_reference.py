@@ -29,7 +29,7 @@ from gpuwarden.collector.promtext import parse
 from gpuwarden.collector.registry import SERVER_KINDS
 from gpuwarden.collector.servers.base import map_exposition
 from gpuwarden.collector.sim import SimulatedGpuCollector
-from gpuwarden.daemon.self_metrics import CycleStats, cycle_metrics
+from gpuwarden.daemon.self_metrics import CycleStats, cycle_metrics, sample_flow_metrics
 from gpuwarden.model import Sample, SelfMetric, make_labels
 from gpuwarden.promql.gofloat import go_float
 from gpuwarden.signals import SIGNALS, Kind
@@ -122,7 +122,7 @@ def self_families() -> tuple[SelfMetric, ...]:
                      (({"collector": 'vllm "a"\\b\nc', "reason": "timeout"}, 3.0),
                       ({"reason": "parse", "collector": "sim"}, 0.0)))
     info = SelfMetric("dispatcher", "info", "A family of another type", (({"state": "up"}, 1.0),))
-    return (*cycle_metrics(stats), odd, info)
+    return (*cycle_metrics(stats), *sample_flow_metrics(stats, None), odd, info)
 
 
 def realistic_snapshot() -> Snapshot:

@@ -14,7 +14,7 @@ from gpuwarden.collector.base import Collector
 from gpuwarden.config import parse_config
 from gpuwarden.daemon.lifecycle import Daemon
 from gpuwarden.errors import CollectorError
-from gpuwarden.model import Sample, make_labels
+from gpuwarden.model import Sample, SelfMetric, make_labels
 from tests.daemon.test_daemon import free_port
 
 
@@ -67,6 +67,34 @@ def test_snapshots_nobody_scrapes_are_never_rendered() -> None:
     assert [lab["gpu"] for lab in names(exposition.body, "gpuwarden_gpu_up")] == ["9"]
     exposition.body  # noqa: B018 - a second scrape of the same snapshot
     assert exposition.renders_total == 1
+
+
+def test_live_figures_show_once_refreshed_and_only_then() -> None:
+    """A snapshot's live families are read as it is rendered; ``refresh`` (the store
+    writer, after a pass) makes the next scrape render them again, and only where a
+    snapshot has any."""
+    written = [4.0]
+
+    def live() -> tuple[SelfMetric, ...]:
+        return (SelfMetric("samples_written", "counter", "Written", (({}, written[0]),)),)
+
+    exposition = Exposition(process_metrics=False)
+    exposition.refresh()  # nothing shown yet: nothing to do
+    exposition.update(Snapshot(samples=(gpu_up("0"),), live=live))
+    assert b"\ngpuwarden_samples_written_total 4.0\n" in exposition.body
+    written[0] = 8.0
+    assert b"gpuwarden_samples_written_total 4.0" in exposition.body  # the cached text
+    exposition.refresh()
+    body = exposition.body
+    assert b"\ngpuwarden_samples_written_total 8.0\n" in body
+    assert names(body, "gpuwarden_gpu_up") == names(exposition.body, "gpuwarden_gpu_up") != []
+    assert exposition.renders_total == 2
+
+    exposition.update(Snapshot(samples=(gpu_up("0"),)))
+    exposition.body  # noqa: B018
+    exposition.refresh()  # no live families: the cached text stands
+    exposition.body  # noqa: B018
+    assert exposition.renders_total == 3
 
 
 def test_failing_collector_is_counted_and_others_carry_on(tmp_path: Path) -> None:
