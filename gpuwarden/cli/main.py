@@ -25,8 +25,14 @@ from gpuwarden.cli.common import (
 )
 from gpuwarden.errors import ConfigError, InstanceLocked, StoreError
 
+#: Threads for numpy's OpenBLAS, which starts one per core (up to 64) when numpy is
+#: imported. The daemon does no linear algebra, so on a GPU node of 64 cores or more they
+#: would be 63 idle threads. A value set in the environment is kept.
+BLAS_THREADS = "1"
+
 
 def cmd_run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", BLAS_THREADS)  # read when numpy loads
     from gpuwarden.config import load_config
     from gpuwarden.daemon.lifecycle import Daemon
 
