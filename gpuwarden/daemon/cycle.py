@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from gpuwarden.api.exposition import Exposition, Snapshot
     from gpuwarden.collector.memory_budget import MemoryBudget
     from gpuwarden.daemon.fleet import FleetMode
+    from gpuwarden.storage.held_windows import HeldReads
     from gpuwarden.storage.store import Store
     from gpuwarden.storage.writer import StoreWriter
 
@@ -103,6 +104,7 @@ class Cycle:
         self.served_models: ServedModels | None = None
         self.fleet: FleetMode | None = None  # on a PostgreSQL store (daemon/fleet.py)
         self._exposition: Exposition | None = None
+        self._held_reads: HeldReads | None = None  # the window reads, of ``store``
         self._derived: list[Sample] = []
         self._derived_at: float | None = None
         self._long_derived_at: float | None = None
@@ -252,7 +254,9 @@ class Cycle:
 
     def _window_reads(self, now: float) -> SeriesSource | None:
         """One read of what the rules due now and the window signals read, if due: they
-        read the same minute of the same series (``promql/prefetch.py``)."""
+        read the same minute of the same series (``promql/prefetch.py``). It goes on from
+        the last cycle's reads rather than read every window anew
+        (``storage/held_windows.py``)."""
         store = self.store
         if store is None:
             return None
@@ -264,8 +268,13 @@ class Cycle:
         due, long_due = self._derive_due(now)
         if due:
             wanted.append(derive_lookbacks(skip=() if long_due else LONG_LOOKBACK))
+        held = self._held_reads
+        if held is None or held.store is not store:
+            from gpuwarden.storage.held_windows import HeldReads
+
+            held = self._held_reads = HeldReads(store)
         try:
-            return Prefetched(store, widest(*wanted), now)
+            return Prefetched(held, widest(*wanted), now)
         except Exception as exc:  # each reader then reads for itself, and fails alone
             self._log.warning("reads", "reading the rules' and window signals' inputs "
                               "failed: %s", exc)

@@ -62,6 +62,7 @@ from gpuwarden.storage.codec import F64Array, I64Array
 from gpuwarden.storage.db_errors import DB_ERRORS, db_error_text, write_error_reason
 from gpuwarden.storage.engine import open_engine, write_transaction
 from gpuwarden.storage.head import Block, Entry, compact, newest, split_cycle
+from gpuwarden.storage.held_windows import HeadMark, HeldWindows
 from gpuwarden.storage.pending import PendingBuffer
 from gpuwarden.storage.queries import (
     DbRows,
@@ -135,6 +136,10 @@ class Store:
         # mapping plan yields the same sequence every cycle (see ``_local_ids``).
         self._last_keys: tuple[list[str], list[Labels], I64Array] | None = None
         self._newest_ms = _I64_MIN
+        # Cycles appended to the head and dropped from it (a full pending buffer), ever:
+        # where a held window read goes on from (``held_windows.HeadMark``).
+        self._appended_total = 0
+        self._dropped_cycles_total = 0
         # Every sample of this node at or after this is in memory: the replay loads every
         # uncut head-log row of the node, this store is the node's only writer (the
         # daemon's instance lock) and a block leaves memory only with its samples below
@@ -209,6 +214,7 @@ class Store:
         with self._lock:
             self._entries.append(entry)
             self._newest_ms = max(self._newest_ms, entry.t_max)
+            self._appended_total += 1
 
     # ------------------------------------------------------------------ write
     @property
@@ -290,6 +296,7 @@ class Store:
             self.dropped_samples_total += old.count
             with self._lock:
                 self._entries.remove(old)
+                self._dropped_cycles_total += 1
         if dropped:
             log.warning("pending buffer full: dropped %d cycles of %d samples", len(dropped),
                         sum(e.count for e in dropped))
@@ -438,6 +445,24 @@ class Store:
         """``query(signal, None, start, end)`` of each ``signal: (start, end)``, read together
         (``queries.py``); a failed read's signals map to its error in the second dict."""
         return self._query(ranges, None)
+
+    def query_held(
+        self, ranges: Mapping[str, tuple[float, float]], held: HeldWindows
+    ) -> tuple[dict[str, list[SeriesData]], dict[str, StoreUnavailable]]:
+        """``query_many(ranges)``, the windows the head answers going on from what ``held``
+        holds of the last read of each (``held_windows.py``); ``held`` is one reader's."""
+        with self._lock:
+            memory, database = plan(self._series, ranges, None, self._cover_ms, self.node)
+            entries, blocks = (list(self._entries), list(self._blocks)) if memory else ([], [])
+            mark = HeadMark(entries[-1] if entries else None, self._appended_total,
+                            self._dropped_cycles_total, self._newest_ms)
+        got = dict(zip([r.signal for r in memory], held.read(entries, blocks, memory, mark),
+                       strict=True))
+        if not database:
+            return got, {}
+        rest, failed = self._query({r.signal: (r.start, r.end) for r in database}, None)
+        got.update(rest)
+        return got, failed
 
     def _query(
         self, ranges: Mapping[str, tuple[float, float]], matchers: Mapping[str, str] | None

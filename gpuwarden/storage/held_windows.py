@@ -1,0 +1,247 @@
+"""The daemon's window reads, each answered from the last one plus the cycles since.
+
+Why: every 5 s the rules and the window signals read 37 signals over 1-20 minutes
+(~54,000 samples at 4 servers), and 55 of every 60 seconds of a minute's window had been
+gathered, decoded, sorted and split 5 s before. Reading it all anew was about a quarter
+of the daemon's CPU at 4 servers (py-spy; README's performance section). A
+:class:`HeldWindows` keeps each signal's last answer and adds what the head's cycles
+appended since then hold, then cuts it to the window asked.
+
+It answers bit for bit what ``Store.query_many`` answers over the same head
+(``tests/storage/test_held_windows.py``, and the incident traces of
+``tests/incidents/test_batched_reads.py``), because it goes on from a held answer only
+where the two cannot differ, and reads in full otherwise:
+
+- the head lost no cycle since (``HeadMark.removals``: the pending buffer drops
+  cycles when the store is unwritable too long) and its newest cycles are exactly the
+  ones appended since (``HeadMark.appended``, and the held mark's last cycle just before
+  them, by identity). A chunk cut moves cycles into blocks without changing a sample;
+- every sample appended since is newer than every sample the head held then, and each
+  cycle's than every earlier cycle's, so each series is its held samples followed by its
+  new ones, none at the same time as another (no out-of-order cycle: two samples of one
+  series at one time come in the order they were gathered in, which a chunk cut or a
+  page changes; a held answer with such a tie is not kept either);
+- every sample in the head is inside the end of the window asked (a sample left out
+  for being too new would be missed later);
+- the signal has the same series (a new one or a deleted one: in full), and the window
+  starts no earlier than the held samples reach (they are every sample from their start
+  on, up to their end).
+
+A signal read over several lookbacks (a rule every cycle over a minute, another every
+5 s over ten) keeps the widest one's samples, plus a second of margin so that
+``now - lookback`` rounding differently from one read to the next does not force a full
+read; each answer is cut to its own window. The held samples are the widest windows' own
+(~1 MiB at 4 servers), which a full read would have gathered anyway.
+
+Pure, like ``head.py``: the store hands over its head under its lock (``Store.query_held``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from gpuwarden.model import Labels, SeriesData
+from gpuwarden.storage.codec import F64Array
+from gpuwarden.storage.head import Block, Entry, Gathered, Wanted
+from gpuwarden.storage.queries import Request, from_head, ms_bounds
+
+Answers = tuple[dict[str, list[SeriesData]], Mapping[str, Exception]]
+
+#: Seconds held before the widest window's start (module doc: float rounding of starts).
+MARGIN_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeadMark:
+    """Where the head stood at a read: its newest cycle and how many were appended and
+    dropped before then, and its newest sample's time (ms)."""
+
+    last: Entry | None
+    appended: int
+    removals: int
+    newest_ms: int
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A signal's samples: every sample of its series with ``start <= t <= end``, as of
+    ``mark``; by target (index in ``local``), time order."""
+
+    local: list[int]
+    keys: list[Labels]
+    start: float
+    end: float
+    lookback: float  # the widest window read lately
+    mark: HeadMark
+    series: dict[int, tuple[F64Array, F64Array]]
+
+
+def _appended_since(entries: Sequence[Entry], then: HeadMark, now: HeadMark
+                    ) -> Sequence[Entry] | None:
+    """The cycles appended between ``then`` and ``now`` (``entries`` as of ``now``), or None
+    where an answer held at ``then`` cannot go on (module doc)."""
+    if then.last is None or then.removals != now.removals:
+        return None
+    k = now.appended - then.appended
+    if k < 0 or len(entries) < k + 1 or entries[len(entries) - k - 1] is not then.last:
+        return None
+    new = entries[len(entries) - k:]
+    newest = then.newest_ms
+    for e in new:  # each cycle after every sample before it: no two samples tie
+        if e.t_min <= newest:
+            return None
+        newest = e.t_max
+    return new
+
+
+def _cut(secs: F64Array, vals: F64Array, start: float) -> tuple[F64Array, F64Array] | None:
+    i = int(np.searchsorted(secs, start, "left"))
+    if i == secs.size:
+        return None
+    return (secs, vals) if i == 0 else (secs[i:], vals[i:])
+
+
+class HeldWindows:
+    """Each signal's last answer, and how to answer the next read from it (module doc).
+
+    One reader's: the daemon's cycle, whose reads come one after another.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, _Held] = {}
+        self.full_reads_total = 0  # signals read in full (first read, or could not go on)
+        self.held_reads_total = 0  # signals answered from what was held
+
+    def read(self, entries: Sequence[Entry], blocks: Sequence[Block],
+             requests: Sequence[Request], mark: HeadMark) -> list[list[SeriesData]]:
+        """Per request its series, what ``from_head(entries, blocks, requests)`` gives;
+        ``mark`` is where the head stood when ``entries`` and ``blocks`` were taken."""
+        out: list[list[SeriesData]] = [[] for _ in requests]
+        full: list[int] = []
+        since: dict[int, Sequence[Entry] | None] = {}  # by id of the held mark
+        going_on: dict[int, list[int]] = {}  # held mark's id -> requests going on from it
+        within_end = mark.newest_ms / 1000.0
+        for k, r in enumerate(requests):
+            held = self._held.get(r.signal)
+            if (held is None or held.local != r.local or r.start < held.start
+                    or within_end > r.end or r.end < held.end):
+                full.append(k)
+                continue
+            key = id(held.mark)
+            if key not in since:
+                since[key] = _appended_since(entries, held.mark, mark)
+            if since[key] is None:
+                full.append(k)
+            else:
+                going_on.setdefault(key, []).append(k)
+        if full:
+            answers = self._read_full(entries, blocks, [requests[k] for k in full], mark)
+            for k, answer in zip(full, answers, strict=True):
+                out[k] = answer
+        for key, members in going_on.items():
+            new = since[key]
+            assert new is not None
+            answers = self._go_on(new, [requests[k] for k in members], mark)
+            for k, answer in zip(members, answers, strict=True):
+                out[k] = answer
+        return out
+
+    def forget(self) -> None:
+        """Hold nothing: the next read of every signal is a full one."""
+        self._held.clear()
+
+    def _read_full(self, entries: Sequence[Entry], blocks: Sequence[Block],
+                   requests: Sequence[Request], mark: HeadMark) -> list[list[SeriesData]]:
+        self.full_reads_total += len(requests)
+        answers = from_head(entries, blocks, requests)
+        for r, series in zip(requests, answers, strict=True):
+            if mark.newest_ms / 1000.0 > r.end or not all(
+                    s.timestamps.size < 2 or bool((s.timestamps[1:] > s.timestamps[:-1]).all())
+                    for s in series):
+                # It left out samples too new, or a series has two samples at one time
+                # (their order is the gathering's, which a cut can change): hold nothing.
+                self._held.pop(r.signal, None)
+                continue
+            index = {labels: t for t, labels in enumerate(r.keys)}
+            self._held[r.signal] = _Held(
+                r.local, r.keys, r.start, r.end, r.end - r.start, mark,
+                {index[s.labels]: (s.timestamps, s.values) for s in series})
+        return answers
+
+    def _go_on(self, new: Sequence[Entry], requests: Sequence[Request], mark: HeadMark
+               ) -> list[list[SeriesData]]:
+        """Answer ``requests`` from their held samples and the cycles ``new``."""
+        self.held_reads_total += len(requests)
+        helds = [self._held[r.signal] for r in requests]
+        keeps = []
+        for r, held in zip(requests, helds, strict=True):
+            held.lookback = max(held.lookback, r.end - r.start)
+            keeps.append(max(held.start, min(r.start, r.end - held.lookback - MARGIN_S)))
+        fresh: list[list[SeriesData]] = [[] for _ in requests]
+        if new:
+            got = Gathered()
+            lids = [lid for r in requests for lid in r.local]
+            got.add_head(new, lids, min(ms_bounds(keep, math.inf)[0] for keep in keeps),
+                         max(r.hi for r in requests))
+            fresh = got.split([Wanted(r.signal, r.keys, keep, r.end)
+                               for r, keep in zip(requests, keeps, strict=True)])
+        answers = []
+        for r, held, keep, added in zip(requests, helds, keeps, fresh, strict=True):
+            series: dict[int, tuple[F64Array, F64Array]] = {}
+            for t, (secs, vals) in held.series.items():
+                kept = _cut(secs, vals, keep)
+                if kept is not None:
+                    series[t] = kept
+            if added:
+                index = {labels: t for t, labels in enumerate(held.keys)}
+                for s in added:
+                    t = index[s.labels]
+                    old = series.get(t)
+                    series[t] = ((s.timestamps, s.values) if old is None else
+                                 (np.concatenate((old[0], s.timestamps)),
+                                  np.concatenate((old[1], s.values))))
+            held.series, held.start, held.end, held.mark = series, keep, r.end, mark
+            answer = []
+            for t in sorted(series):
+                secs, vals = series[t]
+                kept = _cut(secs, vals, r.start) if keep < r.start else (secs, vals)
+                if kept is not None:
+                    answer.append(SeriesData(r.signal, held.keys[t], kept[0], kept[1]))
+            answers.append(answer)
+        return answers
+
+
+class _Store(Protocol):
+    """The two reads of ``Store`` that :class:`HeldReads` uses."""
+
+    def query(self, signal: str, matchers: Mapping[str, str] | None = None,
+              start: float = -math.inf, end: float = math.inf) -> list[SeriesData]: ...
+
+    def query_held(self, ranges: Mapping[str, tuple[float, float]], held: HeldWindows
+                   ) -> Answers: ...
+
+
+class HeldReads:
+    """A store as one periodic reader (the daemon's cycle) reads it: ``query_many`` goes on
+    from that reader's last reads (:class:`HeldWindows`), ``query`` reads as the store does.
+    A source for ``promql.prefetch.Prefetched``."""
+
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+        self.held = HeldWindows()
+
+    def query(self, signal: str, matchers: Mapping[str, str] | None = None,
+              start: float = -math.inf, end: float = math.inf) -> list[SeriesData]:
+        return self.store.query(signal, matchers, start, end)
+
+    def query_many(self, ranges: Mapping[str, tuple[float, float]]) -> Answers:
+        try:
+            return self.store.query_held(ranges, self.held)
+        except BaseException:
+            self.held.forget()  # whatever went wrong, the next reads start afresh
+            raise
