@@ -587,17 +587,11 @@ class Gathered:
         """One SeriesData per target with samples in [start, end], sorted by time."""
         return self.split([Wanted(signal, keys, start, end)])[0]
 
-    def split(self, wanted: Sequence[Wanted]) -> list[list[SeriesData]]:
-        """Per :class:`Wanted`, one SeriesData per key with samples in its [start, end],
-        sorted by time: what :meth:`to_series` gives for each, from one gathering.
-
-        The targets are numbered on from one ``Wanted`` to the next (the first's keys are
-        targets ``0..len(keys)-1``, and so on). Several signals gathered together cost
-        one concatenation and one sort instead of one each (``Store.query_many``).
-        """
-        out: list[list[SeriesData]] = [[] for _ in wanted]
+    def ordered(self, wanted: Sequence[Wanted]) -> tuple[I64Array, F64Array, F64Array]:
+        """The samples :meth:`split` splits: (target, seconds, value) of those inside their
+        target's range, by target, then time, ties in gathered order."""
         if not self.ts:
-            return out
+            return np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64)
         # Gathered oldest first, each series' samples are usually in time order already:
         # then a linear sort by target alone orders them (:func:`by_target_if_in_time`).
         tgt, ms, vals = _in_ranges(wanted, *self._concatenated(self._oldest_first()))
@@ -608,8 +602,18 @@ class Gathered:
             tgt, ms, vals = _in_ranges(wanted, *self._concatenated(range(len(self.ts))))
             srt = series_order(tgt, ms)
             tgt, ms = tgt[srt], ms[srt]
-        vals = vals[srt]
-        secs = ms / 1000.0
+        return tgt, ms / 1000.0, vals[srt]
+
+    def split(self, wanted: Sequence[Wanted]) -> list[list[SeriesData]]:
+        """Per :class:`Wanted`, one SeriesData per key with samples in its [start, end],
+        sorted by time: what :meth:`to_series` gives for each, from one gathering.
+
+        The targets are numbered on from one ``Wanted`` to the next (the first's keys are
+        targets ``0..len(keys)-1``, and so on). Several signals gathered together cost
+        one concatenation and one sort instead of one each (``Store.query_many``).
+        """
+        out: list[list[SeriesData]] = [[] for _ in wanted]
+        tgt, secs, vals = self.ordered(wanted)
         if not tgt.size:
             return out
         heads = np.concatenate(([0], np.flatnonzero(tgt[1:] != tgt[:-1]) + 1))

@@ -46,7 +46,7 @@ from typing import Protocol
 import numpy as np
 
 from gpuwarden.model import Labels, SeriesData
-from gpuwarden.storage.codec import F64Array
+from gpuwarden.storage.codec import F64Array, I64Array
 from gpuwarden.storage.head import Block, Entry, Gathered, Wanted
 from gpuwarden.storage.queries import Request, from_head, ms_bounds
 
@@ -54,6 +54,9 @@ Answers = tuple[dict[str, list[SeriesData]], Mapping[str, Exception]]
 
 #: Seconds held before the widest window's start (module doc: float rounding of starts).
 MARGIN_S = 1.0
+#: Samples older than every window are dropped once they reach back this share of the
+#: widest window: a copy of the held arrays every few reads, not every read.
+COMPACT_AFTER = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,7 @@ class HeadMark:
 @dataclass(slots=True, eq=False)
 class _Held:
     """A signal's samples: every sample of its series with ``start <= t <= end``, as of
-    ``mark``; by target (index in ``local``), time order."""
+    ``mark``, as flat arrays ordered by target (index in ``local``), then time."""
 
     local: list[int]
     keys: list[Labels]
@@ -78,7 +81,9 @@ class _Held:
     end: float
     lookback: float  # the widest window read lately
     mark: HeadMark
-    series: dict[int, tuple[F64Array, F64Array]]
+    tgt: I64Array
+    secs: F64Array
+    vals: F64Array
 
 
 def _appended_since(entries: Sequence[Entry], then: HeadMark, now: HeadMark
@@ -99,11 +104,38 @@ def _appended_since(entries: Sequence[Entry], then: HeadMark, now: HeadMark
     return new
 
 
-def _cut(secs: F64Array, vals: F64Array, start: float) -> tuple[F64Array, F64Array] | None:
-    i = int(np.searchsorted(secs, start, "left"))
-    if i == secs.size:
-        return None
-    return (secs, vals) if i == 0 else (secs[i:], vals[i:])
+Flat = tuple[I64Array, F64Array, F64Array]  # (target, seconds, value) of samples
+
+
+def _merged(held: Flat, added: Flat) -> Flat:
+    """Held and added samples, both ordered by target then time, as one such ordering:
+    each added sample after the held ones of its target (they are newer)."""
+    (tgt, secs, vals), (add_tgt, add_secs, add_vals) = held, added
+    n, m = tgt.size, add_tgt.size
+    at_new = np.searchsorted(tgt, add_tgt, "right") + np.arange(m)
+    at_old = np.ones(n + m, bool)
+    at_old[at_new] = False
+    out_t = np.empty(n + m, np.int64)
+    out_s = np.empty(n + m, np.float64)
+    out_v = np.empty(n + m, np.float64)
+    out_t[at_new], out_s[at_new], out_v[at_new] = add_tgt, add_secs, add_vals
+    out_t[at_old], out_s[at_old], out_v[at_old] = tgt, secs, vals
+    return out_t, out_s, out_v
+
+
+def _series(signal: str, keys: Sequence[Labels], held: _Held, start: float
+            ) -> list[SeriesData]:
+    """The held samples from ``start`` on, one SeriesData per target: views of the held
+    arrays (each target's samples before ``start`` are a prefix of its run)."""
+    tgt, secs, vals = held.tgt, held.secs, held.vals
+    if not tgt.size:
+        return []
+    heads = np.concatenate(([0], np.flatnonzero(tgt[1:] != tgt[:-1]) + 1))
+    tails = np.append(heads[1:], tgt.size)
+    firsts = tails - np.add.reduceat(secs >= start, heads) if start > held.start else heads
+    return [SeriesData(signal, keys[t], secs[a:b], vals[a:b])
+            for a, b, t in zip(firsts.tolist(), tails.tolist(), tgt[heads].tolist(),
+                               strict=True) if a < b]
 
 
 class HeldWindows:
@@ -168,9 +200,14 @@ class HeldWindows:
                 self._held.pop(r.signal, None)
                 continue
             index = {labels: t for t, labels in enumerate(r.keys)}
-            self._held[r.signal] = _Held(
-                r.local, r.keys, r.start, r.end, r.end - r.start, mark,
-                {index[s.labels]: (s.timestamps, s.values) for s in series})
+            counts = [len(s) for s in series]
+            tgt = np.repeat(np.array([index[s.labels] for s in series], np.int64), counts)
+            secs = (np.concatenate([s.timestamps for s in series]) if series
+                    else np.empty(0, np.float64))
+            vals = (np.concatenate([s.values for s in series]) if series
+                    else np.empty(0, np.float64))
+            self._held[r.signal] = _Held(r.local, r.keys, r.start, r.end, r.end - r.start,
+                                         mark, tgt, secs, vals)
         return answers
 
     def _go_on(self, new: Sequence[Entry], requests: Sequence[Request], mark: HeadMark
@@ -182,37 +219,30 @@ class HeldWindows:
         for r, held in zip(requests, helds, strict=True):
             held.lookback = max(held.lookback, r.end - r.start)
             keeps.append(max(held.start, min(r.start, r.end - held.lookback - MARGIN_S)))
-        fresh: list[list[SeriesData]] = [[] for _ in requests]
         if new:
             got = Gathered()
             lids = [lid for r in requests for lid in r.local]
-            got.add_head(new, lids, min(ms_bounds(keep, math.inf)[0] for keep in keeps),
+            got.add_head(new, lids, min(ms_bounds(h.start, math.inf)[0] for h in helds),
                          max(r.hi for r in requests))
-            fresh = got.split([Wanted(r.signal, r.keys, keep, r.end)
-                               for r, keep in zip(requests, keeps, strict=True)])
+            new_tgt, new_secs, new_vals = got.ordered(
+                [Wanted(r.signal, r.keys, held.start, r.end)
+                 for r, held in zip(requests, helds, strict=True)])
+            firsts = np.cumsum([0, *(len(r.local) for r in requests)])
+            bounds = np.searchsorted(new_tgt, firsts).tolist()
         answers = []
-        for r, held, keep, added in zip(requests, helds, keeps, fresh, strict=True):
-            series: dict[int, tuple[F64Array, F64Array]] = {}
-            for t, (secs, vals) in held.series.items():
-                kept = _cut(secs, vals, keep)
-                if kept is not None:
-                    series[t] = kept
-            if added:
-                index = {labels: t for t, labels in enumerate(held.keys)}
-                for s in added:
-                    t = index[s.labels]
-                    old = series.get(t)
-                    series[t] = ((s.timestamps, s.values) if old is None else
-                                 (np.concatenate((old[0], s.timestamps)),
-                                  np.concatenate((old[1], s.values))))
-            held.series, held.start, held.end, held.mark = series, keep, r.end, mark
-            answer = []
-            for t in sorted(series):
-                secs, vals = series[t]
-                kept = _cut(secs, vals, r.start) if keep < r.start else (secs, vals)
-                if kept is not None:
-                    answer.append(SeriesData(r.signal, held.keys[t], kept[0], kept[1]))
-            answers.append(answer)
+        for k, (r, held, keep) in enumerate(zip(requests, helds, keeps, strict=True)):
+            tgt, secs, vals = held.tgt, held.secs, held.vals
+            start = held.start
+            if new and bounds[k] < bounds[k + 1]:
+                a, b = bounds[k], bounds[k + 1]
+                tgt, secs, vals = _merged((tgt, secs, vals), (
+                    new_tgt[a:b] - firsts[k], new_secs[a:b], new_vals[a:b]))
+            if keep - start > COMPACT_AFTER * held.lookback and secs.size:
+                inside = secs >= keep  # forget what no window reaches any more
+                tgt, secs, vals, start = tgt[inside], secs[inside], vals[inside], keep
+            held.tgt, held.secs, held.vals = tgt, secs, vals
+            held.start, held.end, held.mark = start, r.end, mark
+            answers.append(_series(r.signal, held.keys, held, r.start))
         return answers
 
 
