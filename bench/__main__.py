@@ -8,7 +8,9 @@ reference is the same script run on an older one), nor ``python -m bench vs-prom
 gpuwarden and a Prometheus doing the same scraping and rules side by side (minutes), nor
 ``python -m bench fleet-ingest``, N nodes writing into one PostgreSQL (~2.5 minutes), nor
 ``python -m bench fleet-rules``, the fleet leader's pass by fleet size (~30 s), nor
-``python -m bench http-clients``, CPU per scrape of requests, urllib3 and libcurl (~30 s).
+``python -m bench http-clients``, CPU per scrape of requests, urllib3 and libcurl (~30 s),
+nor ``python -m bench window-reads``, the daemon's window reads going on from the last
+cycle's against reading anew (~1 min).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ BENCHMARKS = ("bench_storage", "bench_parser", "bench_rules", "bench_daemon", "b
 #: Run by name only (``python -m bench NAME [args]``), never by default.
 ON_REQUEST = {"soak": "bench_soak", "faults": "bench_faults",
               "vs-prometheus": "bench_vs_prometheus", "fleet-ingest": "bench_fleet_ingest",
-              "fleet-rules": "bench_fleet_rules", "http-clients": "bench_http_clients"}
+              "fleet-rules": "bench_fleet_rules", "http-clients": "bench_http_clients",
+              "window-reads": "bench_window_reads"}
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bench.bench_daemon import PAYLOAD, AdvancingPayload
@@ -39,7 +40,11 @@ NODE = "bench-node"
 T0 = 1_800_000_000.0
 
 
-def exact(got: dict[str, list[SeriesData]]) -> dict[str, list[tuple[object, bytes, bytes]]]:
+Read = Callable[[Mapping[str, tuple[float, float]]],
+                tuple[Mapping[str, list[SeriesData]], Mapping[str, Exception]]]
+
+
+def exact(got: Mapping[str, list[SeriesData]]) -> dict[str, list[tuple[object, bytes, bytes]]]:
     return {signal: [(s.labels, s.timestamps.tobytes(), s.values.tobytes()) for s in series]
             for signal, series in got.items()}
 
@@ -65,13 +70,11 @@ def main() -> int:
         return out
 
     engine = RuleEngine(effective_rules([]), node=NODE, interval=1.0)
-    full_ms: list[float] = []
-    held_ms: list[float] = []
-    five_full: list[float] = []
-    five_held: list[float] = []
+    timed: list[tuple[bool, float, float]] = []  # (every-5-s cycle, full ms, held ms)
     with tempfile.TemporaryDirectory() as tmp, open_store(
             f"sqlite:///{Path(tmp) / 'gw.db'}", node=NODE, cut_delay=DEFAULT_WINDOW) as store:
         held = HeldReads(store)
+        readers: dict[str, Read] = {"full": store.query_many, "held": held.query_many}
         warm = int(args.minutes * 60)
         samples = 0
         for k in range(warm + args.cycles):
@@ -87,27 +90,21 @@ def main() -> int:
                 wanted.append(derive_lookbacks(skip=() if k % 60 == 0 else LONG_LOOKBACK))
             ranges = widest(*wanted)
             spans = {signal: (now - lookback, now) for signal, lookback in ranges.items()}
-            order = (store.query_many, held.query_many)
-            if k % 2:
-                order = order[::-1]
-            answers = {}
-            times = {}
-            for read in order:
+            answers: dict[str, Mapping[str, list[SeriesData]]] = {}
+            times: dict[str, float] = {}
+            for name in ("full", "held") if k % 2 == 0 else ("held", "full"):
                 started = time.process_time()
-                answers[read] = read(spans)
-                times[read] = (time.process_time() - started) * 1000.0
-            if exact(answers[order[0]][0]) != exact(answers[order[1]][0]):
+                answers[name] = readers[name](spans)[0]
+                times[name] = (time.process_time() - started) * 1000.0
+            if exact(answers["full"]) != exact(answers["held"]):
                 print(f"cycle {k}: the two reads differ", file=sys.stderr)
                 return 1
             engine.evaluate(now, Prefetched(store, ranges, now))
             if k < warm:
                 continue  # the held reads' first (full) reads, not measured
-            full_ms.append(times[store.query_many])
-            held_ms.append(times[held.query_many])
-            if five:
-                five_full.append(times[store.query_many])
-                five_held.append(times[held.query_many])
-    mean_full, mean_held = statistics.fmean(full_ms), statistics.fmean(held_ms)
+            timed.append((five, times["full"], times["held"]))
+    mean_full = statistics.fmean(f for _, f, _ in timed)
+    mean_held = statistics.fmean(h for _, _, h in timed)
     print(f"{args.servers} servers + 8 GPUs, {samples} samples a cycle, {args.minutes:g} min "
           f"written, {args.cycles} cycles read both ways "
           f"({held.held.held_reads_total} signal reads held, "
@@ -116,15 +113,10 @@ def main() -> int:
     print("|---|---|---|---|")
     print(f"| mean CPU per cycle | {mean_full:.2f} ms | {mean_held:.2f} ms | "
           f"{mean_held / mean_full:.2f}x |")
-    print(f"| median, every-5-s cycles | {statistics.median(five_full):.2f} ms | "
-          f"{statistics.median(five_held):.2f} ms | "
-          f"{statistics.median(five_held) / statistics.median(five_full):.2f}x |")
-    rest_full = [f for f, h in zip(full_ms, held_ms, strict=True) if f not in five_full]
-    rest_held = [h for f, h in zip(full_ms, held_ms, strict=True) if f not in five_full]
-    if rest_full:
-        print(f"| median, other cycles | {statistics.median(rest_full):.2f} ms | "
-              f"{statistics.median(rest_held):.2f} ms | "
-              f"{statistics.median(rest_held) / statistics.median(rest_full):.2f}x |")
+    for label, which in (("every-5-s cycles", True), ("other cycles", False)):
+        full = statistics.median(f for five, f, _ in timed if five is which)
+        kept = statistics.median(h for five, _, h in timed if five is which)
+        print(f"| median, {label} | {full:.2f} ms | {kept:.2f} ms | {kept / full:.2f}x |")
     return 0
 
 

@@ -30,8 +30,13 @@ where the two cannot differ, and reads in full otherwise:
 A signal read over several lookbacks (a rule every cycle over a minute, another every
 5 s over ten) keeps the widest one's samples, plus a second of margin so that
 ``now - lookback`` rounding differently from one read to the next does not force a full
-read; each answer is cut to its own window. The held samples are the widest windows' own
-(~1 MiB at 4 servers), which a full read would have gathered anyway.
+read; each answer is cut to its own window. The held samples are the widest windows' own,
+24 bytes a sample (~1.3 MB at 4 servers of the recorded payload), kept between reads
+where a full read gathered them anew each time and let them go: so at most
+:data:`HELD_BYTES_MAX` are held, the widest windows let go first and read anew (a node of
+~300 KB payloads would hold ~30 MiB, which its resident memory cannot spare). A signal
+read from the database (a window older than the head) is not held, nor one no longer
+read (:data:`FORGET_AFTER_READS`).
 
 Pure, like ``head.py``: the store hands over its head under its lock (``Store.query_held``).
 """
@@ -39,7 +44,7 @@ Pure, like ``head.py``: the store hands over its head under its lock (``Store.qu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +62,14 @@ MARGIN_S = 1.0
 #: Samples older than every window are dropped once they reach back this share of the
 #: widest window: a copy of the held arrays every few reads, not every read.
 COMPACT_AFTER = 0.1
+#: Bytes of samples held at most, over every signal: beyond it a signal is read anew
+#: each time rather than held (24 bytes a sample; 4 servers of the recorded vLLM payload
+#: hold ~1.3 MB, a node of ~300 KB payloads would hold ~30 MiB).
+HELD_BYTES_MAX = 4 << 20
+#: A signal not read in this many reads is no longer held (a rule removed by a reload):
+#: its samples, and the head's cycles its mark keeps alive, are let go (looked for every
+#: this many reads, so within twice as many).
+FORGET_AFTER_READS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +94,14 @@ class _Held:
     end: float
     lookback: float  # the widest window read lately
     mark: HeadMark
+    read_at: int  # HeldWindows.reads_total when last read
     tgt: I64Array
     secs: F64Array
     vals: F64Array
+
+    @property
+    def nbytes(self) -> int:
+        return self.tgt.nbytes + self.secs.nbytes + self.vals.nbytes
 
 
 def _appended_since(entries: Sequence[Entry], then: HeadMark, now: HeadMark
@@ -146,6 +164,8 @@ class HeldWindows:
 
     def __init__(self) -> None:
         self._held: dict[str, _Held] = {}
+        self.held_bytes = 0  # of every signal's samples, at most HELD_BYTES_MAX
+        self.reads_total = 0
         self.full_reads_total = 0  # signals read in full (first read, or could not go on)
         self.held_reads_total = 0  # signals answered from what was held
 
@@ -153,6 +173,10 @@ class HeldWindows:
              requests: Sequence[Request], mark: HeadMark) -> list[list[SeriesData]]:
         """Per request its series, what ``from_head(entries, blocks, requests)`` gives;
         ``mark`` is where the head stood when ``entries`` and ``blocks`` were taken."""
+        self.reads_total += 1
+        if self.reads_total % FORGET_AFTER_READS == 0:
+            self.drop([signal for signal, held in self._held.items()
+                       if self.reads_total - held.read_at >= FORGET_AFTER_READS])
         out: list[list[SeriesData]] = [[] for _ in requests]
         full: list[int] = []
         since: dict[int, Sequence[Entry] | None] = {}  # by id of the held mark
@@ -183,21 +207,35 @@ class HeldWindows:
                 out[k] = answer
         return out
 
+    @property
+    def signals(self) -> frozenset[str]:
+        """The signals held now."""
+        return frozenset(self._held)
+
     def forget(self) -> None:
         """Hold nothing: the next read of every signal is a full one."""
         self._held.clear()
+        self.held_bytes = 0
+
+    def drop(self, signals: Iterable[str]) -> None:
+        """No longer hold ``signals`` (read from the database this time, or not read)."""
+        for signal in signals:
+            held = self._held.pop(signal, None)
+            if held is not None:
+                self.held_bytes -= held.nbytes
 
     def _read_full(self, entries: Sequence[Entry], blocks: Sequence[Block],
                    requests: Sequence[Request], mark: HeadMark) -> list[list[SeriesData]]:
         self.full_reads_total += len(requests)
         answers = from_head(entries, blocks, requests)
         for r, series in zip(requests, answers, strict=True):
+            self.drop((r.signal,))
             if mark.newest_ms / 1000.0 > r.end or not all(
                     s.timestamps.size < 2 or bool((s.timestamps[1:] > s.timestamps[:-1]).all())
                     for s in series):
-                # It left out samples too new, or a series has two samples at one time
-                # (their order is the gathering's, which a cut can change): hold nothing.
-                self._held.pop(r.signal, None)
+                continue  # it left out samples too new, or a series has two samples at one
+                # time (their order is the gathering's, which a cut can change)
+            if self.held_bytes + 24 * sum(len(s) for s in series) > HELD_BYTES_MAX:
                 continue
             index = {labels: t for t, labels in enumerate(r.keys)}
             counts = [len(s) for s in series]
@@ -206,8 +244,10 @@ class HeldWindows:
                     else np.empty(0, np.float64))
             vals = (np.concatenate([s.values for s in series]) if series
                     else np.empty(0, np.float64))
-            self._held[r.signal] = _Held(r.local, r.keys, r.start, r.end, r.end - r.start,
-                                         mark, tgt, secs, vals)
+            held = self._held[r.signal] = _Held(r.local, r.keys, r.start, r.end,
+                                                r.end - r.start, mark, self.reads_total,
+                                                tgt, secs, vals)
+            self.held_bytes += held.nbytes
         return answers
 
     def _go_on(self, new: Sequence[Entry], requests: Sequence[Request], mark: HeadMark
@@ -240,9 +280,17 @@ class HeldWindows:
             if keep - start > COMPACT_AFTER * held.lookback and secs.size:
                 inside = secs >= keep  # forget what no window reaches any more
                 tgt, secs, vals, start = tgt[inside], secs[inside], vals[inside], keep
+            self.held_bytes -= held.nbytes
             held.tgt, held.secs, held.vals = tgt, secs, vals
             held.start, held.end, held.mark = start, r.end, mark
+            held.read_at = self.reads_total
+            self.held_bytes += held.nbytes
             answers.append(_series(r.signal, held.keys, held, r.start))
+        if self.held_bytes > HELD_BYTES_MAX:  # windows grew: let the widest go
+            for signal in sorted(self._held, key=lambda name: -self._held[name].nbytes):
+                self.drop((signal,))
+                if self.held_bytes <= HELD_BYTES_MAX:
+                    break
         return answers
 
 

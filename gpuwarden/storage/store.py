@@ -460,6 +460,7 @@ class Store:
                        strict=True))
         if not database:
             return got, {}
+        held.drop(r.signal for r in database)
         rest, failed = self._query({r.signal: (r.start, r.end) for r in database}, None)
         got.update(rest)
         return got, failed

@@ -14,7 +14,8 @@ import pytest
 
 from gpuwarden.model import Sample, SeriesData, make_labels
 from gpuwarden.storage import Store, open_store
-from gpuwarden.storage.held_windows import HeldReads
+from gpuwarden.storage import held_windows
+from gpuwarden.storage.held_windows import FORGET_AFTER_READS, HeldReads
 
 NODE = "node-a"
 T0 = 1_760_000_000.0
@@ -101,3 +102,44 @@ def test_steady_reads_go_on_from_what_they_hold(tmp_path: Path) -> None:
         assert store.chunks_written_total > 0
     assert held.held.full_reads_total == 2
     assert held.held.held_reads_total == 2 * 599
+
+
+def test_what_is_read_from_the_database_or_no_longer_read_is_not_held(store: Store) -> None:
+    """A window older than the head (read from the database) holds nothing; a signal no
+    reader asks for any more is let go within twice FORGET_AFTER_READS reads."""
+    rng = random.Random(2)
+    held = HeldReads(store)
+    for k in range(120):  # the fixture's head keeps 40 s: two minutes reach the database
+        store.append(cycle(rng, T0 + k, 2))
+        store.persist()
+    now = T0 + 119
+    held.query_many({"util": (now - 10.0, now), "kv": (now - 10.0, now)})
+    assert held.held.signals == {"util", "kv"}
+    got, _ = held.query_many({"util": (now - 10.0, now), "kv": (now - 100.0, now)})
+    want, _ = store.query_many({"kv": (now - 100.0, now)})
+    assert exact(got["kv"]) == exact(want["kv"]) and len(got["kv"][0]) > 60
+    assert held.held.signals == {"util"}
+    for _ in range(2 * FORGET_AFTER_READS):
+        held.query_many({"kv": (now - 10.0, now)})
+    assert held.held.signals == {"kv"}
+
+
+def test_held_samples_stay_within_their_budget(store: Store,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window that outgrows the budget is let go and read anew, the others held."""
+    monkeypatch.setattr(held_windows, "HELD_BYTES_MAX", 24 * 120)  # 120 samples
+    rng = random.Random(3)
+    held = HeldReads(store)
+    seen_util_held = False
+    for k in range(40):  # 4 GPUs' "util" fill 30 s: 120 samples, then 4 more a cycle
+        t = T0 + k
+        store.append(cycle(rng, t, 4))
+        store.persist()
+        ranges = {"util": (t - 30.0, t), "kv": (t - 30.0, t)}
+        got, _ = held.query_many(ranges)
+        want, _ = store.query_many(ranges)
+        assert {s: exact(v) for s, v in got.items()} == {s: exact(v) for s, v in want.items()}
+        assert held.held.held_bytes <= held_windows.HELD_BYTES_MAX
+        seen_util_held |= "util" in held.held.signals
+    assert seen_util_held  # while it fitted
+    assert held.held.signals == {"kv"}
