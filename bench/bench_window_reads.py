@@ -34,7 +34,7 @@ from gpuwarden.model import Sample, SeriesData
 from gpuwarden.promql.derived import DEFAULT_WINDOW, LONG_LOOKBACK, derive_lookbacks
 from gpuwarden.promql.prefetch import Prefetched, widest
 from gpuwarden.storage import open_store
-from gpuwarden.storage.held_windows import HeldReads
+from gpuwarden.storage.held_windows import HELD_BYTES_MAX, HeldReads
 
 NODE = "bench-node"
 T0 = 1_800_000_000.0
@@ -108,7 +108,8 @@ def main() -> int:
     print(f"{args.servers} servers + 8 GPUs, {samples} samples a cycle, {args.minutes:g} min "
           f"written, {args.cycles} cycles read both ways "
           f"({held.held.held_reads_total} signal reads held, "
-          f"{held.held.full_reads_total} full)\n")
+          f"{held.held.full_reads_total} full; {held.held.held_bytes / 2**20:.2f} MiB held "
+          f"at the end, at most {HELD_BYTES_MAX / 2**20:g})\n")
     print("| read | read anew (reference) | going on from the last | ratio |")
     print("|---|---|---|---|")
     print(f"| mean CPU per cycle | {mean_full:.2f} ms | {mean_held:.2f} ms | "

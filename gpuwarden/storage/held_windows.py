@@ -31,7 +31,7 @@ A signal read over several lookbacks (a rule every cycle over a minute, another 
 5 s over ten) keeps the widest one's samples, plus a second of margin so that
 ``now - lookback`` rounding differently from one read to the next does not force a full
 read; each answer is cut to its own window. The held samples are the widest windows' own,
-24 bytes a sample (~1.3 MB at 4 servers of the recorded payload), kept between reads
+24 bytes a sample (~2.4 MiB at 8 GPUs and 4 servers of the recorded payload), kept between reads
 where a full read gathered them anew each time and let them go: so at most
 :data:`HELD_BYTES_MAX` are held, the widest windows let go first and read anew (a node of
 ~300 KB payloads would hold ~30 MiB, which its resident memory cannot spare). A signal
@@ -63,9 +63,9 @@ MARGIN_S = 1.0
 #: widest window: a copy of the held arrays every few reads, not every read.
 COMPACT_AFTER = 0.1
 #: Bytes of samples held at most, over every signal: beyond it a signal is read anew
-#: each time rather than held (24 bytes a sample; 4 servers of the recorded vLLM payload
-#: hold ~1.3 MB, a node of ~300 KB payloads would hold ~30 MiB).
-HELD_BYTES_MAX = 4 << 20
+#: each time rather than held (24 bytes a sample; 8 GPUs and 4 servers of the recorded
+#: vLLM payload hold ~2.4 MiB, a node of ~300 KB payloads would hold ~30 MiB).
+HELD_BYTES_MAX = 3 << 20
 #: A signal not read in this many reads is no longer held (a rule removed by a reload):
 #: its samples, and the head's cycles its mark keeps alive, are let go (looked for every
 #: this many reads, so within twice as many).

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpuwarden.model import Sample, SeriesData, make_labels
-from gpuwarden.storage import Store, open_store
-from gpuwarden.storage import held_windows
+from gpuwarden.storage import Store, held_windows, open_store
 from gpuwarden.storage.held_windows import FORGET_AFTER_READS, HeldReads
 
 NODE = "node-a"
