@@ -451,28 +451,25 @@ class Store:
     ) -> tuple[dict[str, list[SeriesData]], dict[str, StoreUnavailable]]:
         """``query_many(ranges)``, the windows the head answers going on from what ``held``
         holds of the last read of each (``held_windows.py``); ``held`` is one reader's."""
-        with self._lock:
-            memory, database = plan(self._series, ranges, None, self._cover_ms, self.node)
-            entries, blocks = (list(self._entries), list(self._blocks)) if memory else ([], [])
-            mark = HeadMark(entries[-1] if entries else None, self._appended_total,
-                            self._dropped_cycles_total, self._newest_ms)
-        got = dict(zip([r.signal for r in memory], held.read(entries, blocks, memory, mark),
-                       strict=True))
-        if not database:
-            return got, {}
-        held.drop(r.signal for r in database)
-        rest, failed = self._query({r.signal: (r.start, r.end) for r in database}, None)
-        got.update(rest)
-        return got, failed
+        return self._query(ranges, None, held)
 
     def _query(
-        self, ranges: Mapping[str, tuple[float, float]], matchers: Mapping[str, str] | None
+        self, ranges: Mapping[str, tuple[float, float]], matchers: Mapping[str, str] | None,
+        held: HeldWindows | None = None,
     ) -> tuple[dict[str, list[SeriesData]], dict[str, StoreUnavailable]]:
         registry = self._series
         with self._lock:
             memory, database = plan(registry, ranges, matchers, self._cover_ms, self.node)
             snap, blocks = (list(self._entries), list(self._blocks)) if memory else ([], [])
-        got = dict(zip([r.signal for r in memory], from_head(snap, blocks, memory), strict=True))
+            mark = None if held is None else HeadMark(
+                snap[-1] if snap else None, self._appended_total, self._dropped_cycles_total,
+                self._newest_ms)
+        if held is None or mark is None:
+            from_memory = from_head(snap, blocks, memory)
+        else:
+            from_memory = held.read(snap, blocks, memory, mark)
+            held.drop(r.signal for r in database)  # not held: the database answers them
+        got = dict(zip([r.signal for r in memory], from_memory, strict=True))
         if not database:
             return got, {}
 
