@@ -4,9 +4,12 @@ The daemon hands over an immutable :class:`Snapshot` at the end of every cycle. 
 text is rendered at most once per snapshot, by the first scrape that wants it, and
 later scrapes of the same snapshot get the cached bytes: Prometheus scrapes every
 15-60 s while cycles run every second, so rendering every cycle up front would be
-mostly wasted. (Once more after the store writer moved the snapshot's live figures,
-if a scrape came in between: see :class:`Snapshot`.) A GPU that vanished simply is not
-in the next snapshot: there are no long-lived gauges to clean up (ARCHITECTURE.md,
+mostly wasted. Where a scraper's next scrape is due before the next snapshot, the
+snapshot is rendered as it is handed over instead, so that the scrape does not wait
+for a render that shares the GIL with a cycle (``scrape_forecast.py``). The live
+figures, which the store writer moves after the cycle (see :class:`Snapshot`), are
+rendered apart and again alone when they move. A GPU that vanished simply is not in
+the next snapshot: there are no long-lived gauges to clean up (ARCHITECTURE.md,
 convention 2).
 
 The text is byte for byte what prometheus_client's ``generate_latest`` printed over
@@ -24,12 +27,14 @@ importing prometheus_client is not needed to answer the first scrape, which
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gpuwarden import __version__
+from gpuwarden.api.scrape_forecast import ScrapeForecast
 from gpuwarden.api.textformat import family_header, line_prefix
 from gpuwarden.model import Labels, Sample, SelfMetric
 from gpuwarden.promql.gofloat import go_float
@@ -65,6 +70,49 @@ class _Family:
         self.prefixes: dict[Labels, str] = {}
 
 
+class _SelfFamilies:
+    """Writes gpuwarden's own families; their headers and line prefixes, which are mostly
+    the same from one render to the next (every known counter label set is there from
+    the start, at 0), are kept: (family header fields) -> header, (sample name, labels
+    as given) -> line prefix."""
+
+    def __init__(self) -> None:
+        self._headers: dict[tuple[str, str, str], str] = {}
+        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+    def render(self, families: tuple[SelfMetric, ...], out: list[str]) -> None:
+        headers, prefixes = self._headers, self._prefixes
+        if len(prefixes) > 2 * sum(len(sm.samples) for sm in families) + 256:
+            prefixes.clear()  # series of collectors, rules, actions gone since a reload
+            headers.clear()
+        for sm in families:
+            head_key = (sm.name, sm.help, sm.kind)
+            header = headers.get(head_key)
+            if header is None:
+                header = headers[head_key] = family_header(PREFIX + sm.name, sm.help, sm.kind)
+            out.append(header)
+            sample_name = PREFIX + sm.name + ("_total" if sm.kind == "counter" else "")
+            for labels, value in sm.samples:
+                key = (sample_name, tuple(labels.items()))
+                prefix = prefixes.get(key)
+                if prefix is None:
+                    prefix = prefixes[key] = line_prefix(sample_name, key[1])
+                out.append(f"{prefix}{go_float(value)}\n")
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """A snapshot's text in the three parts that are rendered apart: the live families
+    sit between the others (where they always were) and are rendered again alone."""
+
+    head: bytes  # the samples and the self-metrics
+    live: bytes  # Snapshot.live's families, as of the render
+    tail: bytes  # build info and the process families
+
+    def joined(self) -> bytes:
+        return b"".join((self.head, self.live, self.tail))
+
+
 class _Renderer:
     """Writes a snapshot's text; owns the caches (used under ``Exposition``'s lock)."""
 
@@ -74,13 +122,10 @@ class _Renderer:
         # signals, exported only when their quantiles are passed in, under "?"+signal.
         self._families: dict[str, _Family | None] = {}
         self._cached = 0  # line prefixes made since the caches were last emptied
-        # gpuwarden's own series, which are mostly the same from one render to the next
-        # (every known counter label set is there from the start, at 0): (family header
-        # fields) -> header, (sample name, labels as given) -> line prefix.
-        self._self_headers: dict[tuple[str, str, str], str] = {}
-        self._self_prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        self._self = _SelfFamilies()
+        self._live = _SelfFamilies()
 
-    def render(self, snap: Snapshot) -> bytes:
+    def render(self, snap: Snapshot) -> _Text:
         grouped: defaultdict[str, list[Sample]] = defaultdict(list)
         for sample in snap.samples:
             grouped[sample.signal].append(sample)
@@ -101,35 +146,23 @@ class _Renderer:
                     prefix = prefixes[s.labels] = line_prefix(name, s.labels)
                     self._cached += 1
                 out.append(f"{prefix}{go_float(s.value)}\n")
-        self._render_self(snap.self_metrics + (snap.live() if snap.live is not None else ()),
-                          out)
+        self._self.render(snap.self_metrics, out)
+        tail: list[str] = []
         if snap.info:
-            out.append(family_header(PREFIX + "build", "gpuwarden version and data sources",
-                                     "info"))
+            tail.append(family_header(PREFIX + "build", "gpuwarden version and data sources",
+                                      "info"))
             labels = {"version": __version__, **snap.info}
-            out.append(f"{line_prefix(PREFIX + 'build_info', labels.items())}1.0\n")
+            tail.append(f"{line_prefix(PREFIX + 'build_info', labels.items())}1.0\n")
         if self._process is not None:
-            out.append(self._process.text())
-        return "".join(out).encode()
+            tail.append(self._process.text())
+        return _Text("".join(out).encode(), self.render_live(snap), "".join(tail).encode())
 
-    def _render_self(self, families: tuple[SelfMetric, ...], out: list[str]) -> None:
-        headers, prefixes = self._self_headers, self._self_prefixes
-        if len(prefixes) > 2 * sum(len(sm.samples) for sm in families) + 256:
-            prefixes.clear()  # series of collectors, rules, actions gone since a reload
-            headers.clear()
-        for sm in families:
-            head_key = (sm.name, sm.help, sm.kind)
-            header = headers.get(head_key)
-            if header is None:
-                header = headers[head_key] = family_header(PREFIX + sm.name, sm.help, sm.kind)
-            out.append(header)
-            sample_name = PREFIX + sm.name + ("_total" if sm.kind == "counter" else "")
-            for labels, value in sm.samples:
-                key = (sample_name, tuple(labels.items()))
-                prefix = prefixes.get(key)
-                if prefix is None:
-                    prefix = prefixes[key] = line_prefix(sample_name, key[1])
-                out.append(f"{prefix}{go_float(value)}\n")
+    def render_live(self, snap: Snapshot) -> bytes:
+        if snap.live is None:
+            return b""
+        out: list[str] = []
+        self._live.render(snap.live(), out)
+        return "".join(out).encode()
 
     def _family(self, signal: str, group: list[Sample]) -> _Family | None:
         spec = SIGNALS.get(signal)
@@ -158,47 +191,84 @@ class _Renderer:
 
 
 class Exposition:
-    """Renders snapshots to Prometheus text and keeps the latest bytes for scrapes."""
+    """Renders snapshots to Prometheus text and keeps the latest bytes for scrapes.
 
-    def __init__(self, *, process_metrics: bool = True) -> None:
+    A snapshot is rendered by the first read after it, or as it is handed over where a
+    scraper is due before the next one (``scrape_forecast.py``). Its live families are
+    rendered again alone after :meth:`refresh`.
+    """
+
+    def __init__(self, *, process_metrics: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         process = None
         if process_metrics:
             from gpuwarden.api.process_metrics import ProcessMetrics
 
             process = ProcessMetrics()
         self._renderer = _Renderer(process)
+        self._clock = clock
+        self._forecast = ScrapeForecast()
         self._lock = threading.Lock()
+        self._text = _Text(b"", b"", b"")
         self._body = b""
         self._unrendered: Snapshot | None = None
         self._rendered: Snapshot | None = None  # what _body shows
-        self.renders_total = 0
+        self._live_moved = False  # since _body was made
+        self.renders_total = 0  # whole snapshots rendered
+        self.ahead_total = 0  # of which before a scrape asked, for one forecast
 
-    def update(self, snapshot: Snapshot) -> None:
-        """Make ``snapshot`` what the next scrape shows (rendered then, not now)."""
+    def update(self, snapshot: Snapshot, next_in: float | None = None) -> None:
+        """Make ``snapshot`` what the next scrape shows. Rendered then, or now if a
+        scraper is due before ``next_in`` seconds have passed (when the cycle hands over
+        the next snapshot)."""
         with self._lock:
             self._unrendered = snapshot
+            if next_in is not None and self._forecast.due(self._clock(), next_in):
+                self.ahead_total += 1
+                self._render_unrendered()
 
     def refresh(self) -> None:
-        """The latest snapshot's live figures moved: the next scrape renders it again
+        """The latest snapshot's live figures moved: the next scrape renders them again
         rather than serve the text rendered before they moved."""
         with self._lock:
             if self._unrendered is None and self._rendered is not None \
                     and self._rendered.live is not None:
-                self._unrendered = self._rendered
+                self._live_moved = True
 
     def render(self, snapshot: Snapshot) -> bytes:
         with self._lock:  # the renderer's caches are shared by every render
-            return self._render(snapshot)
-
-    def _render(self, snapshot: Snapshot) -> bytes:
-        self.renders_total += 1
-        return self._renderer.render(snapshot)
+            self.renders_total += 1
+            return self._renderer.render(snapshot).joined()
 
     @property
     def body(self) -> bytes:
         """The latest snapshot as Prometheus text, rendered on the first read after it."""
         with self._lock:
-            if self._unrendered is not None:
-                self._body = self._render(self._unrendered)
-                self._rendered, self._unrendered = self._unrendered, None
-            return self._body
+            return self._latest()
+
+    def scraped_by(self, client: str) -> bytes:
+        """:attr:`body`, for a scrape from ``client`` (an address), which the forecast of
+        when it scrapes next learns from."""
+        with self._lock:
+            self._forecast.scraped(client, self._clock())
+            return self._latest()
+
+    def _latest(self) -> bytes:
+        if self._unrendered is not None:
+            self._render_unrendered()
+        elif self._live_moved and self._rendered is not None:
+            text = self._text
+            self._text = _Text(text.head, self._renderer.render_live(self._rendered), text.tail)
+            self._body = self._text.joined()
+            self._live_moved = False
+        return self._body
+
+    def _render_unrendered(self) -> None:
+        snapshot = self._unrendered
+        if snapshot is None:
+            return
+        self.renders_total += 1
+        self._text = self._renderer.render(snapshot)
+        self._body = self._text.joined()
+        self._rendered, self._unrendered = snapshot, None
+        self._live_moved = False

@@ -36,7 +36,7 @@ class DaemonView(Protocol):
     """What the HTTP layer needs from the daemon (kept narrow for tests); this package
     sits below the daemon and never imports it."""
 
-    def metrics_body(self) -> bytes: ...
+    def metrics_body(self, client: str = "") -> bytes: ...
 
     def health(self) -> tuple[bool, dict[str, object]]: ...
 
@@ -105,7 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _metrics(handler: _Handler) -> None:
-    handler.send_body(200, handler.server.view.metrics_body(), CONTENT_TYPE)
+    handler.send_body(200, handler.server.view.metrics_body(handler.client_address[0]),
+                      CONTENT_TYPE)
 
 
 def _healthz(handler: _Handler) -> None:

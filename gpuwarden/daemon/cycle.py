@@ -217,7 +217,8 @@ class Cycle:
             if samples and stats.first_sample_at is None:
                 stats.first_sample_at = stats.last_cycle_end - self._started_mono
             recent = self.pushed.recent(self.clock())
-            self.exposition.update(self._snapshot(samples + derived + recent))
+            self.exposition.update(self._snapshot(samples + derived + recent),
+                                   next_in=self.config.interval)
             self.notifier.watchdog()
             return samples
 

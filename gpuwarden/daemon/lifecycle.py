@@ -506,8 +506,11 @@ class Daemon:
 
     # --- what the HTTP endpoints read (api.server.DaemonView) --------------------------------
 
-    def metrics_body(self) -> bytes:
-        return self.cycle.exposition.body
+    def metrics_body(self, client: str = "") -> bytes:
+        """``/metrics``; ``client``, the scraper's address, where it is a scrape."""
+        if not client:
+            return self.cycle.exposition.body
+        return self.cycle.exposition.scraped_by(client)
 
     def health(self) -> tuple[bool, dict[str, object]]:
         return self.cycle.health()

@@ -71,8 +71,8 @@ def test_snapshots_nobody_scrapes_are_never_rendered() -> None:
 
 def test_live_figures_show_once_refreshed_and_only_then() -> None:
     """A snapshot's live families are read as it is rendered; ``refresh`` (the store
-    writer, after a pass) makes the next scrape render them again, and only where a
-    snapshot has any."""
+    writer, after a pass) makes the next scrape render them again, alone, and only where
+    a snapshot has any. The text is what one whole render gives."""
     written = [4.0]
 
     def live() -> tuple[SelfMetric, ...]:
@@ -80,20 +80,72 @@ def test_live_figures_show_once_refreshed_and_only_then() -> None:
 
     exposition = Exposition(process_metrics=False)
     exposition.refresh()  # nothing shown yet: nothing to do
-    exposition.update(Snapshot(samples=(gpu_up("0"),), live=live))
+    snapshot = Snapshot(samples=(gpu_up("0"),), self_metrics=(
+        SelfMetric("cycles", "counter", "Cycles", (({}, 3.0),)),), info={"node": "n"},
+        live=live)
+    exposition.update(snapshot)
     assert b"\ngpuwarden_samples_written_total 4.0\n" in exposition.body
     written[0] = 8.0
     assert b"gpuwarden_samples_written_total 4.0" in exposition.body  # the cached text
     exposition.refresh()
     body = exposition.body
     assert b"\ngpuwarden_samples_written_total 8.0\n" in body
-    assert names(body, "gpuwarden_gpu_up") == names(exposition.body, "gpuwarden_gpu_up") != []
-    assert exposition.renders_total == 2
+    assert body == Exposition(process_metrics=False).render(snapshot)
+    assert exposition.renders_total == 1  # the samples were not rendered again
 
     exposition.update(Snapshot(samples=(gpu_up("0"),)))
     exposition.body  # noqa: B018
     exposition.refresh()  # no live families: the cached text stands
-    exposition.body  # noqa: B018
+    assert exposition.body == Exposition(process_metrics=False).render(
+        Snapshot(samples=(gpu_up("0"),)))
+    assert exposition.renders_total == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_scrape_due_before_the_next_snapshot_finds_its_text_rendered() -> None:
+    """A scraper every 15 s, cycles every second: from its third scrape on, the cycle
+    before each renders the snapshot as it hands it over, and the scrape only reads."""
+    clock = Clock()
+    exposition = Exposition(process_metrics=False, clock=clock)
+    on_demand = []
+    for second in range(60):
+        clock.now = 1000.0 + second
+        exposition.update(Snapshot(samples=(gpu_up(str(second)),)), next_in=1.0)
+        clock.now += 0.3  # the scrape, 0.3 s after the cycle
+        if second % 15 == 0:
+            rendered = exposition.renders_total
+            body = exposition.scraped_by("10.0.0.7")
+            on_demand.append(exposition.renders_total - rendered)
+            assert [lab["gpu"] for lab in names(body, "gpuwarden_gpu_up")] == [str(second)]
+    assert on_demand == [1, 1, 0, 0]  # 0, 15 (period learnt), 30 and 45 rendered ahead
+    assert exposition.ahead_total == 2 and exposition.renders_total == 4
+
+
+def test_a_wrong_forecast_costs_a_render_and_the_scrape_still_reads_the_latest() -> None:
+    clock = Clock()
+    exposition = Exposition(process_metrics=False, clock=clock)
+    for at in (0.0, 15.0):
+        clock.now = 1000.0 + at
+        exposition.scraped_by("10.0.0.7")
+    clock.now = 1029.5
+    exposition.update(Snapshot(samples=(gpu_up("a"),)), next_in=1.0)
+    assert exposition.ahead_total == 1
+    # The scraper is late: the next snapshot is rendered ahead too (one cycle late at
+    # most), then no more until it scrapes again.
+    clock.now = 1030.5
+    exposition.update(Snapshot(samples=(gpu_up("b"),)), next_in=1.0)
+    clock.now = 1031.5
+    exposition.update(Snapshot(samples=(gpu_up("c"),)), next_in=1.0)
+    assert exposition.ahead_total == 2
+    assert [lab["gpu"] for lab in names(exposition.scraped_by("10.0.0.7"), "gpuwarden_gpu_up")] \
+        == ["c"]
     assert exposition.renders_total == 3
 
 
@@ -117,6 +169,33 @@ def test_failing_collector_is_counted_and_others_carry_on(tmp_path: Path) -> Non
         assert m[("gpuwarden_collector_success", (("collector", "bad"),))] == 1.0
     finally:
         daemon.shutdown()
+
+
+def test_a_periodic_scraper_finds_the_text_rendered_before_it_asks(tmp_path: Path) -> None:
+    """Over real HTTP: a scraper every second, cycles every 200 ms. Once its period is
+    known, its scrapes read text rendered as the cycle before handed it over, and only
+    the snapshots it reads are rendered, not one a cycle."""
+    daemon = Daemon(config(tmp_path, "200ms"),
+                    collectors=[Scripted("g", [[gpu_up("0")]])])  # type: ignore[arg-type]
+    daemon.start()
+    try:
+        exposition = daemon.cycle.exposition
+        session = requests.Session()
+        url = f"http://127.0.0.1:{daemon.http_port}/metrics"
+        on_demand, cycles_before = [], daemon.cycles_total
+        for _ in range(8):
+            time.sleep(1.0)
+            rendered = exposition.renders_total
+            assert "gpuwarden_gpu_up" in session.get(url, timeout=5).text
+            on_demand.append(exposition.renders_total - rendered)
+        cycles = daemon.cycles_total - cycles_before
+    finally:
+        daemon.shutdown()
+    # The first two render on demand; a loaded machine may throw a later one off its
+    # period (then it renders on demand too).
+    assert on_demand[:2] == [1, 1] and sum(on_demand[2:]) <= 2, on_demand
+    assert cycles >= 30 and exposition.renders_total <= 8 + exposition.ahead_total
+    assert exposition.ahead_total <= 10, (exposition.ahead_total, cycles)
 
 
 def test_healthz_turns_503_when_the_loop_stops(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from gpuwarden.api.server import HttpServer
 
 
 class View:
-    def metrics_body(self) -> bytes:
+    def metrics_body(self, client: str = "") -> bytes:
         return b"up 1\n"
 
     def health(self) -> tuple[bool, dict[str, object]]:
