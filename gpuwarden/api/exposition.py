@@ -215,7 +215,7 @@ class Exposition:
         self._rendered: Snapshot | None = None  # what _body shows
         self._live_moved = False  # since _body was made
         self.renders_total = 0  # whole snapshots rendered
-        self.ahead_total = 0  # of which before a scrape asked, for one forecast
+        self.ahead_total = 0  # of those, rendered as handed over for a forecast scrape
 
     def update(self, snapshot: Snapshot, next_in: float | None = None) -> None:
         """Make ``snapshot`` what the next scrape shows. Rendered then, or now if a
