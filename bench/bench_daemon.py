@@ -20,6 +20,7 @@ from outside, as an operator would:
   scraper's few dozen GETs cannot give.
 
     .venv/bin/python -m bench.bench_daemon [--quick] [--seconds N] [--payload-kb N]
+                                           [--fresh-gets N]
 """
 
 from __future__ import annotations
