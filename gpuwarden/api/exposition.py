@@ -102,15 +102,21 @@ class _SelfFamilies:
 
 @dataclass(frozen=True, slots=True)
 class _Text:
-    """A snapshot's text in the three parts that are rendered apart: the live families
-    sit between the others (where they always were) and are rendered again alone."""
+    """A snapshot's text, and where the live families are in it: between the others
+    (where they always were), so that they can be rendered again alone."""
 
-    head: bytes  # the samples and the self-metrics
-    live: bytes  # Snapshot.live's families, as of the render
-    tail: bytes  # build info and the process families
+    body: bytes
+    live_from: int
+    live_to: int
 
-    def joined(self) -> bytes:
-        return b"".join((self.head, self.live, self.tail))
+    @classmethod
+    def of(cls, head: bytes, live: bytes, tail: bytes) -> _Text:
+        """``head`` (the samples and the self-metrics), ``live`` (``Snapshot.live``'s
+        families), ``tail`` (build info and the process families), in one."""
+        return cls(b"".join((head, live, tail)), len(head), len(head) + len(live))
+
+    def with_live(self, live: bytes) -> _Text:
+        return _Text.of(self.body[:self.live_from], live, self.body[self.live_to:])
 
 
 class _Renderer:
@@ -155,7 +161,7 @@ class _Renderer:
             tail.append(f"{line_prefix(PREFIX + 'build_info', labels.items())}1.0\n")
         if self._process is not None:
             tail.append(self._process.text())
-        return _Text("".join(out).encode(), self.render_live(snap), "".join(tail).encode())
+        return _Text.of("".join(out).encode(), self.render_live(snap), "".join(tail).encode())
 
     def render_live(self, snap: Snapshot) -> bytes:
         if snap.live is None:
@@ -209,11 +215,10 @@ class Exposition:
         self._clock = clock
         self._forecast = ScrapeForecast()
         self._lock = threading.Lock()
-        self._text = _Text(b"", b"", b"")
-        self._body = b""
+        self._text = _Text(b"", 0, 0)
         self._unrendered: Snapshot | None = None
-        self._rendered: Snapshot | None = None  # what _body shows
-        self._live_moved = False  # since _body was made
+        self._rendered: Snapshot | None = None  # what _text shows
+        self._live_moved = False  # since _text was made
         self.renders_total = 0  # whole snapshots rendered
         self.ahead_total = 0  # of those, rendered as handed over for a forecast scrape
 
@@ -238,7 +243,7 @@ class Exposition:
     def render(self, snapshot: Snapshot) -> bytes:
         with self._lock:  # the renderer's caches are shared by every render
             self.renders_total += 1
-            return self._renderer.render(snapshot).joined()
+            return self._renderer.render(snapshot).body
 
     @property
     def body(self) -> bytes:
@@ -257,11 +262,9 @@ class Exposition:
         if self._unrendered is not None:
             self._render_unrendered()
         elif self._live_moved and self._rendered is not None:
-            text = self._text
-            self._text = _Text(text.head, self._renderer.render_live(self._rendered), text.tail)
-            self._body = self._text.joined()
+            self._text = self._text.with_live(self._renderer.render_live(self._rendered))
             self._live_moved = False
-        return self._body
+        return self._text.body
 
     def _render_unrendered(self) -> None:
         snapshot = self._unrendered
@@ -269,6 +272,5 @@ class Exposition:
             return
         self.renders_total += 1
         self._text = self._renderer.render(snapshot)
-        self._body = self._text.joined()
         self._rendered, self._unrendered = snapshot, None
         self._live_moved = False
