@@ -403,7 +403,7 @@ def main() -> None:
     cycles = max(cycles1 - cycles0, 1)
     cpu_ms = (cpu1 - cpu0) * 1000 / cycles
     med_m, med_h = statistics.median(metrics_times), statistics.median(health_times)
-    p99_m = sorted(metrics_times)[int(0.99 * len(metrics_times)) - 1]
+    p99_m = nearest_rank(metrics_times, 0.99)
     print(f"\n## gpuwarden daemon ({args.gpus} simulated GPUs + {args.servers} servers, "
           f"{len(body) / 1024:.0f} KB payloads, {seconds:.0f} s run, {cycles:.0f} cycles, "
           f"{samples_per_cycle:.0f} samples/cycle)\n")
