@@ -120,11 +120,13 @@ def _get(url: str, timeout: float = 2.0) -> bytes:
 WORKLOAD_NICENESS = 10
 
 
-def deprioritise(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-    """Give ``proc``'s session (started with ``start_new_session``) the weight of
-    :data:`WORKLOAD_NICENESS`, where the kernel groups sessions; ``proc`` for chaining."""
-    # No autogroups (or no /proc): the nice value alone applies.
-    with contextlib.suppress(OSError):
+def start_low_weight(args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``args`` in a session of its own, with the weight of
+    :data:`WORKLOAD_NICENESS`: its session's, where the kernel groups sessions, and its
+    own ``nice`` value, where it does not."""
+    proc = subprocess.Popen(["nice", "-n", str(WORKLOAD_NICENESS), *args],
+                            start_new_session=True, **popen)
+    with contextlib.suppress(OSError):  # no autogroups (or no /proc)
         Path(f"/proc/{proc.pid}/autogroup").write_text(f"{WORKLOAD_NICENESS}\n")
     return proc
 
@@ -171,11 +173,10 @@ class VllmServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with self.log_path.open("wb") as log:
-            self.proc = deprioritise(subprocess.Popen(
-                ["nice", "-n", str(WORKLOAD_NICENESS), *self.command()], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, env=self.env.env(self.workdir / "tmp"),
-                cwd=self.workdir, start_new_session=True,
-            ))
+            self.proc = start_low_weight(
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env.env(self.workdir / "tmp"), cwd=self.workdir,
+            )
         try:
             self._wait_ready(ready_timeout)
         except BaseException:
@@ -245,16 +246,14 @@ class VllmServer:
         """Start scripts/vllm_load.py against this server (returns the running process):
         ``n`` completions, ``concurrency`` at a time, each ``prefix_words`` shared words and
         ``prompt_words`` random ones (one token each), generating exactly ``max_tokens``."""
-        args = ["nice", "-n", str(WORKLOAD_NICENESS), sys.executable, str(LOAD_SCRIPT),
-                "--url", self.base_url,
+        args = [sys.executable, str(LOAD_SCRIPT), "--url", self.base_url,
                 "--model", SERVED_MODEL, "--requests", str(n),
                 "--concurrency", str(concurrency), "--max-tokens", str(max_tokens),
                 "--prompt-words", str(prompt_words), "--prefix-words", str(prefix_words)]
         env = self.env.env(self.workdir / "tmp")
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave no __pycache__ in scripts/
-        return deprioritise(subprocess.Popen(args, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                             env=env, cwd=self.workdir, start_new_session=True))
+        return start_low_weight(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=env, cwd=self.workdir)
 
     def __enter__(self) -> VllmServer:
         self.start()
