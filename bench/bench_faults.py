@@ -45,8 +45,8 @@ class Daemon:
 
     def __init__(self, tree: Path, work: Path, url: str, name: str,
                  same_as: Daemon | None = None) -> None:
-        self.port = same_as.port if same_as else free_port()
-        self.config = same_as.config if same_as else work / f"{name}.toml"
+        self.port: int = same_as.port if same_as else free_port()
+        self.config: Path = same_as.config if same_as else work / f"{name}.toml"
         if same_as is None:
             self.config.write_text(
                 f'node = "bench-faults"\ninterval = "{INTERVAL}"\n'
