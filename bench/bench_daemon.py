@@ -14,10 +14,13 @@ from outside, as an operator would:
   a bare process importing what the daemon imports (``DAEMON_IMPORTS``);
 - time to serve /metrics against /healthz (a tiny JSON) over 300 requests each (mostly
   cached bytes), and of the GETs of a scraper polling every 15 s during the run (each
-  the first read of a fresh snapshot, which renders it);
+  the first read of a fresh snapshot);
 - after the run, ``--fresh-gets`` more first reads of fresh snapshots by a scraper
   every 1.37 s (so at every point of the 1 s cycle in turn), for a p99 that the 15 s
   scraper's few dozen GETs cannot give.
+
+Every GET is timed by a scraper in a process of its own (``bench/scraper.py``, which
+says why), as Prometheus reads the daemon.
 
     .venv/bin/python -m bench.bench_daemon [--quick] [--seconds N] [--payload-kb N]
                                            [--fresh-gets N]
@@ -224,13 +227,18 @@ def answered_at(session: requests.Session, url: str, started: float) -> float | 
     return time.perf_counter() - started if ok else None
 
 
-def time_gets(url: str, n: int, session: requests.Session) -> list[float]:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        session.get(url, timeout=5).raise_for_status()
-        times.append(time.perf_counter() - t0)
-    return times
+def timed_gets(url: str, *, every: float = 0.0, count: int | None = None,
+               seconds: float | None = None) -> list[float]:
+    """The wall time of each GET of ``url`` by a scraper of its own (``bench/scraper.py``):
+    ``count`` of them, or as many as ``seconds`` hold, one every ``every`` seconds."""
+    args = [sys.executable, "-m", "bench.scraper", url, "--every", str(every)]
+    if count is not None:
+        args += ["--count", str(count)]
+    if seconds is not None:
+        args += ["--seconds", str(seconds)]
+    done = subprocess.run(args, capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    return [float(line) for line in done.stdout.split()]
 
 
 #: The period of the scraper that reads fresh snapshots after the run: periodic, as a
@@ -239,33 +247,10 @@ def time_gets(url: str, n: int, session: requests.Session) -> list[float]:
 FRESH_PERIOD_S = 1.37
 
 
-def fresh_gets(url: str, n: int, session: requests.Session) -> list[float]:
-    """``n`` GETs every :data:`FRESH_PERIOD_S`: each the first read of a fresh snapshot."""
-    times = []
-    next_at = time.perf_counter() + FRESH_PERIOD_S
-    for _ in range(n):
-        time.sleep(max(0.0, next_at - time.perf_counter()))
-        next_at += FRESH_PERIOD_S
-        times.extend(time_gets(url, 1, session))
-    return times
-
-
 def nearest_rank(values: list[float], q: float) -> float:
     """The ``q`` quantile of ``values`` by nearest rank (the p99 of 100 is the largest
     but one)."""
     return sorted(values)[max(0, math.ceil(q * len(values)) - 1)]
-
-
-def scrape_every(url: str, period: float, seconds: float) -> list[float]:
-    """GET ``url`` every ``period`` s for ``seconds``; the wall time of each GET."""
-    times: list[float] = []
-    session = requests.Session()
-    end = time.perf_counter() + seconds
-    while (left := end - time.perf_counter()) > 0:
-        time.sleep(min(period, left))
-        if end - time.perf_counter() > 0.5:
-            times.extend(time_gets(url, 1, session))
-    return times
 
 
 #: Daemon starts timed (each against a ``python -c pass`` just before it); the last one
@@ -383,16 +368,17 @@ def main() -> None:
         cpu0, cycles0 = cpu_seconds(proc.pid), metric(text, "gpuwarden_cycles_total")
         # A Prometheus scraping every 15 s: its renders count in the CPU figure, and each
         # of its GETs is a fresh snapshot's first read (rendered on demand).
-        scrapes = scrape_every(f"http://127.0.0.1:{port}/metrics", 15.0, seconds)
+        scrapes = timed_gets(f"http://127.0.0.1:{port}/metrics", every=15.0, seconds=seconds)
         text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         cpu1, cycles1 = cpu_seconds(proc.pid), metric(text, "gpuwarden_cycles_total")
         rss = rss_mib(proc.pid)
         floor = import_floor_mib()
         samples_per_cycle = metric(text, "gpuwarden_samples_collected_total") / max(cycles1, 1)
-        metrics_times = time_gets(f"http://127.0.0.1:{port}/metrics", 300, session)
-        health_times = time_gets(f"http://127.0.0.1:{port}/healthz", 300, session)
+        metrics_times = timed_gets(f"http://127.0.0.1:{port}/metrics", count=300)
+        health_times = timed_gets(f"http://127.0.0.1:{port}/healthz", count=300)
         metrics_bytes = len(session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).content)
-        fresh = fresh_gets(f"http://127.0.0.1:{port}/metrics", n_fresh, session)
+        fresh = timed_gets(f"http://127.0.0.1:{port}/metrics", every=FRESH_PERIOD_S,
+                           count=n_fresh)
         errors = metric(text, "gpuwarden_cycle_errors_total")
     finally:
         proc.send_signal(signal.SIGTERM)
