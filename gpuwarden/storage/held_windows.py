@@ -205,6 +205,9 @@ class HeldWindows:
             answers = self._go_on(new, [requests[k] for k in members], mark)
             for k, answer in zip(members, answers, strict=True):
                 out[k] = answer
+        # Only once every group went on: a window let go within the loop could be one
+        # that a later group goes on from.
+        self._keep_within_budget()
         return out
 
     @property
@@ -286,12 +289,15 @@ class HeldWindows:
             held.read_at = self.reads_total
             self.held_bytes += held.nbytes
             answers.append(_series(r.signal, held.keys, held, r.start))
-        if self.held_bytes > HELD_BYTES_MAX:  # windows grew: let the widest go
+        return answers
+
+    def _keep_within_budget(self) -> None:
+        """Let the widest windows go until what is held fits :data:`HELD_BYTES_MAX`."""
+        if self.held_bytes > HELD_BYTES_MAX:
             for signal in sorted(self._held, key=lambda name: -self._held[name].nbytes):
                 self.drop((signal,))
                 if self.held_bytes <= HELD_BYTES_MAX:
                     break
-        return answers
 
 
 class _Store(Protocol):

@@ -142,3 +142,28 @@ def test_held_samples_stay_within_their_budget(store: Store,
         seen_util_held |= "util" in held.held.signals
     assert seen_util_held  # while it fitted
     assert held.held.signals == {"kv"}
+
+
+@pytest.mark.parametrize("budget_samples", range(30, 90, 4))
+def test_reads_at_two_cadences_over_their_budget(store: Store, budget_samples: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's reads: one signal every cycle, another every fifth over a wider window,
+    so that the two go on from different cycles. When going on with the first takes the
+    held samples over the budget, letting the widest go must not drop the second before
+    it is answered (it raised KeyError: 'kv' there, and the cycle read everything anew)."""
+    monkeypatch.setattr(held_windows, "HELD_BYTES_MAX", 24 * budget_samples)
+    rng = random.Random(4)
+    held = HeldReads(store)
+    for k in range(60):
+        t = T0 + k
+        store.append(cycle(rng, t, 4))
+        store.persist()
+        ranges = {"util": (t - 5.0, t)}
+        if k % 5 == 0:
+            ranges["kv"] = (t - 35.0, t)
+        got, failed = held.query_many(ranges)
+        want, _ = store.query_many(ranges)
+        assert failed == {}
+        assert {s: exact(v) for s, v in got.items()} == {s: exact(v) for s, v in want.items()}
+        assert held.held.held_bytes <= held_windows.HELD_BYTES_MAX
+    assert held.held.held_reads_total > held.held.full_reads_total
