@@ -367,7 +367,8 @@ def main() -> None:
         text = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         cpu0, cycles0 = cpu_seconds(proc.pid), metric(text, "gpuwarden_cycles_total")
         # A Prometheus scraping every 15 s: its renders count in the CPU figure, and each
-        # of its GETs is a fresh snapshot's first read (rendered on demand).
+        # of its GETs is a fresh snapshot's first read (rendered as the cycle before it
+        # ends once its period is known, api/scrape_forecast.py).
         run_end = time.perf_counter() + seconds
         scrapes = timed_gets(f"http://127.0.0.1:{port}/metrics", every=15.0, seconds=seconds)
         time.sleep(max(0.0, run_end - time.perf_counter()))  # its last GET came earlier
