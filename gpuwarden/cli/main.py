@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return config_problems(exc)
     setup_logging(os.environ.get("GPUWARDEN_LOG_LEVEL") or config.log_level)
-    daemon = Daemon(config)
+    daemon = Daemon(config, freeze_gc=True)  # this process is the daemon's alone
     # Before start(): READY=1 goes out inside start(), and systemd may send SIGTERM
     # the moment it has it; the default handler would kill us without a flush.
     daemon.install_signal_handlers()

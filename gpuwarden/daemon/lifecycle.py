@@ -38,6 +38,7 @@ from gpuwarden.config import Config, load_config
 from gpuwarden.daemon import wiring
 from gpuwarden.daemon.alerting import AlertCallback
 from gpuwarden.daemon.cycle import Cycle, FirstCycle, stores_first_cycle_early
+from gpuwarden.daemon.gc_freeze import GcFreeze
 from gpuwarden.daemon.schedule import (
     CYCLE_JOB,
     JobEvent,
@@ -128,7 +129,9 @@ class Daemon:
     """Owns the parts -- store, collectors, cycle, schedule, HTTP -- and runs them.
 
     ``collectors``: run these instead of the config's (tests, the demo); ``store``: an
-    open store to use (no instance lock, no early first cycle).
+    open store to use (no instance lock, no early first cycle); ``freeze_gc``: the
+    process is the daemon's own (``gpuwarden run``), so its long-lived objects may be
+    frozen out of the garbage collector's passes (``gc_freeze``).
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class Daemon:
         collectors: list[Collector] | None = None,
         clock: Callable[[], float] = time.time,
         store: Store | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         self.clock = clock
         self.notifier = SystemdNotifier()
@@ -157,6 +161,7 @@ class Daemon:
         self._http: HttpServer | None = None
         self._log = RateLimitedLog(log)
         self._trim = PeriodicTrim(TRIM_EVERY_S)
+        self._gc_freeze = GcFreeze() if freeze_gc else None
 
     # --- what callers read ---------------------------------------------------------------
 
@@ -330,12 +335,18 @@ class Daemon:
 
     def _cycle_job(self) -> None:
         """What the schedule runs: a cycle, then the freed memory of its peaks handed back
-        to the OS every ``TRIM_EVERY_S`` (``native_memory.PeriodicTrim``)."""
+        to the OS every ``TRIM_EVERY_S`` (``native_memory.PeriodicTrim``) and the
+        long-lived objects frozen out of the garbage collector's passes (``gc_freeze``)."""
         self.cycle.guarded()
         try:
             self._trim.due(time.monotonic())
         except Exception as exc:  # never worth a failed cycle
             self._log.warning("trim", "handing freed memory back failed: %s", exc)
+        if self._gc_freeze is not None:
+            try:
+                self._gc_freeze.after_cycle(time.monotonic())
+            except Exception as exc:  # likewise
+                self._log.warning("gc-freeze", "freezing long-lived objects failed: %s", exc)
 
     def _on_cycle_skipped(self, event: JobEvent) -> None:
         if event.job_id != CYCLE_JOB:
@@ -500,6 +511,8 @@ class Daemon:
             reschedule_cycle(self._scheduler, new.interval)
         if cycle.writer is not None:
             cycle.writer.stall_after = wiring.stall_after(new.interval)
+        if self._gc_freeze is not None:  # the old collectors' and rules' cycles collected
+            self._gc_freeze.warm_up_again()
         log.info("config reloaded from %s: %d collectors", path, len(collectors))
         self.notifier.ready()
         return True
