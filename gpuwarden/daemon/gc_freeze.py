@@ -5,11 +5,11 @@ holding the GIL throughout. Most of a running daemon's objects live as long as i
 its imports (~62,000 objects: SQLAlchemy, numpy, APScheduler...) and what its first
 cycles build (the scrape memos and mapping plans of each server's layout, series
 keys). Measured on a 2-core VM, 8 simulated GPUs + 4 servers of ~280 KB payloads:
-a full pass every ~11 s took 37-54 ms, during which ``/metrics`` did not answer (the
-slowest GETs of ``bench_daemon``'s fresh-snapshot scraper, 27-64 ms, were those that
-fell in one), ~5-10 ms of CPU a second on average. With those objects frozen
-(``gc.freeze``: moved to a generation no collection looks at), a full pass took 1-8 ms
-and the collector ~2.8 ms of CPU a second instead of ~13.5.
+a full pass every ~11 s took 37-54 ms, and a scrape of ``/metrics`` that came during
+one waited it out. With those objects frozen (``gc.freeze``: moved to a generation no
+collection looks at), a full pass took 1-8 ms, the collector ~2.8 ms of CPU a second
+instead of ~13.5, and the slowest of ``bench_daemon``'s 307 fresh-snapshot GETs 20-23 ms
+instead of 59 (README, "Storage design and figures").
 
 A frozen object is still freed the usual way when its last reference goes; only one
 that then lies in a reference cycle is not, as no collection looks at it. So
@@ -18,7 +18,8 @@ seconds (that full pass is the one ~50 ms pause an hour), and after a config rel
 whose old collectors and rules are garbage and whose new ones should be frozen.
 
 Process-wide: only ``gpuwarden run``, whose process is the daemon's own, freezes (a
-test running a daemon in its own process must not freeze the test runner's objects).
+test running a daemon in the test runner's process must not freeze the runner's
+objects).
 """
 
 from __future__ import annotations

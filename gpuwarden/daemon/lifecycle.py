@@ -511,7 +511,7 @@ class Daemon:
             reschedule_cycle(self._scheduler, new.interval)
         if cycle.writer is not None:
             cycle.writer.stall_after = wiring.stall_after(new.interval)
-        if self._gc_freeze is not None:  # the old collectors' and rules' cycles collected
+        if self._gc_freeze is not None:  # old collectors and rules: garbage; new: to freeze
             self._gc_freeze.warm_up_again()
         log.info("config reloaded from %s: %d collectors", path, len(collectors))
         self.notifier.ready()
