@@ -30,8 +30,8 @@ import logging
 log = logging.getLogger(__name__)
 
 #: Cycles after start (or a reload) before the first freeze: the first cycle builds each
-#: server layout's memos and plans; the next ones are those that start delivery and
-#: read the rules' windows for the first time.
+#: server layout's memos and plans, and delivery starts after it (``alerting.py``);
+#: two more let what those build be in place before it is frozen.
 WARM_UP_CYCLES = 3
 #: Seconds between two thaw-collect-freeze passes.
 REFREEZE_EVERY_S = 3600.0
